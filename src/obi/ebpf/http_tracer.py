@@ -1,0 +1,165 @@
+"""The HTTP capture programs (bpf/http.bpf.c): load, attach, feed, drain."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+import structlog
+
+from obi.ebpf._libbpf import BpfError, check, ffi, lib
+from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
+from obi.ebpf.ring import RingReader
+from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
+
+SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
+
+EVENT_SIZE: int = ffi.sizeof("struct obi_http_event")
+RAW_PROGRAMS = frozenset({"raw_sys_enter", "raw_sys_exit"})
+INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
+
+
+@dataclass(frozen=True)
+class HttpTracerSettings:
+    syscall_hooks: SyscallHooks = "auto"
+    request_capture_bytes: int = 512
+    response_capture_bytes: int = 256
+    wakeup_len: int = 0
+    ring_buffer_size: int = 1 << 24
+    max_processes: int = 4096
+    max_connections: int = 65536
+
+
+def _classic_programs(collection_programs: list[str]) -> frozenset[str]:
+    return frozenset(p for p in collection_programs if p.startswith("tp_"))
+
+
+def _all_program_names(path: Any) -> list[str]:
+    """Program names in the object, read without loading it."""
+    obj = lib.bpf_object__open_file(str(path).encode(), ffi.NULL)
+    if obj == ffi.NULL:
+        raise BpfError(ffi.errno, f"open {path}")
+    try:
+        names = []
+        prog = lib.bpf_object__next_program(obj, ffi.NULL)
+        while prog != ffi.NULL:
+            names.append(ffi.string(lib.bpf_program__name(prog)).decode())
+            prog = lib.bpf_object__next_program(obj, prog)
+        return names
+    finally:
+        lib.bpf_object__close(obj)
+
+
+def pid_namespace() -> tuple[int, int]:
+    """(dev, inode) of obi's pid namespace, or (0, 0) for the initial one."""
+    st = os.stat("/proc/self/ns/pid")
+    if st.st_ino == INIT_PID_NS_INO:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
+def build_spec(settings: HttpTracerSettings, hooks: Literal["tracepoint", "raw_tracepoint"]) -> BpfObjectSpec:
+    path = object_path("http")
+    names = _all_program_names(path)
+    programs = RAW_PROGRAMS if hooks == "raw_tracepoint" else _classic_programs(names)
+    dev, ino = pid_namespace()
+    wakeup_bytes = settings.wakeup_len * EVENT_SIZE if settings.wakeup_len > 1 else 0
+    return BpfObjectSpec(
+        path=path,
+        rodata={
+            "req_capture_len": u32(settings.request_capture_bytes),
+            "resp_capture_len": u32(settings.response_capture_bytes),
+            "wakeup_bytes": u64(wakeup_bytes),
+            "pidns_dev": u64(dev),
+            "pidns_ino": u64(ino),
+        },
+        max_entries={
+            "events": settings.ring_buffer_size,
+            "pid_filter": settings.max_processes,
+            "conns": settings.max_connections,
+        },
+        programs=programs,
+    )
+
+
+class HttpTracer:
+    """The loaded and attached HTTP capture; owns its kernel objects."""
+
+    def __init__(self, settings: HttpTracerSettings) -> None:
+        self._log = structlog.get_logger().bind(component="ebpf")
+        self._tracefs: TracefsMount | None = None
+        hooks: Literal["tracepoint", "raw_tracepoint"]
+        if settings.syscall_hooks == "raw_tracepoint":
+            hooks, detail = "raw_tracepoint", "raw tracepoints requested"
+        else:
+            self._tracefs = ensure_tracefs()
+            detail = self._tracefs.detail
+            if self._tracefs.available:
+                hooks = "tracepoint"
+            elif settings.syscall_hooks == "tracepoint":
+                raise BpfError(2, f"syscall tracepoints requested but {detail}")
+            else:
+                hooks = "raw_tracepoint"
+        self.hooks = hooks
+        self.hooks_detail = detail
+        self.collection = BpfCollection(build_spec(settings, hooks))
+        try:
+            self.collection.attach_all()
+            self._pid_filter_fd = self.collection.map_fd("pid_filter")
+            self._conns_fd = self.collection.map_fd("conns")
+            self._counters_fd = self.collection.map_fd("counters")
+            self.ring = RingReader(self.collection.map_fd("events"), EVENT_SIZE)
+        except BaseException:
+            self.collection.close()
+            self._release_tracefs()
+            raise
+        self._key = ffi.new("uint32_t *")
+        self._one = ffi.new("uint8_t *", 1)
+        self._sweep_buf = ffi.new("uint8_t[]", EVENT_SIZE * 1024)
+        self._log.info("http_capture_attached", hooks=hooks, detail=detail,
+                       programs=self.collection.link_count)
+
+    def add_pid(self, pid: int) -> None:
+        self._key[0] = pid
+        check(lib.bpf_map_update_elem(self._pid_filter_fd, self._key, self._one, 0), f"trace pid {pid}")
+
+    def remove_pid(self, pid: int) -> None:
+        self._key[0] = pid
+        lib.bpf_map_delete_elem(self._pid_filter_fd, self._key)
+        lib.obi_http_forget_pid(self._conns_fd, pid)
+
+    def sweep_idle(self, now_ns: int, idle_ns: int) -> bytes:
+        """Events of responses idle for idle_ns, taken out of the in-flight map."""
+        n = check(lib.obi_http_sweep_idle(self._conns_fd, now_ns, idle_ns, self._sweep_buf, 1024),
+                  "sweep idle connections")
+        return bytes(ffi.buffer(self._sweep_buf, n * EVENT_SIZE))
+
+    def counters(self) -> dict[str, int]:
+        out = ffi.new("uint64_t[]", lib.OBI_COUNTER_MAX)
+        check(lib.obi_read_percpu_counters(self._counters_fd, out, lib.OBI_COUNTER_MAX), "read counters")
+        return {
+            "events_lost": int(out[lib.OBI_COUNTER_EVENTS_LOST]),
+            "events_sent": int(out[lib.OBI_COUNTER_EVENTS_SENT]),
+            "conn_table_full": int(out[lib.OBI_COUNTER_CONN_TABLE_FULL]),
+            "call_table_full": int(out[lib.OBI_COUNTER_CALL_TABLE_FULL]),
+        }
+
+    def _release_tracefs(self) -> None:
+        if self._tracefs is not None:
+            self._tracefs.release()
+
+    def close(self) -> None:
+        """Detaches and releases everything (idempotent)."""
+        if hasattr(self, "ring"):
+            self.ring.close()
+        self.collection.close()
+        self._release_tracefs()
+
+    def __enter__(self) -> HttpTracer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,142 @@
+"""BPF objects: a deterministic description (spec) and the live kernel objects.
+
+`BpfObjectSpec` says what to load and how to configure it; it has no file
+descriptors and is testable without root. `BpfCollection` owns the loaded
+object and the links it attached, and releases them on `close()`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from obi.ebpf._libbpf import BpfError, check, check_ptr, ffi, install_libbpf_logging, lib
+
+
+def object_path(name: str) -> Path:
+    """Path of a compiled CO-RE object shipped in the package (obi/bpf/NAME.bpf.o)."""
+    path = Path(str(resources.files("obi").joinpath("bpf", f"{name}.bpf.o")))
+    if not path.exists():
+        raise FileNotFoundError(f"BPF object {path} is missing: the package was built without clang")
+    return path
+
+
+def u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def u64(value: int) -> bytes:
+    return struct.pack("=Q", value)
+
+
+@dataclass(frozen=True)
+class BpfObjectSpec:
+    """What to load: the object file, `const volatile` values, map sizes, programs."""
+
+    path: Path
+    rodata: Mapping[str, bytes] = field(default_factory=dict)
+    max_entries: Mapping[str, int] = field(default_factory=dict)
+    # Programs to load (by function name); None loads every program.
+    programs: frozenset[str] | None = None
+
+
+class BpfCollection:
+    """A loaded BPF object and the links attached from it."""
+
+    def __init__(self, spec: BpfObjectSpec) -> None:
+        self._log = structlog.get_logger().bind(component="ebpf")
+        install_libbpf_logging()
+        self.spec = spec
+        self._links: list[Any] = []
+        self._obj: Any = check_ptr(lib.bpf_object__open_file(str(spec.path).encode(), ffi.NULL),
+                                   f"open {spec.path}")
+        try:
+            self._configure(spec)
+            check(lib.bpf_object__load(self._obj), f"load {spec.path.name}")
+        except BaseException:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+            raise
+
+    def _configure(self, spec: BpfObjectSpec) -> None:
+        for name, value in spec.rodata.items():
+            check(lib.obi_set_rodata(self._obj, name.encode(), value, len(value)), f"set {name}")
+        for name, entries in spec.max_entries.items():
+            check(lib.bpf_map__set_max_entries(self._map(name), entries), f"size map {name}")
+        if spec.programs is not None:
+            known = set()
+            for prog_name, prog in self._programs():
+                known.add(prog_name)
+                check(lib.bpf_program__set_autoload(prog, prog_name in spec.programs),
+                      f"autoload {prog_name}")
+            missing = spec.programs - known
+            if missing:
+                raise ValueError(f"{spec.path.name} has no program {sorted(missing)}")
+
+    def _programs(self) -> Iterator[tuple[str, Any]]:
+        prog = lib.bpf_object__next_program(self._obj, ffi.NULL)
+        while prog != ffi.NULL:
+            yield ffi.string(lib.bpf_program__name(prog)).decode(), prog
+            prog = lib.bpf_object__next_program(self._obj, prog)
+
+    def _map(self, name: str) -> Any:
+        return check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), f"find map {name}")
+
+    def map_fd(self, name: str) -> int:
+        return check(lib.bpf_map__fd(self._map(name)), f"map {name} fd")
+
+    def loaded_programs(self) -> list[str]:
+        return [name for name, prog in self._programs() if lib.bpf_program__autoload(prog)]
+
+    def attach_all(self) -> int:
+        """Attaches every loaded program by its section; returns how many."""
+        for name, prog in self._programs():
+            if not lib.bpf_program__autoload(prog):
+                continue
+            link = lib.bpf_program__attach(prog)
+            if link == ffi.NULL:
+                raise BpfError(ffi.errno, f"attach {name}")
+            self._links.append(link)
+        self._log.debug("programs_attached", object=self.spec.path.name, links=len(self._links))
+        return len(self._links)
+
+    @property
+    def link_count(self) -> int:
+        return len(self._links)
+
+    def link_ids(self) -> list[int]:
+        """Kernel ids of the attached links (for leak checks in tests)."""
+        ids = []
+        for link in self._links:
+            fd = lib.bpf_link__fd(link)
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+            for line in info.splitlines():
+                if line.startswith("link_id:"):
+                    ids.append(int(line.split()[1]))
+        return ids
+
+    def close(self) -> None:
+        """Detaches every link, then releases the object (idempotent)."""
+        while self._links:
+            lib.bpf_link__destroy(self._links.pop())
+        if self._obj is not None:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+    def __enter__(self) -> BpfCollection:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # backstop only; owners call close()
+        if getattr(self, "_obj", None) is not None:
+            self.close()
