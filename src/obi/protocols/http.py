@@ -1,0 +1,279 @@
+"""HTTP/1.x request and response facts from the first bytes the kernel captured.
+
+The capture is a prefix of the message, cut anywhere (even inside the request
+line), plus the total number of bytes read or written. Parsers use plain bytes
+operations (find/split/lower on the whole header block) because they run once
+per observed request; every malformed input raises ``ParseError`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from obi.protocols.errors import ParseError
+
+__all__ = [
+    "HttpRequestFacts",
+    "HttpResponseFacts",
+    "ParseError",
+    "TraceParent",
+    "parse_request",
+    "parse_response",
+    "parse_traceparent",
+]
+
+METHODS: tuple[str, ...] = (
+    "GET",
+    "POST",
+    "PUT",
+    "DELETE",
+    "HEAD",
+    "PATCH",
+    "OPTIONS",
+    "CONNECT",
+    "TRACE",
+)
+_METHOD_BY_TOKEN: dict[bytes, str] = {m.encode("ascii"): m for m in METHODS}
+_VERSION_BY_TOKEN: dict[bytes, str] = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+# Version assumed when the capture ends before the request line's version.
+_TRUNCATED_VERSION = "1.1"
+
+_CRLF = b"\r\n"
+_HEADERS_END = b"\r\n\r\n"
+# Header names as searched in the lower-cased header block, which starts with CRLF.
+_HOST = b"\r\nhost:"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
+_TRACEPARENT = b"\r\ntraceparent:"
+_OWS = b" \t"
+# Longest Content-Length accepted: fits in an int64 and stays clear of int() limits.
+_MAX_LENGTH_DIGITS = 18
+# Statuses that never carry a body (RFC 9110 section 6.4.1).
+_BODYLESS_STATUS = frozenset({204, 304})
+
+_LOWER_HEX = "0123456789abcdef"
+_TRACEPARENT_LEN = 55
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_SPAN_ID = "0" * 16
+
+
+class HttpRequestFacts(NamedTuple):
+    """What a request's first bytes say about it (a tuple: cheap to build per request).
+
+    ``body_size`` is Content-Length when present, else the bytes read after the
+    header block when its end was captured, else 0.
+    """
+
+    method: str
+    target: str
+    path: str
+    version: str
+    host: str | None
+    content_length: int | None
+    body_size: int
+    traceparent: str | None
+
+
+class HttpResponseFacts(NamedTuple):
+    """What a response's first bytes say about it (``body_size`` as for requests)."""
+
+    version: str
+    status_code: int
+    content_length: int | None
+    body_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class TraceParent:
+    """A valid W3C ``traceparent`` header: the caller's trace and span."""
+
+    trace_id: bytes  # 16 bytes
+    parent_span_id: bytes  # 8 bytes
+    sampled: bool
+
+
+def _header_block(data: bytes, line_end: int) -> tuple[bytes, bytes, int]:
+    """Header lines after the start line ending at ``line_end`` (a CRLF offset).
+
+    Returns the CRLF-framed lines, the same lower-cased, and the header length
+    (-1 when the blank line ending the headers was not captured). A trailing line
+    without its CRLF may be cut short, so it is dropped.
+    """
+    headers_end = data.find(_HEADERS_END, line_end)
+    if headers_end >= 0:
+        raw = data[line_end : headers_end + 2]
+        return raw, raw.lower(), headers_end + 4
+    last_line_end = data.rfind(_CRLF)
+    if last_line_end < line_end:  # capture cut between the start line's CR and LF
+        return b"", b"", -1
+    raw = data[line_end : last_line_end + 2]
+    return raw, raw.lower(), -1
+
+
+def _header_value(raw: bytes, lowered: bytes, name: bytes) -> bytes | None:
+    """First value of a header (``name`` is ``b"\\r\\n<lowercase name>:"``)."""
+    start = lowered.find(name)
+    if start < 0:
+        return None
+    start += len(name)
+    return raw[start : raw.find(_CRLF, start)].strip(_OWS)
+
+
+def _content_length(raw: bytes, lowered: bytes) -> int | None:
+    """Content-Length, or None when absent, invalid, or overridden by chunked coding."""
+    value = _header_value(raw, lowered, _CONTENT_LENGTH)
+    if value is None or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+        return None
+    coding = _header_value(raw, lowered, _TRANSFER_ENCODING)
+    if coding is not None and b"chunked" in coding.lower():
+        return None
+    return int(value)
+
+
+def _body_size(content_length: int | None, header_len: int, total_len: int) -> int:
+    if content_length is not None:
+        return content_length
+    if header_len >= 0:
+        return max(0, total_len - header_len)
+    return 0
+
+
+def _is_version_prefix(token: bytes) -> bool:
+    """Whether a capture cut inside the version could still be HTTP/1.0 or HTTP/1.1."""
+    return any(version.startswith(token) for version in _VERSION_BY_TOKEN)
+
+
+def _decode(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def _path_of(target: str) -> str:
+    """The target's path without query or fragment (absolute-form reduced to its path)."""
+    if target[0] != "/":
+        scheme = target.find("://")
+        if 0 < scheme <= 5 and target[:scheme].lower() in ("http", "https"):
+            authority = scheme + 3
+            end = len(target)
+            for delimiter in "/?#":
+                found = target.find(delimiter, authority, end)
+                if found >= 0:
+                    end = found
+            target = target[end:]
+    path = target.partition("?")[0].partition("#")[0]
+    return path or "/"
+
+
+def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
+    """Facts of the request whose first bytes are ``data`` and size is ``total_len``.
+
+    A capture cut inside the target keeps the captured part; one cut before the
+    version assumes HTTP/1.1. Raises ParseError on anything that is not a request.
+    """
+    line_end = data.find(_CRLF)
+    if line_end < 0:
+        # A capture cut between CR and LF still holds a whole request line.
+        line_end = len(data) - 1 if data.endswith(b"\r") else -1
+    line = data if line_end < 0 else data[:line_end]
+    parts = line.split(b" ")
+    method = _METHOD_BY_TOKEN.get(parts[0])
+    if method is None:
+        raise ParseError("request line does not start with an HTTP method")
+    if len(parts) < 2 or not parts[1]:
+        raise ParseError("request line has no target")
+    if len(parts) > 3:
+        raise ParseError("request line has extra spaces")
+    if len(parts) == 3:
+        version = _VERSION_BY_TOKEN.get(parts[2])
+        if version is None:
+            if line_end >= 0 or not _is_version_prefix(parts[2]):
+                raise ParseError("request line has no HTTP/1.x version")
+            version = _TRUNCATED_VERSION
+    elif line_end >= 0:
+        raise ParseError("request line has no HTTP version")
+    else:
+        version = _TRUNCATED_VERSION
+    target = _decode(parts[1])
+    if not target.isprintable():
+        raise ParseError("request target has control characters")
+    path = _path_of(target)
+
+    if line_end < 0:
+        return HttpRequestFacts(method, target, path, version, None, None, 0, None)
+    raw, lowered, header_len = _header_block(data, line_end)
+    host = _header_value(raw, lowered, _HOST)
+    traceparent = _header_value(raw, lowered, _TRACEPARENT)
+    content_length = _content_length(raw, lowered)
+    return HttpRequestFacts(
+        method,
+        target,
+        path,
+        version,
+        None if host is None else _decode(host),
+        content_length,
+        _body_size(content_length, header_len, total_len),
+        None if traceparent is None else _decode(traceparent),
+    )
+
+
+def parse_response(data: bytes, total_len: int) -> HttpResponseFacts:
+    """Facts of the response whose first bytes are ``data`` and size is ``total_len``.
+
+    The status line must be captured up to its status code. Bodies of 1xx, 204
+    and 304 responses count as 0 whatever Content-Length says.
+    """
+    version = _VERSION_BY_TOKEN.get(data[:8])
+    if version is None:
+        raise ParseError("status line does not start with HTTP/1.0 or HTTP/1.1")
+    code = data[9:12]
+    if data[8:9] != b" " or len(code) != 3 or not code.isdigit():
+        raise ParseError("status line has no 3-digit status code")
+    if data[12:13] not in (b"", b" ", b"\r"):
+        raise ParseError("status code is not followed by a space or line end")
+    status_code = int(code)
+    if not 100 <= status_code <= 599:
+        raise ParseError("status code outside 100..599")
+
+    line_end = data.find(_CRLF, 12)
+    if line_end < 0:
+        return HttpResponseFacts(version, status_code, None, 0)
+    raw, lowered, header_len = _header_block(data, line_end)
+    content_length = _content_length(raw, lowered)
+    if status_code < 200 or status_code in _BODYLESS_STATUS:
+        body_size = 0
+    else:
+        body_size = _body_size(content_length, header_len, total_len)
+    return HttpResponseFacts(version, status_code, content_length, body_size)
+
+
+def _is_lower_hex(value: str) -> bool:
+    return not value.strip(_LOWER_HEX)
+
+
+def parse_traceparent(value: str) -> TraceParent | None:
+    """The W3C trace-context ``traceparent`` value, or None when it is invalid.
+
+    Version 00 must be exactly 55 characters; later versions may append
+    ``-<more>`` fields, which are ignored (spec: parse what version 00 defines).
+    """
+    if len(value) < _TRACEPARENT_LEN:
+        return None
+    version = value[0:2]
+    if not _is_lower_hex(version) or version == "ff":
+        return None
+    if len(value) != _TRACEPARENT_LEN and (version == "00" or value[55] != "-"):
+        return None
+    if value[2] != "-" or value[35] != "-" or value[52] != "-":
+        return None
+    trace_id = value[3:35]
+    span_id = value[36:52]
+    flags = value[53:55]
+    if not (_is_lower_hex(trace_id) and _is_lower_hex(span_id) and _is_lower_hex(flags)):
+        return None
+    if trace_id == _ZERO_TRACE_ID or span_id == _ZERO_SPAN_ID:
+        return None
+    return TraceParent(
+        trace_id=bytes.fromhex(trace_id),
+        parent_span_id=bytes.fromhex(span_id),
+        sampled=bool(int(flags, 16) & 1),
+    )
