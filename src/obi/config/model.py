@@ -1,0 +1,361 @@
+"""The validated configuration model: frozen, fully typed, with OBI's key names and defaults.
+
+Durations are float seconds. Keys marked "obi-only" do not exist in OBI; every
+other field carries the YAML key and environment variable of OBI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+from urllib.parse import urlsplit
+
+from obi.config.patterns import Glob, PathRegex
+from obi.config.values import PortRanges
+
+
+class ConfigError(Exception):
+    """A configuration problem, as one line naming the source and the key."""
+
+
+LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
+LogFormat = Literal["text", "json"]
+TracePrinter = Literal["disabled", "counter", "text", "json", "json_indent"]
+OtlpProtocol = Literal["", "grpc", "http/protobuf", "http/json"]
+SamplerName = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
+RouteUnmatched = Literal["unset", "path", "wildcard", "heuristic"]
+RouteIgnoreMode = Literal["all", "traces", "metrics"]
+SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
+KubeEnable = Literal["true", "false", "autodetect"]
+MetricsFeature = Literal[
+    "application",
+    "application_span",
+    "application_span_otel",
+    "application_host",
+    "application_service_graph",
+    "application_process",
+    "network",
+    "network_inter_zone",
+]
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """One entry of ``discovery.instrument`` / ``exclude_instrument``: every set criterion must match."""
+
+    open_ports: PortRanges = ()
+    exe_path: Glob | None = None
+    # Service name and namespace given to the processes this entry selects.
+    name: str = ""
+    namespace: str = ""
+    # Kubernetes criteria: accepted now, matched once Kubernetes metadata exists.
+    k8s_namespace: Glob | None = None
+    k8s_pod_name: Glob | None = None
+    k8s_container_name: Glob | None = None
+    k8s_deployment_name: Glob | None = None
+    k8s_replicaset_name: Glob | None = None
+    k8s_statefulset_name: Glob | None = None
+    k8s_daemonset_name: Glob | None = None
+    k8s_owner_name: Glob | None = None
+    k8s_pod_labels: tuple[tuple[str, Glob], ...] = ()
+    k8s_pod_annotations: tuple[tuple[str, Glob], ...] = ()
+
+    @property
+    def has_kubernetes_criteria(self) -> bool:
+        return any(
+            (
+                self.k8s_namespace,
+                self.k8s_pod_name,
+                self.k8s_container_name,
+                self.k8s_deployment_name,
+                self.k8s_replicaset_name,
+                self.k8s_statefulset_name,
+                self.k8s_daemonset_name,
+                self.k8s_owner_name,
+                self.k8s_pod_labels,
+                self.k8s_pod_annotations,
+            )
+        )
+
+
+_KUBE_SYSTEM_NAMESPACES = (
+    "kube-system,kube-node-lease,local-path-storage,grafana-alloy,cert-manager,monitoring,"
+    "gke-connect,gke-gmp-system,gke-managed-cim,gke-managed-filestorecsi,"
+    "gke-managed-metrics-server,gke-managed-system,gke-system,gke-managed-volumepopulator,"
+    "gatekeeper-system"
+)
+
+# OBI's default_exclude_instrument: itself (as obi, ebpf-instrument, beyla), Alloy,
+# OpenTelemetry collectors, and Kubernetes system namespaces.
+DEFAULT_EXCLUDE_INSTRUMENT: tuple[Selector, ...] = (
+    Selector(
+        exe_path=Glob(
+            "{*beyla,*alloy,*obi,*ebpf-instrument,*prometheus-config-reloader,"
+            "*otelcol,*otelcol-contrib,*otelcol-contrib[!/]*}"
+        )
+    ),
+    Selector(k8s_namespace=Glob("{" + _KUBE_SYSTEM_NAMESPACES + "}")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """YAML ``discovery``: which processes to instrument."""
+
+    instrument: tuple[Selector, ...] = ()
+    exclude_instrument: tuple[Selector, ...] = ()
+    default_exclude_instrument: tuple[Selector, ...] = DEFAULT_EXCLUDE_INSTRUMENT
+
+
+@dataclass(frozen=True, slots=True)
+class RoutesConfig:
+    """YAML ``routes``: how ``http.route`` is derived from the path."""
+
+    patterns: tuple[str, ...] = ()
+    ignored_patterns: tuple[str, ...] = ()
+    ignore_mode: RouteIgnoreMode = "all"
+    unmatched: RouteUnmatched = "heuristic"
+    wildcard_char: str = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerConfig:
+    """YAML ``otel_traces_export.sampler``; env OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG."""
+
+    name: SamplerName = "parentbased_always_on"
+    arg: float | None = None  # only for the ratio samplers, validated in [0, 1]
+
+    @property
+    def ratio(self) -> float:
+        """The ratio of the ratio samplers; 1.0 when no argument was given (OTel default)."""
+        return 1.0 if self.arg is None else self.arg
+
+
+def _resolve_endpoint(signal_endpoint: str, endpoint: str) -> tuple[str, bool]:
+    if signal_endpoint:
+        return signal_endpoint, False
+    return endpoint, bool(endpoint)
+
+
+def _guess_protocol(protocol: OtlpProtocol, url: str) -> OtlpProtocol:
+    """OBI's rule: the configured protocol, else grpc for ports ending in 4317, else http/protobuf."""
+    if protocol:
+        return protocol
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = None
+    if port is not None and str(port).endswith("4317"):
+        return "grpc"
+    return "http/protobuf"
+
+
+def _http_url(url: str, is_common: bool, signal_path: str) -> str:
+    """The URL an HTTP exporter posts to (OTel rules, as OBI applies them).
+
+    A common endpoint gets the signal path appended; a signal endpoint is used as
+    given, except that an empty path gets the signal path (OBI's Go SDK does so).
+    """
+    parts = urlsplit(url)
+    path = parts.path
+    if is_common:
+        path = path.rstrip("/") + signal_path
+    elif path in ("", "/"):
+        path = signal_path
+    return parts._replace(path=path).geturl()
+
+
+@dataclass(frozen=True, slots=True)
+class TracesExportConfig:
+    """YAML ``otel_traces_export``.
+
+    ``endpoint`` is the common OTEL_EXPORTER_OTLP_ENDPOINT; ``signal_endpoint`` is
+    YAML ``endpoint`` or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (OBI maps both there).
+    ``protocol`` is the resolved setting ("" = not set: see ``effective_protocol``).
+    """
+
+    endpoint: str = ""
+    signal_endpoint: str = ""
+    protocol: OtlpProtocol = ""
+    insecure_skip_verify: bool = False
+    headers: Headers = field(default=(), repr=False)  # env only, never shown
+    timeout: float = 10.0  # OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT, ms in the environment
+    sampler: SamplerConfig = SamplerConfig()
+    max_queue_size: int = 4096
+    max_export_batch_size: int = 512  # obi-only
+    batch_timeout: float = 15.0
+
+    SIGNAL_PATH: ClassVar[str] = "/v1/traces"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint or self.signal_endpoint)
+
+    def resolved_endpoint(self) -> tuple[str, bool]:
+        """(URL, is_common): the signal endpoint wins over the common one."""
+        return _resolve_endpoint(self.signal_endpoint, self.endpoint)
+
+    @property
+    def effective_protocol(self) -> OtlpProtocol:
+        return _guess_protocol(self.protocol, self.resolved_endpoint()[0])
+
+    @property
+    def http_url(self) -> str:
+        url, is_common = self.resolved_endpoint()
+        return _http_url(url, is_common, self.SIGNAL_PATH) if url else ""
+
+
+_SIZE_BUCKETS = (0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0)
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramBuckets:
+    """YAML ``otel_metrics_export.buckets``: explicit bucket boundaries (OBI's defaults)."""
+
+    duration_histogram: tuple[float, ...] = (
+        0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    )  # fmt: skip
+    request_size_histogram: tuple[float, ...] = _SIZE_BUCKETS
+    response_size_histogram: tuple[float, ...] = _SIZE_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsExportConfig:
+    """YAML ``otel_metrics_export``; endpoints, protocol, headers as for traces with _METRICS_ variables."""
+
+    endpoint: str = ""
+    signal_endpoint: str = ""
+    protocol: OtlpProtocol = ""
+    insecure_skip_verify: bool = False
+    headers: Headers = field(default=(), repr=False)
+    timeout: float = 10.0
+    interval: float = 60.0
+    buckets: HistogramBuckets = HistogramBuckets()
+    features: tuple[MetricsFeature, ...] = ("application",)
+
+    SIGNAL_PATH: ClassVar[str] = "/v1/metrics"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint or self.signal_endpoint)
+
+    def resolved_endpoint(self) -> tuple[str, bool]:
+        return _resolve_endpoint(self.signal_endpoint, self.endpoint)
+
+    @property
+    def effective_protocol(self) -> OtlpProtocol:
+        return _guess_protocol(self.protocol, self.resolved_endpoint()[0])
+
+    @property
+    def http_url(self) -> str:
+        url, is_common = self.resolved_endpoint()
+        return _http_url(url, is_common, self.SIGNAL_PATH) if url else ""
+
+
+@dataclass(frozen=True, slots=True)
+class PrometheusExportConfig:
+    """YAML ``prometheus_export``: a scrape endpoint, open when ``port`` is not 0."""
+
+    port: int = 0
+    path: str = "/metrics"
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != 0
+
+
+@dataclass(frozen=True, slots=True)
+class EbpfConfig:
+    """YAML ``ebpf``."""
+
+    wakeup_len: int = 0  # 0: unset (OBI's default); the ring reader picks its batching
+    track_request_headers: bool = False
+    http_request_timeout: float = 0.0  # 0 disables request timeouts
+    # obi-only keys below.
+    syscall_hooks: SyscallHooks = "auto"
+    ring_buffer_size: int = 16 * 1024 * 1024
+    request_capture_bytes: int = 512
+    response_capture_bytes: int = 256
+    pid_filter_max: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    """YAML ``attributes.kubernetes``: stored for the Kubernetes decorator."""
+
+    enable: KubeEnable = "false"
+    kubeconfig_path: str = ""
+    cluster_name: str = ""
+    informers_sync_timeout: float = 30.0
+    meta_restrict_local_node: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttributesConfig:
+    """YAML ``attributes``."""
+
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole agent configuration: defaults < YAML file < environment."""
+
+    log_level: LogLevel = "INFO"
+    log_format: LogFormat = "text"  # obi-only
+    trace_printer: TracePrinter | None = None  # None: not set, see effective_trace_printer
+    shutdown_timeout: float = 10.0
+    enforce_sys_caps: bool = False
+    # Discovery shortcuts.
+    open_port: PortRanges = ()
+    auto_target_exe: Glob | None = None  # env only, as in OBI
+    executable_path: PathRegex | None = None  # OBI's deprecated regex selector
+    target_pids: tuple[int, ...] = ()
+    # OBI's deprecated global service name/namespace (OTEL_SERVICE_NAME,
+    # OTEL_EBPF_SERVICE_NAMESPACE) for the processes the shortcuts select.
+    service_name: str = ""
+    service_namespace: str = ""
+    # OTEL_RESOURCE_ATTRIBUTES given to obi: fallback resource attributes for every
+    # instrumented process (OBI reads the process's own variable first).
+    resource_attributes: tuple[tuple[str, str], ...] = ()
+    discovery: DiscoveryConfig = DiscoveryConfig()
+    routes: RoutesConfig = RoutesConfig()
+    otel_traces_export: TracesExportConfig = TracesExportConfig()
+    otel_metrics_export: MetricsExportConfig = MetricsExportConfig()
+    prometheus_export: PrometheusExportConfig = PrometheusExportConfig()
+    ebpf: EbpfConfig = EbpfConfig()
+    attributes: AttributesConfig = AttributesConfig()
+    config_path: str = ""  # the YAML file loaded, "" if none
+
+    @property
+    def effective_trace_printer(self) -> TracePrinter:
+        """The trace printer to run: as set, else "text" when no exporter is configured at all."""
+        if self.trace_printer is not None:
+            return self.trace_printer
+        if (
+            self.otel_traces_export.enabled
+            or self.otel_metrics_export.enabled
+            or self.prometheus_export.enabled
+        ):
+            return "disabled"
+        return "text"
+
+    @property
+    def has_process_selection(self) -> bool:
+        """Whether any criterion selects processes to instrument."""
+        return bool(
+            self.open_port
+            or self.auto_target_exe
+            or self.executable_path
+            or self.target_pids
+            or self.discovery.instrument
+        )

@@ -1,0 +1,631 @@
+"""Configuration: defaults < YAML file < environment, OBI key names, one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from obi.config import (
+    DEFAULT_EXCLUDE_INSTRUMENT,
+    Config,
+    ConfigError,
+    Glob,
+    load_config,
+    ports_contain,
+)
+from obi.config.values import expand_env, parse_duration, parse_key_values, parse_port_ranges
+
+GUIDE_YAML = """\
+trace_printer: text
+otel_traces_export:
+  endpoint: http://otelcol:4317
+  sampler:
+    name: parentbased_traceidratio
+    arg: "0.01"
+routes:
+  patterns:
+    - /factorial/{num}
+"""
+
+GUIDE_TOKEN = "Z2hwX0l4Y29QOWhr....ScQo="
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "obi-config.yml"
+    path.write_text(text)
+    return str(path)
+
+
+def load_yaml(tmp_path: Path, text: str, **env: str) -> Config:
+    return load_config(write(tmp_path, text), env)
+
+
+def yaml_error(tmp_path: Path, text: str, **env: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_yaml(tmp_path, text, **env)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def env_error(**env: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- the deployment guide's configurations -------------------------------------------
+
+
+def test_guide_configmap_loads_through_config_path_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, GUIDE_YAML)
+    config = load_config(None, {"OTEL_EBPF_CONFIG_PATH": path})
+
+    assert config.config_path == path
+    assert config.trace_printer == "text"
+    assert config.effective_trace_printer == "text"
+    traces = config.otel_traces_export
+    assert traces.signal_endpoint == "http://otelcol:4317"
+    assert traces.endpoint == ""
+    assert traces.resolved_endpoint() == ("http://otelcol:4317", False)
+    assert traces.effective_protocol == "grpc"
+    assert traces.sampler.name == "parentbased_traceidratio"
+    assert traces.sampler.arg == pytest.approx(0.01)
+    assert traces.sampler.ratio == pytest.approx(0.01)
+    assert config.routes.patterns == ("/factorial/{num}",)
+
+
+def test_guide_sidecar_environment() -> None:
+    config = load_config(
+        None,
+        {
+            "OTEL_EBPF_OPEN_PORT": "8443",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otelcol:4318",
+            "OTEL_EBPF_KUBE_METADATA_ENABLE": "true",
+        },
+    )
+    assert config.open_port == ((8443, 8443),)
+    assert config.attributes.kubernetes.enable == "true"
+    for export in (config.otel_traces_export, config.otel_metrics_export):
+        assert export.endpoint == "http://otelcol:4318"
+        assert export.signal_endpoint == ""
+        assert export.effective_protocol == "http/protobuf"
+    assert config.otel_traces_export.http_url == "http://otelcol:4318/v1/traces"
+    assert config.otel_metrics_export.http_url == "http://otelcol:4318/v1/metrics"
+    assert config.effective_trace_printer == "disabled"
+    assert config.has_process_selection
+
+
+def test_guide_auto_target_exe() -> None:
+    config = load_config(None, {"OTEL_EBPF_AUTO_TARGET_EXE": "*/goblog"})
+    assert config.auto_target_exe is not None
+    assert config.auto_target_exe.matches("/usr/local/bin/goblog")
+    assert not config.auto_target_exe.matches("/usr/local/bin/goblog2")
+
+
+def test_guide_daemonset_printer_and_autodetect() -> None:
+    config = load_config(
+        None,
+        {
+            "OTEL_EBPF_TRACE_PRINTER": "text",
+            "OTEL_EBPF_KUBE_METADATA_ENABLE": "autodetect",
+            "KUBE_NAMESPACE": "obi-demo",
+        },
+    )
+    assert config.effective_trace_printer == "text"
+    assert config.attributes.kubernetes.enable == "autodetect"
+
+
+def test_guide_secret_headers_parse_and_never_show() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {GUIDE_TOKEN}",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://otlp.example.com",
+    }
+    config = load_config(None, env)
+    assert config.otel_traces_export.headers == (("Authorization", f"Bearer {GUIDE_TOKEN}"),)
+    assert config.otel_metrics_export.headers == (("Authorization", f"Bearer {GUIDE_TOKEN}"),)
+    assert GUIDE_TOKEN not in repr(config)
+    assert GUIDE_TOKEN not in str(config)
+    assert GUIDE_TOKEN not in repr(config.otel_traces_export)
+
+    # A configuration error elsewhere must not leak it either.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {**env, "OTEL_EBPF_OPEN_PORT": "abc"})
+    assert GUIDE_TOKEN not in str(info.value)
+    # Nor a malformed header list.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"OTEL_EXPORTER_OTLP_HEADERS": f"Authorization=Bearer {GUIDE_TOKEN},oops"})
+    assert GUIDE_TOKEN not in str(info.value)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(info.value)
+
+
+# --- defaults -------------------------------------------------------------------------
+
+
+def test_defaults_without_file_or_environment() -> None:
+    config = load_config(None, {})
+    assert config == Config()
+    assert config.log_level == "INFO"
+    assert config.log_format == "text"
+    assert config.trace_printer is None
+    assert config.effective_trace_printer == "text"  # no exporter at all
+    assert config.shutdown_timeout == 10.0
+    assert config.otel_traces_export.sampler.name == "parentbased_always_on"
+    assert config.otel_traces_export.max_queue_size == 4096
+    assert config.otel_traces_export.batch_timeout == 15.0
+    assert config.otel_metrics_export.interval == 60.0
+    assert config.otel_metrics_export.buckets.duration_histogram[:3] == (0, 0.005, 0.01)
+    assert config.otel_metrics_export.buckets.duration_histogram[-1] == 10
+    assert config.routes.unmatched == "heuristic"
+    assert config.ebpf.syscall_hooks == "auto"
+    assert config.ebpf.ring_buffer_size == 16 * 1024 * 1024
+    assert config.ebpf.request_capture_bytes == 512
+    assert config.ebpf.response_capture_bytes == 256
+    assert config.ebpf.pid_filter_max == 4096
+    assert config.attributes.kubernetes.enable == "false"
+    assert config.discovery.default_exclude_instrument == DEFAULT_EXCLUDE_INSTRUMENT
+    assert not config.has_process_selection
+
+
+def test_empty_file_is_fine(tmp_path: Path) -> None:
+    assert load_yaml(tmp_path, "") == Config(config_path=str(tmp_path / "obi-config.yml"))
+    assert load_yaml(tmp_path, "# only a comment\n").log_level == "INFO"
+
+
+def test_default_exclusions_cover_obi_and_collectors() -> None:
+    exe = DEFAULT_EXCLUDE_INSTRUMENT[0].exe_path
+    assert exe is not None
+    for path in ("/usr/bin/obi", "/beyla", "/bin/otelcol-contrib", "/otelcol-contrib-v2", "/bin/alloy"):
+        assert exe.matches(path), path
+    assert not exe.matches("/usr/sbin/nginx")
+    assert not exe.matches("/opt/otelcol-contrib/bin/app")
+    namespace = DEFAULT_EXCLUDE_INSTRUMENT[1].k8s_namespace
+    assert namespace is not None
+    assert namespace.matches("kube-system")
+    assert not namespace.matches("default")
+
+
+def test_default_exclusions_can_be_emptied_or_replaced(tmp_path: Path) -> None:
+    emptied = load_yaml(tmp_path, "discovery:\n  default_exclude_instrument: []\n")
+    assert emptied.discovery.default_exclude_instrument == ()
+    blank = load_yaml(tmp_path, "discovery:\n  default_exclude_instrument: ''\n")
+    assert blank.discovery.default_exclude_instrument == ()
+    replaced = load_yaml(tmp_path, "discovery:\n  default_exclude_instrument:\n    - exe_path: '*me'\n")
+    assert [s.exe_path for s in replaced.discovery.default_exclude_instrument] == [Glob("*me")]
+
+
+# --- YAML and environment together ----------------------------------------------------
+
+
+def test_environment_overrides_yaml_field_by_field(tmp_path: Path) -> None:
+    config = load_yaml(
+        tmp_path,
+        "log_level: debug\nshutdown_timeout: 30s\notel_traces_export:\n"
+        "  endpoint: http://a:4318\n  protocol: http/json\n  max_queue_size: 10\n",
+        OTEL_EBPF_LOG_LEVEL="warn",
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://b:4317/custom",
+    )
+    assert config.log_level == "WARN"
+    assert config.shutdown_timeout == 30.0
+    traces = config.otel_traces_export
+    assert traces.signal_endpoint == "http://b:4317/custom"
+    assert traces.protocol == "http/json"
+    assert traces.max_queue_size == 10
+    assert traces.http_url == "http://b:4317/custom"
+
+
+def test_protocol_precedence() -> None:
+    config = load_config(
+        None,
+        {
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/protobuf",
+        },
+    )
+    assert config.otel_traces_export.protocol == "grpc"
+    assert config.otel_metrics_export.protocol == "http/protobuf"
+
+
+def test_signal_endpoint_beats_common_and_http_paths() -> None:
+    config = load_config(
+        None,
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/otlp/",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318",
+        },
+    )
+    assert config.otel_traces_export.resolved_endpoint() == ("http://traces:4318", False)
+    # OBI: a signal endpoint without a path still posts to the signal path.
+    assert config.otel_traces_export.http_url == "http://traces:4318/v1/traces"
+    assert config.otel_metrics_export.http_url == "http://collector:4318/otlp/v1/metrics"
+
+
+def test_headers_merge_signal_over_common_and_url_decode() -> None:
+    config = load_config(
+        None,
+        {
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=one, x-tenant = a%20b ,Authorization=Basic x%3D",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "API-KEY=two",
+        },
+    )
+    assert dict(config.otel_traces_export.headers) == {
+        "API-KEY": "two",
+        "x-tenant": "a b",
+        "Authorization": "Basic x=",
+    }
+    assert dict(config.otel_metrics_export.headers)["api-key"] == "one"
+
+
+def test_timeouts_in_milliseconds() -> None:
+    config = load_config(
+        None, {"OTEL_EXPORTER_OTLP_TIMEOUT": "2500", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT": "500"}
+    )
+    assert config.otel_traces_export.timeout == 2.5
+    assert config.otel_metrics_export.timeout == 0.5
+
+
+def test_metrics_interval_precedence(tmp_path: Path) -> None:
+    assert load_config(None, {"OTEL_METRIC_EXPORT_INTERVAL": "5000"}).otel_metrics_export.interval == 5.0
+    both = load_yaml(tmp_path, "otel_metrics_export:\n  interval: 10s\n", OTEL_METRIC_EXPORT_INTERVAL="5000")
+    assert both.otel_metrics_export.interval == 10.0
+    obi_env = load_yaml(
+        tmp_path,
+        "otel_metrics_export:\n  interval: 10s\n",
+        OTEL_EBPF_METRICS_INTERVAL="1m30s",
+        OTEL_METRIC_EXPORT_INTERVAL="5000",
+    )
+    assert obi_env.otel_metrics_export.interval == 90.0
+
+
+def test_sampler_from_environment() -> None:
+    config = load_config(None, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"})
+    assert config.otel_traces_export.sampler.name == "traceidratio"
+    assert config.otel_traces_export.sampler.ratio == 0.25
+    # The argument only matters to ratio samplers.
+    always = load_config(None, {"OTEL_TRACES_SAMPLER": "always_on", "OTEL_TRACES_SAMPLER_ARG": "x"})
+    assert always.otel_traces_export.sampler.arg is None
+    numeric = load_config(None, {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio"})
+    assert numeric.otel_traces_export.sampler.ratio == 1.0
+
+
+def test_yaml_sampler_arg_may_be_a_number(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, "otel_traces_export:\n  sampler: {name: traceidratio, arg: 0.5}\n")
+    assert config.otel_traces_export.sampler.ratio == 0.5
+
+
+def test_discovery_selectors(tmp_path: Path) -> None:
+    config = load_yaml(
+        tmp_path,
+        """\
+discovery:
+  instrument:
+    - open_ports: 80,443,8000-8999
+      name: web
+      namespace: shop
+    - open_ports: 8080
+    - exe_path: "*/{nginx,redis-server}"
+    - k8s_namespace: frontend
+      k8s_pod_labels:
+        instrument: obi
+      k8s_pod_annotations:
+        obi.instrument: "true"
+  exclude_instrument:
+    - exe_path: "*prometheus*"
+""",
+    )
+    web, port, exe, kube = config.discovery.instrument
+    assert web.open_ports == ((80, 80), (443, 443), (8000, 8999))
+    assert (web.name, web.namespace) == ("web", "shop")
+    assert ports_contain(web.open_ports, 8500) and not ports_contain(web.open_ports, 9000)
+    assert port.open_ports == ((8080, 8080),)
+    assert exe.exe_path is not None and exe.exe_path.matches("/usr/sbin/redis-server")
+    assert kube.has_kubernetes_criteria
+    assert kube.k8s_pod_labels == (("instrument", Glob("obi")),)
+    assert kube.k8s_pod_annotations == (("obi.instrument", Glob("true")),)
+    assert config.discovery.exclude_instrument[0].exe_path == Glob("*prometheus*")
+
+
+def test_top_level_shortcuts(tmp_path: Path) -> None:
+    config = load_yaml(
+        tmp_path,
+        "open_port: 8000-8010\ntarget_pids: [12, 34]\nexecutable_path: 'api$'\nservice_name: shop\n",
+    )
+    assert config.open_port == ((8000, 8010),)
+    assert config.target_pids == (12, 34)
+    assert config.executable_path is not None and config.executable_path.matches("/srv/api")
+    assert config.service_name == "shop"
+    env = load_config(None, {"OTEL_EBPF_TARGET_PID": "7, 8", "OTEL_SERVICE_NAME": "svc"})
+    assert env.target_pids == (7, 8)
+    assert env.service_name == "svc"
+    assert load_config(None, {"OTEL_GO_AUTO_TARGET_EXE": "*x"}).auto_target_exe == Glob("*x")
+
+
+def test_resource_attributes_for_instrumented_processes() -> None:
+    config = load_config(None, {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,team=a%2Cb"})
+    assert config.resource_attributes == (("deployment.environment", "prod"), ("team", "a,b"))
+
+
+def test_routes_and_ebpf_and_kubernetes(tmp_path: Path) -> None:
+    config = load_yaml(
+        tmp_path,
+        """\
+routes:
+  patterns: ["/user/{id}"]
+  ignored_patterns: [/health]
+  ignore_mode: traces
+  unmatched: path
+  wildcard_char: "#"
+ebpf:
+  wakeup_len: 100
+  track_request_headers: true
+  http_request_timeout: 30s
+  syscall_hooks: raw_tracepoint
+  ring_buffer_size: 1048576
+  request_capture_bytes: 1024
+  response_capture_bytes: 128
+  pid_filter_max: 100
+attributes:
+  kubernetes:
+    enable: true
+    kubeconfig_path: /k
+    cluster_name: c1
+    informers_sync_timeout: 1m
+    meta_restrict_local_node: true
+prometheus_export:
+  port: 9400
+""",
+        OTEL_EBPF_BPF_SYSCALL_HOOKS="tracepoint",
+    )
+    assert config.routes.ignore_mode == "traces"
+    assert config.routes.unmatched == "path"
+    assert config.routes.wildcard_char == "#"
+    ebpf = config.ebpf
+    assert (ebpf.wakeup_len, ebpf.track_request_headers, ebpf.http_request_timeout) == (100, True, 30.0)
+    assert ebpf.syscall_hooks == "tracepoint"
+    assert (ebpf.ring_buffer_size, ebpf.request_capture_bytes, ebpf.response_capture_bytes) == (
+        1048576,
+        1024,
+        128,
+    )
+    kube = config.attributes.kubernetes
+    assert (kube.enable, kube.kubeconfig_path, kube.cluster_name) == ("true", "/k", "c1")
+    assert kube.informers_sync_timeout == 60.0 and kube.meta_restrict_local_node
+    assert config.prometheus_export.enabled
+    assert config.effective_trace_printer == "disabled"
+
+
+def test_explicit_empty_unmatched_means_wildcard(tmp_path: Path) -> None:
+    assert load_yaml(tmp_path, "routes:\n  unmatched: ''\n").routes.unmatched == "wildcard"
+
+
+def test_booleans_accept_go_spellings(tmp_path: Path) -> None:
+    for spelling, expected in (("TRUE", True), ("True", True), ("1", True), ("f", False), ("False", False)):
+        config = load_config(None, {"OTEL_EBPF_ENFORCE_SYS_CAPS": spelling})
+        assert config.enforce_sys_caps is expected
+    assert load_yaml(tmp_path, "enforce_sys_caps: 'true'\n").enforce_sys_caps
+
+
+def test_empty_environment_value_counts_as_unset(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, "log_level: ERROR\n", OTEL_EBPF_LOG_LEVEL="")
+    assert config.log_level == "ERROR"
+
+
+def test_env_expansion_in_yaml(tmp_path: Path) -> None:
+    config = load_yaml(
+        tmp_path,
+        "otel_traces_export:\n  endpoint: ${COLLECTOR:-http://fallback:4318}\n"
+        "attributes:\n  kubernetes:\n    cluster_name: ${CLUSTER}\n",
+        CLUSTER="prod-1",
+    )
+    assert config.otel_traces_export.signal_endpoint == "http://fallback:4318"
+    assert config.attributes.kubernetes.cluster_name == "prod-1"
+
+
+def test_expand_env_forms() -> None:
+    env = {"A": "x", "EMPTY": ""}
+    assert expand_env("${A} $(A) ${env:A} ${B:-d} ${EMPTY:-e} ${B}.", env) == "x x x d e ."
+    assert expand_env("$${A} ^/srv/api$", env) == "${A} ^/srv/api$"
+
+
+# --- errors ---------------------------------------------------------------------------
+
+
+def test_unknown_keys_name_the_dotted_path_and_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "obi-config.yml")
+    assert (
+        yaml_error(tmp_path, "tracer_printer: text\n") == f"config file {path}: tracer_printer: unknown key"
+    )
+    assert (
+        yaml_error(tmp_path, "otel_traces_export:\n  sampler:\n    nme: x\n")
+        == f"config file {path}: otel_traces_export.sampler.nme: unknown key"
+    )
+    assert "discovery.instrument[1].ports: unknown key" in yaml_error(
+        tmp_path, "discovery:\n  instrument:\n    - open_ports: 80\n    - ports: 80\n"
+    )
+    assert "attributes.kubernetes.enabled: unknown key" in yaml_error(
+        tmp_path, "attributes:\n  kubernetes:\n    enabled: true\n"
+    )
+
+
+def test_unknown_sampler_lists_accepted(tmp_path: Path) -> None:
+    path = str(tmp_path / "obi-config.yml")
+    assert yaml_error(tmp_path, "otel_traces_export:\n  sampler:\n    name: foo\n") == (
+        f'config file {path}: otel_traces_export.sampler.name: unknown sampler "foo" (accepted: '
+        "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, "
+        "parentbased_traceidratio)"
+    )
+
+
+@pytest.mark.parametrize("arg", ["1.5", "-0.1", "abc", "nan"])
+def test_bad_ratio_sampler_argument(tmp_path: Path, arg: str) -> None:
+    message = yaml_error(
+        tmp_path, f"otel_traces_export:\n  sampler:\n    name: traceidratio\n    arg: '{arg}'\n"
+    )
+    assert "otel_traces_export.sampler.arg:" in message
+    message = env_error(OTEL_TRACES_SAMPLER="parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG=arg)
+    assert message.startswith("environment variable OTEL_TRACES_SAMPLER_ARG: ")
+
+
+@pytest.mark.parametrize("ports", ["90-80", "70000", "abc", "0", "80,,81", "1-2-3"])
+def test_bad_port_ranges(tmp_path: Path, ports: str) -> None:
+    assert env_error(OTEL_EBPF_OPEN_PORT=ports).startswith("environment variable OTEL_EBPF_OPEN_PORT: ")
+    message = yaml_error(tmp_path, f"discovery:\n  instrument:\n    - open_ports: '{ports}'\n")
+    assert "discovery.instrument[0].open_ports: " in message
+
+
+def test_bad_port_range_message() -> None:
+    assert (
+        env_error(OTEL_EBPF_OPEN_PORT="90-80")
+        == 'environment variable OTEL_EBPF_OPEN_PORT: bad port range "90-80"'
+    )
+
+
+@pytest.mark.parametrize("glob", ["/bin/[abc", "*{a,b", "x\\", "[]"])
+def test_bad_globs(tmp_path: Path, glob: str) -> None:
+    assert "bad glob" in env_error(OTEL_EBPF_AUTO_TARGET_EXE=glob)
+    message = yaml_error(tmp_path, f"discovery:\n  exclude_instrument:\n    - exe_path: '{glob}'\n")
+    assert "discovery.exclude_instrument[0].exe_path: bad glob" in message
+
+
+def test_bad_label_glob(tmp_path: Path) -> None:
+    message = yaml_error(tmp_path, "discovery:\n  instrument:\n    - k8s_pod_labels:\n        app: '[x'\n")
+    assert "discovery.instrument[0].k8s_pod_labels.app: bad glob" in message
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("otelcol:4317", "scheme"),
+        ("ftp://otelcol:4317", "scheme"),
+        ("http://:4317", "missing host"),
+        ("http://otelcol:99999", "invalid port"),
+        ("http://otelcol:abc", "invalid port"),
+    ],
+)
+def test_bad_endpoints(tmp_path: Path, url: str, why: str) -> None:
+    message = yaml_error(tmp_path, f"otel_metrics_export:\n  endpoint: '{url}'\n")
+    assert "otel_metrics_export.endpoint: bad URL" in message and why in message
+    message = env_error(OTEL_EXPORTER_OTLP_ENDPOINT=url)
+    assert message.startswith("environment variable OTEL_EXPORTER_OTLP_ENDPOINT: bad URL")
+
+
+@pytest.mark.parametrize("duration", ["5", "fast", "-1s", "1x", "s"])
+def test_bad_durations(tmp_path: Path, duration: str) -> None:
+    message = yaml_error(tmp_path, f"shutdown_timeout: '{duration}'\n")
+    assert "shutdown_timeout: " in message and "duration" in message
+    assert env_error(OTEL_EBPF_SHUTDOWN_TIMEOUT=duration).startswith(
+        "environment variable OTEL_EBPF_SHUTDOWN_TIMEOUT: "
+    )
+
+
+def test_wrong_types(tmp_path: Path) -> None:
+    assert "routes.patterns: expected a list" in yaml_error(tmp_path, "routes:\n  patterns: /a\n")
+    assert "discovery.instrument: expected a list" in yaml_error(
+        tmp_path, "discovery:\n  instrument:\n    open_ports: 80\n"
+    )
+    assert "ebpf: expected a mapping" in yaml_error(tmp_path, "ebpf: [1]\n")
+    assert "ebpf.wakeup_len: expected an integer" in yaml_error(tmp_path, "ebpf:\n  wakeup_len: 1.5\n")
+    assert "log_level: expected a single value" in yaml_error(tmp_path, "log_level: [INFO]\n")
+    assert "expected a mapping of keys at the top level" in yaml_error(tmp_path, "- a\n- b\n")
+
+
+def test_bad_values(tmp_path: Path) -> None:
+    assert 'log_level: unknown log level "LOUD"' in yaml_error(tmp_path, "log_level: LOUD\n")
+    assert "trace_printer: unknown trace printer" in yaml_error(tmp_path, "trace_printer: xml\n")
+    assert "protocol" in env_error(OTEL_EXPORTER_OTLP_PROTOCOL="http")
+    assert "enforce_sys_caps: bad boolean" in yaml_error(tmp_path, "enforce_sys_caps: maybe\n")
+    assert "not a power of two" in env_error(OTEL_EBPF_BPF_RING_BUFFER_SIZE="100000")
+    assert "above the maximum 1024" in yaml_error(tmp_path, "ebpf:\n  request_capture_bytes: 2048\n")
+    assert "above the maximum 256" in env_error(OTEL_EBPF_BPF_RESPONSE_CAPTURE_BYTES="512")
+    assert "wildcard_char: must be a single character" in yaml_error(
+        tmp_path, "routes:\n  wildcard_char: ab\n"
+    )
+    assert "increasing order" in yaml_error(
+        tmp_path, "otel_metrics_export:\n  buckets:\n    duration_histogram: [1, 0.5]\n"
+    )
+    assert "unknown metrics feature" in yaml_error(tmp_path, "otel_metrics_export:\n  features: [apps]\n")
+    assert "bad process id" in env_error(OTEL_EBPF_TARGET_PID="12,x")
+    assert "greater than 0s" in env_error(OTEL_EBPF_KUBE_INFORMERS_SYNC_TIMEOUT="0")
+    assert "no selection criteria" in yaml_error(tmp_path, "discovery:\n  instrument:\n    - name: x\n")
+    assert "must start with /" in yaml_error(tmp_path, "routes:\n  patterns: ['user/{id}']\n")
+
+
+def test_invalid_yaml_and_unreadable_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "obi-config.yml")
+    message = yaml_error(tmp_path, "routes:\n  patterns: [/a\n")
+    assert message.startswith(f"config file {path}: invalid YAML at line ")
+    missing = str(tmp_path / "missing.yml")
+    with pytest.raises(ConfigError, match=f"^config file {missing}: cannot read: "):
+        load_config(missing, {})
+    if os.geteuid() != 0:  # root reads anything
+        unreadable = tmp_path / "secret.yml"
+        unreadable.write_text("log_level: INFO\n")
+        unreadable.chmod(0)
+        with pytest.raises(ConfigError, match="cannot read"):
+            load_config(str(unreadable), {})
+
+
+def test_explicit_path_wins_over_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "log_level: DEBUG\n")
+    config = load_config(path, {"OTEL_EBPF_CONFIG_PATH": str(tmp_path / "nope.yml")})
+    assert config.log_level == "DEBUG"
+
+
+# --- value parsers --------------------------------------------------------------------
+
+
+def test_parse_duration_go_forms() -> None:
+    assert parse_duration("0") == 0.0
+    assert parse_duration("100ms") == pytest.approx(0.1)
+    assert parse_duration("1m30s") == 90.0
+    assert parse_duration("1.5h") == 5400.0
+    assert parse_duration("250us") == pytest.approx(0.00025)
+    assert parse_duration("10ns") == pytest.approx(1e-8)
+
+
+def test_parse_port_ranges_and_key_values() -> None:
+    assert parse_port_ranges(" 80 , 8000-8001") == ((80, 80), (8000, 8001))
+    assert parse_key_values("a=b=c, ,d=", "header") == (("a", "b=c"), ("d", ""))
+    with pytest.raises(ValueError, match="entry 1 is not key=value"):
+        parse_key_values("=v", "header")
+
+
+def test_glob_syntax() -> None:
+    assert Glob("*").matches("/any/thing")
+    assert Glob("/bin/?s").matches("/bin/ls")
+    assert Glob("[a-c]x").matches("bx") and not Glob("[a-c]x").matches("dx")
+    assert Glob("[!a]x").matches("bx") and not Glob("[!a]x").matches("ax")
+    assert Glob("{a,{b,c}}d").matches("cd")
+    assert Glob("a\\*b").matches("a*b") and not Glob("a\\*b").matches("axb")
+    assert Glob("a.b").matches("a.b") and not Glob("a.b").matches("axb")
+
+
+@given(st.text(max_size=40))
+def test_glob_compiles_or_says_why(pattern: str) -> None:
+    try:
+        glob = Glob(pattern)
+    except ValueError as err:
+        assert str(err).startswith("bad glob")
+    else:
+        glob.matches("/usr/bin/some-thing")
+
+
+@given(st.text(max_size=40))
+def test_port_ranges_parse_or_say_why(text: str) -> None:
+    try:
+        ranges = parse_port_ranges(text)
+    except ValueError as err:
+        assert "\n" not in str(err)
+    else:
+        assert all(1 <= low <= high <= 65535 for low, high in ranges)
+
+
+@given(st.text(max_size=60))
+def test_expand_env_never_fails(text: str) -> None:
+    assert isinstance(expand_env(text, {"A": "x"}), str)
