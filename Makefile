@@ -1,0 +1,49 @@
+# obi — two commands matter: `make run` and `make test`. Both set up what is
+# missing first (Debian packages, a .venv with obi installed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients.
+APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make gcc \
+	nginx-light wrk curl iproute2 libcap2-bin
+INSTALLED := $(VENV)/.installed
+SOURCES := pyproject.toml setup.py $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
+
+.PHONY: run test bench setup deps lint unit vmlinux clean
+
+run: setup
+	@echo "obi: instrumenting every process with a listening TCP port (override with OTEL_EBPF_OPEN_PORT=...)"
+	OTEL_EBPF_OPEN_PORT="$${OTEL_EBPF_OPEN_PORT:-1-65535}" $(VENV)/bin/obi $(ARGS)
+
+test: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/http_bench.py $(BENCH_ARGS)
+
+setup: deps $(INSTALLED)
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(INSTALLED): $(SOURCES)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "obi needs Python >= 3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.17"
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/vmlinux.h
+
+clean:
+	rm -rf build src/obi/bpf src/obi/ebpf/_libbpf_cffi*.so src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,140 @@
+"""Keeps the set of instrumented processes current and reports its changes.
+
+Rescans /proc every poll interval in a worker thread. Like OBI, a selected
+process stays selected until it exits (a pid reused by a new process, told by
+its start time, is a new process); unselected processes are re-evaluated on
+every scan, so ports opened later are picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import socket
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from obi.discovery.criteria import ProcessFacts, Selection
+from obi.discovery.identity import build_identity
+from obi.discovery.procfs import ProcfsScanner
+from obi.traces.model import ServiceIdentity
+
+OnChange = Callable[[list[ServiceIdentity], list[int]], Awaitable[None] | None]
+
+
+def descendants(root: int, facts: dict[int, ProcessFacts]) -> set[int]:
+    """``root`` and every process below it in the parent tree."""
+    children: dict[int, list[int]] = {}
+    for pid, fact in facts.items():
+        children.setdefault(fact.ppid, []).append(pid)
+    found = {root}
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+class ProcessWatcher:
+    """Selects processes per a Selection and tells a callback about additions and exits.
+
+    ``on_change(added, removed_pids)`` is first called with the initial set (even
+    if empty), then whenever something changes. When a pid is reused, the same
+    call can remove it and add the new process: apply removals first.
+    """
+
+    def __init__(
+        self,
+        selection: Selection,
+        poll_interval_s: float = 0.5,
+        proc_root: str = "/proc",
+        *,
+        agent_pid: int | None = None,
+        skip_agent_descendants: bool = True,
+        hostname: str | None = None,
+    ) -> None:
+        self._selection = selection
+        self._poll_interval_s = poll_interval_s
+        self._proc_root = proc_root
+        self._agent_pid = os.getpid() if agent_pid is None else agent_pid
+        self._skip_agent_descendants = skip_agent_descendants
+        self._hostname = hostname
+        self._scanner = ProcfsScanner(proc_root, read_ports=selection.needs_ports)
+        self._selected: dict[int, int] = {}  # pid -> start time; touched by the scan thread only
+        self._identities: dict[int, ServiceIdentity] = {}
+        self._stopping = asyncio.Event()
+        self._log = structlog.get_logger().bind(component="discovery")
+
+    def identity_for(self, pid: int) -> ServiceIdentity | None:
+        """The identity of an instrumented process, or None."""
+        return self._identities.get(pid)
+
+    @property
+    def instrumented_pids(self) -> frozenset[int]:
+        return frozenset(self._identities)
+
+    async def run(self, on_change: OnChange) -> None:
+        """Scan until ``stop()``; callback errors propagate and end the watcher."""
+        first = True
+        while not self._stopping.is_set():
+            try:
+                added, removed = await asyncio.to_thread(self._poll)
+            except Exception:
+                self._log.exception("scan_failed")
+                added, removed = [], []
+            for pid in removed:
+                self._identities.pop(pid, None)
+                self._log.info("process_removed", pid=pid)
+            for identity in added:
+                self._identities[identity.pid] = identity
+                self._log.info(
+                    "process_selected",
+                    pid=identity.pid,
+                    exe_path=identity.exe_path,
+                    service_name=identity.service_name,
+                    sdk_language=identity.sdk_language,
+                )
+            if first or added or removed:
+                first = False
+                result = on_change(added, removed)
+                if inspect.isawaitable(result):
+                    await result
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._poll_interval_s)
+
+    async def stop(self) -> None:
+        """Make ``run`` return after the scan under way, if any."""
+        self._stopping.set()
+
+    def _poll(self) -> tuple[list[ServiceIdentity], list[int]]:
+        """One scan (blocking; runs in a worker thread): the processes added and removed."""
+        if self._hostname is None:
+            self._hostname = socket.gethostname()
+        facts = self._scanner.scan()
+        removed = [
+            pid
+            for pid, start_time in self._selected.items()
+            if pid not in facts or facts[pid].start_time != start_time
+        ]
+        for pid in removed:
+            del self._selected[pid]
+        skipped = descendants(self._agent_pid, facts) if self._skip_agent_descendants else {self._agent_pid}
+        added: list[ServiceIdentity] = []
+        for pid, fact in facts.items():
+            if pid in self._selected or pid in skipped or not self._selection.matches(fact):
+                continue
+            self._selected[pid] = fact.start_time
+            added.append(
+                build_identity(
+                    pid,
+                    proc_root=self._proc_root,
+                    exe_path=fact.exe_path,
+                    hostname=self._hostname,
+                )
+            )
+        return added, removed

@@ -1,0 +1,139 @@
+"""Selection criteria: port ranges, globs, selectors and the include/exclude policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from obi.discovery.criteria import (
+    DEFAULT_EXCLUDE_INSTRUMENT,
+    ProcessFacts,
+    Selection,
+    Selector,
+    glob_to_regex,
+    parse_port_ranges,
+    port_in_ranges,
+)
+
+
+def facts(pid: int = 10, exe_path: str = "/usr/bin/app", ports: tuple[int, ...] = ()) -> ProcessFacts:
+    return ProcessFacts(pid=pid, start_time=1, ppid=1, exe_path=exe_path, listen_ports=frozenset(ports))
+
+
+def test_parse_port_ranges() -> None:
+    assert parse_port_ranges("80, 443,8000-8999") == ((80, 80), (443, 443), (8000, 8999))
+    assert parse_port_ranges("") == ()
+
+
+@pytest.mark.parametrize("text", ["http", "0", "70000", "9000-8000", "1-2-3", "80-"])
+def test_parse_port_ranges_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="port"):
+        parse_port_ranges(text)
+
+
+def test_port_in_ranges_bounds_are_inclusive() -> None:
+    ranges = ((80, 80), (8000, 8999))
+    assert port_in_ranges(80, ranges)
+    assert port_in_ranges(8000, ranges)
+    assert port_in_ranges(8999, ranges)
+    assert not port_in_ranges(81, ranges)
+    assert not port_in_ranges(9000, ranges)
+    assert not port_in_ranges(80, ())
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "expected"),
+    [
+        ("*/goblog", "/opt/bin/goblog", True),
+        ("*/goblog", "/opt/bin/goblog2", False),
+        ("*nginx*", "/usr/sbin/nginx", True),
+        ("*nginx*", "/usr/sbin/apache2", False),
+        ("/usr/bin/python3.1?", "/usr/bin/python3.11", True),
+        ("/usr/bin/python3.[0-9]", "/usr/bin/python3.9", True),
+        ("/usr/bin/python3.[!0-9]", "/usr/bin/python3.9", False),
+        ("*{redis,memcached}*", "/usr/bin/redis-server", True),
+        ("*{redis,memcached}*", "/usr/bin/memcached", True),
+        ("*{redis,memcached}*", "/usr/bin/postgres", False),
+        ("/usr/bin/app", "/usr/bin/app", True),
+        ("/usr/bin/app", "/usr/bin/app.old", False),
+        ("a.b", "axb", False),
+        ("*", "/anything/at/all", True),
+    ],
+)
+def test_glob(pattern: str, path: str, expected: bool) -> None:
+    assert bool(glob_to_regex(pattern).match(path)) is expected
+
+
+def test_glob_unbalanced_brace() -> None:
+    with pytest.raises(ValueError, match="unbalanced"):
+        glob_to_regex("*{a,b")
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        ("/usr/local/bin/obi", True),
+        ("obi", True),
+        ("/usr/bin/otelcol", True),
+        ("/usr/bin/otelcol-contrib", True),
+        ("/usr/bin/otelcol-contrib-0.98", True),
+        ("/usr/bin/nobi", False),
+        ("/usr/sbin/nginx", False),
+    ],
+)
+def test_default_exclusions(path: str, excluded: bool) -> None:
+    selection = Selection(include=(Selector(exe_path="*"),), exclude=DEFAULT_EXCLUDE_INSTRUMENT)
+    assert selection.matches(facts(exe_path=path)) is not excluded
+
+
+def test_empty_selector_matches_nothing() -> None:
+    assert not Selector().matches(facts(ports=(80,)))
+
+
+def test_selector_requires_every_given_field() -> None:
+    selector = Selector(open_ports=((8080, 8080),), exe_path="*/app")
+    assert selector.matches(facts(exe_path="/srv/app", ports=(8080,)))
+    assert not selector.matches(facts(exe_path="/srv/other", ports=(8080,)))
+    assert not selector.matches(facts(exe_path="/srv/app", ports=(9090,)))
+    assert not selector.matches(facts(exe_path="/srv/app"))
+
+
+def test_selector_by_pid() -> None:
+    selector = Selector(pids=(10, 11))
+    assert selector.matches(facts(pid=11))
+    assert not selector.matches(facts(pid=12))
+
+
+def test_selector_any_listening_port_in_range() -> None:
+    selector = Selector(open_ports=((8000, 8999),))
+    assert selector.matches(facts(ports=(22, 8443)))
+    assert not selector.matches(facts(ports=(22, 9000)))
+
+
+def test_selection_include_any_exclude_wins() -> None:
+    selection = Selection(
+        include=(Selector(open_ports=((80, 80),)), Selector(exe_path="*/worker")),
+        exclude=(Selector(exe_path="*/legacy*"),),
+    )
+    assert selection.matches(facts(exe_path="/srv/web", ports=(80,)))
+    assert selection.matches(facts(exe_path="/srv/worker"))
+    assert not selection.matches(facts(exe_path="/srv/legacy-web", ports=(80,)))
+    assert not selection.matches(facts(exe_path="/srv/other", ports=(81,)))
+
+
+def test_any_listener_mode() -> None:
+    selection = Selection(any_listener=True, exclude=(Selector(open_ports=((22, 22),)),))
+    assert selection.matches(facts(ports=(8080,)))
+    assert not selection.matches(facts())
+    assert not selection.matches(facts(ports=(22, 8080)))
+
+
+def test_needs_ports() -> None:
+    assert not Selection(include=(Selector(exe_path="*"),)).needs_ports
+    assert not Selection(include=(Selector(pids=(1,)),)).needs_ports
+    assert Selection(any_listener=True).needs_ports
+    assert Selection(exclude=(Selector(open_ports=((1, 2),)),)).needs_ports
+
+
+def test_selectors_compare_by_fields() -> None:
+    assert Selector(exe_path="*/a") == Selector(exe_path="*/a")
+    assert hash(Selector(exe_path="*/a")) == hash(Selector(exe_path="*/a"))
