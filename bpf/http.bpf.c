@@ -171,11 +171,11 @@ static __always_inline int read_socket(__u32 fd, struct obi_http_event *ev)
 	ev->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	ev->peer_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (ev->family == AF_INET) {
-		BPF_CORE_READ_INTO(ev->local_addr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(ev->peer_addr, sk, __sk_common.skc_daddr);
+		bpf_core_read(ev->local_addr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(ev->peer_addr, 4, &sk->__sk_common.skc_daddr);
 	} else if (ev->family == AF_INET6) {
-		BPF_CORE_READ_INTO(ev->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(ev->peer_addr, sk, __sk_common.skc_v6_daddr);
+		bpf_core_read(ev->local_addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(ev->peer_addr, 16, &sk->__sk_common.skc_v6_daddr);
 	} else {
 		return -1;
 	}

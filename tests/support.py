@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -9,6 +10,12 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+
+
+def bpf_link_ids() -> set[int]:
+    """Ids of every BPF link on the host (bpftool)."""
+    out = subprocess.run(["bpftool", "-j", "link", "show"], check=True, capture_output=True, text=True).stdout
+    return {int(link["id"]) for link in json.loads(out or "[]")}
 
 
 def free_port() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -16,15 +15,10 @@ import pytest
 from obi.ebpf._libbpf import ffi
 from obi.ebpf.http_tracer import EVENT_SIZE, HttpTracer, HttpTracerSettings
 from obi.ebpf.ring import struct_layout
-from tests.support import free_port, start_process, stop_process
+from tests.support import bpf_link_ids, free_port, start_process, stop_process
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
 MODES = ["tracepoint", "raw_tracepoint"]
-
-
-def bpf_link_ids() -> set[int]:
-    out = subprocess.run(["bpftool", "-j", "link", "show"], check=True, capture_output=True, text=True).stdout
-    return {link["id"] for link in json.loads(out or "[]")}
 
 
 def decode(batch: bytes) -> list[dict[str, Any]]:

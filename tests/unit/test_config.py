@@ -18,6 +18,7 @@ from obi.config import (
     ports_contain,
 )
 from obi.config.values import expand_env, parse_duration, parse_key_values, parse_port_ranges
+from obi.export.endpoints import OtlpSignal, resolve_otlp_target
 
 GUIDE_YAML = """\
 trace_printer: text
@@ -52,6 +53,13 @@ def yaml_error(tmp_path: Path, text: str, **env: str) -> str:
     return message
 
 
+def target(config: Config, signal: OtlpSignal) -> tuple[str, str] | None:
+    """(protocol, endpoint) the exporters resolve for one signal of a loaded config."""
+    export = config.otel_traces_export if signal == "traces" else config.otel_metrics_export
+    resolved = resolve_otlp_target(export.endpoint, export.signal_endpoint, export.protocol, signal)
+    return None if resolved is None else (resolved.protocol, resolved.endpoint)
+
+
 def env_error(**env: str) -> str:
     with pytest.raises(ConfigError) as info:
         load_config(None, env)
@@ -73,8 +81,7 @@ def test_guide_configmap_loads_through_config_path_variable(tmp_path: Path) -> N
     traces = config.otel_traces_export
     assert traces.signal_endpoint == "http://otelcol:4317"
     assert traces.endpoint == ""
-    assert traces.resolved_endpoint() == ("http://otelcol:4317", False)
-    assert traces.effective_protocol == "grpc"
+    assert target(config, "traces") == ("grpc", "otelcol:4317")
     assert traces.sampler.name == "parentbased_traceidratio"
     assert traces.sampler.arg == pytest.approx(0.01)
     assert traces.sampler.ratio == pytest.approx(0.01)
@@ -95,9 +102,8 @@ def test_guide_sidecar_environment() -> None:
     for export in (config.otel_traces_export, config.otel_metrics_export):
         assert export.endpoint == "http://otelcol:4318"
         assert export.signal_endpoint == ""
-        assert export.effective_protocol == "http/protobuf"
-    assert config.otel_traces_export.http_url == "http://otelcol:4318/v1/traces"
-    assert config.otel_metrics_export.http_url == "http://otelcol:4318/v1/metrics"
+    assert target(config, "traces") == ("http/protobuf", "http://otelcol:4318/v1/traces")
+    assert target(config, "metrics") == ("http/protobuf", "http://otelcol:4318/v1/metrics")
     assert config.effective_trace_printer == "disabled"
     assert config.has_process_selection
 
@@ -207,7 +213,7 @@ def test_environment_overrides_yaml_field_by_field(tmp_path: Path) -> None:
     config = load_yaml(
         tmp_path,
         "log_level: debug\nshutdown_timeout: 30s\notel_traces_export:\n"
-        "  endpoint: http://a:4318\n  protocol: http/json\n  max_queue_size: 10\n",
+        "  endpoint: http://a:4318\n  protocol: http/protobuf\n  max_queue_size: 10\n",
         OTEL_EBPF_LOG_LEVEL="warn",
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://b:4317/custom",
     )
@@ -215,9 +221,9 @@ def test_environment_overrides_yaml_field_by_field(tmp_path: Path) -> None:
     assert config.shutdown_timeout == 30.0
     traces = config.otel_traces_export
     assert traces.signal_endpoint == "http://b:4317/custom"
-    assert traces.protocol == "http/json"
+    assert traces.protocol == "http/protobuf"
     assert traces.max_queue_size == 10
-    assert traces.http_url == "http://b:4317/custom"
+    assert target(config, "traces") == ("http/protobuf", "http://b:4317/custom")
 
 
 def test_protocol_precedence() -> None:
@@ -240,10 +246,10 @@ def test_signal_endpoint_beats_common_and_http_paths() -> None:
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318",
         },
     )
-    assert config.otel_traces_export.resolved_endpoint() == ("http://traces:4318", False)
+    assert config.otel_traces_export.signal_endpoint == "http://traces:4318"
     # OBI: a signal endpoint without a path still posts to the signal path.
-    assert config.otel_traces_export.http_url == "http://traces:4318/v1/traces"
-    assert config.otel_metrics_export.http_url == "http://collector:4318/otlp/v1/metrics"
+    assert target(config, "traces") == ("http/protobuf", "http://traces:4318/v1/traces")
+    assert target(config, "metrics") == ("http/protobuf", "http://collector:4318/otlp/v1/metrics")
 
 
 def test_headers_merge_signal_over_common_and_url_decode() -> None:
@@ -506,6 +512,7 @@ def test_bad_label_glob(tmp_path: Path) -> None:
         ("http://:4317", "missing host"),
         ("http://otelcol:99999", "invalid port"),
         ("http://otelcol:abc", "invalid port"),
+        ("http://[::1", "invalid host"),
     ],
 )
 def test_bad_endpoints(tmp_path: Path, url: str, why: str) -> None:
@@ -513,6 +520,47 @@ def test_bad_endpoints(tmp_path: Path, url: str, why: str) -> None:
     assert "otel_metrics_export.endpoint: bad URL" in message and why in message
     message = env_error(OTEL_EXPORTER_OTLP_ENDPOINT=url)
     assert message.startswith("environment variable OTEL_EXPORTER_OTLP_ENDPOINT: bad URL")
+
+
+def test_http_json_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    unsupported = 'protocol "http/json" is not supported by obi yet (use grpc or http/protobuf)'
+    assert env_error(OTEL_EXPORTER_OTLP_PROTOCOL="http/json") == (
+        f"environment variable OTEL_EXPORTER_OTLP_PROTOCOL: {unsupported}"
+    )
+    assert env_error(OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="HTTP/JSON").startswith(
+        'environment variable OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: protocol "HTTP/JSON" is not supported'
+    )
+    message = yaml_error(tmp_path, "otel_traces_export:\n  protocol: http/json\n")
+    assert message.endswith(f"otel_traces_export.protocol: {unsupported}")
+
+
+def test_endpoint_errors_hide_user_info() -> None:
+    message = env_error(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="ftp://user:s3cret@otelcol:4317")
+    assert "s3cret" not in message and '"ftp://otelcol:4317"' in message
+
+
+_ENDPOINTS = st.sampled_from(
+    ["", "http://c:4317", "https://c:4318/base/", "http://[::1]:9", "ftp://c", "c:4317", "http://c:0",
+     "http://:1", "http://c:x", "http://[::1", "http://u:p@c", " http://c/ "]
+)  # fmt: skip
+_PROTOCOLS = st.sampled_from(["", "grpc", "GRPC", "http/protobuf", "http/json", "http", " grpc "])
+
+
+@given(common=_ENDPOINTS, traces=_ENDPOINTS, protocol=_PROTOCOLS)
+def test_every_accepted_config_resolves(common: str, traces: str, protocol: str) -> None:
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": common,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": traces,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+    }
+    try:
+        config = load_config(None, environ)
+    except ConfigError:
+        return
+    # Whatever the loader accepts, the exporters can resolve without OtlpEndpointError.
+    for signal in ("traces", "metrics"):
+        export = config.otel_traces_export if signal == "traces" else config.otel_metrics_export
+        assert (target(config, signal) is None) == (not export.enabled)
 
 
 @pytest.mark.parametrize("duration", ["5", "fast", "-1s", "1x", "s"])

@@ -29,7 +29,6 @@ from obi.config.model import (
     LogLevel,
     MetricsExportConfig,
     MetricsFeature,
-    OtlpProtocol,
     PrometheusExportConfig,
     RouteIgnoreMode,
     RoutesConfig,
@@ -43,6 +42,7 @@ from obi.config.model import (
 )
 from obi.config.patterns import Glob, PathRegex
 from obi.config.values import PortRanges, quote
+from obi.export.endpoints import OtlpSignal, parse_otlp_protocol, resolve_otlp_target
 
 T = TypeVar("T")
 
@@ -51,7 +51,6 @@ CONFIG_PATH_ENV = "OTEL_EBPF_CONFIG_PATH"
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARN", "ERROR")
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 TRACE_PRINTERS: tuple[TracePrinter, ...] = ("disabled", "counter", "text", "json", "json_indent")
-PROTOCOLS: tuple[OtlpProtocol, ...] = ("grpc", "http/protobuf", "http/json")
 SAMPLERS: tuple[SamplerName, ...] = (
     "always_on",
     "always_off",
@@ -474,10 +473,6 @@ def _routes(node: _Node) -> RoutesConfig:
     )
 
 
-def _protocol(text: str) -> OtlpProtocol:
-    return _choice(text, PROTOCOLS, "protocol")
-
-
 def _headers(env: _Environment, signal: str) -> Headers:
     merged: dict[str, tuple[str, str]] = {}
     for name in ("OTEL_EXPORTER_OTLP_HEADERS", f"OTEL_EXPORTER_OTLP_{signal}_HEADERS"):
@@ -487,26 +482,36 @@ def _headers(env: _Environment, signal: str) -> Headers:
     return tuple(merged.values())
 
 
-def _endpoint(node: _Node, env: _Environment, signal: str) -> tuple[str, str]:
-    """(common, signal-specific) endpoints, validated."""
-    common = _pick(env.parse("OTEL_EXPORTER_OTLP_ENDPOINT", values.check_endpoint), default="")
-    signal_endpoint = _pick(
-        env.parse(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", values.check_endpoint),
-        node.parse("endpoint", values.check_endpoint),
-        default="",
-    )
-    return common, signal_endpoint
+def _endpoint_parser(signal: OtlpSignal) -> Callable[[str], str]:
+    """A parser refusing every endpoint that the exporters' resolve_otlp_target would refuse.
+
+    Its OtlpEndpointError is a ValueError: the loader reports it naming the key.
+    The protocol is checked on its own by parse_otlp_protocol, so an endpoint and a
+    protocol that each pass always resolve together.
+    """
+
+    def parse(text: str) -> str:
+        if resolve_otlp_target(text, "", "", signal) is None:
+            raise ValueError("empty URL")
+        return text.strip()
+
+    return parse
 
 
-def _otlp_common(node: _Node, env: _Environment, signal: str) -> dict[str, object]:
-    common, signal_endpoint = _endpoint(node, env, signal)
+def _otlp_common(node: _Node, env: _Environment, signal: OtlpSignal) -> dict[str, object]:
+    upper = signal.upper()
+    endpoint = _endpoint_parser(signal)
     return {
-        "endpoint": common,
-        "signal_endpoint": signal_endpoint,
+        "endpoint": _pick(env.parse("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), default=""),
+        "signal_endpoint": _pick(
+            env.parse(f"OTEL_EXPORTER_OTLP_{upper}_ENDPOINT", endpoint),
+            node.parse("endpoint", endpoint),
+            default="",
+        ),
         "protocol": _pick(
-            env.parse(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", _protocol),
-            env.parse("OTEL_EXPORTER_OTLP_PROTOCOL", _protocol),
-            node.parse("protocol", _protocol),
+            env.parse(f"OTEL_EXPORTER_OTLP_{upper}_PROTOCOL", parse_otlp_protocol),
+            env.parse("OTEL_EXPORTER_OTLP_PROTOCOL", parse_otlp_protocol),
+            node.parse("protocol", parse_otlp_protocol),
             default="",
         ),
         "insecure_skip_verify": _pick(
@@ -517,9 +522,9 @@ def _otlp_common(node: _Node, env: _Environment, signal: str) -> dict[str, objec
             node.boolean("insecure_skip_verify"),
             default=False,
         ),
-        "headers": _headers(env, signal),
+        "headers": _headers(env, upper),
         "timeout": _pick(
-            env.parse(f"OTEL_EXPORTER_OTLP_{signal}_TIMEOUT", values.parse_millis),
+            env.parse(f"OTEL_EXPORTER_OTLP_{upper}_TIMEOUT", values.parse_millis),
             env.parse("OTEL_EXPORTER_OTLP_TIMEOUT", values.parse_millis),
             default=10.0,
         ),
@@ -552,7 +557,7 @@ def _sampler(node: _Node, env: _Environment) -> SamplerConfig:
 
 def _traces(node: _Node, env: _Environment) -> TracesExportConfig:
     defaults = TracesExportConfig()
-    common = _otlp_common(node, env, "TRACES")
+    common = _otlp_common(node, env, "traces")
     return TracesExportConfig(
         **common,  # type: ignore[arg-type]
         sampler=_sampler(node.child("sampler"), env),
@@ -603,7 +608,7 @@ def _features(text: str) -> tuple[MetricsFeature, ...]:
 
 def _metrics(node: _Node, env: _Environment) -> MetricsExportConfig:
     defaults = MetricsExportConfig()
-    common = _otlp_common(node, env, "METRICS")
+    common = _otlp_common(node, env, "metrics")
     yaml_features: tuple[MetricsFeature, ...] | None = None
     if node.has("features"):
         raw = node.raw("features")

@@ -7,11 +7,11 @@ other field carries the YAML key and environment variable of OBI.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
-from urllib.parse import urlsplit
+from typing import Literal
 
 from obi.config.patterns import Glob, PathRegex
 from obi.config.values import PortRanges
+from obi.export.endpoints import OtlpProtocol
 
 
 class ConfigError(Exception):
@@ -21,7 +21,8 @@ class ConfigError(Exception):
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
 LogFormat = Literal["text", "json"]
 TracePrinter = Literal["disabled", "counter", "text", "json", "json_indent"]
-OtlpProtocol = Literal["", "grpc", "http/protobuf", "http/json"]
+# The protocol setting: "" when not set (obi.export.endpoints guesses it from the port).
+OtlpProtocolSetting = OtlpProtocol | Literal[""]
 SamplerName = Literal[
     "always_on",
     "always_off",
@@ -140,52 +141,19 @@ class SamplerConfig:
         return 1.0 if self.arg is None else self.arg
 
 
-def _resolve_endpoint(signal_endpoint: str, endpoint: str) -> tuple[str, bool]:
-    if signal_endpoint:
-        return signal_endpoint, False
-    return endpoint, bool(endpoint)
-
-
-def _guess_protocol(protocol: OtlpProtocol, url: str) -> OtlpProtocol:
-    """OBI's rule: the configured protocol, else grpc for ports ending in 4317, else http/protobuf."""
-    if protocol:
-        return protocol
-    try:
-        port = urlsplit(url).port
-    except ValueError:
-        port = None
-    if port is not None and str(port).endswith("4317"):
-        return "grpc"
-    return "http/protobuf"
-
-
-def _http_url(url: str, is_common: bool, signal_path: str) -> str:
-    """The URL an HTTP exporter posts to (OTel rules, as OBI applies them).
-
-    A common endpoint gets the signal path appended; a signal endpoint is used as
-    given, except that an empty path gets the signal path (OBI's Go SDK does so).
-    """
-    parts = urlsplit(url)
-    path = parts.path
-    if is_common:
-        path = path.rstrip("/") + signal_path
-    elif path in ("", "/"):
-        path = signal_path
-    return parts._replace(path=path).geturl()
-
-
 @dataclass(frozen=True, slots=True)
 class TracesExportConfig:
     """YAML ``otel_traces_export``.
 
     ``endpoint`` is the common OTEL_EXPORTER_OTLP_ENDPOINT; ``signal_endpoint`` is
     YAML ``endpoint`` or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (OBI maps both there).
-    ``protocol`` is the resolved setting ("" = not set: see ``effective_protocol``).
+    ``protocol`` is the resolved setting ("" = not set). ``resolve_otlp_target`` in
+    obi.export.endpoints turns them into the destination; the loader checked that it can.
     """
 
     endpoint: str = ""
     signal_endpoint: str = ""
-    protocol: OtlpProtocol = ""
+    protocol: OtlpProtocolSetting = ""
     insecure_skip_verify: bool = False
     headers: Headers = field(default=(), repr=False)  # env only, never shown
     timeout: float = 10.0  # OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT, ms in the environment
@@ -194,24 +162,9 @@ class TracesExportConfig:
     max_export_batch_size: int = 512  # obi-only
     batch_timeout: float = 15.0
 
-    SIGNAL_PATH: ClassVar[str] = "/v1/traces"
-
     @property
     def enabled(self) -> bool:
         return bool(self.endpoint or self.signal_endpoint)
-
-    def resolved_endpoint(self) -> tuple[str, bool]:
-        """(URL, is_common): the signal endpoint wins over the common one."""
-        return _resolve_endpoint(self.signal_endpoint, self.endpoint)
-
-    @property
-    def effective_protocol(self) -> OtlpProtocol:
-        return _guess_protocol(self.protocol, self.resolved_endpoint()[0])
-
-    @property
-    def http_url(self) -> str:
-        url, is_common = self.resolved_endpoint()
-        return _http_url(url, is_common, self.SIGNAL_PATH) if url else ""
 
 
 _SIZE_BUCKETS = (0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0)
@@ -234,7 +187,7 @@ class MetricsExportConfig:
 
     endpoint: str = ""
     signal_endpoint: str = ""
-    protocol: OtlpProtocol = ""
+    protocol: OtlpProtocolSetting = ""
     insecure_skip_verify: bool = False
     headers: Headers = field(default=(), repr=False)
     timeout: float = 10.0
@@ -242,23 +195,9 @@ class MetricsExportConfig:
     buckets: HistogramBuckets = HistogramBuckets()
     features: tuple[MetricsFeature, ...] = ("application",)
 
-    SIGNAL_PATH: ClassVar[str] = "/v1/metrics"
-
     @property
     def enabled(self) -> bool:
         return bool(self.endpoint or self.signal_endpoint)
-
-    def resolved_endpoint(self) -> tuple[str, bool]:
-        return _resolve_endpoint(self.signal_endpoint, self.endpoint)
-
-    @property
-    def effective_protocol(self) -> OtlpProtocol:
-        return _guess_protocol(self.protocol, self.resolved_endpoint()[0])
-
-    @property
-    def http_url(self) -> str:
-        url, is_common = self.resolved_endpoint()
-        return _http_url(url, is_common, self.SIGNAL_PATH) if url else ""
 
 
 @dataclass(frozen=True, slots=True)

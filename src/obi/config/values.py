@@ -1,4 +1,4 @@
-"""Parsers for single configuration values: durations, port ranges, booleans, URLs, key=value lists.
+"""Parsers for single configuration values: durations, port ranges, booleans, key=value lists.
 
 Each parser raises ValueError with a short message that never contains a
 secret; the loader adds where the value came from.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 PortRanges = tuple[tuple[int, int], ...]
 
@@ -148,23 +148,6 @@ def parse_pids(text: str) -> tuple[int, ...]:
             raise ValueError(f"bad process id {quote(item)} in {quote(text)}")
         pids.append(int(item))
     return tuple(pids)
-
-
-def check_endpoint(url: str) -> str:
-    """Validate an OTLP endpoint URL: http(s) scheme, a host, a valid port."""
-    value = url.strip()
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"bad URL {quote(value)}: invalid port") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"bad URL {quote(value)}: scheme must be http or https")
-    if not parts.hostname:
-        raise ValueError(f"bad URL {quote(value)}: missing host")
-    if port == 0:
-        raise ValueError(f"bad URL {quote(value)}: invalid port")
-    return value
 
 
 def parse_key_values(text: str, what: str) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,147 @@
+"""`make bench`: nginx under wrk on loopback, with and without obi, in one run.
+
+Prints ratios and per-request costs measured in this run, never a pass/fail
+on an absolute time:
+  1. unthrottled wrk: requests/s without obi, with obi, and the ratio;
+     obi's CPU time per request; events lost; obi's peak RSS.
+  2. a sustained paced load (default 5,000 requests/s for 30 s): events lost,
+     spans built and exported against the requests wrk completed.
+obi exports traces and metrics over OTLP/gRPC to a receiver in another process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e.agent import AgentProcess  # noqa: E402
+from tests.servers.nginx import nginx_worker, start_nginx  # noqa: E402
+from tests.support import free_port, start_process, stop_process  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[int, float]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    out = subprocess.run([*argv, url], check=True, capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
+    completed = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return completed, rps
+
+
+def agent_env(receiver_port: int, worker: int) -> dict[str, str]:
+    return {
+        "OTEL_EBPF_TARGET_PID": str(worker),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EBPF_OTLP_TRACES_BATCH_TIMEOUT": "1s",
+        "OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_SIZE": "262144",
+        "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+    }
+
+
+def stopped_stats(agent: AgentProcess) -> dict[str, Any]:
+    return agent.wait_log(lambda e: e.get("event") == "agent_stopped", 5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each unthrottled run")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate", type=int, default=5000, help="paced run: requests per second")
+    parser.add_argument("--rate-seconds", type=int, default=30, help="paced run: duration")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="obi-bench-") as tmp:
+        root = Path(tmp)
+        nginx, port = start_nginx(root)
+        worker = nginx_worker(nginx.pid)
+        receiver_port = free_port()
+        receiver = start_process([sys.executable, str(ROOT / "bench" / "sink.py"), str(receiver_port)],
+                                 ready="ready")
+        url = f"http://127.0.0.1:{port}/index.html"
+        try:
+            wrk(url, 2, args.connections)  # warm up
+            _, base_rps = wrk(url, args.seconds, args.connections)
+
+            agent = AgentProcess(agent_env(receiver_port, worker)).start()
+            assert agent.proc is not None
+            agent.wait_instrumented(worker)
+            cpu0 = cpu_seconds(agent.proc.pid)
+            obi_done, obi_rps = wrk(url, args.seconds, args.connections)
+            time.sleep(2)  # let the agent finish the tail of the run
+            cpu = cpu_seconds(agent.proc.pid) - cpu0
+            rss = peak_rss_mib(agent.proc.pid)
+            agent.stop()
+            unthrottled = stopped_stats(agent)
+
+            # Paced: 100 connections, each pausing between requests so that the
+            # total is just above `rate`/s (the pause is whole milliseconds).
+            conns = 100
+            script = root / "pace.lua"
+            script.write_text(f"function delay() return {max(1000 * conns // args.rate - 1, 0)} end\n")
+            agent = AgentProcess(agent_env(receiver_port, worker)).start()
+            assert agent.proc is not None
+            agent.wait_instrumented(worker)
+            cpu0 = cpu_seconds(agent.proc.pid)
+            paced_done, paced_rps = wrk(url, args.rate_seconds, conns, script)
+            time.sleep(2)
+            paced_cpu = cpu_seconds(agent.proc.pid) - cpu0
+            paced_rss = peak_rss_mib(agent.proc.pid)
+            agent.stop()
+            paced = stopped_stats(agent)
+        finally:
+            stop_process(receiver)
+            stop_process(nginx)
+
+    print("obi benchmark: nginx (1 worker) + wrk on loopback, 2 cores")
+    print(f"unthrottled, {args.seconds}s x {args.connections} connections:")
+    print(f"  requests/s without obi     {base_rps:10.0f}")
+    print(f"  requests/s with obi        {obi_rps:10.0f}")
+    print(f"  ratio with/without         {obi_rps / base_rps:10.3f}")
+    print(f"  obi CPU per request        {1e6 * cpu / max(obi_done, 1):10.1f} us")
+    print(f"  events lost (kernel)       {unthrottled['events_lost']:10d}")
+    print(f"  spans built / requests     {unthrottled['spans']:>10d} / {obi_done}")
+    print(f"  spans exported             {unthrottled['spans_exported']:10d}"
+          f"  (dropped at export queue: {unthrottled['spans_export_dropped']})")
+    print(f"  obi peak RSS               {rss:10.1f} MiB")
+    print(f"paced, target {args.rate}/s for {args.rate_seconds}s ({conns} connections):")
+    print(f"  requests/s achieved        {paced_rps:10.0f}")
+    print(f"  events lost (kernel)       {paced['events_lost']:10d}")
+    print(f"  spans built / requests     {paced['spans']:>10d} / {paced_done}")
+    print(f"  spans exported             {paced['spans_exported']:10d}"
+          f"  (dropped at export queue: {paced['spans_export_dropped']})")
+    print(f"  obi CPU per request        {1e6 * paced_cpu / max(paced_done, 1):10.1f} us"
+          f"  ({100 * paced_cpu / args.rate_seconds:.0f}% of one core)")
+    print(f"  obi peak RSS               {paced_rss:10.1f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Command line: `obi` runs the agent, `obi doctor` checks this host, `obi version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+import structlog
+
+from obi import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="obi", description="OpenTelemetry eBPF Instrumentation: traces and RED metrics, zero code.")
+    parser.add_argument("--config", metavar="PATH",
+                        help="YAML configuration file (default: $OTEL_EBPF_CONFIG_PATH)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the agent (the default)")
+    sub.add_parser("doctor", help="check what this kernel and these privileges allow")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+async def _run_agent(config: object) -> int:
+    from obi.config import Config
+    from obi.pipeline import Agent
+
+    assert isinstance(config, Config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config)
+    await agent.run(stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"obi {__version__}")
+        return 0
+    from obi.config import ConfigError, load_config
+    from obi.logs import configure_logging
+
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as err:
+        print(f"obi: {err}", file=sys.stderr)
+        return 1
+    configure_logging(config.log_level, config.log_format)
+    if args.command == "doctor":
+        from obi.doctor import run_doctor
+
+        return run_doctor(sys.stdout)
+    if not config.has_process_selection:
+        print("obi: nothing to instrument: set OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE, "
+              "OTEL_EBPF_TARGET_PID or discovery.instrument", file=sys.stderr)
+        return 1
+    log = structlog.get_logger().bind(component="cli")
+    try:
+        return asyncio.run(_run_agent(config))
+    except OSError as err:
+        log.error("agent_failed", error=str(err))
+        print(f"obi: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

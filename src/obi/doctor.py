@@ -1,0 +1,130 @@
+"""`obi doctor`: what this kernel and this process allow, found by trying."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+# Linux capability numbers (include/uapi/linux/capability.h).
+CAPABILITIES = {
+    0: "CHOWN", 1: "DAC_OVERRIDE", 2: "DAC_READ_SEARCH", 3: "FOWNER", 4: "FSETID", 5: "KILL",
+    6: "SETGID", 7: "SETUID", 8: "SETPCAP", 9: "LINUX_IMMUTABLE", 10: "NET_BIND_SERVICE",
+    11: "NET_BROADCAST", 12: "NET_ADMIN", 13: "NET_RAW", 14: "IPC_LOCK", 15: "IPC_OWNER",
+    16: "SYS_MODULE", 17: "SYS_RAWIO", 18: "SYS_CHROOT", 19: "SYS_PTRACE", 20: "SYS_PACCT",
+    21: "SYS_ADMIN", 22: "SYS_BOOT", 23: "SYS_NICE", 24: "SYS_RESOURCE", 25: "SYS_TIME",
+    26: "SYS_TTY_CONFIG", 27: "MKNOD", 28: "LEASE", 29: "AUDIT_WRITE", 30: "AUDIT_CONTROL",
+    31: "SETFCAP", 32: "MAC_OVERRIDE", 33: "MAC_ADMIN", 34: "SYSLOG", 35: "WAKE_ALARM",
+    36: "BLOCK_SUSPEND", 37: "AUDIT_READ", 38: "PERFMON", 39: "BPF", 40: "CHECKPOINT_RESTORE",
+}
+# What the agent needs at the least (the guide's unprivileged list).
+REQUIRED_CAPABILITIES = ("BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "CHECKPOINT_RESTORE", "NET_RAW")
+
+
+def effective_capabilities(status_path: str = "/proc/self/status") -> set[str]:
+    """Names of the capabilities in this process's effective set."""
+    for line in Path(status_path).read_text().splitlines():
+        if line.startswith("CapEff:"):
+            mask = int(line.split()[1], 16)
+            return {name for bit, name in CAPABILITIES.items() if mask >> bit & 1}
+    return set()
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as err:
+        return f"unknown ({err.strerror})"
+
+
+def lockdown_mode() -> str:
+    text = _read("/sys/kernel/security/lockdown")
+    if text.startswith("unknown"):
+        return "unknown (securityfs not mounted)"
+    for word in text.split():
+        if word.startswith("["):
+            return word.strip("[]")
+    return text
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    required: bool = False
+
+
+def _probe_prog_types() -> list[Check]:
+    from obi.ebpf._libbpf import ffi, lib
+
+    checks = []
+    for label, const in (
+        ("tracepoint", "BPF_PROG_TYPE_TRACEPOINT"),
+        ("raw_tracepoint", "BPF_PROG_TYPE_RAW_TRACEPOINT"),
+        ("kprobe/uprobe", "BPF_PROG_TYPE_KPROBE"),
+        ("tracing (fentry, tp_btf)", "BPF_PROG_TYPE_TRACING"),
+        ("socket_filter", "BPF_PROG_TYPE_SOCKET_FILTER"),
+        ("sock_ops", "BPF_PROG_TYPE_SOCK_OPS"),
+        ("sk_msg", "BPF_PROG_TYPE_SK_MSG"),
+        ("cgroup_skb", "BPF_PROG_TYPE_CGROUP_SKB"),
+        ("sched_cls (tc)", "BPF_PROG_TYPE_SCHED_CLS"),
+    ):
+        ret = lib.libbpf_probe_bpf_prog_type(getattr(lib, const), ffi.NULL)
+        checks.append(Check(f"load {label} program", ret == 1,
+                            "yes" if ret == 1 else ("no" if ret == 0 else os.strerror(-ret))))
+    ret = lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL)
+    checks.append(Check("BPF ring buffer", ret == 1, "yes" if ret == 1 else "no", required=True))
+    return checks
+
+
+def _probe_attach(hooks: str) -> Check:
+    """Loads and attaches the HTTP capture with the given hooks, then detaches."""
+    from obi.ebpf.http_tracer import HttpTracer, HttpTracerSettings
+
+    try:
+        with HttpTracer(HttpTracerSettings(syscall_hooks=hooks, ring_buffer_size=1 << 16)) as tracer:  # type: ignore[arg-type]
+            detail = f"attached {tracer.collection.link_count} programs ({tracer.hooks_detail})"
+        return Check(f"attach HTTP capture on {hooks}s", True, detail)
+    except Exception as err:  # doctor reports every failure, whatever it is
+        return Check(f"attach HTTP capture on {hooks}s", False, str(err))
+
+
+def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> int:
+    """Prints the report; returns 0 when the agent can run here, else 1."""
+    caps = effective_capabilities()
+    missing = [c for c in REQUIRED_CAPABILITIES if c not in caps and "SYS_ADMIN" not in caps]
+    tracefs = "mounted" if Path("/sys/kernel/tracing/events").is_dir() else "not mounted"
+    facts = [
+        ("kernel", f"{platform.release()} ({platform.machine()})"),
+        ("BTF", "yes (/sys/kernel/btf/vmlinux)" if Path("/sys/kernel/btf/vmlinux").exists() else "missing"),
+        ("lockdown", lockdown_mode()),
+        ("tracefs", tracefs),
+        ("perf_event_paranoid", _read("/proc/sys/kernel/perf_event_paranoid")),
+        ("unprivileged_bpf_disabled", _read("/proc/sys/kernel/unprivileged_bpf_disabled")),
+        ("capabilities", ", ".join(sorted(caps)) or "none"),
+        ("missing capabilities", ", ".join(missing) or "none"),
+    ]
+    width = max(len(k) for k, _ in facts)
+    for key, value in facts:
+        out.write(f"{key:<{width}}  {value}\n")
+    checks: list[Check] = [Check("BTF available", Path("/sys/kernel/btf/vmlinux").exists(),
+                                 "needed for CO-RE", required=True)]
+    try:
+        checks += _probe_prog_types()
+    except Exception as err:  # the CFFI module itself may fail to load
+        checks.append(Check("libbpf", False, str(err), required=True))
+    raw = probe("raw_tracepoint")
+    classic = probe("tracepoint")
+    checks += [raw, classic]
+    out.write("\n")
+    for check in checks:
+        out.write(f"[{'ok' if check.ok else 'NO':>2}] {check.name}: {check.detail}\n")
+    can_run = all(c.ok for c in checks if c.required) and (raw.ok or classic.ok)
+    path = "syscall tracepoints" if classic.ok else "raw tracepoints" if raw.ok else "none"
+    out.write(f"\ncapture path the agent would use: {path}\n")
+    out.write("obi can run here\n" if can_run else "obi cannot run here\n")
+    return 0 if can_run else 1

@@ -1,0 +1,312 @@
+"""Asynchronous exporters: a bounded span batcher and a periodic metrics pusher.
+
+``BatchingExporter.offer`` is called from the pipeline and never blocks: the
+queue is bounded and drops the oldest spans when full (counted, logged once
+with the knob to raise). ``run`` sends a batch when it is full or when the
+batch timeout elapses; ``shutdown`` flushes what is pending within a deadline
+and interrupts any retry backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import structlog
+
+from obi.export.encode import TraceEncoder
+from obi.export.endpoints import OtlpTarget
+from obi.export.metrics import RedMetrics
+from obi.export.otlp_grpc import GrpcTransport
+from obi.export.otlp_http import HttpTransport
+from obi.export.retry import AttemptResult, Outcome, RetryPolicy, send_with_retry
+from obi.traces.model import HttpSpan
+
+DEFAULT_MAX_QUEUE_SIZE = 4096
+DEFAULT_MAX_EXPORT_BATCH_SIZE = 512
+DEFAULT_BATCH_TIMEOUT_S = 5.0
+DEFAULT_EXPORT_TIMEOUT_S = 10.0
+QUEUE_SIZE_KNOB = "otel_traces_export.max_queue_size (OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_SIZE)"
+
+
+class OtlpTransport(Protocol):
+    """One attempt to deliver a serialized Export request."""
+
+    @property
+    def description(self) -> str: ...
+
+    async def attempt(self, body: bytes, timeout_s: float) -> AttemptResult: ...
+
+    async def close(self) -> None: ...
+
+
+class SpanBatchSender(Protocol):
+    """Delivers one batch of spans; True when the destination accepted it."""
+
+    async def send(self, spans: Sequence[HttpSpan], timeout_s: float, interrupt: asyncio.Event) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+def make_transport(target: OtlpTarget, headers: Mapping[str, str]) -> OtlpTransport:
+    """The transport for a resolved target (gRPC or HTTP/protobuf)."""
+    if target.is_grpc:
+        return GrpcTransport(target.endpoint, target.signal, headers, target.tls)
+    return HttpTransport(target.endpoint, headers)
+
+
+class OtlpSender:
+    """Sends serialized requests through a transport with retries, logging failures."""
+
+    def __init__(
+        self,
+        transport: OtlpTransport,
+        policy: RetryPolicy | None = None,
+        signal: str = "traces",
+    ) -> None:
+        self._transport = transport
+        self._policy = policy or RetryPolicy()
+        self._log = structlog.get_logger().bind(
+            component="export.otlp", signal=signal, destination=transport.description
+        )
+
+    async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool:
+        result = await send_with_retry(
+            lambda remaining: self._transport.attempt(body, remaining),
+            timeout_s,
+            interrupt,
+            self._policy,
+        )
+        if result.outcome is Outcome.SUCCESS:
+            return True
+        self._log.warning(
+            "otlp_export_failed",
+            reason=result.reason,
+            permanent=result.outcome is Outcome.PERMANENT,
+        )
+        return False
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+class OtlpTraceSender:
+    """SpanBatchSender that encodes spans to OTLP and sends them with retries."""
+
+    def __init__(self, sender: OtlpSender, encoder: TraceEncoder | None = None) -> None:
+        self._sender = sender
+        self._encoder = encoder or TraceEncoder()
+
+    async def send(self, spans: Sequence[HttpSpan], timeout_s: float, interrupt: asyncio.Event) -> bool:
+        return await self._sender.send_bytes(self._encoder.encode_bytes(spans), timeout_s, interrupt)
+
+    async def close(self) -> None:
+        await self._sender.close()
+
+
+class BatchingExporter:
+    """Bounded queue of spans drained in batches to a SpanBatchSender."""
+
+    def __init__(
+        self,
+        sender: SpanBatchSender,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_export_batch_size: int = DEFAULT_MAX_EXPORT_BATCH_SIZE,
+        batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
+        export_timeout_s: float = DEFAULT_EXPORT_TIMEOUT_S,
+        queue_size_knob: str = QUEUE_SIZE_KNOB,
+    ) -> None:
+        if max_queue_size < 1 or max_export_batch_size < 1:
+            raise ValueError("max_queue_size and max_export_batch_size must be positive")
+        self._sender = sender
+        self._queue: deque[HttpSpan] = deque(maxlen=max_queue_size)
+        self._batch_size = min(max_export_batch_size, max_queue_size)
+        self._batch_timeout_s = batch_timeout_s
+        self._export_timeout_s = export_timeout_s
+        self._knob = queue_size_knob
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+        self._drop_logged = False
+        self._deadline: float | None = None
+        self.dropped = 0
+        self.sent = 0
+        self.failed = 0
+        self._log = structlog.get_logger().bind(component="export.batch")
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def offer(self, spans: Sequence[HttpSpan]) -> None:
+        """Queue spans without blocking; the oldest are dropped when the queue is full."""
+        if self._stopping.is_set():
+            self.dropped += len(spans)
+            return
+        queue = self._queue
+        before = len(queue)
+        queue.extend(spans)
+        lost = before + len(spans) - len(queue)
+        if lost:
+            self.dropped += lost
+            if not self._drop_logged:
+                self._drop_logged = True
+                self._log.warning(
+                    "span_queue_full",
+                    max_queue_size=queue.maxlen,
+                    knob=self._knob,
+                    hint="spans are dropped oldest first; raise the knob or lower the load",
+                )
+        if len(queue) >= self._batch_size:
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Send batches until shutdown, then flush what is left."""
+        loop = asyncio.get_running_loop()
+        if self._stopping.is_set():
+            return  # shutdown came first and flushes by itself
+        self._running = True
+        self._task = asyncio.current_task()
+        try:
+            next_timer = loop.time() + self._batch_timeout_s
+            while not self._stopping.is_set():
+                now = loop.time()
+                if len(self._queue) < self._batch_size and now < next_timer:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), next_timer - now)
+                    continue
+                if len(self._queue) < self._batch_size:
+                    next_timer = loop.time() + self._batch_timeout_s
+                if self._queue:
+                    await self._export_one()
+            await self._flush()
+        finally:
+            self._finished.set()
+
+    async def shutdown(self, deadline_s: float) -> None:
+        """Flush pending spans within ``deadline_s``, then stop; close the sender."""
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + deadline_s
+        self._stopping.set()
+        self._wakeup.set()
+        try:
+            if self._running:
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._finished.wait()), deadline_s)
+                except TimeoutError:
+                    self._log.warning("span_flush_timeout", left=len(self._queue))
+                    await self._cancel_run()
+            else:
+                try:
+                    await asyncio.wait_for(self._flush(), deadline_s)
+                except TimeoutError:
+                    self._log.warning("span_flush_timeout", left=len(self._queue))
+        finally:
+            self.dropped += len(self._queue)
+            self._queue.clear()
+            await self._sender.close()
+
+    async def _cancel_run(self) -> None:
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            if self._deadline is not None and loop.time() >= self._deadline:
+                return
+            await self._export_one()
+
+    async def _export_one(self) -> None:
+        queue = self._queue
+        count = min(len(queue), self._batch_size)
+        batch = [queue.popleft() for _ in range(count)]
+        timeout = self._export_timeout_s
+        if self._deadline is not None:
+            timeout = min(timeout, self._deadline - asyncio.get_running_loop().time())
+        # Once stopping, a failed attempt is not retried after a backoff wait.
+        try:
+            ok = timeout > 0 and await self._sender.send(batch, timeout, self._stopping)
+        except asyncio.CancelledError:
+            self.failed += count
+            raise
+        if ok:
+            self.sent += count
+        else:
+            self.failed += count
+
+
+class MetricsSender(Protocol):
+    async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class PeriodicMetricsExporter:
+    """Collects the RED aggregator every interval and sends it; once more at shutdown."""
+
+    def __init__(
+        self,
+        aggregator: RedMetrics,
+        sender: MetricsSender,
+        interval_s: float,
+        export_timeout_s: float = DEFAULT_EXPORT_TIMEOUT_S,
+    ) -> None:
+        self._aggregator = aggregator
+        self._sender = sender
+        self._interval_s = interval_s
+        self._export_timeout_s = export_timeout_s
+        self._stopping = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._running = False
+        self.sent = 0
+        self.failed = 0
+
+    async def run(self) -> None:
+        self._running = True
+        try:
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._interval_s)
+                if self._stopping.is_set():
+                    break
+                await self.export_once(self._export_timeout_s)
+        finally:
+            self._finished.set()
+
+    async def export_once(self, timeout_s: float) -> bool:
+        request = self._aggregator.collect(time.time_ns())
+        if not request.resource_metrics:
+            return True
+        ok = await self._sender.send_bytes(request.SerializeToString(), timeout_s, self._stopping)
+        if ok:
+            self.sent += 1
+        else:
+            self.failed += 1
+        return ok
+
+    async def shutdown(self, deadline_s: float) -> None:
+        """Stop the loop (interrupting a backoff) and push the final snapshot."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        self._stopping.set()
+        try:
+            if self._running:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._finished.wait(), deadline_s)
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.export_once(remaining), remaining)
+        finally:
+            await self._sender.close()

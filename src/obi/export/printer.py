@@ -1,0 +1,164 @@
+"""Trace printer (OBI's ``trace_printer``): spans to a text stream for debugging.
+
+Modes: disabled, counter (a running "Processed N requests" line at most every
+``counter_interval_s`` and at close), text (one line per span in OBI's
+layout), json (one object per span per line), json_indent (pretty objects).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from obi.export.encode import span_flags
+from obi.traces.model import HttpSpan, ServiceIdentity
+
+
+class TracePrinterMode(enum.StrEnum):
+    DISABLED = "disabled"
+    COUNTER = "counter"
+    TEXT = "text"
+    JSON = "json"
+    JSON_INDENT = "json_indent"
+
+
+def go_duration(ns: int) -> str:
+    """A duration formatted like Go's time.Duration.String (``1.5ms``, ``850µs``, ``2m3s``)."""
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000:
+        return f"{sign}{ns}ns"
+    if ns < 1_000_000:
+        return sign + _fraction(ns, 1_000, 3) + "µs"
+    if ns < 1_000_000_000:
+        return sign + _fraction(ns, 1_000_000, 6) + "ms"
+    hours, rest = divmod(ns, 3_600 * 1_000_000_000)
+    minutes, rest = divmod(rest, 60 * 1_000_000_000)
+    text = _fraction(rest, 1_000_000_000, 9) + "s"
+    if hours:
+        return f"{sign}{hours}h{minutes}m{text}"
+    if minutes:
+        return f"{sign}{minutes}m{text}"
+    return sign + text
+
+
+def _fraction(value: int, unit: int, digits: int) -> str:
+    whole, frac = divmod(value, unit)
+    if not frac:
+        return str(whole)
+    return f"{whole}.{frac:0{digits}d}".rstrip("0")
+
+
+def traceparent(span: HttpSpan) -> str:
+    """OBI's printer form: ``00-<trace>-<span>[<parent>]-<flags>``; empty without a trace id."""
+    if not any(span.trace_id):
+        return ""
+    parent = span.parent_span_id.hex() if span.parent_span_id else "0" * 16
+    flags = span_flags(span) & 0xFF
+    return f"00-{span.trace_id.hex()}-{span.span_id.hex()}[{parent}]-{flags:02x}"
+
+
+def service_label(service: ServiceIdentity) -> str:
+    if service.service_namespace:
+        return f"{service.service_namespace}/{service.service_name}"
+    return service.service_name
+
+
+def format_text(span: HttpSpan, tz: datetime.tzinfo | None = None) -> str:
+    """One line in OBI's text printer layout."""
+    start = datetime.datetime.fromtimestamp(span.start_ns / 1e9, tz)
+    stamp = start.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    duration = go_duration(span.end_ns - span.start_ns)
+    route = f"({span.route})" if span.route else ""
+    return (
+        f"{stamp} ({duration}[{duration}]) HTTP {span.status_code} {span.method} "
+        f"{span.path}{route} "
+        f"[{span.client_address} as {span.client_address}:{span.client_port}]->"
+        f"[{span.server_address} as {span.service.service_name}:{span.server_port}] "
+        f"contentLen:{span.request_body_size}B responseLen:{span.response_body_size}B "
+        f"svc=[{service_label(span.service)} {span.service.sdk_language}] "
+        f"traceparent=[{traceparent(span)}]"
+    )
+
+
+def span_json(span: HttpSpan) -> dict[str, object]:
+    """A JSON-ready description of the span with OTel names."""
+    return {
+        "type": "HTTP",
+        "kind": "SPAN_KIND_SERVER",
+        "name": span.name,
+        "traceId": span.trace_id.hex(),
+        "spanId": span.span_id.hex(),
+        "parentSpanId": span.parent_span_id.hex(),
+        "traceFlags": f"{span_flags(span) & 0xFF:02x}",
+        "startTimeUnixNano": span.start_ns,
+        "endTimeUnixNano": span.end_ns,
+        "duration": go_duration(span.end_ns - span.start_ns),
+        "status": "error" if span.is_error else "unset",
+        "service": {k: v for k, v in span.service.resource_attributes().items()},
+        "attributes": span.attributes(),
+    }
+
+
+class TracePrinter:
+    """Writes spans to a stream in the chosen mode; flushes once per batch."""
+
+    def __init__(
+        self,
+        mode: TracePrinterMode | str,
+        stream: TextIO | None = None,
+        counter_interval_s: float = 5.0,
+        tz: datetime.tzinfo | None = None,
+    ) -> None:
+        self.mode = TracePrinterMode(mode)
+        self._stream = stream if stream is not None else sys.stdout
+        self._counter_interval_s = counter_interval_s
+        self._tz = tz
+        self._count = 0
+        self._printed_count = 0
+        self._last_counter_print = time.monotonic()
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not TracePrinterMode.DISABLED
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def print_spans(self, spans: Sequence[HttpSpan]) -> None:
+        mode = self.mode
+        if mode is TracePrinterMode.DISABLED or not spans:
+            return
+        self._count += len(spans)
+        if mode is TracePrinterMode.COUNTER:
+            now = time.monotonic()
+            if now - self._last_counter_print >= self._counter_interval_s:
+                self._last_counter_print = now
+                self._print_counter()
+            return
+        if mode is TracePrinterMode.TEXT:
+            lines = [format_text(s, self._tz) for s in spans]
+        elif mode is TracePrinterMode.JSON:
+            lines = [json.dumps(span_json(s), separators=(",", ":")) for s in spans]
+        else:
+            lines = [json.dumps(span_json(s), indent=1) for s in spans]
+        self._stream.write("\n".join(lines) + "\n")
+        self._stream.flush()
+
+    def _print_counter(self) -> None:
+        self._printed_count = self._count
+        self._stream.write(f"Processed {self._count} requests\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Print the final count in counter mode."""
+        if self.mode is TracePrinterMode.COUNTER and self._count != self._printed_count:
+            self._print_counter()

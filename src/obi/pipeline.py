@@ -1,0 +1,303 @@
+"""The agent: every stage built in one function, started together, stopped in order.
+
+    ring buffer --(bounded queue of batches)--> span builder --> RED metrics
+                                                      \\--> sampler --> printer, OTLP traces
+    discovery --> pid filter map (kernel) and service identities (span builder)
+
+Stages are constructed before any starts. Shutdown drains the kernel side
+first, then flushes exporters within the shutdown timeout, then detaches
+every BPF link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from obi.config import Config
+from obi.discovery.criteria import Selection, Selector
+from obi.discovery.watcher import ProcessWatcher
+from obi.ebpf.http_tracer import HttpTracer, HttpTracerSettings
+from obi.export.batch import (
+    BatchingExporter,
+    OtlpSender,
+    OtlpTraceSender,
+    PeriodicMetricsExporter,
+    make_transport,
+)
+from obi.export.endpoints import OtlpTarget, resolve_otlp_target
+from obi.export.metrics import RedMetrics
+from obi.export.printer import TracePrinter
+from obi.traces.model import HttpSpan, ServiceIdentity
+from obi.traces.routes import RouteMatcher
+from obi.traces.sampler import Sampler, build_sampler
+from obi.traces.spans import HttpSpanBuilder
+
+# A response whose connection has been quiet this long is complete.
+RESPONSE_IDLE_NS = 500_000_000
+# How often the ring is drained and idle responses swept without a wakeup.
+DRAIN_INTERVAL_S = 0.1
+# Batches waiting between the ring reader and the span builder.
+BATCH_QUEUE_SIZE = 256
+# How long a process's identity outlives it, for its last events in flight.
+EXITED_IDENTITY_GRACE_S = 10.0
+
+
+def selection_from_config(config: Config) -> Selection:
+    """The discovery policy: OBI's shortcuts and discovery entries, minus exclusions."""
+    include: list[Selector] = []
+    if config.open_port:
+        include.append(Selector(open_ports=config.open_port))
+    if config.auto_target_exe is not None:
+        include.append(Selector(exe_path=str(config.auto_target_exe)))
+    if config.target_pids:
+        include.append(Selector(pids=config.target_pids))
+    for entry in config.discovery.instrument:
+        if entry.open_ports or entry.exe_path is not None:
+            include.append(Selector(open_ports=entry.open_ports,
+                                    exe_path=str(entry.exe_path) if entry.exe_path else None))
+    exclude = [
+        Selector(open_ports=entry.open_ports, exe_path=str(entry.exe_path) if entry.exe_path else None)
+        for entry in (*config.discovery.exclude_instrument, *config.discovery.default_exclude_instrument)
+        if entry.open_ports or entry.exe_path is not None
+    ]
+    return Selection(include=tuple(include), exclude=tuple(exclude))
+
+
+def _trace_target(config: Config) -> OtlpTarget | None:
+    t = config.otel_traces_export
+    return resolve_otlp_target(t.endpoint, t.signal_endpoint, t.protocol, "traces")
+
+
+def _metrics_target(config: Config) -> OtlpTarget | None:
+    m = config.otel_metrics_export
+    return resolve_otlp_target(m.endpoint, m.signal_endpoint, m.protocol, "metrics")
+
+
+@dataclass
+class AgentStats:
+    """Internal counters surfaced in logs and at exit (nothing dropped silently)."""
+
+    batches_dropped: int = 0
+    events_dropped: int = 0
+    kernel: dict[str, int] = field(default_factory=dict)
+
+
+class Agent:
+    """obi's running pipeline; `run()` until `stop` is set."""
+
+    def __init__(self, config: Config) -> None:
+        self._log = structlog.get_logger().bind(component="agent")
+        self.config = config
+        ebpf = config.ebpf
+        self.tracer = HttpTracer(HttpTracerSettings(
+            syscall_hooks=ebpf.syscall_hooks,
+            request_capture_bytes=ebpf.request_capture_bytes,
+            response_capture_bytes=ebpf.response_capture_bytes,
+            wakeup_len=ebpf.wakeup_len,
+            ring_buffer_size=ebpf.ring_buffer_size,
+            max_processes=ebpf.pid_filter_max,
+        ))
+        try:
+            self._build_stages(config)
+        except BaseException:
+            self.tracer.close()
+            raise
+
+    def _build_stages(self, config: Config) -> None:
+        self.watcher = ProcessWatcher(selection_from_config(config))
+        self._identities: dict[int, ServiceIdentity] = {}
+        self._exited: dict[int, float] = {}
+        routes = config.routes
+        self.builder = HttpSpanBuilder(self._identity_for, RouteMatcher(
+            patterns=list(routes.patterns), unmatched=routes.unmatched,
+            ignored_patterns=list(routes.ignored_patterns), wildcard_char=routes.wildcard_char))
+        traces = config.otel_traces_export
+        self.sampler: Sampler = build_sampler(traces.sampler.name,
+                                              None if traces.sampler.arg is None else str(traces.sampler.arg))
+        self.printer = TracePrinter(config.effective_trace_printer)
+        self.trace_exporter: BatchingExporter | None = None
+        target = _trace_target(config)
+        if target is not None:
+            sender = OtlpSender(make_transport(target, dict(traces.headers)), signal="traces")
+            self.trace_exporter = BatchingExporter(
+                OtlpTraceSender(sender), max_queue_size=traces.max_queue_size,
+                max_export_batch_size=traces.max_export_batch_size,
+                batch_timeout_s=traces.batch_timeout, export_timeout_s=traces.timeout)
+        metrics_cfg = config.otel_metrics_export
+        self.metrics: RedMetrics | None = None
+        self.metrics_exporter: PeriodicMetricsExporter | None = None
+        mtarget = _metrics_target(config)
+        if mtarget is not None:
+            b = metrics_cfg.buckets
+            self.metrics = RedMetrics(b.duration_histogram, b.request_size_histogram,
+                                      b.response_size_histogram)
+            msender = OtlpSender(make_transport(mtarget, dict(metrics_cfg.headers)), signal="metrics")
+            self.metrics_exporter = PeriodicMetricsExporter(self.metrics, msender, metrics_cfg.interval,
+                                                            export_timeout_s=metrics_cfg.timeout)
+        self._batches: asyncio.Queue[bytes] = asyncio.Queue(BATCH_QUEUE_SIZE)
+        self.stats = AgentStats()
+        self._lost_reported = 0
+        self._queue_full_logged = False
+
+    # ---- discovery -> kernel ----------------------------------------------
+
+    def _identity_for(self, pid: int) -> ServiceIdentity | None:
+        return self._identities.get(pid)
+
+    def _on_processes(self, added: list[ServiceIdentity], removed: list[int]) -> None:
+        now = time.monotonic()
+        for pid in removed:
+            self.tracer.remove_pid(pid)
+            self._exited[pid] = now
+            self._log.info("process_forgotten", pid=pid)
+        for identity in added:
+            self._exited.pop(identity.pid, None)
+            self._identities[identity.pid] = identity
+            self.tracer.add_pid(identity.pid)
+            self._log.info("process_instrumented", pid=identity.pid, service=identity.service_name,
+                           exe=identity.exe_path)
+        for pid, gone_at in list(self._exited.items()):
+            if now - gone_at > EXITED_IDENTITY_GRACE_S:
+                del self._exited[pid]
+                self._identities.pop(pid, None)
+
+    # ---- ring -> batches ----------------------------------------------------
+
+    def _enqueue(self, batch: bytes) -> None:
+        try:
+            self._batches.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.stats.batches_dropped += 1
+            self.stats.events_dropped += len(batch) // self.builder.record_size
+            if not self._queue_full_logged:
+                self._queue_full_logged = True
+                self._log.warning("batch_queue_full", dropped_events=self.stats.events_dropped,
+                                  hint="the span stage is behind; spans are being dropped and counted")
+
+    def _drain_ring(self) -> None:
+        for batch in self.tracer.ring.drain():
+            self._enqueue(batch)
+
+    def _sweep(self, idle_ns: int) -> None:
+        swept = self.tracer.sweep_idle(time.monotonic_ns(), idle_ns)
+        if swept:
+            self._enqueue(swept)
+
+    def _check_kernel_counters(self) -> None:
+        counters = self.tracer.counters()
+        self.stats.kernel = counters
+        lost = counters["events_lost"]
+        if lost > self._lost_reported:
+            self._log.warning("ring_buffer_events_lost", lost_total=lost, new=lost - self._lost_reported,
+                              hint="raise ebpf.ring_buffer_size (OTEL_EBPF_BPF_RING_BUFFER_SIZE)")
+            self._lost_reported = lost
+
+    async def _drain_timer(self, stop: asyncio.Event) -> None:
+        ticks = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), DRAIN_INTERVAL_S)
+            self._drain_ring()
+            self._sweep(RESPONSE_IDLE_NS)
+            ticks += 1
+            if ticks % 10 == 0:
+                self._check_kernel_counters()
+
+    # ---- batches -> spans -> exporters --------------------------------------
+
+    def process(self, spans: Sequence[HttpSpan]) -> None:
+        """Metrics for every span; sampled spans to the printer and exporters."""
+        if not spans:
+            return
+        if self.metrics is not None:
+            self.metrics.record(spans)
+        sampler = self.sampler
+        sampled = []
+        for span in spans:
+            parent = span.sampled if span.parent_span_id else None
+            span.sampled = sampler.should_sample(span.trace_id, parent)
+            if span.sampled:
+                sampled.append(span)
+        if sampled:
+            if self.printer.enabled:
+                self.printer.print_spans(sampled)
+            if self.trace_exporter is not None:
+                self.trace_exporter.offer(sampled)
+
+    async def _span_stage(self) -> None:
+        while True:
+            batch = await self._batches.get()
+            self.process(self.builder.build(batch))
+            self._batches.task_done()
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        tasks: dict[str, asyncio.Task[None]] = {}
+        loop.add_reader(self.tracer.ring.epoll_fd, self._drain_ring)
+        try:
+            tasks["discovery"] = asyncio.create_task(self.watcher.run(self._on_processes))
+            tasks["spans"] = asyncio.create_task(self._span_stage())
+            tasks["drain"] = asyncio.create_task(self._drain_timer(stop))
+            if self.trace_exporter is not None:
+                tasks["traces"] = asyncio.create_task(self.trace_exporter.run())
+            if self.metrics_exporter is not None:
+                tasks["metrics"] = asyncio.create_task(self.metrics_exporter.run())
+            self._log.info("agent_started", hooks=self.tracer.hooks, trace_printer=self.printer.mode.value,
+                           traces=str(_trace_target(self.config) or "off"),
+                           metrics=str(_metrics_target(self.config) or "off"))
+            stop_wait = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stop_wait, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_wait and task.exception() is not None:
+                    name = next(n for n, t in tasks.items() if t is task)
+                    self._log.error("stage_failed", stage=name, error=repr(task.exception()))
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            loop.remove_reader(self.tracer.ring.epoll_fd)
+            await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
+        deadline = time.monotonic() + self.config.shutdown_timeout
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.watcher.stop(), 2.0)
+        # Everything the kernel completed, plus responses still in flight.
+        self._drain_ring()
+        self._sweep(0)
+        self._check_kernel_counters()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._batches.join(), max(0.1, deadline - time.monotonic()))
+        for name in ("discovery", "spans", "drain"):
+            task = tasks.get(name)
+            if task is not None:
+                task.cancel()
+        flushes = []
+        if self.trace_exporter is not None:
+            flushes.append(("traces", self.trace_exporter.shutdown(max(0.1, deadline - time.monotonic()))))
+        if self.metrics_exporter is not None:
+            flushes.append(("metrics", self.metrics_exporter.shutdown(max(0.1, deadline - time.monotonic()))))
+        for name, flush in flushes:
+            try:
+                await asyncio.wait_for(flush, max(0.1, deadline - time.monotonic()) + 1.0)
+            except TimeoutError:
+                self._log.error("shutdown_stage_hung", stage=name, timeout_s=self.config.shutdown_timeout)
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        self.printer.close()
+        self.tracer.close()
+        exporter = self.trace_exporter
+        self._log.info("agent_stopped", spans=self.builder.stats.spans,
+                       spans_exported=exporter.sent if exporter else 0,
+                       spans_export_dropped=exporter.dropped if exporter else 0,
+                       spans_export_failed=exporter.failed if exporter else 0,
+                       parse_errors=self.builder.stats.parse_errors,
+                       unknown_process=self.builder.stats.unknown_process,
+                       events_dropped=self.stats.events_dropped, **self.stats.kernel)

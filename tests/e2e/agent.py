@@ -1,0 +1,90 @@
+"""Runs the real agent (`python -m obi.cli`) as a child process for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tests.support import bpf_link_ids
+
+
+class AgentProcess:
+    """The agent with a clean OTEL_* environment plus `env`; logs parsed as JSON."""
+
+    def __init__(self, env: Mapping[str, str], args: Sequence[str] = ()) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KUBE"))}
+        self.env = {**base, "OTEL_EBPF_LOG_FORMAT": "json", **env}
+        self.args = list(args)
+        self.logs: list[dict[str, Any]] = []
+        self.stdout: list[str] = []
+        self._cond = threading.Condition()
+        self.proc: subprocess.Popen[str] | None = None
+        self.links_before: set[int] = set()
+
+    def start(self, wait_started: bool = True) -> AgentProcess:
+        self.links_before = bpf_link_ids()
+        self.proc = subprocess.Popen([sys.executable, "-m", "obi.cli", *self.args], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, False), daemon=True).start()
+        if wait_started:
+            self.wait_log(lambda e: e.get("event") == "agent_started", 30)
+        return self
+
+    def _pump(self, stream: Any, is_log: bool) -> None:
+        for line in stream:
+            with self._cond:
+                if is_log:
+                    try:
+                        self.logs.append(json.loads(line))
+                    except ValueError:
+                        self.logs.append({"event": "raw", "line": line.rstrip()})
+                else:
+                    self.stdout.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_log(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for entry in self.logs:
+                    if match(entry):
+                        return entry
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc is not None and self.proc.poll() is not None and not left):
+                    raise TimeoutError(f"agent log not seen in {timeout}s; logs: {self.logs[-20:]}")
+                self._cond.wait(min(left, 0.2))
+
+    def wait_instrumented(self, pid: int, timeout: float = 10.0) -> dict[str, Any]:
+        return self.wait_log(lambda e: e.get("event") == "process_instrumented" and e.get("pid") == pid,
+                             timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Stops the agent; checks it left no BPF link behind. Returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"agent did not stop within {timeout}s") from None
+        time.sleep(0.1)
+        leftover = bpf_link_ids() - self.links_before
+        assert not leftover, f"BPF links left after the agent exited: {leftover}"
+        return self.proc.returncode
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()

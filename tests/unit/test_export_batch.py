@@ -1,0 +1,136 @@
+"""BatchingExporter: size and time triggers, drop-oldest, shutdown flush and deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from obi.export.batch import BatchingExporter
+from obi.traces.model import HttpSpan
+from tests.unit.test_export_encode import make_service, make_span
+
+
+class RecordingSender:
+    """Accepts (or refuses) batches and remembers them."""
+
+    def __init__(self, accept: bool = True, delay_s: float = 0.0) -> None:
+        self.batches: list[list[HttpSpan]] = []
+        self.accept = accept
+        self.delay_s = delay_s
+        self.closed = False
+        self.got_batch = asyncio.Event()
+
+    async def send(self, spans: Sequence[HttpSpan], timeout_s: float, interrupt: asyncio.Event) -> bool:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        self.batches.append(list(spans))
+        self.got_batch.set()
+        return self.accept
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def spans(count: int, first: int = 0) -> list[HttpSpan]:
+    service = make_service()
+    return [make_span(service, response_body_size=first + i) for i in range(count)]
+
+
+def ids(batch: list[HttpSpan]) -> list[int]:
+    return [s.response_body_size for s in batch]
+
+
+@pytest.mark.asyncio
+async def test_full_batch_is_sent_without_waiting_for_the_timer() -> None:
+    sender = RecordingSender()
+    exporter = BatchingExporter(sender, max_queue_size=100, max_export_batch_size=4, batch_timeout_s=60)
+    task = asyncio.create_task(exporter.run())
+    exporter.offer(spans(3))
+    await asyncio.sleep(0.05)
+    assert sender.batches == []
+    exporter.offer(spans(6, first=3))
+    await asyncio.wait_for(sender.got_batch.wait(), 1)
+    await asyncio.sleep(0.05)
+    assert [ids(b) for b in sender.batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert exporter.pending == 1
+    await exporter.shutdown(1.0)
+    await task
+    assert [ids(b) for b in sender.batches][-1] == [8]
+    assert (exporter.sent, exporter.failed, exporter.dropped) == (9, 0, 0)
+    assert sender.closed
+
+
+@pytest.mark.asyncio
+async def test_partial_batch_is_sent_when_the_timer_fires() -> None:
+    sender = RecordingSender()
+    exporter = BatchingExporter(sender, max_queue_size=100, max_export_batch_size=50, batch_timeout_s=0.1)
+    task = asyncio.create_task(exporter.run())
+    exporter.offer(spans(2))
+    await asyncio.wait_for(sender.got_batch.wait(), 1)
+    assert [ids(b) for b in sender.batches] == [[0, 1]]
+    await exporter.shutdown(1.0)
+    await task
+    assert exporter.sent == 2
+
+
+@pytest.mark.asyncio
+async def test_overflow_drops_the_oldest_and_counts() -> None:
+    sender = RecordingSender()
+    exporter = BatchingExporter(sender, max_queue_size=5, max_export_batch_size=5, batch_timeout_s=60)
+    exporter.offer(spans(3))
+    exporter.offer(spans(4, first=3))  # queue keeps 2..6
+    assert exporter.dropped == 2
+    assert exporter.pending == 5
+    await exporter.shutdown(1.0)  # never ran: shutdown flushes by itself
+    assert [ids(b) for b in sender.batches] == [[2, 3, 4, 5, 6]]
+    assert (exporter.sent, exporter.dropped) == (5, 2)
+
+
+@pytest.mark.asyncio
+async def test_offer_after_shutdown_is_dropped() -> None:
+    exporter = BatchingExporter(RecordingSender(), max_queue_size=5, max_export_batch_size=5)
+    await exporter.shutdown(0.5)
+    exporter.offer(spans(2))
+    assert exporter.dropped == 2 and exporter.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_shutdown_flushes_everything_in_batches() -> None:
+    sender = RecordingSender()
+    exporter = BatchingExporter(sender, max_queue_size=100, max_export_batch_size=10, batch_timeout_s=60)
+    task = asyncio.create_task(exporter.run())
+    await asyncio.sleep(0)
+    exporter.offer(spans(25))
+    await exporter.shutdown(2.0)
+    await task
+    assert sum(len(b) for b in sender.batches) == 25
+    assert all(len(b) <= 10 for b in sender.batches)
+    assert exporter.sent == 25
+
+
+@pytest.mark.asyncio
+async def test_failed_batches_are_counted() -> None:
+    sender = RecordingSender(accept=False)
+    exporter = BatchingExporter(sender, max_queue_size=10, max_export_batch_size=10)
+    exporter.offer(spans(3))
+    await exporter.shutdown(1.0)
+    assert (exporter.sent, exporter.failed) == (0, 3)
+
+
+@pytest.mark.asyncio
+async def test_shutdown_gives_up_at_its_deadline() -> None:
+    sender = RecordingSender(delay_s=5.0)  # a destination that hangs
+    exporter = BatchingExporter(sender, max_queue_size=100, max_export_batch_size=2, batch_timeout_s=60)
+    task = asyncio.create_task(exporter.run())
+    exporter.offer(spans(6))
+    await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await exporter.shutdown(0.2)
+    assert loop.time() - started < 1.0
+    assert task.done()
+    assert exporter.sent == 0
+    assert exporter.failed + exporter.dropped == 6
+    assert sender.closed

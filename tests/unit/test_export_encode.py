@@ -1,0 +1,164 @@
+"""OTLP trace encoding: exact fields after a round trip through the official classes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from obi import __version__
+from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, encode_spans, key_value
+from obi.traces.model import HttpSpan, ServiceIdentity
+
+TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+SPAN_ID = bytes.fromhex("b7ad6b7169203331")
+PARENT_ID = bytes.fromhex("00f067aa0ba902b7")
+
+
+def make_service(name: str = "api", pid: int = 4242, **kw: Any) -> ServiceIdentity:
+    return ServiceIdentity(
+        pid=pid,
+        exe_path="/usr/bin/python3",
+        service_name=name,
+        instance_id=f"host:{pid}",
+        sdk_language="python",
+        **kw,
+    )
+
+
+def make_span(service: ServiceIdentity | None = None, **kw: Any) -> HttpSpan:
+    fields: dict[str, Any] = dict(
+        service=service or make_service(),
+        start_ns=1_700_000_000_000_000_000,
+        end_ns=1_700_000_000_001_500_000,
+        method="GET",
+        path="/items/42",
+        route="/items/{id}",
+        status_code=200,
+        request_body_size=0,
+        response_body_size=321,
+        scheme="http",
+        protocol_version="1.1",
+        server_address="127.0.0.1",
+        server_port=8080,
+        client_address="127.0.0.1",
+        client_port=51234,
+        trace_id=TRACE_ID,
+        span_id=SPAN_ID,
+        parent_span_id=PARENT_ID,
+    )
+    fields.update(kw)
+    return HttpSpan(**fields)
+
+
+def attrs(kvs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        kind = kv.value.WhichOneof("value")
+        out[kv.key] = (kind, getattr(kv.value, kind))
+    return out
+
+
+def test_single_span_exact_fields() -> None:
+    service = make_service(attributes={"host.name": "node-1"})
+    request = encode_spans([make_span(service)])
+
+    assert len(request.resource_spans) == 1
+    rs = request.resource_spans[0]
+    assert attrs(rs.resource.attributes) == {
+        "service.name": ("string_value", "api"),
+        "service.instance.id": ("string_value", "host:4242"),
+        "telemetry.sdk.name": ("string_value", "opentelemetry-ebpf-instrumentation"),
+        "telemetry.sdk.language": ("string_value", "python"),
+        "telemetry.sdk.version": ("string_value", __version__),
+        "process.pid": ("int_value", 4242),
+        "host.name": ("string_value", "node-1"),
+    }
+    assert len(rs.scope_spans) == 1
+    assert rs.scope_spans[0].scope.name == SCOPE_NAME == "go.opentelemetry.io/obi"
+    (span,) = rs.scope_spans[0].spans
+    assert span.trace_id == TRACE_ID
+    assert span.span_id == SPAN_ID
+    assert span.parent_span_id == PARENT_ID
+    assert span.name == "GET /items/{id}"
+    assert span.kind == Span.SpanKind.SPAN_KIND_SERVER
+    assert span.start_time_unix_nano == 1_700_000_000_000_000_000
+    assert span.end_time_unix_nano == 1_700_000_000_001_500_000
+    assert span.flags == 0x301  # sampled, parent is remote (and known to be)
+    assert span.status.code == Status.StatusCode.STATUS_CODE_UNSET
+    assert attrs(span.attributes) == {
+        "http.request.method": ("string_value", "GET"),
+        "http.response.status_code": ("int_value", 200),
+        "url.path": ("string_value", "/items/42"),
+        "url.scheme": ("string_value", "http"),
+        "http.route": ("string_value", "/items/{id}"),
+        "server.address": ("string_value", "127.0.0.1"),
+        "server.port": ("int_value", 8080),
+        "client.address": ("string_value", "127.0.0.1"),
+        "network.protocol.version": ("string_value", "1.1"),
+        "http.request.body.size": ("int_value", 0),
+        "http.response.body.size": ("int_value", 321),
+    }
+    # Attribute order is the model's order.
+    assert [kv.key for kv in span.attributes] == list(make_span().attributes())
+
+
+def test_root_unsampled_error_span() -> None:
+    span = make_span(parent_span_id=b"", sampled=False, status_code=503, route=None, method="POST")
+    (encoded,) = encode_spans([span]).resource_spans[0].scope_spans[0].spans
+    assert encoded.parent_span_id == b""
+    assert encoded.flags == 0x100  # not sampled, parent not remote (root)
+    assert encoded.status.code == Status.StatusCode.STATUS_CODE_ERROR
+    assert encoded.name == "POST"
+    assert "http.route" not in attrs(encoded.attributes)
+
+
+def test_4xx_is_not_an_error_on_server_spans() -> None:
+    (encoded,) = encode_spans([make_span(status_code=404)]).resource_spans[0].scope_spans[0].spans
+    assert encoded.status.code == Status.StatusCode.STATUS_CODE_UNSET
+
+
+def test_spans_grouped_per_service_in_first_seen_order() -> None:
+    api, web = make_service("api", 1), make_service("web", 2)
+    spans = [
+        make_span(api, span_id=b"\x00" * 7 + b"\x01"),
+        make_span(web, span_id=b"\x00" * 7 + b"\x02"),
+        make_span(api, span_id=b"\x00" * 7 + b"\x03"),
+    ]
+    request = encode_spans(spans)
+    names = [attrs(rs.resource.attributes)["service.name"][1] for rs in request.resource_spans]
+    assert names == ["api", "web"]
+    ids = [[s.span_id[-1] for s in rs.scope_spans[0].spans] for rs in request.resource_spans]
+    assert ids == [[1, 3], [2]]
+
+
+def test_encoder_caches_give_identical_output_and_follow_resource_changes() -> None:
+    service = make_service()
+    encoder = TraceEncoder()
+    spans = [make_span(service, path=f"/items/{i}", response_body_size=i) for i in range(50)]
+    first = encoder.encode_bytes(spans)
+    assert encoder.encode_bytes(spans) == first
+    assert ExportTraceServiceRequest.FromString(first) == encode_spans(spans)
+    # Metadata arriving later changes the resource of the same identity.
+    service.attributes["k8s.pod.name"] = "api-0"
+    later = encoder.encode(spans[:1])
+    assert attrs(later.resource_spans[0].resource.attributes)["k8s.pod.name"] == ("string_value", "api-0")
+
+
+def test_empty_batch() -> None:
+    assert encode_spans([]) == ExportTraceServiceRequest()
+
+
+@given(
+    key=st.text(max_size=200),
+    value=st.one_of(st.text(max_size=300), st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+)
+def test_attribute_field_matches_official_encoding(key: str, value: str | int) -> None:
+    span = Span.FromString(attribute_field(key, value))
+    assert list(span.attributes) == [key_value(key, value)]
+    expected = Span(attributes=[KeyValue(key=key, value=key_value(key, value).value)])
+    assert span == expected

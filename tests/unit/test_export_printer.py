@@ -1,0 +1,113 @@
+"""Trace printer modes and OBI's text layout."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+
+import pytest
+
+from obi.export.printer import TracePrinter, TracePrinterMode, go_duration, traceparent
+from tests.unit.test_export_encode import PARENT_ID, SPAN_ID, TRACE_ID, make_service, make_span
+
+UTC = datetime.UTC
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"),
+    [
+        (0, "0s"),
+        (999, "999ns"),
+        (1_000, "1µs"),
+        (1_500, "1.5µs"),
+        (1_500_000, "1.5ms"),
+        (1_234_567, "1.234567ms"),
+        (2_000_000_000, "2s"),
+        (2_500_000_000, "2.5s"),
+        (61_000_000_000, "1m1s"),
+        (3_723_500_000_000, "1h2m3.5s"),
+        (-1_500_000, "-1.5ms"),
+    ],
+)
+def test_go_duration(ns: int, text: str) -> None:
+    assert go_duration(ns) == text
+
+
+def test_text_line_in_obis_layout() -> None:
+    stream = io.StringIO()
+    printer = TracePrinter("text", stream, tz=UTC)
+    printer.print_spans([make_span(make_service("api"))])
+    assert stream.getvalue() == (
+        "2023-11-14 22:13:20.000 (1.5ms[1.5ms]) HTTP 200 GET /items/42(/items/{id}) "
+        "[127.0.0.1 as 127.0.0.1:51234]->[127.0.0.1 as api:8080] "
+        "contentLen:0B responseLen:321B svc=[api python] "
+        f"traceparent=[00-{TRACE_ID.hex()}-{SPAN_ID.hex()}[{PARENT_ID.hex()}]-01]\n"
+    )
+
+
+def test_text_without_route_with_namespace_unsampled_root() -> None:
+    stream = io.StringIO()
+    printer = TracePrinter(TracePrinterMode.TEXT, stream, tz=UTC)
+    service = make_service("api", service_namespace="shop")
+    printer.print_spans([make_span(service, route=None, parent_span_id=b"", sampled=False, status_code=503)])
+    line = stream.getvalue()
+    assert " HTTP 503 GET /items/42 [" in line
+    assert "svc=[shop/api python]" in line
+    assert line.endswith(f"traceparent=[00-{TRACE_ID.hex()}-{SPAN_ID.hex()}[{'0' * 16}]-00]\n")
+
+
+def test_traceparent_empty_without_trace_id() -> None:
+    assert traceparent(make_span(trace_id=b"\x00" * 16)) == ""
+
+
+def test_json_one_object_per_line() -> None:
+    stream = io.StringIO()
+    printer = TracePrinter("json", stream)
+    printer.print_spans([make_span(), make_span(status_code=500)])
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["name"] == "GET /items/{id}"
+    assert first["traceId"] == TRACE_ID.hex()
+    assert first["parentSpanId"] == PARENT_ID.hex()
+    assert first["traceFlags"] == "01"
+    assert first["status"] == "unset" and second["status"] == "error"
+    assert first["attributes"]["http.response.status_code"] == 200
+    assert first["service"]["service.name"] == "api"
+    assert first["duration"] == "1.5ms"
+
+
+def test_json_indent_is_pretty() -> None:
+    stream = io.StringIO()
+    TracePrinter("json_indent", stream).print_spans([make_span()])
+    text = stream.getvalue()
+    assert text.startswith("{\n ")
+    assert json.loads(text)["spanId"] == SPAN_ID.hex()
+
+
+def test_counter_prints_periodically_and_at_close() -> None:
+    stream = io.StringIO()
+    printer = TracePrinter("counter", stream, counter_interval_s=0.0)
+    printer.print_spans([make_span()] * 3)
+    printer.print_spans([make_span()] * 2)
+    printer.close()  # nothing new since the last line
+    assert stream.getvalue() == "Processed 3 requests\nProcessed 5 requests\n"
+
+    stream = io.StringIO()
+    printer = TracePrinter("counter", stream, counter_interval_s=3600)
+    printer.print_spans([make_span()] * 4)
+    assert stream.getvalue() == ""
+    printer.close()
+    assert stream.getvalue() == "Processed 4 requests\n"
+
+
+def test_disabled_prints_nothing_and_bad_mode_is_rejected() -> None:
+    stream = io.StringIO()
+    printer = TracePrinter("disabled", stream)
+    assert not printer.enabled
+    printer.print_spans([make_span()])
+    printer.close()
+    assert stream.getvalue() == ""
+    with pytest.raises(ValueError):
+        TracePrinter("yaml", stream)
