@@ -83,8 +83,8 @@ def main() -> int:
         nginx, port = start_nginx(root)
         worker = nginx_worker(nginx.pid)
         receiver_port = free_port()
-        receiver = start_process([sys.executable, str(ROOT / "bench" / "sink.py"), str(receiver_port)],
-                                 ready="ready")
+        sink = ROOT / "tests" / "servers" / "otlp_sink.py"
+        receiver = start_process([sys.executable, str(sink), str(receiver_port)], ready="ready")
         url = f"http://127.0.0.1:{port}/index.html"
         try:
             wrk(url, 2, args.connections)  # warm up

@@ -33,7 +33,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set by user space between open and load. */
 const volatile __u32 req_capture_len = 512;
 const volatile __u32 resp_capture_len = 256;
-const volatile __u64 wakeup_bytes = 0;   /* force a wakeup past this much unread data */
+const volatile __u64 wakeup_bytes = 1;   /* wake user space once this much data waits */
 const volatile __u64 pidns_dev = 0;      /* obi's pid namespace; 0 = the host's */
 const volatile __u64 pidns_ino = 0;
 
@@ -129,11 +129,11 @@ static __always_inline __u32 traced_pid(void)
 
 static __always_inline void emit(struct obi_http_event *ev)
 {
-	__u64 flags = 0;
+	/* Wake user space only once wakeup_bytes are waiting; its timer drains
+	 * whatever is left, so a quiet ring costs no wakeup per event. */
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + sizeof(*ev);
+	__u64 flags = pending >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 
-	if (wakeup_bytes)
-		flags = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
-				? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), flags))
 		count(OBI_COUNTER_EVENTS_LOST);
 	else

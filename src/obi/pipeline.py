@@ -57,6 +57,8 @@ def selection_from_config(config: Config) -> Selection:
         include.append(Selector(exe_path=str(config.auto_target_exe)))
     if config.target_pids:
         include.append(Selector(pids=config.target_pids))
+    if config.executable_path is not None:
+        include.append(Selector(exe_path_regex=str(config.executable_path)))
     for entry in config.discovery.instrument:
         if entry.open_ports or entry.exe_path is not None:
             include.append(Selector(open_ports=entry.open_ports,
@@ -145,10 +147,40 @@ class Agent:
         self._lost_reported = 0
         self._queue_full_logged = False
 
+    def _warn_unimplemented(self) -> None:
+        """OBI settings obi accepts but does not act on yet: said once, at start."""
+        cfg = self.config
+        ignored = []
+        if cfg.attributes.kubernetes.enable != "false":
+            ignored.append("attributes.kubernetes.enable (OTEL_EBPF_KUBE_METADATA_ENABLE)")
+        if cfg.ebpf.track_request_headers:
+            ignored.append("ebpf.track_request_headers")
+        if cfg.ebpf.http_request_timeout:
+            ignored.append("ebpf.http_request_timeout")
+        if cfg.enforce_sys_caps:
+            ignored.append("enforce_sys_caps")
+        entries = (*cfg.discovery.instrument, *cfg.discovery.exclude_instrument)
+        if any(e.has_kubernetes_criteria for e in entries):
+            ignored.append("discovery k8s_* selectors (entries with only k8s_* fields match nothing)")
+        if any(e.name or e.namespace for e in cfg.discovery.instrument):
+            ignored.append("discovery.instrument name/namespace")
+        for what in ignored:
+            self._log.warning("setting_not_supported_yet", setting=what)
+
     # ---- discovery -> kernel ----------------------------------------------
 
     def _identity_for(self, pid: int) -> ServiceIdentity | None:
         return self._identities.get(pid)
+
+    def _apply_service_overrides(self, identity: ServiceIdentity) -> None:
+        """obi's own OTEL_SERVICE_NAME / _NAMESPACE / OTEL_RESOURCE_ATTRIBUTES (OBI semantics)."""
+        cfg = self.config
+        if cfg.service_name:
+            identity.service_name = cfg.service_name
+        if cfg.service_namespace:
+            identity.service_namespace = cfg.service_namespace
+        for key, value in cfg.resource_attributes:
+            identity.attributes.setdefault(key, value)
 
     def _on_processes(self, added: list[ServiceIdentity], removed: list[int]) -> None:
         now = time.monotonic()
@@ -157,6 +189,7 @@ class Agent:
             self._exited[pid] = now
             self._log.info("process_forgotten", pid=pid)
         for identity in added:
+            self._apply_service_overrides(identity)
             self._exited.pop(identity.pid, None)
             self._identities[identity.pid] = identity
             self.tracer.add_pid(identity.pid)
@@ -250,6 +283,7 @@ class Agent:
                 tasks["traces"] = asyncio.create_task(self.trace_exporter.run())
             if self.metrics_exporter is not None:
                 tasks["metrics"] = asyncio.create_task(self.metrics_exporter.run())
+            self._warn_unimplemented()
             self._log.info("agent_started", hooks=self.tracer.hooks, trace_printer=self.printer.mode.value,
                            traces=str(_trace_target(self.config) or "off"),
                            metrics=str(_metrics_target(self.config) or "off"))

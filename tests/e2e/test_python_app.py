@@ -181,7 +181,9 @@ def test_configmap_yaml_over_grpc(tmp_path: Path, receiver: OtlpReceiver,
     proc, port = app
     config = tmp_path / "obi-config.yml"
     config.write_text(CONFIGMAP_YAML)
-    env = {"OTEL_EBPF_CONFIG_PATH": str(config), "OTEL_EBPF_OPEN_PORT": str(port), **FAST_EXPORT}
+    # Metrics too, to show that sampling never changes them.
+    env = {"OTEL_EBPF_CONFIG_PATH": str(config), "OTEL_EBPF_OPEN_PORT": str(port),
+           "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:4317", **FAST_EXPORT}
     with AgentProcess(env) as agent:
         agent.wait_instrumented(proc.pid)
         for n in range(1, 21):
@@ -190,6 +192,8 @@ def test_configmap_yaml_over_grpc(tmp_path: Path, receiver: OtlpReceiver,
             # ...unsampled ones never.
             curl("-H", f"traceparent: 00-{n + 100:032x}-{n:016x}-00", f"http://127.0.0.1:{port}/factorial/{n}")
         receiver.wait_for_spans(20, timeout=15)
+        receiver.wait_for(lambda: sum(p.count for _, p in latest_points(
+            receiver, "http.server.request.duration")) >= 40, timeout=15)
         assert agent.stop() == 0
         printed = list(agent.stdout)
     assert receiver.trace_requests and all(r.transport == "grpc" for r in receiver.requests)
@@ -199,5 +203,7 @@ def test_configmap_yaml_over_grpc(tmp_path: Path, receiver: OtlpReceiver,
     for span in spans:
         assert span.name == "GET /factorial/{num}"
         assert attributes(span)["http.route"] == "/factorial/{num}"
+    counts = {a["http.route"]: p.count for a, p in latest_points(receiver, "http.server.request.duration")}
+    assert counts == {"/factorial/{num}": 40}
     # trace_printer: text prints the sampled spans too.
     assert sum("/factorial/" in line for line in printed) == 20

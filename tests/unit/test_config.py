@@ -383,8 +383,6 @@ attributes:
     cluster_name: c1
     informers_sync_timeout: 1m
     meta_restrict_local_node: true
-prometheus_export:
-  port: 9400
 """,
         OTEL_EBPF_BPF_SYSCALL_HOOKS="tracepoint",
     )
@@ -402,8 +400,15 @@ prometheus_export:
     kube = config.attributes.kubernetes
     assert (kube.enable, kube.kubeconfig_path, kube.cluster_name) == ("true", "/k", "c1")
     assert kube.informers_sync_timeout == 60.0 and kube.meta_restrict_local_node
-    assert config.prometheus_export.enabled
-    assert config.effective_trace_printer == "disabled"
+    assert not config.prometheus_export.enabled
+
+
+def test_prometheus_exporter_is_refused_not_ignored(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"prometheus_export\.port: the Prometheus exporter is not"):
+        load_yaml(tmp_path, "prometheus_export:\n  port: 9400\n")
+    with pytest.raises(ConfigError, match="environment variable OTEL_EBPF_PROMETHEUS_PORT: the Prometheus"):
+        load_config(None, {"OTEL_EBPF_PROMETHEUS_PORT": "9400"})
+    assert not load_yaml(tmp_path, "prometheus_export:\n  path: /m\n").prometheus_export.enabled
 
 
 def test_explicit_empty_unmatched_means_wildcard(tmp_path: Path) -> None:

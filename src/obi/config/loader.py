@@ -643,7 +643,7 @@ def _prometheus(node: _Node, env: _Environment) -> PrometheusExportConfig:
     path = _pick(env.get("OTEL_EBPF_PROMETHEUS_PATH"), node.string("path"), default=defaults.path)
     if not path.startswith("/"):
         raise node.error("path", f"{quote(path)} must start with /")
-    return PrometheusExportConfig(
+    config = PrometheusExportConfig(
         port=_pick(
             env.parse("OTEL_EBPF_PROMETHEUS_PORT", lambda t: values.parse_int(t, 0, 65535)),
             node.integer("port", 0, 65535),
@@ -651,6 +651,14 @@ def _prometheus(node: _Node, env: _Environment) -> PrometheusExportConfig:
         ),
         path=path,
     )
+    if config.enabled:
+        # Refused rather than ignored: a user relying on it would lose metrics silently.
+        where = "OTEL_EBPF_PROMETHEUS_PORT" if env.get("OTEL_EBPF_PROMETHEUS_PORT") else None
+        message = "the Prometheus exporter is not supported by obi yet (use otel_metrics_export)"
+        if where:
+            raise ConfigError(f"environment variable {where}: {message}")
+        raise node.error("port", message)
+    return config
 
 
 def _power_of_two(value: int) -> int:

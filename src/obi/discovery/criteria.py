@@ -116,17 +116,24 @@ class Selector:
     open_ports: tuple[PortRange, ...] = ()
     exe_path: str | None = None  # glob on the full path of /proc/PID/exe
     pids: tuple[int, ...] = ()
+    # A regular expression searched in the executable path (OBI's deprecated executable_path).
+    exe_path_regex: str | None = None
     _exe_regex: re.Pattern[str] | None = field(
+        init=False, default=None, repr=False, compare=False, hash=False
+    )
+    _exe_search: re.Pattern[str] | None = field(
         init=False, default=None, repr=False, compare=False, hash=False
     )
 
     def __post_init__(self) -> None:
         regex = glob_to_regex(self.exe_path) if self.exe_path else None
         object.__setattr__(self, "_exe_regex", regex)
+        search = re.compile(self.exe_path_regex) if self.exe_path_regex else None
+        object.__setattr__(self, "_exe_search", search)
 
     @property
     def is_empty(self) -> bool:
-        return not self.open_ports and not self.exe_path and not self.pids
+        return not self.open_ports and not self.exe_path and not self.pids and not self.exe_path_regex
 
     def matches(self, facts: ProcessFacts) -> bool:
         if self.is_empty:
@@ -134,6 +141,8 @@ class Selector:
         if self.pids and facts.pid not in self.pids:
             return False
         if self._exe_regex is not None and not self._exe_regex.match(facts.exe_path):
+            return False
+        if self._exe_search is not None and not self._exe_search.search(facts.exe_path):
             return False
         return not self.open_ports or any(
             port_in_ranges(port, self.open_ports) for port in facts.listen_ports

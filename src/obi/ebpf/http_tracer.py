@@ -19,6 +19,8 @@ SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
 EVENT_SIZE: int = ffi.sizeof("struct obi_http_event")
 RAW_PROGRAMS = frozenset({"raw_sys_enter", "raw_sys_exit"})
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
+# Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
+DEFAULT_WAKEUP_LEN = 64
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ def build_spec(settings: HttpTracerSettings, hooks: Literal["tracepoint", "raw_t
     names = _all_program_names(path)
     programs = RAW_PROGRAMS if hooks == "raw_tracepoint" else _classic_programs(names)
     dev, ino = pid_namespace()
-    wakeup_bytes = settings.wakeup_len * EVENT_SIZE if settings.wakeup_len > 1 else 0
+    wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * EVENT_SIZE
     return BpfObjectSpec(
         path=path,
         rodata={

@@ -1,4 +1,4 @@
-"""An OTLP gRPC sink for benchmarks, in its own process: counts spans, keeps nothing.
+"""An OTLP gRPC sink in its own process for load tests and benchmarks: counts spans, keeps nothing.
 
 Usage: sink.py PORT   (prints "ready" when listening)
 """
@@ -43,7 +43,7 @@ def main() -> None:
     print("ready", flush=True)
     done.wait()
     server.stop(0)
-    print(f"spans received: {traces.spans}", file=sys.stderr)
+    print(f"spans received: {traces.spans}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""How configuration becomes the discovery policy."""
+
+from __future__ import annotations
+
+from obi.config import load_config
+from obi.discovery.criteria import ProcessFacts
+from obi.pipeline import selection_from_config
+
+
+def facts(exe: str, ports: tuple[int, ...] = (), pid: int = 100) -> ProcessFacts:
+    return ProcessFacts(pid=pid, start_time=1, ppid=1, exe_path=exe, listen_ports=frozenset(ports))
+
+
+def test_shortcuts_and_discovery_entries_select() -> None:
+    config = load_config(None, {"OTEL_EBPF_OPEN_PORT": "8000-8999", "OTEL_EBPF_TARGET_PID": "4242",
+                                "OTEL_EBPF_AUTO_TARGET_EXE": "*/goblog"})
+    selection = selection_from_config(config)
+    assert selection.matches(facts("/usr/bin/python3", (8080,)))
+    assert not selection.matches(facts("/usr/bin/python3", (9090,)))
+    assert selection.matches(facts("/app/goblog"))
+    assert selection.matches(facts("/bin/sleep", pid=4242))
+
+
+def test_default_exclusions_apply(tmp_path: object) -> None:
+    config = load_config(None, {"OTEL_EBPF_OPEN_PORT": "4317"})
+    selection = selection_from_config(config)
+    assert not selection.matches(facts("/usr/bin/otelcol-contrib", (4317,)))
+    assert selection.matches(facts("/usr/bin/python3", (4317,)))
+
+
+def test_deprecated_executable_path_is_a_regex() -> None:
+    config = load_config(None, {"OTEL_EBPF_EXECUTABLE_PATH": "go(blog|shop)$"})
+    selection = selection_from_config(config)
+    assert selection.matches(facts("/srv/goshop"))
+    assert not selection.matches(facts("/srv/goshop.sh"))
