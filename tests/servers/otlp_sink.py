@@ -34,8 +34,8 @@ class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
 def main() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     traces = Traces()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(traces, server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(traces, server)  # type: ignore[no-untyped-call]
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
     server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
     server.start()
     done = threading.Event()
