@@ -70,8 +70,10 @@ struct {
 	__uint(max_entries, 4096);
 } pid_filter SEC(".maps");
 
+/* LRU: a thread killed inside a syscall never reaches sys_exit; its entry
+ * must not fill the table. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, __u64);
 	__type(value, struct pending_call);
 	__uint(max_entries, 16384);

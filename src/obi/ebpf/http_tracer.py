@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 
@@ -17,7 +17,8 @@ from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
 SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
 
 EVENT_SIZE: int = ffi.sizeof("struct obi_http_event")
-RAW_PROGRAMS = frozenset({"raw_sys_enter", "raw_sys_exit"})
+# Program name prefixes of the two sets of entry points in bpf/http.bpf.c.
+PROGRAM_PREFIXES = {"tracepoint": "tp_", "raw_tracepoint": "raw_"}
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
 # Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
 DEFAULT_WAKEUP_LEN = 64
@@ -34,26 +35,6 @@ class HttpTracerSettings:
     max_connections: int = 65536
 
 
-def _classic_programs(collection_programs: list[str]) -> frozenset[str]:
-    return frozenset(p for p in collection_programs if p.startswith("tp_"))
-
-
-def _all_program_names(path: Any) -> list[str]:
-    """Program names in the object, read without loading it."""
-    obj = lib.bpf_object__open_file(str(path).encode(), ffi.NULL)
-    if obj == ffi.NULL:
-        raise BpfError(ffi.errno, f"open {path}")
-    try:
-        names = []
-        prog = lib.bpf_object__next_program(obj, ffi.NULL)
-        while prog != ffi.NULL:
-            names.append(ffi.string(lib.bpf_program__name(prog)).decode())
-            prog = lib.bpf_object__next_program(obj, prog)
-        return names
-    finally:
-        lib.bpf_object__close(obj)
-
-
 def pid_namespace() -> tuple[int, int]:
     """(dev, inode) of obi's pid namespace, or (0, 0) for the initial one."""
     st = os.stat("/proc/self/ns/pid")
@@ -63,13 +44,10 @@ def pid_namespace() -> tuple[int, int]:
 
 
 def build_spec(settings: HttpTracerSettings, hooks: Literal["tracepoint", "raw_tracepoint"]) -> BpfObjectSpec:
-    path = object_path("http")
-    names = _all_program_names(path)
-    programs = RAW_PROGRAMS if hooks == "raw_tracepoint" else _classic_programs(names)
     dev, ino = pid_namespace()
     wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * EVENT_SIZE
     return BpfObjectSpec(
-        path=path,
+        path=object_path("http"),
         rodata={
             "req_capture_len": u32(settings.request_capture_bytes),
             "resp_capture_len": u32(settings.response_capture_bytes),
@@ -82,7 +60,7 @@ def build_spec(settings: HttpTracerSettings, hooks: Literal["tracepoint", "raw_t
             "pid_filter": settings.max_processes,
             "conns": settings.max_connections,
         },
-        programs=programs,
+        program_prefixes=(PROGRAM_PREFIXES[hooks],),
     )
 
 

@@ -43,8 +43,8 @@ class BpfObjectSpec:
     path: Path
     rodata: Mapping[str, bytes] = field(default_factory=dict)
     max_entries: Mapping[str, int] = field(default_factory=dict)
-    # Programs to load (by function name); None loads every program.
-    programs: frozenset[str] | None = None
+    # Load only the programs whose function name starts with one of these; () loads all.
+    program_prefixes: tuple[str, ...] = ()
 
 
 class BpfCollection:
@@ -70,15 +70,14 @@ class BpfCollection:
             check(lib.obi_set_rodata(self._obj, name.encode(), value, len(value)), f"set {name}")
         for name, entries in spec.max_entries.items():
             check(lib.bpf_map__set_max_entries(self._map(name), entries), f"size map {name}")
-        if spec.programs is not None:
-            known = set()
+        if spec.program_prefixes:
+            selected = 0
             for prog_name, prog in self._programs():
-                known.add(prog_name)
-                check(lib.bpf_program__set_autoload(prog, prog_name in spec.programs),
-                      f"autoload {prog_name}")
-            missing = spec.programs - known
-            if missing:
-                raise ValueError(f"{spec.path.name} has no program {sorted(missing)}")
+                wanted = prog_name.startswith(spec.program_prefixes)
+                selected += wanted
+                check(lib.bpf_program__set_autoload(prog, wanted), f"autoload {prog_name}")
+            if not selected:
+                raise ValueError(f"{spec.path.name} has no program named {spec.program_prefixes}*")
 
     def _programs(self) -> Iterator[tuple[str, Any]]:
         prog = lib.bpf_object__next_program(self._obj, ffi.NULL)
