@@ -31,6 +31,7 @@ from obi.export.batch import (
     make_transport,
 )
 from obi.export.endpoints import OtlpTarget, resolve_otlp_target
+from obi.export.internal import CombinedMetrics, InternalMetrics, MetricsSource
 from obi.export.metrics import RedMetrics
 from obi.export.printer import TracePrinter
 from obi.traces.model import HttpSpan, ServiceIdentity
@@ -139,8 +140,12 @@ class Agent:
             b = metrics_cfg.buckets
             self.metrics = RedMetrics(b.duration_histogram, b.request_size_histogram,
                                       b.response_size_histogram)
+            source: MetricsSource = self.metrics
+            if config.internal_metrics.exporter == "otel":
+                internal = InternalMetrics(self.internal_counters, time.time_ns())
+                source = CombinedMetrics([self.metrics, internal])
             msender = OtlpSender(make_transport(mtarget, dict(metrics_cfg.headers)), signal="metrics")
-            self.metrics_exporter = PeriodicMetricsExporter(self.metrics, msender, metrics_cfg.interval,
+            self.metrics_exporter = PeriodicMetricsExporter(source, msender, metrics_cfg.interval,
                                                             export_timeout_s=metrics_cfg.timeout)
         self._batches: asyncio.Queue[bytes] = asyncio.Queue(BATCH_QUEUE_SIZE)
         self.stats = AgentStats()
@@ -166,6 +171,25 @@ class Agent:
             ignored.append("discovery.instrument name/namespace")
         for what in ignored:
             self._log.warning("setting_not_supported_yet", setting=what)
+
+    def internal_counters(self) -> dict[str, int]:
+        """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
+        kernel = self.stats.kernel
+        built = self.builder.stats
+        exporter = self.trace_exporter
+        return {
+            "obi.ebpf.events": kernel.get("events_sent", 0),
+            "obi.ebpf.events.lost": kernel.get("events_lost", 0),
+            "obi.ebpf.connections.untracked": kernel.get("conn_table_full", 0),
+            "obi.ebpf.calls.untracked": kernel.get("call_table_full", 0),
+            "obi.pipeline.events.dropped": self.stats.events_dropped,
+            "obi.spans.built": built.spans,
+            "obi.spans.unparsed": built.parse_errors,
+            "obi.spans.unknown_process": built.unknown_process,
+            "obi.spans.exported": exporter.sent if exporter else 0,
+            "obi.spans.export.dropped": exporter.dropped if exporter else 0,
+            "obi.spans.export.failed": exporter.failed if exporter else 0,
+        }
 
     # ---- discovery -> kernel ----------------------------------------------
 

@@ -82,7 +82,8 @@ def test_sidecar_environment_over_http(receiver: OtlpReceiver,
     base = f"http://127.0.0.1:{port}"
     env = {"OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
            "OTEL_EBPF_KUBE_METADATA_ENABLE": "true",
-           "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer s3cr3t-t0ken", **FAST_EXPORT}
+           "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer s3cr3t-t0ken",
+           "OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "otel", **FAST_EXPORT}
     with AgentProcess(env) as agent:
         agent.wait_instrumented(proc.pid)
         # Keep-alive: two requests on one connection.
@@ -158,6 +159,13 @@ def test_sidecar_environment_over_http(receiver: OtlpReceiver,
         ("GET", attributes(failed)["http.route"], 500): 1,
         ("POST", "/echo", 200): 1,
     }
+    # obi's own counters ride along (internal_metrics.exporter: otel), sent last at shutdown.
+    internal = {name: receiver.metric_points(name)[-1] for name in
+                ("obi.spans.built", "obi.ebpf.events.lost", "obi.spans.exported", "obi.spans.export.dropped")}
+    assert internal["obi.spans.built"][0]["service.name"] == "obi"
+    assert {name: getattr(point, "as_int", None) for name, (_, point) in internal.items()} == {
+        "obi.spans.built": 6, "obi.ebpf.events.lost": 0,
+        "obi.spans.exported": 6, "obi.spans.export.dropped": 0}
     body_points = latest_points(receiver, "http.server.request.body.size")
     body = {a["http.request.method"]: p.sum for a, p in body_points}
     assert body == {"GET": 0, "POST": 11}

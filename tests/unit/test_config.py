@@ -682,3 +682,18 @@ def test_port_ranges_parse_or_say_why(text: str) -> None:
 @given(st.text(max_size=60))
 def test_expand_env_never_fails(text: str) -> None:
     assert isinstance(expand_env(text, {"A": "x"}), str)
+
+
+def test_internal_metrics_exporter(tmp_path: Path) -> None:
+    assert load_config(None, {}).internal_metrics.exporter == "disabled"
+    config = load_yaml(tmp_path, "internal_metrics:\n  exporter: otel\n"
+                                 "otel_metrics_export:\n  endpoint: http://c:4318\n")
+    assert config.internal_metrics.exporter == "otel"
+    env = {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "otel", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}
+    assert load_config(None, env).internal_metrics.exporter == "otel"
+    with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: otel needs an OTLP metrics endpoint"):
+        load_config(None, {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "otel"})
+    with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: the Prometheus exporter is not"):
+        load_yaml(tmp_path, "internal_metrics:\n  exporter: prometheus\n  prometheus:\n    port: 6060\n")
+    with pytest.raises(ConfigError, match="OTEL_EBPF_INTERNAL_METRICS_EXPORTER: unknown exporter"):
+        load_config(None, {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "statsd"})

@@ -23,6 +23,8 @@ from obi.config.model import (
     EbpfConfig,
     Headers,
     HistogramBuckets,
+    InternalMetricsConfig,
+    InternalMetricsExporter,
     KubeEnable,
     KubernetesConfig,
     LogFormat,
@@ -105,6 +107,10 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
         root = _Node(_read_yaml(path, environ), "", f"config file {path}")
     config = _build(root, env)
     root.finish()
+    if config.internal_metrics.exporter == "otel" and not config.otel_metrics_export.enabled:
+        where = f"config file {path}: " if path else ""
+        raise ConfigError(f"{where}internal_metrics.exporter: otel needs an OTLP metrics endpoint "
+                          "(otel_metrics_export.endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)")
     return replace(config, config_path=path or "")
 
 
@@ -381,6 +387,7 @@ def _build(root: _Node, env: _Environment) -> Config:
         otel_traces_export=_traces(root.child("otel_traces_export"), env),
         otel_metrics_export=_metrics(root.child("otel_metrics_export"), env),
         prometheus_export=_prometheus(root.child("prometheus_export"), env),
+        internal_metrics=_internal_metrics(root.child("internal_metrics"), env),
         ebpf=_ebpf(root.child("ebpf"), env),
         attributes=_attributes(root.child("attributes"), env),
     )
@@ -659,6 +666,25 @@ def _prometheus(node: _Node, env: _Environment) -> PrometheusExportConfig:
             raise ConfigError(f"environment variable {where}: {message}")
         raise node.error("port", message)
     return config
+
+
+def _internal_metrics(node: _Node, env: _Environment) -> InternalMetricsConfig:
+    """OBI's internal_metrics: `otel` rides on otel_metrics_export; Prometheus is refused."""
+
+    def exporter(text: str) -> str:
+        value = text.strip().lower()
+        if value == "prometheus":
+            raise ValueError("the Prometheus exporter is not supported by obi yet (use otel)")
+        if value not in ("disabled", "otel"):
+            raise ValueError(f"unknown exporter {quote(text)} (accepted: disabled, otel)")
+        return value
+
+    prometheus = node.child("prometheus")
+    prometheus.raw("port")
+    prometheus.raw("path")
+    chosen = _pick(env.parse("OTEL_EBPF_INTERNAL_METRICS_EXPORTER", exporter),
+                   node.parse("exporter", exporter), default="disabled")
+    return InternalMetricsConfig(exporter=cast(InternalMetricsExporter, chosen))
 
 
 def _power_of_two(value: int) -> int:

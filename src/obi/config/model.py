@@ -200,6 +200,19 @@ class MetricsExportConfig:
         return bool(self.endpoint or self.signal_endpoint)
 
 
+InternalMetricsExporter = Literal["disabled", "otel"]
+
+
+@dataclass(frozen=True, slots=True)
+class InternalMetricsConfig:
+    """YAML ``internal_metrics``: obi's own counters (events lost, spans dropped, ...).
+
+    ``otel`` sends them with the application metrics through otel_metrics_export.
+    """
+
+    exporter: InternalMetricsExporter = "disabled"
+
+
 @dataclass(frozen=True, slots=True)
 class PrometheusExportConfig:
     """YAML ``prometheus_export``: a scrape endpoint, open when ``port`` is not 0."""
@@ -271,6 +284,7 @@ class Config:
     otel_traces_export: TracesExportConfig = TracesExportConfig()
     otel_metrics_export: MetricsExportConfig = MetricsExportConfig()
     prometheus_export: PrometheusExportConfig = PrometheusExportConfig()
+    internal_metrics: InternalMetricsConfig = InternalMetricsConfig()
     ebpf: EbpfConfig = EbpfConfig()
     attributes: AttributesConfig = AttributesConfig()
     config_path: str = ""  # the YAML file loaded, "" if none

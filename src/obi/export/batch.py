@@ -20,7 +20,7 @@ import structlog
 
 from obi.export.encode import TraceEncoder
 from obi.export.endpoints import OtlpTarget
-from obi.export.metrics import RedMetrics
+from obi.export.internal import MetricsSource
 from obi.export.otlp_grpc import GrpcTransport
 from obi.export.otlp_http import HttpTransport
 from obi.export.retry import AttemptResult, Outcome, RetryPolicy, send_with_retry
@@ -257,7 +257,7 @@ class PeriodicMetricsExporter:
 
     def __init__(
         self,
-        aggregator: RedMetrics,
+        aggregator: MetricsSource,
         sender: MetricsSender,
         interval_s: float,
         export_timeout_s: float = DEFAULT_EXPORT_TIMEOUT_S,

@@ -1,0 +1,92 @@
+"""obi's own counters as OTLP metrics (OBI's `internal_metrics.exporter: otel`).
+
+Every loss in the pipeline is counted somewhere (kernel ring, batch queue,
+export queue); this turns those counters into cumulative monotonic sums under
+the agent's own resource, sent with the application metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.metrics.v1.metrics_pb2 import (
+    AggregationTemporality,
+    Metric,
+    NumberDataPoint,
+    ResourceMetrics,
+    ScopeMetrics,
+    Sum,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from obi import __version__
+from obi.export.encode import SCOPE_NAME, key_value
+
+# name -> (unit, description). The counters source returns values by these names.
+INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
+    "obi.ebpf.events": ("{event}", "Requests the kernel side delivered to the ring buffer"),
+    "obi.ebpf.events.lost": ("{event}", "Requests lost because the ring buffer was full"),
+    "obi.ebpf.connections.untracked": ("{connection}", "Connections not traced: connection table full"),
+    "obi.ebpf.calls.untracked": ("{call}", "Syscalls not traced: in-flight call table full"),
+    "obi.pipeline.events.dropped": ("{event}", "Events dropped because the span stage was behind"),
+    "obi.spans.built": ("{span}", "Spans built from kernel events"),
+    "obi.spans.unparsed": ("{event}", "Events whose bytes were not valid HTTP/1.x"),
+    "obi.spans.unknown_process": ("{event}", "Events of a process obi no longer knew"),
+    "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),
+    "obi.spans.export.dropped": ("{span}", "Spans dropped from the full export queue"),
+    "obi.spans.export.failed": ("{span}", "Spans whose export failed after retries"),
+}
+
+
+class MetricsSource(Protocol):
+    """Something that snapshots cumulative metrics for one OTLP export."""
+
+    def collect(self, now_ns: int) -> ExportMetricsServiceRequest: ...
+
+
+class InternalMetrics:
+    """The agent's counters as one ResourceMetrics (service.name "obi")."""
+
+    def __init__(self, counters: Callable[[], Mapping[str, int]], start_ns: int) -> None:
+        self._counters = counters
+        self._start_ns = start_ns
+        self._resource = Resource(attributes=[
+            key_value("service.name", "obi"),
+            key_value("service.instance.id", f"{socket.gethostname()}:{os.getpid()}"),
+            key_value("service.version", __version__),
+            key_value("host.name", socket.gethostname()),
+            key_value("process.pid", os.getpid()),
+        ])
+        self._scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
+
+    def collect(self, now_ns: int) -> ExportMetricsServiceRequest:
+        values = self._counters()
+        metrics = []
+        for name, (unit, description) in INTERNAL_COUNTERS.items():
+            point = NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns,
+                                    as_int=int(values.get(name, 0)))
+            metrics.append(Metric(name=name, unit=unit, description=description, sum=Sum(
+                data_points=[point], is_monotonic=True,
+                aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE)))
+        request = ExportMetricsServiceRequest()
+        request.resource_metrics.append(ResourceMetrics(
+            resource=self._resource, scope_metrics=[ScopeMetrics(scope=self._scope, metrics=metrics)]))
+        return request
+
+
+class CombinedMetrics:
+    """Several sources exported together in one request."""
+
+    def __init__(self, sources: Sequence[MetricsSource]) -> None:
+        self._sources = list(sources)
+
+    def collect(self, now_ns: int) -> ExportMetricsServiceRequest:
+        request = ExportMetricsServiceRequest()
+        for source in self._sources:
+            request.resource_metrics.extend(source.collect(now_ns).resource_metrics)
+        return request
