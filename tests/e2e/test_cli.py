@@ -1,0 +1,74 @@
+"""The command line as a user meets it: version, doctor, configuration errors, tracefs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from obi import __version__
+from tests.e2e.agent import AgentProcess
+from tests.support import free_port
+
+
+def obi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    return subprocess.run([sys.executable, "-m", "obi.cli", *args], capture_output=True, text=True,
+                          timeout=60, env={**base, **(env or {})})
+
+
+def tracefs_mounted() -> bool:
+    return any(line.split()[2] == "tracefs" for line in Path("/proc/self/mounts").read_text().splitlines())
+
+
+def test_version() -> None:
+    done = obi("version")
+    assert done.returncode == 0 and done.stdout == f"obi {__version__}\n"
+
+
+def test_doctor_reports_this_kernel_and_passes() -> None:
+    done = obi("doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    for line in ("kernel ", "BTF ", "lockdown ", "tracefs ", "perf_event_paranoid ", "capabilities "):
+        assert line in out
+    assert "[ok] attach HTTP capture on raw_tracepoints" in out
+    assert "[ok] attach HTTP capture on tracepoints" in out
+    assert "[ok] BPF ring buffer" in out
+    assert out.rstrip().endswith("obi can run here")
+
+
+def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    bad = tmp_path / "obi.yml"
+    bad.write_text("otel_traces_export:\n  sampler:\n    name: sometimes\n")
+    cases = [
+        (("--config", str(bad)), {}, f"obi: config file {bad}: otel_traces_export.sampler.name"),
+        ((), {"OTEL_EBPF_OPEN_PORT": "90-80"}, "obi: environment variable OTEL_EBPF_OPEN_PORT"),
+        ((), {"OTEL_EBPF_CONFIG_PATH": str(tmp_path / "missing.yml")}, "cannot read"),
+        ((), {"OTEL_EBPF_OPEN_PORT": "80", "OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://x"},
+         "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ((), {}, "obi: nothing to instrument"),
+    ]
+    for args, env, expected in cases:
+        done = obi(*args, env=env)
+        assert done.returncode == 1, (args, env, done.stderr)
+        assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_tracefs_is_left_as_it_was_found() -> None:
+    before = tracefs_mounted()
+    agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port())}).start()
+    started = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 5)
+    assert started["hooks"] == "tracepoint"
+    assert agent.stop() == 0
+    assert tracefs_mounted() == before
+
+
+def test_raw_tracepoints_when_asked() -> None:
+    agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port()),
+                          "OTEL_EBPF_BPF_SYSCALL_HOOKS": "raw_tracepoint"}).start()
+    started = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 5)
+    assert started["hooks"] == "raw_tracepoint" and started["programs"] == 2
+    assert agent.stop() == 0
