@@ -248,45 +248,27 @@ static __always_inline __u64 call_buffer(struct pending_call *call, __u64 *room)
 	return (__u64)iov.iov_base;
 }
 
-/* Appends up to `n` bytes at `src` to the request capture. */
-static __always_inline void capture_request(struct http_inflight *c, __u64 src, __u64 n)
+/* Appends up to n user bytes at src to buf, which holds *captured bytes and
+ * takes at most min(cap, max); max is a power of two, so masking the offset
+ * lets the verifier bound the write (the in-flight value has slack after it). */
+static __always_inline void append_user(__u8 *buf, __u16 *captured, __u32 cap, const __u32 max,
+					__u64 src, __u64 n)
 {
-	__u32 off = c->ev.req_captured;
-	__u32 cap = req_capture_len;
+	__u32 off = *captured;
 	__u32 len;
 
-	if (cap > OBI_HTTP_REQ_BUF_MAX)
-		cap = OBI_HTTP_REQ_BUF_MAX;
+	if (cap > max)
+		cap = max;
 	if (off >= cap)
 		return;
 	len = cap - off;
 	if (n < len)
 		len = n;
-	off &= OBI_HTTP_REQ_BUF_MAX - 1;
-	if (len > OBI_HTTP_REQ_BUF_MAX)
+	off &= max - 1;
+	if (len > max)
 		return;
-	if (bpf_probe_read_user(&c->ev.req_buf[off], len, (void *)src) == 0)
-		c->ev.req_captured = off + len;
-}
-
-static __always_inline void capture_response(struct http_inflight *c, __u64 src, __u64 n)
-{
-	__u32 off = c->ev.resp_captured;
-	__u32 cap = resp_capture_len;
-	__u32 len;
-
-	if (cap > OBI_HTTP_RESP_BUF_MAX)
-		cap = OBI_HTTP_RESP_BUF_MAX;
-	if (off >= cap)
-		return;
-	len = cap - off;
-	if (n < len)
-		len = n;
-	off &= OBI_HTTP_RESP_BUF_MAX - 1;
-	if (len > OBI_HTTP_RESP_BUF_MAX)
-		return;
-	if (bpf_probe_read_user(&c->ev.resp_buf[off], len, (void *)src) == 0)
-		c->ev.resp_captured = off + len;
+	if (bpf_probe_read_user(buf + off, len, (void *)src) == 0)
+		*captured = off + len;
 }
 
 /* Whether the bytes start like an HTTP/1.x request line. */
@@ -340,7 +322,8 @@ static __always_inline void on_read_done(__u32 pid, struct pending_call *call, _
 	}
 	c->ev.req_len += ret;
 	if (src)
-		capture_request(c, src, n);
+		append_user(c->ev.req_buf, &c->ev.req_captured, req_capture_len,
+			    OBI_HTTP_REQ_BUF_MAX, src, n);
 }
 
 static __always_inline void on_write_done(__u32 pid, struct pending_call *call, __s64 ret)
@@ -361,7 +344,8 @@ static __always_inline void on_write_done(__u32 pid, struct pending_call *call, 
 	src = call_buffer(call, &room);
 	n = (__u64)ret < room ? (__u64)ret : room;
 	if (src)
-		capture_response(c, src, n);
+		append_user(c->ev.resp_buf, &c->ev.resp_captured, resp_capture_len,
+			    OBI_HTTP_RESP_BUF_MAX, src, n);
 }
 
 static __always_inline void on_accept_done(__u32 pid, __s64 ret)
