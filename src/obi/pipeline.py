@@ -336,16 +336,19 @@ class Agent:
             task = tasks.get(name)
             if task is not None:
                 task.cancel()
-        flushes = []
+        # Exporters flush side by side, each within what is left of the timeout.
+        left = max(0.1, deadline - time.monotonic())
+        flushes: dict[str, asyncio.Task[None]] = {}
         if self.trace_exporter is not None:
-            flushes.append(("traces", self.trace_exporter.shutdown(max(0.1, deadline - time.monotonic()))))
+            flushes["traces"] = asyncio.create_task(self.trace_exporter.shutdown(left))
         if self.metrics_exporter is not None:
-            flushes.append(("metrics", self.metrics_exporter.shutdown(max(0.1, deadline - time.monotonic()))))
-        for name, flush in flushes:
-            try:
-                await asyncio.wait_for(flush, max(0.1, deadline - time.monotonic()) + 1.0)
-            except TimeoutError:
-                self._log.error("shutdown_stage_hung", stage=name, timeout_s=self.config.shutdown_timeout)
+            flushes["metrics"] = asyncio.create_task(self.metrics_exporter.shutdown(left))
+        if flushes:
+            _, hung = await asyncio.wait(flushes.values(), timeout=left + 0.5)
+            for name, task in flushes.items():
+                if task in hung:
+                    task.cancel()
+                    self._log.error("shutdown_stage_hung", stage=name, timeout_s=self.config.shutdown_timeout)
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -9,10 +9,10 @@ from obi.discovery.criteria import (
     ProcessFacts,
     Selection,
     Selector,
-    glob_to_regex,
     parse_port_ranges,
     port_in_ranges,
 )
+from obi.globs import glob_to_regex
 
 
 def facts(pid: int = 10, exe_path: str = "/usr/bin/app", ports: tuple[int, ...] = ()) -> ProcessFacts:

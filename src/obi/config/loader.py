@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TypeVar, cast
+from typing import TypeVar, cast, get_args
 
 import yaml
 
@@ -34,48 +34,31 @@ from obi.config.model import (
     PrometheusExportConfig,
     RouteIgnoreMode,
     RoutesConfig,
-    RouteUnmatched,
     SamplerConfig,
-    SamplerName,
     Selector,
     SyscallHooks,
-    TracePrinter,
     TracesExportConfig,
 )
 from obi.config.patterns import Glob, PathRegex
 from obi.config.values import PortRanges, quote
 from obi.export.endpoints import OtlpSignal, parse_otlp_protocol, resolve_otlp_target
+from obi.export.printer import TracePrinterMode
+from obi.traces.routes import UNMATCHED_MODES
+from obi.traces.sampler import RATIO_SAMPLER_NAMES, SAMPLER_NAMES
 
 T = TypeVar("T")
 
 CONFIG_PATH_ENV = "OTEL_EBPF_CONFIG_PATH"
 
-LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARN", "ERROR")
-LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
-TRACE_PRINTERS: tuple[TracePrinter, ...] = ("disabled", "counter", "text", "json", "json_indent")
-SAMPLERS: tuple[SamplerName, ...] = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-)
-RATIO_SAMPLERS = frozenset({"traceidratio", "parentbased_traceidratio"})
-ROUTE_UNMATCHED: tuple[RouteUnmatched, ...] = ("unset", "path", "wildcard", "heuristic")
-ROUTE_IGNORE_MODES: tuple[RouteIgnoreMode, ...] = ("all", "traces", "metrics")
-SYSCALL_HOOKS: tuple[SyscallHooks, ...] = ("auto", "tracepoint", "raw_tracepoint")
-KUBE_ENABLE: tuple[KubeEnable, ...] = ("true", "false", "autodetect")
-METRICS_FEATURES: tuple[MetricsFeature, ...] = (
-    "application",
-    "application_span",
-    "application_span_otel",
-    "application_host",
-    "application_service_graph",
-    "application_process",
-    "network",
-    "network_inter_zone",
-)
+# The accepted values of each choice, in the order error messages list them: taken
+# from the Literal types (or the implementing module), never listed twice.
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+TRACE_PRINTERS: tuple[TracePrinterMode, ...] = tuple(TracePrinterMode)
+ROUTE_IGNORE_MODES: tuple[RouteIgnoreMode, ...] = get_args(RouteIgnoreMode)
+SYSCALL_HOOKS: tuple[SyscallHooks, ...] = get_args(SyscallHooks)
+KUBE_ENABLE: tuple[KubeEnable, ...] = get_args(KubeEnable)
+METRICS_FEATURES: tuple[MetricsFeature, ...] = get_args(MetricsFeature)
 
 # Kernel-side limits of obi's capture buffers (obi-only keys).
 REQUEST_CAPTURE_RANGE = (64, 1024)
@@ -475,7 +458,7 @@ def _routes(node: _Node) -> RoutesConfig:
         # OBI treats an explicit empty value as "wildcard".
         unmatched="wildcard"
         if unmatched == ""
-        else _pick(node.choice("unmatched", ROUTE_UNMATCHED, "unmatched mode"), default=defaults.unmatched),
+        else _pick(node.choice("unmatched", UNMATCHED_MODES, "unmatched mode"), default=defaults.unmatched),
         wildcard_char=_pick(wildcard_char, default=defaults.wildcard_char),
     )
 
@@ -547,14 +530,14 @@ def _ratio(text: str) -> float:
 
 def _sampler(node: _Node, env: _Environment) -> SamplerConfig:
     name = _pick(
-        env.parse("OTEL_TRACES_SAMPLER", lambda t: _choice(t, SAMPLERS, "sampler")),
-        node.choice("name", SAMPLERS, "sampler"),
+        env.parse("OTEL_TRACES_SAMPLER", lambda t: _choice(t, SAMPLER_NAMES, "sampler")),
+        node.choice("name", SAMPLER_NAMES, "sampler"),
         default=SamplerConfig().name,
     )
     env_arg = env.get("OTEL_TRACES_SAMPLER_ARG")
     yaml_arg = node.string("arg")
     arg: float | None = None
-    if name in RATIO_SAMPLERS:
+    if name in RATIO_SAMPLER_NAMES:
         if env_arg is not None:
             arg = env.parse("OTEL_TRACES_SAMPLER_ARG", _ratio)
         elif yaml_arg is not None:

@@ -12,6 +12,9 @@ from typing import Literal
 from obi.config.patterns import Glob, PathRegex
 from obi.config.values import PortRanges
 from obi.export.endpoints import OtlpProtocol
+from obi.export.printer import TracePrinterMode
+from obi.traces.routes import DEFAULT_UNMATCHED, RouteUnmatched
+from obi.traces.sampler import SamplerName
 
 
 class ConfigError(Exception):
@@ -20,18 +23,8 @@ class ConfigError(Exception):
 
 LogLevel = Literal["DEBUG", "INFO", "WARN", "ERROR"]
 LogFormat = Literal["text", "json"]
-TracePrinter = Literal["disabled", "counter", "text", "json", "json_indent"]
 # The protocol setting: "" when not set (obi.export.endpoints guesses it from the port).
 OtlpProtocolSetting = OtlpProtocol | Literal[""]
-SamplerName = Literal[
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-]
-RouteUnmatched = Literal["unset", "path", "wildcard", "heuristic"]
 RouteIgnoreMode = Literal["all", "traces", "metrics"]
 SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
 KubeEnable = Literal["true", "false", "autodetect"]
@@ -124,7 +117,7 @@ class RoutesConfig:
     patterns: tuple[str, ...] = ()
     ignored_patterns: tuple[str, ...] = ()
     ignore_mode: RouteIgnoreMode = "all"
-    unmatched: RouteUnmatched = "heuristic"
+    unmatched: RouteUnmatched = DEFAULT_UNMATCHED
     wildcard_char: str = "*"
 
 
@@ -264,7 +257,7 @@ class Config:
 
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "text"  # obi-only
-    trace_printer: TracePrinter | None = None  # None: not set, see effective_trace_printer
+    trace_printer: TracePrinterMode | None = None  # None: not set, see effective_trace_printer
     shutdown_timeout: float = 10.0
     enforce_sys_caps: bool = False
     # Discovery shortcuts.
@@ -290,7 +283,7 @@ class Config:
     config_path: str = ""  # the YAML file loaded, "" if none
 
     @property
-    def effective_trace_printer(self) -> TracePrinter:
+    def effective_trace_printer(self) -> TracePrinterMode:
         """The trace printer to run: as set, else "text" when no exporter is configured at all."""
         if self.trace_printer is not None:
             return self.trace_printer
@@ -299,8 +292,8 @@ class Config:
             or self.otel_metrics_export.enabled
             or self.prometheus_export.enabled
         ):
-            return "disabled"
-        return "text"
+            return TracePrinterMode.DISABLED
+        return TracePrinterMode.TEXT
 
     @property
     def has_process_selection(self) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from obi.globs import glob_to_regex
+
 PortRange = tuple[int, int]  # inclusive bounds
 
 
@@ -25,64 +27,6 @@ class ProcessFacts:
     ppid: int
     exe_path: str  # target of /proc/PID/exe, "" when unreadable
     listen_ports: frozenset[int] = frozenset()  # TCP ports in LISTEN state (IPv4 or IPv6)
-
-
-def glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Compile an OBI executable-path glob: ``*``, ``?``, ``[a-z]``, ``[!a-z]``, ``{a,b}``.
-
-    As in OBI (gobwas/glob without separators), ``*`` also matches ``/`` and the
-    whole path must match. Raises ValueError on unbalanced braces.
-    """
-    out: list[str] = []
-    depth = 0
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "\\" and i + 1 < n:
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-            continue
-        if c == "*":
-            out.append(".*")
-        elif c == "?":
-            out.append(".")
-        elif c == "[":
-            end = _class_end(pattern, i)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end]
-                negate = body[:1] in ("!", "^")
-                if negate:
-                    body = body[1:]
-                body = "".join(ch if ch == "-" else re.escape(ch) for ch in body)
-                out.append(f"[{'^' if negate else ''}{body}]")
-                i = end
-        elif c == "{":
-            depth += 1
-            out.append("(?:")
-        elif c == "," and depth > 0:
-            out.append("|")
-        elif c == "}" and depth > 0:
-            depth -= 1
-            out.append(")")
-        else:
-            out.append(re.escape(c))
-        i += 1
-    if depth:
-        raise ValueError(f"unbalanced '{{' in glob {pattern!r}")
-    return re.compile("(?s:" + "".join(out) + r")\Z")
-
-
-def _class_end(pattern: str, start: int) -> int:
-    """Index of the ``]`` closing the character class opened at ``start``, or -1."""
-    j = start + 1
-    if j < len(pattern) and pattern[j] in "!^":
-        j += 1
-    if j < len(pattern) and pattern[j] == "]":
-        j += 1  # a leading ']' is literal
-    end = pattern.find("]", j)
-    return end
 
 
 def parse_port_ranges(text: str) -> tuple[PortRange, ...]:
@@ -114,7 +58,7 @@ class Selector:
     """One selection entry; every field that is set must match (an empty one matches nothing)."""
 
     open_ports: tuple[PortRange, ...] = ()
-    exe_path: str | None = None  # glob on the full path of /proc/PID/exe
+    exe_path: str | None = None  # glob (obi.globs syntax) on the full path of /proc/PID/exe
     pids: tuple[int, ...] = ()
     # A regular expression searched in the executable path (OBI's deprecated executable_path).
     exe_path_regex: str | None = None

@@ -17,6 +17,8 @@ from email.utils import parsedate_to_datetime
 
 import grpc
 
+from obi.export.encode import varint
+
 
 class Outcome(enum.Enum):
     SUCCESS = "success"
@@ -185,14 +187,6 @@ def retry_delay_from_status_details(details: bytes) -> float | None:
 
 def encode_retry_info_status(code: int, message: str, delay_s: float) -> bytes:
     """A serialized google.rpc.Status carrying RetryInfo (for tests and test servers)."""
-
-    def varint(value: int) -> bytes:
-        out = bytearray()
-        while value > 0x7F:
-            out.append((value & 0x7F) | 0x80)
-            value >>= 7
-        out.append(value)
-        return bytes(out)
 
     def delimited(number: int, payload: bytes) -> bytes:
         return varint(number << 3 | 2) + varint(len(payload)) + payload

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 __all__ = [
     "DEFAULT_UNMATCHED",
@@ -20,11 +21,13 @@ __all__ = [
     "UNMATCHED_MODES",
     "WILDCARD_ROUTE",
     "RouteMatcher",
+    "RouteUnmatched",
     "heuristic_route",
 ]
 
-UNMATCHED_MODES: tuple[str, ...] = ("unset", "path", "wildcard", "heuristic")
-DEFAULT_UNMATCHED = "heuristic"  # OBI's default when `unmatched` is omitted
+RouteUnmatched = Literal["unset", "path", "wildcard", "heuristic"]
+UNMATCHED_MODES: tuple[RouteUnmatched, ...] = get_args(RouteUnmatched)
+DEFAULT_UNMATCHED: RouteUnmatched = "heuristic"  # OBI's default when `unmatched` is omitted
 DEFAULT_WILDCARD_CHAR = "*"
 WILDCARD_ROUTE = "/**"
 CACHE_LIMIT = 10_000

@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 __all__ = [
+    "RATIO_SAMPLER_NAMES",
     "SAMPLER_NAMES",
     "AlwaysOffSampler",
     "AlwaysOnSampler",
     "ParentBasedSampler",
     "Sampler",
+    "SamplerName",
     "TraceIdRatioSampler",
     "build_sampler",
 ]
 
-SAMPLER_NAMES: tuple[str, ...] = (
+SamplerName = Literal[
     "always_on",
     "always_off",
     "traceidratio",
     "parentbased_always_on",
     "parentbased_always_off",
     "parentbased_traceidratio",
-)
+]
+SAMPLER_NAMES: tuple[SamplerName, ...] = get_args(SamplerName)
+# The samplers that read OTEL_TRACES_SAMPLER_ARG as a ratio.
+RATIO_SAMPLER_NAMES: frozenset[SamplerName] = frozenset({"traceidratio", "parentbased_traceidratio"})
 DEFAULT_RATIO = 1.0
 _TRACE_ID_LOW_BITS = 64
 
