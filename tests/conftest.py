@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared 2-core machines: no per-example deadline, which would flake under load.
+settings.register_profile("obi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("obi")
 
 KERNEL_MARKERS = ("kernel", "e2e")
 
