@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tests.support import bpf_link_ids
@@ -18,10 +19,12 @@ from tests.support import bpf_link_ids
 class AgentProcess:
     """The agent with a clean OTEL_* environment plus `env`; logs parsed as JSON."""
 
-    def __init__(self, env: Mapping[str, str], args: Sequence[str] = ()) -> None:
+    def __init__(self, env: Mapping[str, str], args: Sequence[str] = (),
+                 command: Sequence[str] | None = None) -> None:
+        """`command` replaces `python -m obi.cli ARGS` (e.g. to start obi inside unshare)."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KUBE"))}
         self.env = {**base, "OTEL_EBPF_LOG_FORMAT": "json", **env}
-        self.args = list(args)
+        self.command = list(command) if command else [sys.executable, "-m", "obi.cli", *args]
         self.logs: list[dict[str, Any]] = []
         self.stdout: list[str] = []
         self._cond = threading.Condition()
@@ -30,7 +33,7 @@ class AgentProcess:
 
     def start(self, wait_started: bool = True) -> AgentProcess:
         self.links_before = bpf_link_ids()
-        self.proc = subprocess.Popen([sys.executable, "-m", "obi.cli", *self.args], env=self.env,
+        self.proc = subprocess.Popen(self.command, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stdout, False), daemon=True).start()
@@ -66,11 +69,22 @@ class AgentProcess:
         return self.wait_log(lambda e: e.get("event") == "process_instrumented" and e.get("pid") == pid,
                              timeout)
 
+    def agent_pid(self) -> int:
+        """The agent's host pid: the process started, or the `obi.cli` below a wrapper."""
+        assert self.proc is not None
+        todo = [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            if b"obi.cli" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return pid
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        raise AssertionError("no obi.cli process below the agent command")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Stops the agent; checks it left no BPF link behind. Returns its exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            os.kill(self.agent_pid(), sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
