@@ -8,8 +8,6 @@ import os
 import signal
 import sys
 
-import structlog
-
 from obi import __version__
 
 
@@ -61,12 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         print("obi: nothing to instrument: set OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE, "
               "OTEL_EBPF_TARGET_PID or discovery.instrument", file=sys.stderr)
         return 1
-    log = structlog.get_logger().bind(component="cli")
     try:
         return asyncio.run(_run_agent(config))
     except OSError as err:
-        log.error("agent_failed", error=str(err))
-        print(f"obi: {err}", file=sys.stderr)
+        # Kernel and system refusals: one line, and where to look next.
+        print(f"obi: {err} (`obi doctor` shows what this host allows)", file=sys.stderr)
         return 1
 
 

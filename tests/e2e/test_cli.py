@@ -72,3 +72,22 @@ def test_raw_tracepoints_when_asked() -> None:
     started = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 5)
     assert started["hooks"] == "raw_tracepoint" and started["programs"] == 2
     assert agent.stop() == 0
+
+
+def test_without_privileges_doctor_and_agent_say_why() -> None:
+    no_caps = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all", "--"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    doctor = subprocess.run([*no_caps, sys.executable, "-m", "obi.cli", "doctor"], capture_output=True,
+                            text=True, timeout=60, env=base)
+    assert doctor.returncode == 1
+    assert "[NO] BPF ring buffer" in doctor.stdout
+    refused = "[NO] attach HTTP capture on raw_tracepoints: load http.bpf.o: Operation not permitted"
+    assert refused in doctor.stdout
+    assert doctor.stdout.rstrip().endswith("obi cannot run here")
+    env = {**base, "OTEL_EBPF_OPEN_PORT": "80", "OTEL_EBPF_LOG_LEVEL": "ERROR"}
+    agent = subprocess.run([*no_caps, sys.executable, "-m", "obi.cli"], capture_output=True, text=True,
+                           timeout=60, env=env)
+    assert agent.returncode == 1
+    assert "obi: load http.bpf.o: Operation not permitted (`obi doctor` shows what this host allows)\n" in (
+        agent.stderr)
+    assert "Traceback" not in agent.stderr

@@ -20,6 +20,9 @@ class BpfError(OSError):
         super().__init__(err, f"{what}: {strerror(err)}")
         self.what = what
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 class NotSupportedError(BpfError):
     """The kernel here lacks a feature obi asked for (named in `feature`)."""

@@ -79,7 +79,8 @@ class HttpTracer:
             if self._tracefs.available:
                 hooks = "tracepoint"
             elif settings.syscall_hooks == "tracepoint":
-                raise BpfError(2, f"syscall tracepoints requested but {detail}")
+                raise BpfError(self._tracefs.errno,
+                               "syscall tracepoints need tracefs, which is not mounted and could not be")
             else:
                 hooks = "raw_tracepoint"
         self.hooks = hooks

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ class TracefsMount:
     available: bool
     mounted_by_us: bool
     detail: str
+    errno: int = 0  # why it is not available, when it is not
 
     def release(self) -> None:
         """Unmounts tracefs if obi mounted it (lazy: links may still be closing)."""
@@ -51,13 +53,13 @@ def ensure_tracefs(allow_mount: bool = True) -> TracefsMount:
     if found is not None:
         return TracefsMount(True, False, f"tracefs mounted at {found.parents[1]}")
     if not allow_mount:
-        return TracefsMount(False, False, "tracefs not mounted")
+        return TracefsMount(False, False, "tracefs not mounted", errno.ENOENT)
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     rc = libc.mount(b"tracefs", str(TRACEFS).encode(), b"tracefs", 0, None)
     if rc != 0:
         err = ctypes.get_errno()
-        return TracefsMount(False, False, f"tracefs not mounted and mount failed: {os.strerror(err)}")
+        return TracefsMount(False, False, f"tracefs not mounted and mount failed: {os.strerror(err)}", err)
     if syscall_events_dir() is None:
         libc.umount2(str(TRACEFS).encode(), 2)
-        return TracefsMount(False, False, "tracefs mounted but has no syscall events")
+        return TracefsMount(False, False, "tracefs mounted but has no syscall events", errno.ENOENT)
     return TracefsMount(True, True, f"tracefs mounted by obi at {TRACEFS}")
