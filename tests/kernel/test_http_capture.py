@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -62,8 +63,13 @@ def split_server() -> Iterator[tuple[subprocess.Popen[str], int]]:
     stop_process(proc)
 
 
-def test_attach_then_close_leaves_no_link() -> None:
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_attach_then_close_leaves_no_link_and_no_fd() -> None:
     for mode in MODES:
+        fds_before = open_fds()
         before = bpf_link_ids()
         tracer = HttpTracer(HttpTracerSettings(syscall_hooks=mode, ring_buffer_size=1 << 16))  # type: ignore[arg-type]
         ours = set(tracer.collection.link_ids())
@@ -72,7 +78,8 @@ def test_attach_then_close_leaves_no_link() -> None:
         tracer.close()
         tracer.close()  # idempotent
         assert not ours & bpf_link_ids()
-        assert bpf_link_ids() <= before | set()
+        assert bpf_link_ids() <= before
+        assert open_fds() <= fds_before
 
 
 def test_keepalive_requests_split_reads_and_writes(tracer: HttpTracer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from types import TracebackType
@@ -9,7 +10,7 @@ from typing import Literal
 
 import structlog
 
-from obi.ebpf._libbpf import BpfError, check, ffi, lib
+from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
 from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
 from obi.ebpf.ring import RingReader
 from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
@@ -85,6 +86,9 @@ class HttpTracer:
                 hooks = "raw_tracepoint"
         self.hooks = hooks
         self.hooks_detail = detail
+        if lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 0:
+            self._release_tracefs()
+            raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
         self.collection = BpfCollection(build_spec(settings, hooks))
         try:
             self.collection.attach_all()
