@@ -139,3 +139,22 @@ def test_untraced_process_and_non_http_bytes_produce_nothing(
         conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         conn.recv(4096)
     assert collect(tracer, 1, timeout=1.0) == []
+
+
+def test_ipv6_connection(tracer: HttpTracer) -> None:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "split_server.py"), str(port), "::1"], ready="ready")
+    try:
+        tracer.add_pid(proc.pid)
+        with socket.create_connection(("::1", port)) as conn:
+            conn.sendall(b"GET /six HTTP/1.1\r\nHost: [::1]\r\n\r\n")
+            reply = b""
+            while not reply.endswith(b"x\n"):
+                reply += conn.recv(4096)
+        (ev,) = collect(tracer, 1)
+    finally:
+        stop_process(proc)
+    assert ev["family"] == socket.AF_INET6
+    assert ev["local_addr"] == ev["peer_addr"] == socket.inet_pton(socket.AF_INET6, "::1")
+    assert ev["local_port"] == port and ev["peer_port"] != 0
+    assert ev["req"].startswith(b"GET /six HTTP/1.1")

@@ -2,7 +2,7 @@
 each response in several writes, with the syscalls the kernel side hooks:
 read/recv/recvfrom/recvmsg/readv for input, write/send/sendmsg/writev for output.
 
-Usage: split_server.py PORT   (prints "ready" when listening)
+Usage: split_server.py PORT [HOST]   (prints "ready" when listening; HOST ::1 for IPv6)
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def serve(conn: socket.socket) -> None:
 
 
 def main() -> None:
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("127.0.0.1", int(sys.argv[1])))
+    srv.bind((host, int(sys.argv[1])))
     srv.listen(64)
     print("ready", flush=True)
     while True:
