@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from obi import __version__
-from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, encode_spans, key_value
+from obi.export import encode
+from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, encode_spans, key_value, span_flags
 from obi.traces.model import HttpSpan, ServiceIdentity
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
@@ -162,3 +165,80 @@ def test_attribute_field_matches_official_encoding(key: str, value: str | int) -
     assert list(span.attributes) == [key_value(key, value)]
     expected = Span(attributes=[KeyValue(key=key, value=key_value(key, value).value)])
     assert span == expected
+
+
+def official_request(spans: list[HttpSpan]) -> bytes:
+    """The request built and serialized by the official classes, as a byte-exact reference."""
+    groups: dict[int, tuple[ServiceIdentity, list[Span]]] = {}
+    for span in spans:
+        group = groups.setdefault(id(span.service), (span.service, []))
+        group[1].append(
+            Span(
+                trace_id=span.trace_id,
+                span_id=span.span_id,
+                parent_span_id=span.parent_span_id,
+                name=span.name,
+                kind=span.kind,  # type: ignore[arg-type]
+                start_time_unix_nano=span.start_ns,
+                end_time_unix_nano=span.end_ns,
+                attributes=[key_value(k, v) for k, v in span.attributes().items()],
+                status=Status(code=Status.StatusCode.STATUS_CODE_ERROR) if span.is_error else None,
+                flags=span_flags(span),
+            )
+        )
+    scope = InstrumentationScope(name=SCOPE_NAME)
+    return ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(
+                resource=Resource(attributes=[key_value(k, v) for k, v in s.resource_attributes().items()]),
+                scope_spans=[ScopeSpans(scope=scope, spans=group)],
+            )
+            for s, group in groups.values()
+        ]
+    ).SerializeToString()
+
+
+SERVICES = (make_service("api", 1), make_service("web", 2, attributes={"host.name": "node-1"}))
+
+# Few distinct values for the repeated fields (cache hits), any value for the varying ones.
+spans_strategy = st.builds(
+    make_span,
+    service=st.sampled_from(SERVICES),
+    start_ns=st.integers(min_value=1, max_value=2**63),
+    method=st.sampled_from(["GET", "POST"]),
+    path=st.one_of(st.sampled_from(["/", "/items/42"]), st.text(min_size=1, max_size=300)),
+    route=st.sampled_from([None, "", "/items/{id}", "/" + "r" * 200]),
+    status_code=st.sampled_from([200, 404, 499, 500, 503]),
+    request_body_size=st.integers(min_value=0, max_value=2**63 - 1),
+    response_body_size=st.sampled_from([0, 13, 127, 128, 2**40]),
+    server_address=st.sampled_from(["127.0.0.1", "shop.local"]),
+    server_port=st.sampled_from([80, 8080]),
+    client_address=st.sampled_from(["10.9.8.7", "::1"]),
+    protocol_version=st.sampled_from(["1.0", "1.1"]),
+    trace_id=st.one_of(st.just(TRACE_ID), st.binary(min_size=1, max_size=20)),
+    span_id=st.one_of(st.just(SPAN_ID), st.binary(min_size=1, max_size=9)),
+    parent_span_id=st.sampled_from([b"", PARENT_ID, b"\x01" * 9]),
+    sampled=st.booleans(),
+)
+
+
+@given(batches=st.lists(st.lists(spans_strategy, max_size=12), min_size=1, max_size=3))
+def test_cached_encoding_is_byte_identical_to_the_official_classes(batches: list[list[HttpSpan]]) -> None:
+    encoder = TraceEncoder()  # shared: later batches hit what earlier ones cached
+    for spans in batches:
+        assert encoder.encode_bytes(spans) == official_request(spans)
+
+
+def test_full_caches_are_cleared_and_output_stays_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    for limit in ("SPAN_SHAPE_CACHE_LIMIT", "PATH_CACHE_LIMIT", "SIZE_CACHE_LIMIT"):
+        monkeypatch.setattr(encode, limit, 3)
+    spans = [
+        make_span(path=f"/items/{i % 5}", status_code=200 + i % 7, request_body_size=i % 4,
+                  response_body_size=i)
+        for i in range(40)
+    ]
+    encoder = TraceEncoder()
+    for _ in range(2):
+        assert encoder.encode_bytes(spans) == official_request(spans)
+    caches = (encoder._shapes, encoder._paths, encoder._request_sizes, encoder._response_sizes)
+    assert all(1 <= len(cache) <= 3 for cache in caches)

@@ -155,6 +155,7 @@ def test_ignored_patterns() -> None:
     assert not matcher.is_ignored("/healthz")
     assert not matcher.is_ignored("/users/1")
     assert not RouteMatcher([], "unset").is_ignored("/health")
+    assert matcher.has_ignored and not RouteMatcher([], "unset").has_ignored
 
 
 def test_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

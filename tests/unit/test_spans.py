@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
+import pytest
+
 from obi.ebpf._libbpf import ffi
-from obi.traces.model import ServiceIdentity
+from obi.traces import spans as spans_module
+from obi.traces.model import HttpSpan, ServiceIdentity
 from obi.traces.routes import RouteMatcher
 from obi.traces.spans import HttpSpanBuilder, format_address, host_name
 
@@ -94,3 +98,31 @@ def test_ipv6_and_mapped_addresses() -> None:
     assert host_name("example.com") == "example.com"
     assert host_name("example.com:80") == "example.com"
     assert host_name("[2001:db8::1]:443") == "2001:db8::1"
+
+
+def test_builder_passes_fields_in_httpspan_order() -> None:
+    # HttpSpanBuilder.build creates spans positionally (much cheaper than keywords).
+    assert [f.name for f in dataclasses.fields(HttpSpan)][:19] == [
+        "service", "start_ns", "end_ns", "method", "path", "route", "status_code",
+        "request_body_size", "response_body_size", "scheme", "protocol_version",
+        "server_address", "server_port", "client_address", "client_port",
+        "trace_id", "span_id", "parent_span_id", "sampled",
+    ]  # fmt: skip
+
+
+def test_root_span_ids_are_fresh_and_cleared_caches_stay_correct(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spans_module, "ADDRESS_CACHE_LIMIT", 1)
+    monkeypatch.setattr(spans_module, "HOST_CACHE_LIMIT", 1)
+    b = builder()
+    hosts = ["a.local:80", "b.local", "[::1]:8080", "c.local:1"]
+    batch = b"".join(
+        record(7, f"GET /{i} HTTP/1.1\r\nHost: {hosts[i % 4]}\r\n\r\n".encode(), b"HTTP/1.1 200 OK\r\n\r\n",
+               socket.AF_INET6 if i % 3 else socket.AF_INET)
+        for i in range(12)
+    )
+    spans = b.build(batch) + b.build(batch)
+    assert [s.server_address for s in spans] == ["a.local", "b.local", "::1", "c.local"] * 6
+    clients = ["10.9.8.7" if i % 3 == 0 else "192.0.2.1" for i in range(12)]
+    assert [s.client_address for s in spans] == clients * 2
+    assert all(len(s.trace_id) == 16 and len(s.span_id) == 8 and s.parent_span_id == b"" for s in spans)
+    assert len({s.trace_id for s in spans}) == len({s.span_id for s in spans}) == 24

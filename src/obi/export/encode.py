@@ -2,16 +2,18 @@
 
 Spans are grouped by their shared ServiceIdentity into one ResourceSpans each.
 Resource and scope are built with the opentelemetry-proto classes and encoded
-once; per-span fields are written straight in protobuf wire format (with the
-encoded attribute for repeated values cached), which is several times cheaper
-in Python than building one message object per span and per attribute. Tests
-decode the result with the official classes.
+once; per-span fields are written straight in protobuf wire format, with the
+bytes that repeat across a service's requests (name, status, most attributes)
+cached per distinct set of values, which is many times cheaper in Python than
+building one message object per span and per attribute. Tests compare the
+result byte for byte with the official classes' serialization.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -27,10 +29,15 @@ TRACE_FLAG_SAMPLED = 0x01
 SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE = 0x100
 SPAN_FLAGS_CONTEXT_IS_REMOTE = 0x200
 
-# Attributes whose values rarely repeat: caching them would only churn the cache.
-UNCACHED_ATTRIBUTES = frozenset({"url.path", "client.port"})
-_ATTRIBUTE_CACHE_LIMIT = 16384
+# Bounds of the encoder's caches; a full cache is cleared and refills from live traffic.
+SPAN_SHAPE_CACHE_LIMIT = 4096
+PATH_CACHE_LIMIT = 4096
+SIZE_CACHE_LIMIT = 4096
 _RESOURCE_CACHE_LIMIT = 1024
+
+URL_PATH = "url.path"
+REQUEST_BODY_SIZE = "http.request.body.size"
+RESPONSE_BODY_SIZE = "http.response.body.size"
 
 # Wire-format tags (field number << 3 | wire type) of the fields written by hand.
 _TAG_TRACE_ID = b"\x0a"  # Span.trace_id = 1
@@ -49,6 +56,10 @@ _TAG_KV_VALUE = b"\x12"  # KeyValue.value = 2
 _TAG_INT_VALUE = b"\x18"  # AnyValue.int_value = 3
 _FIXED64 = struct.Struct("<Q").pack
 _FIXED32 = struct.Struct("<I").pack
+_TIMES = struct.Struct("<BQBQ").pack  # start and end tags, each followed by its fixed64
+_TRACE_ID_16 = b"\x0a\x10"  # trace_id tag and length of a 16-byte id
+_SPAN_ID_8 = b"\x12\x08"  # span_id tag and length of an 8-byte id
+_PARENT_SPAN_ID_8 = b"\x22\x08"  # parent_span_id tag and length of an 8-byte id
 _SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
 
 
@@ -68,6 +79,15 @@ def varint(value: int) -> bytes:
 def _delimited(tag: bytes, payload: bytes) -> bytes:
     size = len(payload)
     return tag + (_SMALL_VARINTS[size] if size < 128 else varint(size)) + payload
+
+
+def _length(size: int) -> bytes:
+    """The varint of a length, inlined for the one- and two-byte cases."""
+    if size < 128:
+        return _SMALL_VARINTS[size]
+    if size < 16384:
+        return bytes(((size & 0x7F) | 0x80, size >> 7))
+    return varint(size)
 
 
 def key_value(key: str, value: str | int | float | bool) -> KeyValue:
@@ -95,30 +115,6 @@ def attribute_field(key: str, value: str | int) -> bytes:
         any_value = key_value(key, value).value.SerializeToString()
     kv = _delimited(_TAG_FIRST, key.encode()) + _delimited(_TAG_KV_VALUE, any_value)
     return _delimited(_TAG_ATTRIBUTE, kv)
-
-
-class AttributeCache:
-    """Bounded cache of encoded attribute fields for repeated (key, value) pairs."""
-
-    __slots__ = ("_entries", "_limit")
-
-    def __init__(self, limit: int = _ATTRIBUTE_CACHE_LIMIT) -> None:
-        self._entries: dict[tuple[str, str | int], bytes] = {}
-        self._limit = limit
-
-    def encode(self, attributes: dict[str, str | int]) -> list[bytes]:
-        entries = self._entries
-        out: list[bytes] = []
-        for item in attributes.items():
-            field = entries.get(item)
-            if field is None:
-                field = attribute_field(item[0], item[1])
-                if item[0] not in UNCACHED_ATTRIBUTES:
-                    if len(entries) >= self._limit:
-                        entries.clear()
-                    entries[item] = field
-            out.append(field)
-        return out
 
 
 class ResourceCache:
@@ -165,14 +161,63 @@ def span_flags(span: HttpSpan) -> int:
     return flags
 
 
+# The flags field for [has parent * 2 + sampled], as span_flags computes it.
+_FLAGS_FIELDS = tuple(
+    _TAG_FLAGS + _FIXED32(SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | remote | sampled)
+    for remote in (0, SPAN_FLAGS_CONTEXT_IS_REMOTE)
+    for sampled in (0, TRACE_FLAG_SAMPLED)
+)
+
+# (method, status_code, route, scheme, server_address, server_port, client_address,
+# protocol_version, kind): every span field a span's name, kind, status and
+# repeated attributes depend on.
+ShapeKey = tuple[str, int, str | None, str, str, int, str, str, int]
+
+
+class SpanShape(NamedTuple):
+    """Encoded pieces of a span shared by every span with the same ShapeKey.
+
+    In wire order they surround the varying fields: ids, then ``name_kind``,
+    times, ``before_path``, url.path, ``after_path``, body sizes, ``status``, flags.
+    """
+
+    name_kind: bytes
+    before_path: bytes
+    after_path: bytes
+    status: bytes
+
+
+def span_shape(span: HttpSpan) -> SpanShape:
+    """The shared pieces of ``span``, encoded attribute by attribute in the model's order."""
+    attributes = span.attributes()
+    keys = list(attributes)
+    # The model's order: method, status, url.path, the repeated ones, the two body sizes.
+    assert keys[2] == URL_PATH and keys[-2:] == [REQUEST_BODY_SIZE, RESPONSE_BODY_SIZE], keys
+    fields = [attribute_field(key, value) for key, value in attributes.items()]
+    return SpanShape(
+        name_kind=_delimited(_TAG_NAME, span.name.encode()) + _TAG_KIND + varint(span.kind),
+        before_path=b"".join(fields[:2]),
+        after_path=b"".join(fields[3:-2]),
+        status=_STATUS_ERROR if span.is_error else b"",
+    )
+
+
 class TraceEncoder:
-    """Reusable encoder: keeps Resource and attribute caches between batches."""
+    """Reusable encoder: keeps Resource, span-shape and attribute caches between batches.
+
+    A span costs one lookup of its shape (name, kind, status and the attributes
+    that repeat across a service's requests), lookups of its url.path and body
+    size fields, and the bytes of its ids, times and flags.
+    """
 
     def __init__(self, scope_name: str = SCOPE_NAME) -> None:
         scope = InstrumentationScope(name=scope_name).SerializeToString()
         self._scope_field = _delimited(_TAG_FIRST, scope)
-        self._attributes = AttributeCache()
         self._resources = ResourceCache()
+        self._shapes: dict[ShapeKey, SpanShape] = {}
+        self._paths: dict[str, bytes] = {}
+        self._request_sizes: dict[int, bytes] = {}
+        self._response_sizes: dict[int, bytes] = {}
 
     def encode(self, spans: Sequence[HttpSpan]) -> ExportTraceServiceRequest:
         return ExportTraceServiceRequest.FromString(self.encode_bytes(spans))
@@ -181,30 +226,79 @@ class TraceEncoder:
         """The serialized ExportTraceServiceRequest, ready to send."""
         parts: list[bytes] = []
         for service, group in group_by_service(spans):
-            scope_spans = self._scope_field + b"".join([self._span_field(s) for s in group])
+            scope_spans = self._scope_field + self._span_fields(group)
             resource_spans = _delimited(_TAG_FIRST, self._resources.encoded(service)) + _delimited(
                 _TAG_SPANS, scope_spans
             )
             parts.append(_delimited(_TAG_FIRST, resource_spans))
         return b"".join(parts)
 
-    def _span_field(self, s: HttpSpan) -> bytes:
-        body = [_delimited(_TAG_TRACE_ID, s.trace_id), _delimited(_TAG_SPAN_ID, s.span_id)]
-        if s.parent_span_id:
-            body.append(_delimited(_TAG_PARENT_SPAN_ID, s.parent_span_id))
-        body.append(_delimited(_TAG_NAME, s.name.encode()))
-        body.append(_TAG_KIND)
-        body.append(varint(s.kind))
-        body.append(_TAG_START)
-        body.append(_FIXED64(s.start_ns))
-        body.append(_TAG_END)
-        body.append(_FIXED64(s.end_ns))
-        body.extend(self._attributes.encode(s.attributes()))
-        if s.is_error:
-            body.append(_STATUS_ERROR)
-        body.append(_TAG_FLAGS)
-        body.append(_FIXED32(span_flags(s)))
-        return _delimited(_TAG_SPANS, b"".join(body))
+    def _span_fields(self, spans: list[HttpSpan]) -> bytes:
+        """The ``spans`` entries of a ScopeSpans, one length-delimited Span each."""
+        shapes, paths = self._shapes, self._paths
+        request_sizes, response_sizes = self._request_sizes, self._response_sizes
+        flags_fields, times, length = _FLAGS_FIELDS, _TIMES, _length
+        out: list[bytes] = []
+        for s in spans:
+            key: ShapeKey = (
+                s.method, s.status_code, s.route, s.scheme, s.server_address, s.server_port,
+                s.client_address, s.protocol_version, s.kind,
+            )  # fmt: skip
+            shape = shapes.get(key)
+            if shape is None:
+                if len(shapes) >= SPAN_SHAPE_CACHE_LIMIT:
+                    shapes.clear()
+                shape = shapes[key] = span_shape(s)
+            path = paths.get(s.path)
+            if path is None:
+                if len(paths) >= PATH_CACHE_LIMIT:
+                    paths.clear()
+                path = paths[s.path] = attribute_field(URL_PATH, s.path)
+            request_size = request_sizes.get(s.request_body_size)
+            if request_size is None:
+                if len(request_sizes) >= SIZE_CACHE_LIMIT:
+                    request_sizes.clear()
+                request_size = request_sizes[s.request_body_size] = attribute_field(
+                    REQUEST_BODY_SIZE, s.request_body_size
+                )
+            response_size = response_sizes.get(s.response_body_size)
+            if response_size is None:
+                if len(response_sizes) >= SIZE_CACHE_LIMIT:
+                    response_sizes.clear()
+                response_size = response_sizes[s.response_body_size] = attribute_field(
+                    RESPONSE_BODY_SIZE, s.response_body_size
+                )
+            trace_id, span_id, parent_id = s.trace_id, s.span_id, s.parent_span_id
+            if len(trace_id) == 16 and len(span_id) == 8 and len(parent_id) in (0, 8):
+                ids = _TRACE_ID_16 + trace_id + _SPAN_ID_8 + span_id
+                if parent_id:
+                    ids += _PARENT_SPAN_ID_8 + parent_id
+            else:
+                ids = _ids_field(trace_id, span_id, parent_id)
+            body = b"".join((
+                ids,
+                shape.name_kind,
+                times(0x39, s.start_ns, 0x41, s.end_ns),
+                shape.before_path,
+                path,
+                shape.after_path,
+                request_size,
+                response_size,
+                shape.status,
+                flags_fields[(2 if parent_id else 0) + (1 if s.sampled else 0)],
+            ))  # fmt: skip
+            out.append(_TAG_SPANS)
+            out.append(length(len(body)))
+            out.append(body)
+        return b"".join(out)
+
+
+def _ids_field(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> bytes:
+    """The id fields of a span whatever the ids' lengths."""
+    ids = _delimited(_TAG_TRACE_ID, trace_id) + _delimited(_TAG_SPAN_ID, span_id)
+    if parent_span_id:
+        ids += _delimited(_TAG_PARENT_SPAN_ID, parent_span_id)
+    return ids
 
 
 def encode_spans(spans: Sequence[HttpSpan]) -> ExportTraceServiceRequest:

@@ -47,6 +47,12 @@ _CONTENT_LENGTH = b"\r\ncontent-length:"
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 _TRACEPARENT = b"\r\ntraceparent:"
 _OWS = b" \t"
+_CONTENT_LENGTH_LEN = len(_CONTENT_LENGTH)
+# Status-code tokens of 100..599 (codes outside take the slow path, which names the error).
+_STATUS_BY_TOKEN: dict[bytes, int] = {b"%d" % code: code for code in range(100, 600)}
+_AFTER_STATUS = (b"", b" ", b"\r")
+# tuple.__new__ builds a NamedTuple without its Python-level __new__ (a third of the cost).
+_new_tuple = tuple.__new__
 # Longest Content-Length accepted: fits in an int64 and stays clear of int() limits.
 _MAX_LENGTH_DIGITS = 18
 # Statuses that never carry a body (RFC 9110 section 6.4.1).
@@ -120,10 +126,11 @@ def _header_value(raw: bytes, lowered: bytes, name: bytes) -> bytes | None:
     return raw[start : raw.find(_CRLF, start)].strip(_OWS)
 
 
-def _content_length(raw: bytes, lowered: bytes) -> int | None:
-    """Content-Length, or None when absent, invalid, or overridden by chunked coding."""
-    value = _header_value(raw, lowered, _CONTENT_LENGTH)
-    if value is None or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+def _content_length(raw: bytes, lowered: bytes, start: int) -> int | None:
+    """Content-Length found at ``start``; None when invalid or overridden by chunked coding."""
+    start += _CONTENT_LENGTH_LEN
+    value = raw[start : raw.find(_CRLF, start)].strip(_OWS)
+    if not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
         return None
     coding = _header_value(raw, lowered, _TRANSFER_ENCODING)
     if coding is not None and b"chunked" in coding.lower():
@@ -174,37 +181,40 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
     if line_end < 0:
         # A capture cut between CR and LF still holds a whole request line.
         line_end = len(data) - 1 if data.endswith(b"\r") else -1
-    line = data if line_end < 0 else data[:line_end]
-    parts = line.split(b" ")
+    parts = (data if line_end < 0 else data[:line_end]).split(b" ")
     method = _METHOD_BY_TOKEN.get(parts[0])
     if method is None:
         raise ParseError("request line does not start with an HTTP method")
-    if len(parts) < 2 or not parts[1]:
-        raise ParseError("request line has no target")
-    if len(parts) > 3:
-        raise ParseError("request line has extra spaces")
-    if len(parts) == 3:
-        version = _VERSION_BY_TOKEN.get(parts[2])
-        if version is None:
+    if len(parts) != 3:
+        if len(parts) < 2 or not parts[1]:
+            raise ParseError("request line has no target")
+        if len(parts) > 3:
+            raise ParseError("request line has extra spaces")
+        if line_end >= 0:
+            raise ParseError("request line has no HTTP version")
+        version = _TRUNCATED_VERSION
+    else:
+        if not parts[1]:
+            raise ParseError("request line has no target")
+        known_version = _VERSION_BY_TOKEN.get(parts[2])
+        if known_version is None:
             if line_end >= 0 or not _is_version_prefix(parts[2]):
                 raise ParseError("request line has no HTTP/1.x version")
-            version = _TRUNCATED_VERSION
-    elif line_end >= 0:
-        raise ParseError("request line has no HTTP version")
-    else:
-        version = _TRUNCATED_VERSION
-    target = _decode(parts[1])
+            known_version = _TRUNCATED_VERSION
+        version = known_version
+    target = parts[1].decode("utf-8", "replace")
     if not target.isprintable():
         raise ParseError("request target has control characters")
-    path = _path_of(target)
+    path = target if target[0] == "/" and "?" not in target and "#" not in target else _path_of(target)
 
     if line_end < 0:
-        return HttpRequestFacts(method, target, path, version, None, None, 0, None)
+        return _new_tuple(HttpRequestFacts, (method, target, path, version, None, None, 0, None))
     raw, lowered, header_len = _header_block(data, line_end)
     host = _header_value(raw, lowered, _HOST)
     traceparent = _header_value(raw, lowered, _TRACEPARENT)
-    content_length = _content_length(raw, lowered)
-    return HttpRequestFacts(
+    start = lowered.find(_CONTENT_LENGTH)
+    content_length = None if start < 0 else _content_length(raw, lowered, start)
+    return _new_tuple(HttpRequestFacts, (
         method,
         target,
         path,
@@ -213,7 +223,7 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
         content_length,
         _body_size(content_length, header_len, total_len),
         None if traceparent is None else _decode(traceparent),
-    )
+    ))  # fmt: skip
 
 
 def parse_response(data: bytes, total_len: int) -> HttpResponseFacts:
@@ -225,25 +235,28 @@ def parse_response(data: bytes, total_len: int) -> HttpResponseFacts:
     version = _VERSION_BY_TOKEN.get(data[:8])
     if version is None:
         raise ParseError("status line does not start with HTTP/1.0 or HTTP/1.1")
-    code = data[9:12]
-    if data[8:9] != b" " or len(code) != 3 or not code.isdigit():
-        raise ParseError("status line has no 3-digit status code")
-    if data[12:13] not in (b"", b" ", b"\r"):
+    status_code = _STATUS_BY_TOKEN.get(data[9:12]) if data[8:9] == b" " else None
+    if status_code is None:
+        code = data[9:12]
+        if data[8:9] != b" " or len(code) != 3 or not code.isdigit():
+            raise ParseError("status line has no 3-digit status code")
+        status_code = int(code)
+    if data[12:13] not in _AFTER_STATUS:
         raise ParseError("status code is not followed by a space or line end")
-    status_code = int(code)
     if not 100 <= status_code <= 599:
         raise ParseError("status code outside 100..599")
 
     line_end = data.find(_CRLF, 12)
     if line_end < 0:
-        return HttpResponseFacts(version, status_code, None, 0)
+        return _new_tuple(HttpResponseFacts, (version, status_code, None, 0))
     raw, lowered, header_len = _header_block(data, line_end)
-    content_length = _content_length(raw, lowered)
+    start = lowered.find(_CONTENT_LENGTH)
+    content_length = None if start < 0 else _content_length(raw, lowered, start)
     if status_code < 200 or status_code in _BODYLESS_STATUS:
         body_size = 0
     else:
         body_size = _body_size(content_length, header_len, total_len)
-    return HttpResponseFacts(version, status_code, content_length, body_size)
+    return _new_tuple(HttpResponseFacts, (version, status_code, content_length, body_size))
 
 
 def _is_lower_hex(value: str) -> bool:

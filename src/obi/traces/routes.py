@@ -232,6 +232,11 @@ class RouteMatcher:
         self._routes[path] = route
         return route
 
+    @property
+    def has_ignored(self) -> bool:
+        """Whether any ignored pattern is configured (else ``is_ignored`` is always False)."""
+        return self._has_ignored
+
     def is_ignored(self, path: str) -> bool:
         """Whether the path matches one of the ignored patterns."""
         if not self._has_ignored:
