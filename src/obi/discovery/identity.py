@@ -228,5 +228,6 @@ def build_identity(
         service_namespace=namespace,
         instance_id=f"{hostname}:{pid}",
         sdk_language=detect_sdk_language(pid, exe_path, env, proc_root),
+        name_from_env=bool(name),
         attributes=attributes,
     )

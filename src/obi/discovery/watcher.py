@@ -14,10 +14,11 @@ import inspect
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import structlog
 
-from obi.discovery.criteria import ProcessFacts, Selection
+from obi.discovery.criteria import KubeFacts, ProcessFacts, Selection
 from obi.discovery.identity import build_identity
 from obi.discovery.procfs import ProcfsScanner
 from obi.traces.model import ServiceIdentity
@@ -57,8 +58,11 @@ class ProcessWatcher:
         agent_pid: int | None = None,
         skip_agent_descendants: bool = True,
         hostname: str | None = None,
+        kube_facts: Callable[[int, int], KubeFacts | None] | None = None,
     ) -> None:
+        """`kube_facts(pid, start_time)` tells the pod of a process, for k8s_* selectors."""
         self._selection = selection
+        self._kube_facts = kube_facts if selection.needs_kube else None
         self._poll_interval_s = poll_interval_s
         self._proc_root = proc_root
         self._agent_pid = os.getpid() if agent_pid is None else agent_pid
@@ -125,8 +129,13 @@ class ProcessWatcher:
             del self._selected[pid]
         skipped = descendants(self._agent_pid, facts) if self._skip_agent_descendants else {self._agent_pid}
         added: list[ServiceIdentity] = []
+        kube_facts = self._kube_facts
         for pid, fact in facts.items():
-            if pid in self._selected or pid in skipped or not self._selection.matches(fact):
+            if pid in self._selected or pid in skipped:
+                continue
+            if kube_facts is not None:
+                fact = replace(fact, kube=kube_facts(pid, fact.start_time))
+            if not self._selection.matches(fact):
                 continue
             self._selected[pid] = fact.start_time
             added.append(

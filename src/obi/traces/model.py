@@ -19,6 +19,9 @@ class ServiceIdentity:
     service_namespace: str = ""
     instance_id: str = ""
     sdk_language: str = "unknown"
+    # The process's own environment named the service (OTEL_SERVICE_NAME or
+    # service.name in OTEL_RESOURCE_ATTRIBUTES): later sources must not rename it.
+    name_from_env: bool = False
     # Extra resource attributes (OTEL_RESOURCE_ATTRIBUTES of the process, host.name,
     # os.type, later Kubernetes metadata). Keys are OTel attribute names.
     attributes: dict[str, str] = field(default_factory=dict)
