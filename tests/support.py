@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 def bpf_link_ids() -> set[int]:
@@ -69,3 +70,49 @@ def stop_process(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout
             proc.kill()
             proc.wait(5)
     return proc.returncode
+
+
+class PodCgroup:
+    """Real cgroups shaped like a kubelet's for one container, in cgroup v2 (the
+    unified mount, systemd-style slices) and v1 (the pids hierarchy, cgroupfs
+    style), so /proc/PID/cgroup of a process started in them reads as in a pod."""
+
+    V2_ROOT = Path("/sys/fs/cgroup/unified")
+    V1_ROOT = Path("/sys/fs/cgroup/pids")
+
+    def __init__(self, pod_uid: str, container_id: str, qos: str = "besteffort") -> None:
+        slice_uid = pod_uid.replace("-", "_")
+        self._chains = [
+            (self.V2_ROOT, ["kubepods.slice", f"kubepods-{qos}.slice", f"kubepods-{qos}-pod{slice_uid}.slice",
+                            f"cri-containerd-{container_id}.scope"]),
+            (self.V1_ROOT, ["kubepods", qos, f"pod{pod_uid}", container_id]),
+        ]
+        self.v2 = self.V2_ROOT.joinpath(*self._chains[0][1])
+        self.v1 = self.V1_ROOT.joinpath(*self._chains[1][1])
+        self._created: list[Path] = []
+
+    def create(self) -> PodCgroup:
+        for root, parts in self._chains:
+            path = root
+            for part in parts:
+                path = path / part
+                if not path.exists():
+                    path.mkdir()
+                    self._created.append(path)
+        return self
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """argv run inside the pod's cgroups from its first instruction."""
+        script = f'echo $$ > {self.v2}/cgroup.procs && echo $$ > {self.v1}/cgroup.procs && exec "$@"'
+        return ["sh", "-c", script, "sh", *argv]
+
+    def remove(self) -> None:
+        """Removes the cgroups this object created (their processes must be gone)."""
+        for path in reversed(self._created):
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        self._created.clear()

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from obi.config import Config, Glob
 from obi.config import Selector as ConfigSelector
-from obi.discovery.criteria import KubeCriteria, Selection, Selector
+from obi.discovery.criteria import KubeCriteria, KubeFacts, Selection, Selector
 from obi.discovery.watcher import ProcessWatcher
 from obi.ebpf.http_tracer import HttpTracer, HttpTracerSettings
 from obi.export.batch import (
@@ -39,6 +42,10 @@ from obi.traces.model import HttpSpan, ServiceIdentity
 from obi.traces.routes import RouteMatcher
 from obi.traces.sampler import Sampler, build_sampler
 from obi.traces.spans import HttpSpanBuilder
+
+if TYPE_CHECKING:
+    from obi.kube.informers import KubeMetadataSource
+    from obi.kube.model import ContainerMeta
 
 # A response whose connection has been quiet this long is complete.
 RESPONSE_IDLE_NS = 500_000_000
@@ -134,8 +141,38 @@ class Agent:
             self.tracer.close()
             raise
 
+    def _build_kube(self, config: Config) -> KubeMetadataSource | None:
+        """The Kubernetes metadata source, when enabled and a cluster is reachable by config."""
+        kube = config.attributes.kubernetes
+        if kube.enable == "false":
+            return None
+        from obi.kube.client import kube_config_source
+        from obi.kube.informers import KubeMetadataSource
+
+        source = kube_config_source(kube.kubeconfig_path, os.environ)
+        if source is None:
+            if kube.enable == "true":
+                self._log.warning("kubernetes_not_found",
+                                  hint="no in-cluster service account, KUBECONFIG or "
+                                  "attributes.kubernetes.kubeconfig_path: spans stay undecorated")
+            return None
+        # Pods of this node only (OBI's meta_restrict_local_node): NODE_NAME from the
+        # downward API, else the host name; without either, all pods.
+        node = os.environ.get("NODE_NAME") or (
+            socket.gethostname() if kube.meta_restrict_local_node else None)
+        metadata = KubeMetadataSource(source, node_name=node)
+        metadata.store.subscribe(self._on_container_meta)
+        self._log.info("kubernetes_metadata_enabled", source=source.kind, node=node or "all",
+                       cluster=kube.cluster_name or None, obi_namespace=os.environ.get("KUBE_NAMESPACE"))
+        return metadata
+
     def _build_stages(self, config: Config) -> None:
-        self.watcher = ProcessWatcher(selection_from_config(config))
+        self.kube = self._build_kube(config)
+        self._container_ids: dict[tuple[int, int], str | None] = {}  # (pid, start time) -> id
+        self._container_of: dict[int, str] = {}
+        self._pids_of_container: dict[str, set[int]] = {}
+        self.watcher = ProcessWatcher(selection_from_config(config, kube_enabled=self.kube is not None),
+                                      kube_facts=self._kube_facts if self.kube is not None else None)
         self._identities: dict[int, ServiceIdentity] = {}
         self._exited: dict[int, float] = {}
         routes = config.routes
@@ -178,8 +215,6 @@ class Agent:
         """OBI settings obi accepts but does not act on yet: said once, at start."""
         cfg = self.config
         ignored = []
-        if cfg.attributes.kubernetes.enable != "false":
-            ignored.append("attributes.kubernetes.enable (OTEL_EBPF_KUBE_METADATA_ENABLE)")
         if cfg.ebpf.track_request_headers:
             ignored.append("ebpf.track_request_headers")
         if cfg.ebpf.http_request_timeout:
@@ -187,8 +222,8 @@ class Agent:
         if cfg.enforce_sys_caps:
             ignored.append("enforce_sys_caps")
         entries = (*cfg.discovery.instrument, *cfg.discovery.exclude_instrument)
-        if any(e.has_kubernetes_criteria for e in entries):
-            ignored.append("discovery k8s_* selectors (entries with only k8s_* fields match nothing)")
+        if self.kube is None and any(e.has_kubernetes_criteria for e in entries):
+            ignored.append("discovery k8s_* selectors: no Kubernetes metadata (attributes.kubernetes.enable)")
         if any(e.name or e.namespace for e in cfg.discovery.instrument):
             ignored.append("discovery.instrument name/namespace")
         for what in ignored:
@@ -211,7 +246,15 @@ class Agent:
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
             "obi.spans.export.failed": exporter.failed if exporter else 0,
+            **self._kube_counters(),
         }
+
+    def _kube_counters(self) -> dict[str, int]:
+        if self.kube is None:
+            return {}
+        stats = self.kube.stats
+        return {"obi.kube.api.errors": stats.api_errors, "obi.kube.api.forbidden": stats.forbidden,
+                "obi.kube.watch.reconnects": stats.reconnects, "obi.kube.relists": stats.relists}
 
     # ---- discovery -> kernel ----------------------------------------------
 
@@ -228,14 +271,82 @@ class Agent:
         for key, value in cfg.resource_attributes:
             identity.attributes.setdefault(key, value)
 
+    # ---- Kubernetes metadata -----------------------------------------------
+
+    def _container_id(self, pid: int, start_time: int) -> str | None:
+        """The container of a process, from /proc/PID/cgroup, read once per process."""
+        from obi.kube.cgroup import container_id
+
+        key = (pid, start_time)
+        if key not in self._container_ids:
+            if len(self._container_ids) > 65536:
+                self._container_ids.clear()
+            self._container_ids[key] = container_id(pid)
+        return self._container_ids[key]
+
+    def _kube_facts(self, pid: int, start_time: int) -> KubeFacts | None:
+        """The pod of a process for k8s_* selectors (runs in the discovery thread)."""
+        assert self.kube is not None
+        cid = self._container_id(pid, start_time)
+        meta = self.kube.store.container(cid) if cid else None
+        if meta is None:
+            return None
+        pod = meta.pod
+        return KubeFacts(namespace=pod.namespace, pod_name=pod.name, container_name=meta.container_name,
+                         owners=pod.owners, labels=pod.labels, annotations=pod.annotations)
+
+    def _decorate(self, identity: ServiceIdentity, meta: ContainerMeta) -> None:
+        """k8s.* resource attributes and the Kubernetes service name (OBI's order)."""
+        from obi.kube.attributes import resource_attributes, service_name_and_namespace
+
+        identity.attributes.update(resource_attributes(meta, self.config.attributes.kubernetes.cluster_name))
+        name, namespace = service_name_and_namespace(meta)
+        if not identity.name_from_env:
+            identity.service_name = name
+        if not identity.service_namespace or not identity.name_from_env:
+            identity.service_namespace = namespace
+        self._apply_service_overrides(identity)
+
+    def _on_container_meta(self, meta: ContainerMeta) -> None:
+        """A pod was announced or changed: decorate the processes already in it."""
+        for pid in self._pids_of_container.get(meta.container_id, ()):
+            identity = self._identities.get(pid)
+            if identity is not None:
+                self._decorate(identity, meta)
+                self._log.info("process_decorated", pid=pid, pod=meta.pod.name,
+                               namespace=meta.pod.namespace, service=identity.service_name)
+
+    def _track_container(self, identity: ServiceIdentity) -> None:
+        assert self.kube is not None
+        cid = self._container_id(identity.pid, identity.start_time)
+        if not cid:
+            return
+        self._container_of[identity.pid] = cid
+        self._pids_of_container.setdefault(cid, set()).add(identity.pid)
+        meta = self.kube.store.container(cid)
+        if meta is not None:
+            self._decorate(identity, meta)
+
+    def _untrack_container(self, pid: int) -> None:
+        cid = self._container_of.pop(pid, None)
+        if cid is not None:
+            pids = self._pids_of_container.get(cid)
+            if pids is not None:
+                pids.discard(pid)
+                if not pids:
+                    del self._pids_of_container[cid]
+
     def _on_processes(self, added: list[ServiceIdentity], removed: list[int]) -> None:
         now = time.monotonic()
         for pid in removed:
             self.tracer.remove_pid(pid)
+            self._untrack_container(pid)
             self._exited[pid] = now
             self._log.info("process_forgotten", pid=pid)
         for identity in added:
             self._apply_service_overrides(identity)
+            if self.kube is not None:
+                self._track_container(identity)
             self._exited.pop(identity.pid, None)
             self._identities[identity.pid] = identity
             self.tracer.add_pid(identity.pid)
@@ -322,7 +433,9 @@ class Agent:
         tasks: dict[str, asyncio.Task[None]] = {}
         loop.add_reader(self.tracer.ring.epoll_fd, self._drain_ring)
         try:
-            tasks["discovery"] = asyncio.create_task(self.watcher.run(self._on_processes))
+            if self.kube is not None:
+                tasks["kubernetes"] = asyncio.create_task(self.kube.run())
+            tasks["discovery"] = asyncio.create_task(self._discover())
             tasks["spans"] = asyncio.create_task(self._span_stage())
             tasks["drain"] = asyncio.create_task(self._drain_timer(stop))
             if self.trace_exporter is not None:
@@ -344,17 +457,31 @@ class Agent:
             loop.remove_reader(self.tracer.ring.epoll_fd)
             await self._shutdown(tasks)
 
+    async def _discover(self) -> None:
+        """Discovery, after the informers' first lists (so exclusions by namespace hold)."""
+        if self.kube is not None:
+            timeout = self.config.attributes.kubernetes.informers_sync_timeout
+            try:
+                await asyncio.wait_for(self.kube.synced.wait(), timeout)
+            except TimeoutError:
+                self._log.warning("kubernetes_sync_timeout", timeout_s=timeout,
+                                  hint="instrumenting now; pods are decorated as the API announces them")
+        await self.watcher.run(self._on_processes)
+
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         deadline = time.monotonic() + self.config.shutdown_timeout
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.watcher.stop(), 2.0)
+        if self.kube is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.kube.stop(), 2.0)
         # Everything the kernel completed, plus responses still in flight.
         self._drain_ring()
         self._sweep(0)
         self._check_kernel_counters()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._batches.join(), max(0.1, deadline - time.monotonic()))
-        for name in ("discovery", "spans", "drain"):
+        for name in ("kubernetes", "discovery", "spans", "drain"):
             task = tasks.get(name)
             if task is not None:
                 task.cancel()

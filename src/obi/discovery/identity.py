@@ -210,6 +210,7 @@ def build_identity(
     proc_root: str = "/proc",
     exe_path: str | None = None,
     hostname: str | None = None,
+    start_time: int = 0,
 ) -> ServiceIdentity:
     """Build the ServiceIdentity of a live process from /proc (never raises for a vanished one)."""
     if exe_path is None:
@@ -229,5 +230,6 @@ def build_identity(
         instance_id=f"{hostname}:{pid}",
         sdk_language=detect_sdk_language(pid, exe_path, env, proc_root),
         name_from_env=bool(name),
+        start_time=start_time,
         attributes=attributes,
     )

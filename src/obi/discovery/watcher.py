@@ -144,6 +144,7 @@ class ProcessWatcher:
                     proc_root=self._proc_root,
                     exe_path=fact.exe_path,
                     hostname=self._hostname,
+                    start_time=fact.start_time,
                 )
             )
         return added, removed

@@ -10,6 +10,7 @@ from typing import Literal
 
 import structlog
 
+from obi.capabilities import effective_capabilities
 from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
 from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
 from obi.ebpf.ring import RingReader
@@ -34,6 +35,14 @@ class HttpTracerSettings:
     ring_buffer_size: int = 1 << 24
     max_processes: int = 4096
     max_connections: int = 65536
+
+
+def _ring_buffers_supported() -> bool:
+    """False only when the kernel lacks ring buffers; a lack of privilege is not that
+    (libbpf's probe cannot tell them apart, so ask only when privileged)."""
+    if not effective_capabilities() & {"BPF", "SYS_ADMIN"}:
+        return True  # loading will fail with EPERM, which says what is wrong
+    return bool(lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1)
 
 
 def pid_namespace() -> tuple[int, int]:
@@ -86,7 +95,7 @@ class HttpTracer:
                 hooks = "raw_tracepoint"
         self.hooks = hooks
         self.hooks_detail = detail
-        if lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 0:
+        if not _ring_buffers_supported():
             self._release_tracefs()
             raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
         self.collection = BpfCollection(build_spec(settings, hooks))

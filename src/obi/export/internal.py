@@ -40,6 +40,10 @@ INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),
     "obi.spans.export.dropped": ("{span}", "Spans dropped from the full export queue"),
     "obi.spans.export.failed": ("{span}", "Spans whose export failed after retries"),
+    "obi.kube.api.errors": ("{error}", "Kubernetes API requests or watches that failed"),
+    "obi.kube.api.forbidden": ("{error}", "Kubernetes API answers 403 Forbidden (RBAC)"),
+    "obi.kube.watch.reconnects": ("{reconnect}", "Kubernetes watches re-opened"),
+    "obi.kube.relists": ("{list}", "Kubernetes full re-lists after 410 Gone"),
 }
 
 

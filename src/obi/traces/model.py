@@ -22,6 +22,7 @@ class ServiceIdentity:
     # The process's own environment named the service (OTEL_SERVICE_NAME or
     # service.name in OTEL_RESOURCE_ATTRIBUTES): later sources must not rename it.
     name_from_env: bool = False
+    start_time: int = 0  # /proc/PID/stat start time: tells a reused pid from the process
     # Extra resource attributes (OTEL_RESOURCE_ATTRIBUTES of the process, host.name,
     # os.type, later Kubernetes metadata). Keys are OTel attribute names.
     attributes: dict[str, str] = field(default_factory=dict)

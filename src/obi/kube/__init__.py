@@ -1,0 +1,1 @@
+"""Kubernetes metadata: informers on the API server, pid -> container -> pod metadata."""
