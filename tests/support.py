@@ -80,15 +80,17 @@ class PodCgroup:
     V2_ROOT = Path("/sys/fs/cgroup/unified")
     V1_ROOT = Path("/sys/fs/cgroup/pids")
 
-    def __init__(self, pod_uid: str, container_id: str, qos: str = "besteffort") -> None:
+    def __init__(self, pod_uid: str, container_id: str, qos: str = "besteffort",
+                 versions: tuple[str, ...] = ("v2", "v1")) -> None:
         slice_uid = pod_uid.replace("-", "_")
-        self._chains = [
-            (self.V2_ROOT, ["kubepods.slice", f"kubepods-{qos}.slice", f"kubepods-{qos}-pod{slice_uid}.slice",
-                            f"cri-containerd-{container_id}.scope"]),
-            (self.V1_ROOT, ["kubepods", qos, f"pod{pod_uid}", container_id]),
-        ]
-        self.v2 = self.V2_ROOT.joinpath(*self._chains[0][1])
-        self.v1 = self.V1_ROOT.joinpath(*self._chains[1][1])
+        chains = {
+            "v2": (self.V2_ROOT, ["kubepods.slice", f"kubepods-{qos}.slice",
+                                  f"kubepods-{qos}-pod{slice_uid}.slice",
+                                  f"cri-containerd-{container_id}.scope"]),
+            "v1": (self.V1_ROOT, ["kubepods", qos, f"pod{pod_uid}", container_id]),
+        }
+        self._chains = [chains[v] for v in versions]
+        self.leaves = [root.joinpath(*parts) for root, parts in self._chains]
         self._created: list[Path] = []
 
     def create(self) -> PodCgroup:
@@ -103,7 +105,8 @@ class PodCgroup:
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """argv run inside the pod's cgroups from its first instruction."""
-        script = f'echo $$ > {self.v2}/cgroup.procs && echo $$ > {self.v1}/cgroup.procs && exec "$@"'
+        moves = " && ".join(f"echo $$ > {leaf}/cgroup.procs" for leaf in self.leaves)
+        script = f'{moves} && exec "$@"'
         return ["sh", "-c", script, "sh", *argv]
 
     def remove(self) -> None:
