@@ -46,4 +46,4 @@ vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/vmlinux.h
 
 clean:
-	rm -rf build src/obi/bpf src/obi/ebpf/_libbpf_cffi*.so src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build src/obi/bpf src/obi/ebpf/*.bpf.o src/obi/ebpf/_libbpf_cffi*.so src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -37,6 +37,10 @@ def compile_bpf_objects(out_dir: Path) -> None:
         ]
         print(" ".join(cmd))
         subprocess.run(cmd, check=True)
+        # DWARF is only for humans; BTF (kept) is what CO-RE and the layout tests need.
+        strip = shutil.which("llvm-strip")
+        if strip:
+            subprocess.run([strip, "-g", str(target)], check=True)
 
 
 class BuildExtWithBpf(build_ext):
@@ -44,10 +48,11 @@ class BuildExtWithBpf(build_ext):
 
     def run(self) -> None:
         super().run()
+        # Next to the loader, as package data of obi.ebpf.
         if self.inplace:
-            out = ROOT / "src" / "obi" / "bpf"
+            out = ROOT / "src" / "obi" / "ebpf"
         else:
-            out = Path(self.build_lib) / "obi" / "bpf"
+            out = Path(self.build_lib) / "obi" / "ebpf"
         compile_bpf_objects(out)
 
 

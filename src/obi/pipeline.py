@@ -24,7 +24,7 @@ import structlog
 
 from obi.config import Config, Glob
 from obi.config import Selector as ConfigSelector
-from obi.discovery.criteria import KubeCriteria, KubeFacts, Selection, Selector
+from obi.discovery.criteria import KubeCriteria, Selection, Selector
 from obi.discovery.watcher import ProcessWatcher
 from obi.ebpf.http_tracer import HttpTracer, HttpTracerSettings
 from obi.export.batch import (
@@ -44,8 +44,8 @@ from obi.traces.sampler import Sampler, build_sampler
 from obi.traces.spans import HttpSpanBuilder
 
 if TYPE_CHECKING:
+    from obi.kube.decorator import KubeDecorator
     from obi.kube.informers import KubeMetadataSource
-    from obi.kube.model import ContainerMeta
 
 # A response whose connection has been quiet this long is complete.
 RESPONSE_IDLE_NS = 500_000_000
@@ -161,19 +161,22 @@ class Agent:
         node = os.environ.get("NODE_NAME") or (
             socket.gethostname() if kube.meta_restrict_local_node else None)
         metadata = KubeMetadataSource(source, node_name=node)
-        metadata.store.subscribe(self._on_container_meta)
         self._log.info("kubernetes_metadata_enabled", source=source.kind, node=node or "all",
                        cluster=kube.cluster_name or None, obi_namespace=os.environ.get("KUBE_NAMESPACE"))
         return metadata
 
     def _build_stages(self, config: Config) -> None:
-        self.kube = self._build_kube(config)
-        self._container_ids: dict[tuple[int, int], str | None] = {}  # (pid, start time) -> id
-        self._container_of: dict[int, str] = {}
-        self._pids_of_container: dict[str, set[int]] = {}
-        self.watcher = ProcessWatcher(selection_from_config(config, kube_enabled=self.kube is not None),
-                                      kube_facts=self._kube_facts if self.kube is not None else None)
         self._identities: dict[int, ServiceIdentity] = {}
+        self.kube = self._build_kube(config)
+        self.decorator: KubeDecorator | None = None
+        if self.kube is not None:
+            from obi.kube.decorator import KubeDecorator
+
+            self.decorator = KubeDecorator(self.kube.store, config.attributes.kubernetes.cluster_name,
+                                           self._identity_for, self._apply_service_overrides)
+        self.watcher = ProcessWatcher(
+            selection_from_config(config, kube_enabled=self.kube is not None),
+            kube_facts=self.decorator.kube_facts if self.decorator is not None else None)
         self._exited: dict[int, float] = {}
         routes = config.routes
         self.builder = HttpSpanBuilder(self._identity_for, RouteMatcher(
@@ -271,82 +274,18 @@ class Agent:
         for key, value in cfg.resource_attributes:
             identity.attributes.setdefault(key, value)
 
-    # ---- Kubernetes metadata -----------------------------------------------
-
-    def _container_id(self, pid: int, start_time: int) -> str | None:
-        """The container of a process, from /proc/PID/cgroup, read once per process."""
-        from obi.kube.cgroup import container_id
-
-        key = (pid, start_time)
-        if key not in self._container_ids:
-            if len(self._container_ids) > 65536:
-                self._container_ids.clear()
-            self._container_ids[key] = container_id(pid)
-        return self._container_ids[key]
-
-    def _kube_facts(self, pid: int, start_time: int) -> KubeFacts | None:
-        """The pod of a process for k8s_* selectors (runs in the discovery thread)."""
-        assert self.kube is not None
-        cid = self._container_id(pid, start_time)
-        meta = self.kube.store.container(cid) if cid else None
-        if meta is None:
-            return None
-        pod = meta.pod
-        return KubeFacts(namespace=pod.namespace, pod_name=pod.name, container_name=meta.container_name,
-                         owners=pod.owners, labels=pod.labels, annotations=pod.annotations)
-
-    def _decorate(self, identity: ServiceIdentity, meta: ContainerMeta) -> None:
-        """k8s.* resource attributes and the Kubernetes service name (OBI's order)."""
-        from obi.kube.attributes import resource_attributes, service_name_and_namespace
-
-        identity.attributes.update(resource_attributes(meta, self.config.attributes.kubernetes.cluster_name))
-        name, namespace = service_name_and_namespace(meta)
-        if not identity.name_from_env:
-            identity.service_name = name
-        if not identity.service_namespace or not identity.name_from_env:
-            identity.service_namespace = namespace
-        self._apply_service_overrides(identity)
-
-    def _on_container_meta(self, meta: ContainerMeta) -> None:
-        """A pod was announced or changed: decorate the processes already in it."""
-        for pid in self._pids_of_container.get(meta.container_id, ()):
-            identity = self._identities.get(pid)
-            if identity is not None:
-                self._decorate(identity, meta)
-                self._log.info("process_decorated", pid=pid, pod=meta.pod.name,
-                               namespace=meta.pod.namespace, service=identity.service_name)
-
-    def _track_container(self, identity: ServiceIdentity) -> None:
-        assert self.kube is not None
-        cid = self._container_id(identity.pid, identity.start_time)
-        if not cid:
-            return
-        self._container_of[identity.pid] = cid
-        self._pids_of_container.setdefault(cid, set()).add(identity.pid)
-        meta = self.kube.store.container(cid)
-        if meta is not None:
-            self._decorate(identity, meta)
-
-    def _untrack_container(self, pid: int) -> None:
-        cid = self._container_of.pop(pid, None)
-        if cid is not None:
-            pids = self._pids_of_container.get(cid)
-            if pids is not None:
-                pids.discard(pid)
-                if not pids:
-                    del self._pids_of_container[cid]
-
     def _on_processes(self, added: list[ServiceIdentity], removed: list[int]) -> None:
         now = time.monotonic()
         for pid in removed:
             self.tracer.remove_pid(pid)
-            self._untrack_container(pid)
+            if self.decorator is not None:
+                self.decorator.forget(pid)
             self._exited[pid] = now
             self._log.info("process_forgotten", pid=pid)
         for identity in added:
             self._apply_service_overrides(identity)
-            if self.kube is not None:
-                self._track_container(identity)
+            if self.decorator is not None:
+                self.decorator.track(identity)
             self._exited.pop(identity.pid, None)
             self._identities[identity.pid] = identity
             self.tracer.add_pid(identity.pid)

@@ -21,8 +21,8 @@ from obi.ebpf._libbpf import BpfError, check, check_ptr, ffi, install_libbpf_log
 
 
 def object_path(name: str) -> Path:
-    """Path of a compiled CO-RE object shipped in the package (obi/bpf/NAME.bpf.o)."""
-    path = Path(str(resources.files("obi").joinpath("bpf", f"{name}.bpf.o")))
+    """Path of a compiled CO-RE object shipped in the package (obi/ebpf/NAME.bpf.o)."""
+    path = Path(str(resources.files("obi.ebpf").joinpath(f"{name}.bpf.o")))
     if not path.exists():
         raise FileNotFoundError(f"BPF object {path} is missing: the package was built without clang")
     return path
