@@ -59,11 +59,22 @@ def main(argv: list[str] | None = None) -> int:
         print("obi: nothing to instrument: set OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE, "
               "OTEL_EBPF_TARGET_PID or discovery.instrument", file=sys.stderr)
         return 1
+    from obi.preflight import PreflightError, run_preflight
+
+    preflight = run_preflight()
+    if config.enforce_sys_caps:
+        try:
+            preflight.enforce()
+        except PreflightError as err:
+            print(f"obi: {err}", file=sys.stderr)
+            return 1
     try:
         return asyncio.run(_run_agent(config))
     except OSError as err:
-        # Kernel and system refusals: one line, and where to look next.
-        print(f"obi: {err} (`obi doctor` shows what this host allows)", file=sys.stderr)
+        # Kernel and system refusals: one line, the likely cause, and where to look next.
+        cause = preflight.explain(err)
+        because = f": {cause}" if cause else ""
+        print(f"obi: {err}{because} (`obi doctor` shows what this host allows)", file=sys.stderr)
         return 1
 
 

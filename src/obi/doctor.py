@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from obi.capabilities import REQUIRED_CAPABILITIES, effective_capabilities
+from obi.preflight import Preflight, gather_host_facts
 
 
 def _read(path: str) -> str:
@@ -72,11 +72,20 @@ def _probe_attach(hooks: str) -> Check:
         return Check(f"attach HTTP capture on {hooks}s", False, str(err))
 
 
+def write_feature_table(out: TextIO, preflight: Preflight) -> None:
+    """The preflight's table: each feature, why it is off, the capability that would turn it on."""
+    out.write("\nfeatures (as the agent's preflight finds them):\n")
+    for feature in preflight.features:
+        enable = f" -> grant {feature.enabled_by}" if feature.enabled_by else ""
+        out.write(f"[{'ok' if feature.available else 'NO':>2}] {feature.name}: {feature.detail}{enable}\n")
+
+
 def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> int:
     """Prints the report; returns 0 when the agent can run here, else 1."""
-    caps = effective_capabilities()
-    missing = [c for c in REQUIRED_CAPABILITIES if c not in caps and "SYS_ADMIN" not in caps]
-    tracefs = "mounted" if Path("/sys/kernel/tracing/events").is_dir() else "not mounted"
+    preflight = Preflight.from_facts(gather_host_facts())
+    host = preflight.facts
+    missing = [m.capability for m in preflight.missing_capabilities if m.required]
+    tracefs = "mounted" if host.tracefs_mounted else "not mounted"
     facts = [
         ("kernel", f"{platform.release()} ({platform.machine()})"),
         ("BTF", "yes (/sys/kernel/btf/vmlinux)" if Path("/sys/kernel/btf/vmlinux").exists() else "missing"),
@@ -84,12 +93,13 @@ def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> in
         ("tracefs", tracefs),
         ("perf_event_paranoid", _read("/proc/sys/kernel/perf_event_paranoid")),
         ("unprivileged_bpf_disabled", _read("/proc/sys/kernel/unprivileged_bpf_disabled")),
-        ("capabilities", ", ".join(sorted(caps)) or "none"),
+        ("capabilities", ", ".join(sorted(host.capabilities)) or "none"),
         ("missing capabilities", ", ".join(missing) or "none"),
     ]
     width = max(len(k) for k, _ in facts)
     for key, value in facts:
         out.write(f"{key:<{width}}  {value}\n")
+    write_feature_table(out, preflight)
     checks: list[Check] = [Check("BTF available", Path("/sys/kernel/btf/vmlinux").exists(),
                                  "needed for CO-RE", required=True)]
     try:

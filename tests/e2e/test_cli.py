@@ -88,6 +88,7 @@ def test_without_privileges_doctor_and_agent_say_why() -> None:
     agent = subprocess.run([*no_caps, sys.executable, "-m", "obi.cli"], capture_output=True, text=True,
                            timeout=60, env=env)
     assert agent.returncode == 1
-    assert "obi: load http.bpf.o: Operation not permitted (`obi doctor` shows what this host allows)\n" in (
-        agent.stderr)
+    assert ("obi: load http.bpf.o: Operation not permitted: missing capabilities CAP_BPF (needed for: "
+            "BPF programs and maps), CAP_PERFMON (needed for: perf events and tracepoints) (`obi doctor` "
+            "shows what this host allows)\n") in agent.stderr
     assert "Traceback" not in agent.stderr

@@ -1,0 +1,181 @@
+"""Least privilege for real: uid 0 with only the guide's unprivileged capability list.
+
+The agent runs under setpriv (bounding, inheritable and ambient sets cut to the
+list) inside a private mount namespace where tracefs is unmounted, so it can
+neither find nor mount it. It must deliver the same spans as a privileged
+agent, say in its preflight what is off and what would turn it on, and fail in
+one line naming a missing required capability.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from obi.capabilities import REQUIRED_CAPABILITIES
+from tests.e2e.agent import AgentProcess
+from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, curl
+from tests.otlp_receiver import OtlpReceiver
+from tests.support import free_port, start_process, stop_process
+
+UNPRIVILEGED = tuple(c.lower() for c in REQUIRED_CAPABILITIES)
+# A private mount namespace without tracefs (nor debugfs): nothing to find, and no right to mount.
+NO_TRACEFS = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+              "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; "
+              'exec "$@"', "no-tracefs"]
+
+
+def with_caps(capabilities: Iterable[str]) -> list[str]:
+    """setpriv keeping exactly `capabilities` (as uid 0: bounding, inheritable, ambient)."""
+    keep = ",".join(["-all", *(f"+{c}" for c in capabilities)])
+    return ["setpriv", f"--bounding-set={keep}", f"--inh-caps={keep}", f"--ambient-caps={keep}", "--"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KUBE"))}, **extra}
+
+
+@pytest.fixture
+def app() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "app.py"), str(port)], ready="ready",
+                         env={"PATH": "/usr/bin:/bin", "OTEL_SERVICE_NAME": "least-privilege-app"})
+    yield proc, port
+    stop_process(proc)
+
+
+def traffic(port: int) -> None:
+    base = f"http://127.0.0.1:{port}"
+    assert curl(f"{base}/hello", f"{base}/factorial/5") == "hello\n120\n"
+    assert curl("-H", "Connection: close", f"{base}/status/404") == "status\n"
+    curl(f"{base}/status/500")
+    assert curl("-X", "POST", "--data-binary", "hello world", f"{base}/echo") == "hello world"
+
+
+def comparable(received: list[tuple[dict[str, Any], Any]]) -> list[tuple[Any, ...]]:
+    """What must not depend on privilege: names, attributes, status, kind, service."""
+    out = []
+    for resource, span in received:
+        attrs = attributes(span)
+        out.append((span.name, span.kind, span.status.code, sorted(attrs.items()),
+                    resource["service.name"], resource["process.pid"]))
+    return sorted(out, key=lambda row: (row[0], str(row[3])))
+
+
+def run_scenario(app_pid: int, port: int, wrapper: list[str]) -> tuple[list[tuple[Any, ...]], AgentProcess]:
+    with OtlpReceiver() as receiver:
+        env = {"OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", **FAST_EXPORT}
+        agent = AgentProcess(env, command=[*wrapper, sys.executable, "-m", "obi.cli"]).start()
+        try:
+            agent.wait_instrumented(app_pid)
+            traffic(port)
+            receiver.wait_for_spans(5, timeout=15)
+        finally:
+            assert agent.stop() == 0
+        return comparable(receiver.spans()), agent
+
+
+def preflight_rows(agent: AgentProcess) -> dict[str, dict[str, Any]]:
+    tables = [e for e in agent.logs if e.get("event") == "preflight"]
+    assert len(tables) == 1 and tables[0]["component"] == "preflight"
+    return {row["feature"]: row for row in tables[0]["features"]}
+
+
+def test_unprivileged_list_delivers_the_same_spans_as_privileged(
+        app: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = app
+    privileged, root_agent = run_scenario(proc.pid, port, [])
+    unprivileged, agent = run_scenario(proc.pid, port, [*NO_TRACEFS, *with_caps(UNPRIVILEGED)])
+
+    assert len(privileged) == 5
+    assert unprivileged == privileged
+
+    # Without tracefs and without the right to mount it: raw tracepoints.
+    attached = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 1)
+    assert attached["hooks"] == "raw_tracepoint"
+    assert agent.wait_log(lambda e: e.get("event") == "agent_started", 1)["hooks"] == "raw_tracepoint"
+
+    # The preflight says what is off and which capability turns it on.
+    rows = preflight_rows(agent)
+    assert rows["tracefs mount"]["available"] is False
+    assert rows["tracefs mount"]["enabled_by"] == "CAP_SYS_ADMIN"
+    assert "raw tracepoints are used" in rows["tracefs mount"]["detail"]
+    assert rows["uprobes"]["available"] is False and rows["uprobes"]["enabled_by"] == "CAP_SYS_ADMIN"
+    assert "Permission denied" in rows["uprobes"]["detail"]
+    for feature in ("BPF programs and maps", "perf events and tracepoints", "raw tracepoints",
+                    "socket filters"):
+        assert rows[feature]["available"] is True, rows[feature]
+    warnings = {e["capability"]: e for e in agent.logs if e.get("event") == "capability_missing"}
+    assert warnings["CAP_SYS_ADMIN"]["disables"] == ["tracefs mount", "uprobes"]
+    assert warnings["CAP_SYS_ADMIN"]["required"] is False
+    assert not any(e["required"] for e in warnings.values())
+    # The privileged agent has nothing missing but what the kernel itself lacks.
+    assert all(row["available"] for row in preflight_rows(root_agent).values())
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if not line.startswith("{")]
+
+
+def test_a_missing_required_capability_is_named_in_one_line() -> None:
+    without_bpf = with_caps(c for c in UNPRIVILEGED if c != "bpf")
+    command = [*without_bpf, sys.executable, "-m", "obi.cli"]
+    env = clean_env(OTEL_EBPF_OPEN_PORT=str(free_port()), OTEL_EBPF_LOG_FORMAT="json")
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1
+    [line] = error_lines(done.stderr)
+    assert line.startswith("obi: load http.bpf.o: Operation not permitted: missing capability CAP_BPF "
+                           "(needed for: BPF programs and maps)"), done.stderr
+    logs = [json.loads(x) for x in done.stderr.splitlines() if x.startswith("{")]
+    warning = next(e for e in logs if e["event"] == "capability_missing" and e["capability"] == "CAP_BPF")
+    assert warning["required"] is True and warning["level"] == "warning"
+
+    # Enforced: refused before anything is loaded.
+    enforced = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                              env={**env, "OTEL_EBPF_ENFORCE_SYS_CAPS": "true"})
+    assert enforced.returncode == 1
+    assert error_lines(enforced.stderr) == [
+        "obi: missing capability CAP_BPF (needed for: BPF programs and maps)"]
+    logs = [json.loads(x) for x in enforced.stderr.splitlines() if x.startswith("{")]
+    assert [e["event"] for e in logs if e["component"] != "preflight"] == []
+    assert "Traceback" not in done.stderr + enforced.stderr
+
+
+def test_enforced_with_every_required_capability_starts() -> None:
+    env = {"OTEL_EBPF_OPEN_PORT": str(free_port()), "OTEL_EBPF_ENFORCE_SYS_CAPS": "true"}
+    agent = AgentProcess(env, command=[*with_caps(UNPRIVILEGED), sys.executable, "-m", "obi.cli"]).start()
+    assert not any(e.get("event") == "setting_not_supported_yet" for e in agent.logs)
+    assert agent.stop() == 0
+
+
+def uprobe_probe(capabilities: Iterable[str]) -> dict[str, Any]:
+    script = ("import json; from obi.preflight import run_probes; p = run_probes()['uprobe']; "
+              "print(json.dumps({'ok': p.ok, 'errno': p.errno, 'detail': p.detail}))")
+    done = subprocess.run([*with_caps(capabilities), sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=30, env=clean_env(), check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_uprobe_probe_is_measured_by_trying() -> None:
+    refused = uprobe_probe(UNPRIVILEGED)
+    assert refused["ok"] is False and refused["errno"] == 13, refused  # EACCES on this kernel
+    assert uprobe_probe([*UNPRIVILEGED, "sys_admin"])["ok"] is True
+
+
+def test_doctor_shows_the_preflight_table() -> None:
+    done = subprocess.run([*with_caps(UNPRIVILEGED), sys.executable, "-m", "obi.cli", "doctor"],
+                          capture_output=True, text=True, timeout=60, env=clean_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[NO] uprobes: uprobe perf event on " in done.stdout
+    assert "Permission denied: this kernel wants CAP_SYS_ADMIN -> grant CAP_SYS_ADMIN\n" in done.stdout
+    assert "[ok] BPF programs and maps: tried: array map, ring buffer\n" in done.stdout
+    assert "missing capabilities       none\n" in done.stdout

@@ -1,0 +1,197 @@
+"""The preflight's feature table from injected facts: no root, no kernel."""
+
+from __future__ import annotations
+
+import errno
+import resource
+from collections.abc import Mapping
+
+import pytest
+import structlog
+
+from obi.capabilities import REQUIRED_CAPABILITIES
+from obi.preflight import (
+    BPF_MEMORY,
+    NEEDED_FOR,
+    PROBE_MAP,
+    PROBE_PACKET_SOCKET,
+    PROBE_PERF_EVENT,
+    PROBE_RAW_TRACEPOINT_PROG,
+    PROBE_RINGBUF,
+    PROBE_SOCK_OPS_PROG,
+    PROBE_TRACEPOINT_PROG,
+    PROBE_UPROBE,
+    RAW_TRACEPOINTS,
+    TRACEFS_MOUNT,
+    UPROBES,
+    Feature,
+    HostFacts,
+    Preflight,
+    PreflightError,
+    Probe,
+)
+
+UNPRIVILEGED = frozenset(REQUIRED_CAPABILITIES)
+ALL_PROBES = (PROBE_MAP, PROBE_RINGBUF, PROBE_TRACEPOINT_PROG, PROBE_RAW_TRACEPOINT_PROG, PROBE_PERF_EVENT,
+              PROBE_UPROBE, PROBE_PACKET_SOCKET, PROBE_SOCK_OPS_PROG)
+
+
+def probes(failed: Mapping[str, int]) -> dict[str, Probe]:
+    """Every probe succeeds except those named, which fail with the given errno."""
+    return {name: Probe.failed(failed[name], name) if name in failed else Probe(True, 0, name)
+            for name in ALL_PROBES}
+
+
+def facts(capabilities: frozenset[str] = UNPRIVILEGED | {"SYS_ADMIN"}, release: str = "6.18.0",
+          paranoid: int = 2, tracefs: bool = False, memlock: int = 8 << 20, raised: bool = False,
+          failed: Mapping[str, int] | None = None) -> HostFacts:
+    """Facts of a host; the probes named in `failed` fail with the given errno."""
+    return HostFacts(capabilities=capabilities, kernel_release=release, perf_event_paranoid=paranoid,
+                     unprivileged_bpf_disabled=2, lockdown="integrity", memlock_limit=memlock,
+                     memlock_raised=raised, tracefs_mounted=tracefs, probes=probes(failed or {}))
+
+
+def table(host: HostFacts) -> dict[str, Feature]:
+    return {f.name: f for f in Preflight.from_facts(host).features}
+
+
+def test_privileged_host_has_everything_and_nothing_missing() -> None:
+    preflight = Preflight.from_facts(facts(UNPRIVILEGED | {"SYS_ADMIN", "NET_ADMIN"}))
+    assert all(f.available for f in preflight.features), preflight.features
+    assert preflight.missing_capabilities == ()
+    preflight.enforce()
+
+
+def test_unprivileged_list_turns_off_tracefs_mount_and_uprobes_naming_sys_admin() -> None:
+    host = facts(UNPRIVILEGED, failed={PROBE_UPROBE: errno.EACCES})
+    rows = table(host)
+    assert not rows[TRACEFS_MOUNT].available
+    assert "raw tracepoints are used" in rows[TRACEFS_MOUNT].detail
+    assert rows[TRACEFS_MOUNT].enabled_by == "CAP_SYS_ADMIN"
+    assert not rows[UPROBES].available and rows[UPROBES].enabled_by == "CAP_SYS_ADMIN"
+    assert "Permission denied" in rows[UPROBES].detail
+    assert rows[RAW_TRACEPOINTS].available
+    assert all(rows[name].available for name in NEEDED_FOR.values())
+    preflight = Preflight.from_facts(host)
+    # Nothing required is missing: enforcing passes; SYS_ADMIN is named with what it would enable.
+    preflight.enforce()
+    missing = {m.capability: m for m in preflight.missing_capabilities}
+    assert not missing["CAP_SYS_ADMIN"].required
+    assert missing["CAP_SYS_ADMIN"].disables == (TRACEFS_MOUNT, UPROBES)
+
+
+def test_tracefs_already_mounted_needs_no_sys_admin() -> None:
+    rows = table(facts(UNPRIVILEGED, tracefs=True))
+    assert rows[TRACEFS_MOUNT].available and rows[TRACEFS_MOUNT].enabled_by is None
+
+
+def test_uprobe_pmu_missing_is_not_a_capability_matter() -> None:
+    row = table(facts(failed={PROBE_UPROBE: errno.ENOENT}))[UPROBES]
+    assert not row.available and row.enabled_by is None
+
+
+@pytest.mark.parametrize("capability", REQUIRED_CAPABILITIES)
+def test_each_missing_required_capability_names_its_feature(capability: str) -> None:
+    # The probes fail the way the kernel refuses without the capability.
+    by_capability: dict[str, dict[str, int]] = {
+        "BPF": {PROBE_MAP: errno.EPERM, PROBE_RINGBUF: errno.EPERM, PROBE_TRACEPOINT_PROG: errno.EPERM,
+                PROBE_RAW_TRACEPOINT_PROG: errno.EPERM},
+        "PERFMON": {PROBE_TRACEPOINT_PROG: errno.EPERM, PROBE_RAW_TRACEPOINT_PROG: errno.EPERM,
+                    PROBE_PERF_EVENT: errno.EACCES},
+        "NET_RAW": {PROBE_PACKET_SOCKET: errno.EPERM},
+    }
+    refused = by_capability.get(capability, {})
+    host = facts(UNPRIVILEGED - {capability}, failed=refused)
+    preflight = Preflight.from_facts(host)
+    row = {f.name: f for f in preflight.features}[NEEDED_FOR[capability]]
+    assert not row.available
+    assert row.enabled_by == f"CAP_{capability}"
+    assert f"CAP_{capability} missing" in row.detail
+    required = [m for m in preflight.missing_capabilities if m.required]
+    assert [m.capability for m in required] == [f"CAP_{capability}"]
+    assert NEEDED_FOR[capability] in required[0].disables
+    assert required[0].message.startswith(f"CAP_{capability} is missing: ")
+    with pytest.raises(PreflightError) as raised:
+        preflight.enforce()
+    assert str(raised.value) == f"missing capability CAP_{capability} (needed for: {NEEDED_FOR[capability]})"
+
+
+def test_sys_admin_stands_in_for_bpf_perfmon_and_checkpoint_restore_only() -> None:
+    host = facts(frozenset({"SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "NET_RAW"}))
+    Preflight.from_facts(host).enforce()
+    host = facts(frozenset({"SYS_ADMIN", "BPF", "PERFMON", "CHECKPOINT_RESTORE"}),
+                 failed={PROBE_PACKET_SOCKET: errno.EPERM})
+    with pytest.raises(PreflightError) as raised:
+        Preflight.from_facts(host).enforce()
+    assert str(raised.value).startswith(
+        "missing capabilities CAP_SYS_PTRACE (needed for: reading other processes' executables")
+    assert "CAP_DAC_READ_SEARCH" in str(raised.value) and "CAP_NET_RAW (needed for: socket filters)" in str(
+        raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_paranoid_3_without_sys_admin_is_named_as_the_cause() -> None:
+    host = facts(UNPRIVILEGED, paranoid=3,
+                 failed={PROBE_PERF_EVENT: errno.EACCES, PROBE_UPROBE: errno.EACCES})
+    rows = table(host)
+    perf = rows[NEEDED_FOR["PERFMON"]]
+    assert not perf.available and perf.enabled_by == "CAP_SYS_ADMIN"
+    assert "kernel.perf_event_paranoid=3 (> 2)" in perf.detail
+    assert "kernel.perf_event_paranoid=3" in rows[UPROBES].detail
+    preflight = Preflight.from_facts(host)
+    cause = preflight.explain(PermissionError(errno.EPERM, "load http.bpf.o"))
+    assert cause == "kernel.perf_event_paranoid=3 (> 2) allows perf events only with CAP_SYS_ADMIN"
+    # Not the cause of other errors, nor when SYS_ADMIN is there.
+    assert preflight.explain(OSError(errno.ENOENT, "x")) is None
+    assert Preflight.from_facts(facts(UNPRIVILEGED | {"SYS_ADMIN"}, paranoid=3)).explain(
+        PermissionError(errno.EPERM, "x")) is None
+
+
+def test_paranoid_3_with_perf_events_working_is_not_blamed_in_the_table() -> None:
+    # An upstream kernel treats 3 like 2: the probe says perf events work.
+    assert table(facts(UNPRIVILEGED, paranoid=3))[NEEDED_FOR["PERFMON"]].available
+
+
+def test_eperm_with_missing_bpf_names_the_capability() -> None:
+    preflight = Preflight.from_facts(facts(UNPRIVILEGED - {"BPF"}, failed={PROBE_MAP: errno.EPERM}))
+    assert preflight.explain(PermissionError(errno.EPERM, "load")) == (
+        "missing capability CAP_BPF (needed for: BPF programs and maps)")
+    # A missing capability unrelated to loading is not offered as the cause.
+    assert Preflight.from_facts(facts(UNPRIVILEGED - {"NET_RAW"})).explain(
+        PermissionError(errno.EPERM, "load")) is None
+
+
+def test_old_kernel_memlock() -> None:
+    low = table(facts(UNPRIVILEGED, release="5.10.0-28-amd64", memlock=64 << 10))[BPF_MEMORY]
+    assert not low.available and low.enabled_by == "CAP_SYS_RESOURCE"
+    assert "RLIMIT_MEMLOCK (64 KiB)" in low.detail and "LimitMEMLOCK=infinity" in low.detail
+    raised = table(facts(UNPRIVILEGED | {"SYS_RESOURCE"}, release="5.4.0", memlock=resource.RLIM_INFINITY,
+                         raised=True))[BPF_MEMORY]
+    assert raised.available and "raised to unlimited by obi" in raised.detail
+    new = table(facts(UNPRIVILEGED, release="5.11.0", memlock=64 << 10))[BPF_MEMORY]
+    assert new.available and "5.11" in new.detail
+
+
+def test_kernel_version_parsing() -> None:
+    assert facts(release="6.18.44-fc-v657").kernel == (6, 18)
+    assert facts(release="4.19.0").kernel == (4, 19)
+    assert facts(release="weird").kernel == (0, 0)
+
+
+def test_logs_one_table_event_and_one_warning_per_missing_capability() -> None:
+    host = facts(UNPRIVILEGED - {"NET_RAW"}, failed={
+        PROBE_PACKET_SOCKET: errno.EPERM, PROBE_UPROBE: errno.EACCES, PROBE_SOCK_OPS_PROG: errno.EPERM})
+    with structlog.testing.capture_logs() as logs:
+        Preflight.from_facts(host).log(structlog.get_logger().bind(component="preflight"))
+    tables = [e for e in logs if e["event"] == "preflight"]
+    assert len(tables) == 1 and tables[0]["component"] == "preflight"
+    features = {row["feature"]: row for row in tables[0]["features"]}
+    assert features[UPROBES] == {"feature": UPROBES, "available": False, "enabled_by": "CAP_SYS_ADMIN",
+                                 "detail": features[UPROBES]["detail"]}
+    assert tables[0]["missing_capabilities"] == ["CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+    warnings = {e["capability"]: e for e in logs if e["event"] == "capability_missing"}
+    assert set(warnings) == {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"}
+    assert all(e["log_level"] == "warning" for e in warnings.values())
+    assert warnings["CAP_NET_RAW"]["required"] and warnings["CAP_NET_RAW"]["disables"] == ["socket filters"]
+    assert warnings["CAP_NET_RAW"]["message"] == "CAP_NET_RAW is missing: socket filters disabled"
+    assert warnings["CAP_SYS_ADMIN"]["disables"] == [TRACEFS_MOUNT, UPROBES]
