@@ -16,7 +16,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -222,8 +222,6 @@ class Agent:
             ignored.append("ebpf.track_request_headers")
         if cfg.ebpf.http_request_timeout:
             ignored.append("ebpf.http_request_timeout")
-        if cfg.enforce_sys_caps:
-            ignored.append("enforce_sys_caps")
         entries = (*cfg.discovery.instrument, *cfg.discovery.exclude_instrument)
         if self.kube is None and any(e.has_kubernetes_criteria for e in entries):
             ignored.append("discovery k8s_* selectors: no Kubernetes metadata (attributes.kubernetes.enable)")
@@ -407,6 +405,14 @@ class Agent:
                                   hint="instrumenting now; pods are decorated as the API announces them")
         await self.watcher.run(self._on_processes)
 
+    async def _flush_stage(self, name: str, flush: Coroutine[None, None, None], left: float) -> None:
+        """Run one exporter's shutdown; cancel it if it overruns its share of the timeout."""
+        task = asyncio.create_task(flush)
+        _, hung = await asyncio.wait([task], timeout=left + 0.5)
+        if hung:
+            task.cancel()
+            self._log.error("shutdown_stage_hung", stage=name, timeout_s=self.config.shutdown_timeout)
+
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
         deadline = time.monotonic() + self.config.shutdown_timeout
         with contextlib.suppress(Exception):
@@ -424,19 +430,19 @@ class Agent:
             task = tasks.get(name)
             if task is not None:
                 task.cancel()
-        # Exporters flush side by side, each within what is left of the timeout.
+        await asyncio.gather(*(tasks[n] for n in ("spans", "drain") if n in tasks), return_exceptions=True)
+        # Batches the span stage had no time for are counted, not silently lost.
+        while not self._batches.empty():
+            self.stats.events_dropped += len(self._batches.get_nowait()) // self.builder.record_size
+        # Traces flush first, so that the last metrics push carries final counters (obi's
+        # own included); the metrics keep a share of what is left of the timeout for it.
         left = max(0.1, deadline - time.monotonic())
-        flushes: dict[str, asyncio.Task[None]] = {}
         if self.trace_exporter is not None:
-            flushes["traces"] = asyncio.create_task(self.trace_exporter.shutdown(left))
+            reserve = min(1.0, left / 4) if self.metrics_exporter is not None else 0.0
+            await self._flush_stage("traces", self.trace_exporter.shutdown(left - reserve), left - reserve)
         if self.metrics_exporter is not None:
-            flushes["metrics"] = asyncio.create_task(self.metrics_exporter.shutdown(left))
-        if flushes:
-            _, hung = await asyncio.wait(flushes.values(), timeout=left + 0.5)
-            for name, task in flushes.items():
-                if task in hung:
-                    task.cancel()
-                    self._log.error("shutdown_stage_hung", stage=name, timeout_s=self.config.shutdown_timeout)
+            left = max(0.1, deadline - time.monotonic())
+            await self._flush_stage("metrics", self.metrics_exporter.shutdown(left), left)
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)

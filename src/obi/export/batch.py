@@ -75,12 +75,16 @@ class OtlpSender:
         )
 
     async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool:
-        result = await send_with_retry(
-            lambda remaining: self._transport.attempt(body, remaining),
-            timeout_s,
-            interrupt,
-            self._policy,
-        )
+        try:
+            result = await send_with_retry(
+                lambda remaining: self._transport.attempt(body, remaining),
+                timeout_s,
+                interrupt,
+                self._policy,
+            )
+        except Exception as err:  # a transport bug must cost one export, never the agent
+            # The type only: a message could quote a URL or a header.
+            result = AttemptResult(Outcome.PERMANENT, f"unexpected error: {type(err).__name__}")
         if result.outcome is Outcome.SUCCESS:
             return True
         self._log.warning(

@@ -31,7 +31,7 @@ class OtlpEndpointError(ValueError):
     """An OTLP endpoint or protocol setting that cannot be used."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class OtlpTarget:
     """One resolved OTLP destination for one signal.
 
@@ -46,6 +46,12 @@ class OtlpTarget:
     @property
     def is_grpc(self) -> bool:
         return self.protocol == PROTOCOL_GRPC
+
+    def __str__(self) -> str:
+        """Safe to log: the URL's user info (a credential) is left out."""
+        return f"{self.protocol} {redact_url(self.endpoint)}"
+
+    __repr__ = __str__
 
 
 def guess_protocol(endpoint_url: urllib.parse.SplitResult) -> OtlpProtocol:

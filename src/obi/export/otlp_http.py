@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Mapping
 
 import aiohttp
@@ -24,13 +25,21 @@ class HttpTransport:
     """Sends serialized Export requests to one URL; header values are sent as given."""
 
     def __init__(self, url: str, headers: Mapping[str, str]) -> None:
-        self._url = url
+        # Credentials in the URL become Basic auth unless an Authorization header is given
+        # (as Go's net/http does); aiohttp refuses a request that has both.
+        parts = urllib.parse.urlsplit(url)
+        self._url = redact_url(url)
         self._headers = {"Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT, **headers}
+        has_authorization = any(k.lower() == "authorization" for k in headers)
+        if parts.username is not None and not has_authorization:
+            user = urllib.parse.unquote(parts.username)
+            password = urllib.parse.unquote(parts.password or "")
+            self._headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def description(self) -> str:
-        return f"http {redact_url(self._url)}"
+        return f"http {self._url}"
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
