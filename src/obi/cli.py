@@ -55,10 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         from obi.doctor import run_doctor
 
         return run_doctor(sys.stdout)
-    if not config.has_process_selection:
-        print("obi: nothing to instrument: set OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE, "
-              "OTEL_EBPF_TARGET_PID or discovery.instrument", file=sys.stderr)
-        return 1
     from obi.preflight import PreflightError, run_preflight
 
     preflight = run_preflight()

@@ -80,7 +80,8 @@ def selection_from_config(config: Config, kube_enabled: bool = False) -> Selecti
     """The discovery policy: OBI's shortcuts and discovery entries, minus exclusions.
 
     Without Kubernetes metadata, entries that only have k8s_* criteria could never
-    match and are left out.
+    match and are left out. With no criteria at all (the guide's DaemonSet and
+    ConfigMap examples), every process listening on a TCP port is instrumented.
     """
     include: list[Selector] = []
     if config.open_port:
@@ -98,7 +99,8 @@ def selection_from_config(config: Config, kube_enabled: bool = False) -> Selecti
     include += [s for s in map(_selector, config.discovery.instrument) if usable(s)]
     exclude = [s for s in map(_selector, (*config.discovery.exclude_instrument,
                                           *config.discovery.default_exclude_instrument)) if usable(s)]
-    return Selection(include=tuple(include), exclude=tuple(exclude))
+    return Selection(include=tuple(include), exclude=tuple(exclude),
+                     any_listener=not config.has_process_selection)
 
 
 def _trace_target(config: Config) -> OtlpTarget | None:
@@ -229,6 +231,10 @@ class Agent:
             ignored.append("discovery.instrument name/namespace")
         for what in ignored:
             self._log.warning("setting_not_supported_yet", setting=what)
+        if not cfg.has_process_selection:
+            self._log.warning("no_discovery_criteria", instrumenting="every process listening on a TCP port",
+                              hint="narrow it with OTEL_EBPF_OPEN_PORT, OTEL_EBPF_AUTO_TARGET_EXE or "
+                              "discovery.instrument")
 
     def internal_counters(self) -> dict[str, int]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""

@@ -80,11 +80,35 @@ class AgentProcess:
             todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         raise AssertionError("no obi.cli process below the agent command")
 
+    @staticmethod
+    def held_link_ids(pid: int) -> set[int]:
+        """Ids of the BPF links a process holds open (from /proc/PID/fdinfo)."""
+        ids: set[int] = set()
+        try:
+            entries = os.listdir(f"/proc/{pid}/fdinfo")
+        except OSError:
+            return ids
+        for fd in entries:
+            try:
+                text = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("link_id:"):
+                    ids.add(int(line.split()[1]))
+        return ids
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Stops the agent; checks it left no BPF link behind. Returns its exit code."""
+        """Stops the agent; checks it left no BPF link behind. Returns its exit code.
+
+        Checked two ways: the links the agent held are gone, and no link appeared on
+        the host since it started (the second only holds when nothing else runs BPF)."""
         assert self.proc is not None
+        held: set[int] = set()
         if self.proc.poll() is None:
-            os.kill(self.agent_pid(), sig)
+            agent = self.agent_pid()
+            held = self.held_link_ids(agent)
+            os.kill(agent, sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -92,8 +116,10 @@ class AgentProcess:
                 self.proc.wait(5)
                 raise AssertionError(f"agent did not stop within {timeout}s") from None
         time.sleep(0.1)
-        leftover = bpf_link_ids() - self.links_before
-        assert not leftover, f"BPF links left after the agent exited: {leftover}"
+        now = bpf_link_ids()
+        assert not held & now, f"BPF links of the agent left after it exited: {held & now}"
+        leftover = now - self.links_before
+        assert not leftover, f"BPF links appeared and stayed while the agent ran: {leftover}"
         return self.proc.returncode
 
     def __enter__(self) -> AgentProcess:

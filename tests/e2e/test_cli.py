@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from obi import __version__
 from tests.e2e.agent import AgentProcess
-from tests.support import free_port
+from tests.e2e.test_python_app import SERVERS, curl
+from tests.support import free_port, start_process, stop_process
 
 
 def obi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -48,7 +50,6 @@ def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path) -> None:
         ((), {"OTEL_EBPF_CONFIG_PATH": str(tmp_path / "missing.yml")}, "cannot read"),
         ((), {"OTEL_EBPF_OPEN_PORT": "80", "OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://x"},
          "OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ((), {}, "obi: nothing to instrument"),
     ]
     for args, env, expected in cases:
         done = obi(*args, env=env)
@@ -92,3 +93,20 @@ def test_without_privileges_doctor_and_agent_say_why() -> None:
             "BPF programs and maps), CAP_PERFMON (needed for: perf events and tracepoints) (`obi doctor` "
             "shows what this host allows)\n") in agent.stderr
     assert "Traceback" not in agent.stderr
+
+
+def test_no_criteria_instruments_every_listener() -> None:
+    port = free_port()
+    app = start_process([sys.executable, str(SERVERS / "app.py"), str(port)], ready="ready")
+    try:
+        with AgentProcess({"OTEL_EBPF_TRACE_PRINTER": "json"}) as agent:
+            agent.wait_log(lambda e: e.get("event") == "no_discovery_criteria", 5)
+            agent.wait_instrumented(app.pid)
+            assert curl(f"http://127.0.0.1:{port}/hello") == "hello\n"
+            deadline = time.monotonic() + 10
+            while not any('"/hello"' in line for line in agent.stdout) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert agent.stop() == 0
+        assert any('"url.path":"/hello"' in line.replace(" ", "") for line in agent.stdout)
+    finally:
+        stop_process(app)

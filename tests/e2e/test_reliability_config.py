@@ -1,6 +1,6 @@
 """Bad configuration of every kind: one clear line on stderr naming the key (and the
 file), exit code 1, no traceback. Complements tests/e2e/test_cli.py (bad sampler name,
-reversed port range, missing file, ftp:// endpoint, nothing to instrument)."""
+reversed port range, missing file, ftp:// endpoint)."""
 
 from __future__ import annotations
 

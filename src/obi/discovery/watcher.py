@@ -69,7 +69,10 @@ class ProcessWatcher:
         self._skip_agent_descendants = skip_agent_descendants
         self._hostname = hostname
         self._scanner = ProcfsScanner(proc_root, read_ports=selection.needs_ports)
-        self._selected: dict[int, int] = {}  # pid -> start time; touched by the scan thread only
+        # pid -> (start time, executable, command line); touched by the scan thread only.
+        # An exec keeps the pid and start time but changes the executable or at least the
+        # command line (python re-exec'ing python): to us it is a new process.
+        self._selected: dict[int, tuple[int, str, bytes]] = {}
         self._identities: dict[int, ServiceIdentity] = {}
         self._stopping = asyncio.Event()
         self._log = structlog.get_logger().bind(component="discovery")
@@ -115,6 +118,14 @@ class ProcessWatcher:
         """Make ``run`` return after the scan under way, if any."""
         self._stopping.set()
 
+    def _cmdline(self, pid: int) -> bytes:
+        """The raw command line; b"" when unreadable (gone, or a kernel thread)."""
+        try:
+            with open(f"{self._proc_root}/{pid}/cmdline", "rb") as f:
+                return f.read(4096)
+        except OSError:
+            return b""
+
     def _poll(self) -> tuple[list[ServiceIdentity], list[int]]:
         """One scan (blocking; runs in a worker thread): the processes added and removed."""
         if self._hostname is None:
@@ -122,8 +133,10 @@ class ProcessWatcher:
         facts = self._scanner.scan()
         removed = [
             pid
-            for pid, start_time in self._selected.items()
+            for pid, (start_time, exe_path, cmdline) in self._selected.items()
             if pid not in facts or facts[pid].start_time != start_time
+            or (facts[pid].exe_path and facts[pid].exe_path != exe_path)
+            or self._cmdline(pid) != cmdline
         ]
         for pid in removed:
             del self._selected[pid]
@@ -137,7 +150,7 @@ class ProcessWatcher:
                 fact = replace(fact, kube=kube_facts(pid, fact.start_time))
             if not self._selection.matches(fact):
                 continue
-            self._selected[pid] = fact.start_time
+            self._selected[pid] = (fact.start_time, fact.exe_path, self._cmdline(pid))
             added.append(
                 build_identity(
                     pid,
