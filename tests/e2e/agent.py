@@ -108,6 +108,7 @@ class AgentProcess:
         if self.proc.poll() is None:
             agent = self.agent_pid()
             held = self.held_link_ids(agent)
+            assert held, "the running agent holds no BPF link"
             os.kill(agent, sig)
             try:
                 self.proc.wait(timeout)
