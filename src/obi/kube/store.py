@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -342,19 +342,7 @@ class KubeMetadataStore:
             )
             if (owners, top_kind, top_name) == (pod.owners, pod.top_owner_kind, pod.top_owner_name):
                 continue
-            record.meta = PodMeta(
-                namespace=pod.namespace,
-                name=pod.name,
-                uid=pod.uid,
-                node_name=pod.node_name,
-                start_time=pod.start_time,
-                labels=pod.labels,
-                annotations=pod.annotations,
-                owners=owners,
-                top_owner_kind=top_kind,
-                top_owner_name=top_name,
-                container_env=pod.container_env,
-            )
+            record.meta = replace(pod, owners=owners, top_owner_kind=top_kind, top_owner_name=top_name)
             self._index_containers(record)
 
     # --- nodes and services --------------------------------------------------------------
