@@ -91,16 +91,10 @@ class PodCgroup:
         }
         self._chains = [chains[v] for v in versions]
         self.leaves = [root.joinpath(*parts) for root, parts in self._chains]
-        self._created: list[Path] = []
 
     def create(self) -> PodCgroup:
         for root, parts in self._chains:
-            path = root
-            for part in parts:
-                path = path / part
-                if not path.exists():
-                    path.mkdir()
-                    self._created.append(path)
+            root.joinpath(*parts).mkdir(parents=True, exist_ok=True)
         return self
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
@@ -110,12 +104,21 @@ class PodCgroup:
         return ["sh", "-c", script, "sh", *argv]
 
     def remove(self) -> None:
-        """Removes the cgroups this object created (their processes must be gone)."""
-        for path in reversed(self._created):
-            for _ in range(50):
+        """Removes this container's cgroups and every kubepods ancestor left empty
+        (another pod of the same test may still use a shared parent: then it stays)."""
+        for root, parts in self._chains:
+            paths = [root.joinpath(*parts[: i + 1]) for i in range(len(parts))]
+            leaf, *ancestors = reversed(paths)
+            for _ in range(50):  # the leaf empties as soon as its processes are reaped
                 try:
-                    path.rmdir()
+                    leaf.rmdir()
+                    break
+                except FileNotFoundError:
                     break
                 except OSError:
                     time.sleep(0.05)
-        self._created.clear()
+            for path in ancestors:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break  # not empty (or gone): its other children own it
