@@ -36,6 +36,3 @@ int obi_http_forget_pid(int conns_fd, uint32_t pid);
 
 /* Sums a per-CPU array of u64 counters into out[0..n). */
 int obi_read_percpu_counters(int map_fd, uint64_t *out, uint32_t n);
-
-/* CLOCK_MONOTONIC in nanoseconds, the clock of bpf_ktime_get_ns. */
-uint64_t obi_monotonic_ns(void);

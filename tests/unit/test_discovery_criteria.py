@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from obi.config import load_config
 from obi.discovery.criteria import (
-    DEFAULT_EXCLUDE_INSTRUMENT,
     ProcessFacts,
     Selection,
     Selector,
@@ -13,6 +13,7 @@ from obi.discovery.criteria import (
     port_in_ranges,
 )
 from obi.globs import glob_to_regex
+from obi.pipeline import selection_from_config
 
 
 def facts(pid: int = 10, exe_path: str = "/usr/bin/app", ports: tuple[int, ...] = ()) -> ProcessFacts:
@@ -76,12 +77,13 @@ def test_glob_unbalanced_brace() -> None:
         ("/usr/bin/otelcol", True),
         ("/usr/bin/otelcol-contrib", True),
         ("/usr/bin/otelcol-contrib-0.98", True),
-        ("/usr/bin/nobi", False),
+        ("/usr/bin/nobi", True),  # OBI's own glob is `*obi`
         ("/usr/sbin/nginx", False),
     ],
 )
 def test_default_exclusions(path: str, excluded: bool) -> None:
-    selection = Selection(include=(Selector(exe_path="*"),), exclude=DEFAULT_EXCLUDE_INSTRUMENT)
+    """The exclusions the agent applies: config's default_exclude_instrument, as discovery sees it."""
+    selection = selection_from_config(load_config(None, {"OTEL_EBPF_AUTO_TARGET_EXE": "*"}))
     assert selection.matches(facts(exe_path=path)) is not excluded
 
 

@@ -190,14 +190,6 @@ class Selector:
         )
 
 
-# OBI's default_exclude_instrument for processes (the Kubernetes-namespace entry
-# needs pod metadata and is not expressed here). Config appends these to
-# Selection.exclude unless the user sets default_exclude_instrument.
-DEFAULT_EXCLUDE_INSTRUMENT: tuple[Selector, ...] = (
-    Selector(exe_path="{*/obi,obi,*otelcol,*otelcol-contrib,*otelcol-contrib[!/]*}"),
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Selection:
     """The whole discovery policy: include selectors, exclude selectors, listener mode."""
