@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from obi.backoff import Backoff
 from obi.kube.client import KubeConfigSource
-from obi.kube.informers import KubeMetadataSource, RetryPolicy
+from obi.kube.informers import InformerRetry, KubeMetadataSource
 from tests.kube.fake_apiserver import FakeApiServer
 
 # Short waits so every test stays within a few seconds.
-FAST_RETRY = RetryPolicy(initial_s=0.05, max_s=0.2, forbidden_s=0.3)
+FAST_RETRY = InformerRetry(Backoff(initial_s=0.05, max_s=0.2, jitter=0.5), forbidden_s=0.3)
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -24,7 +24,7 @@ from obi.export.retry import RetryPolicy
 from tests.otlp_receiver import OtlpReceiver, attributes_dict
 from tests.unit.test_export_encode import PARENT_ID, TRACE_ID, make_service, make_span
 
-FAST_RETRY = RetryPolicy(initial_backoff_s=0.02, max_backoff_s=0.1)
+FAST_RETRY = RetryPolicy(initial_s=0.02, max_s=0.1)
 TOKEN = "Bearer s3cr3t-Token"
 
 
@@ -157,7 +157,7 @@ async def test_export_deadline_bounds_retries_and_slow_receivers(receiver: OtlpR
 async def test_connection_refused_is_retried_until_the_deadline() -> None:
     target = resolve_otlp_target("http://127.0.0.1:9", "", "http/protobuf", "traces")
     assert target is not None
-    sender = OtlpSender(make_transport(target, {}), RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.05))
+    sender = OtlpSender(make_transport(target, {}), RetryPolicy(initial_s=0.05, max_s=0.05))
     attempts = 0
     original = sender._transport.attempt
 
@@ -175,7 +175,7 @@ async def test_connection_refused_is_retried_until_the_deadline() -> None:
 @pytest.mark.asyncio
 async def test_shutdown_interrupts_backoff(receiver: OtlpReceiver) -> None:
     receiver.fail_next(100)
-    slow_retry = RetryPolicy(initial_backoff_s=10.0, max_backoff_s=10.0, jitter=0.0)
+    slow_retry = RetryPolicy(initial_s=10.0, max_s=10.0, jitter=0.0)
     exporter = BatchingExporter(
         OtlpTraceSender(sender_for(receiver, "http/protobuf", policy=slow_retry)),
         max_export_batch_size=1,

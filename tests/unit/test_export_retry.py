@@ -71,10 +71,10 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
 
 
-def test_backoff_is_capped_exponential_with_jitter() -> None:
-    policy = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=5.0, jitter=0.5)
-    assert [policy.backoff(n, lambda: 0.0) for n in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
-    assert policy.backoff(1, lambda: 1.0) == 1.0
+def test_exporters_back_off_as_otel_exporters_do() -> None:
+    policy = RetryPolicy()
+    assert [policy.delay(n, lambda: 0.0) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert policy.delay(0, lambda: 1.0) == pytest.approx(0.8)  # 20% jitter
 
 
 @pytest.mark.asyncio
@@ -86,7 +86,7 @@ async def test_retries_then_succeeds() -> None:
         seen.append(remaining)
         return results.pop(0)
 
-    policy = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02)
+    policy = RetryPolicy(initial_s=0.01, max_s=0.02)
     assert await send_with_retry(attempt, 5.0, asyncio.Event(), policy) == SUCCESS
     assert len(seen) == 3
     assert all(0 < r <= 5.0 for r in seen)
@@ -101,7 +101,7 @@ async def test_permanent_is_returned_at_once() -> None:
         calls += 1
         return AttemptResult(Outcome.PERMANENT, "bad request")
 
-    result = await send_with_retry(attempt, 5.0, asyncio.Event(), RetryPolicy(initial_backoff_s=0.01))
+    result = await send_with_retry(attempt, 5.0, asyncio.Event(), RetryPolicy(initial_s=0.01))
     assert result.outcome is Outcome.PERMANENT and calls == 1
 
 
@@ -115,6 +115,6 @@ async def test_interrupt_ends_a_backoff_wait() -> None:
     loop = asyncio.get_running_loop()
     loop.call_later(0.05, interrupt.set)
     started = time.monotonic()
-    result = await send_with_retry(attempt, 30.0, interrupt, RetryPolicy(initial_backoff_s=10.0))
+    result = await send_with_retry(attempt, 30.0, interrupt, RetryPolicy(initial_s=10.0))
     assert result.outcome is Outcome.RETRYABLE
     assert time.monotonic() - started < 1.0

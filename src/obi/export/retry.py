@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import enum
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 import grpc
 
+from obi.backoff import Backoff
 from obi.export.encode import varint
 
 
@@ -38,18 +38,8 @@ class AttemptResult:
 SUCCESS = AttemptResult(Outcome.SUCCESS)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Backoff settings; OTel exporters start at about 1 s and cap at 30 s or so."""
-
-    initial_backoff_s: float = 1.0
-    max_backoff_s: float = 30.0
-    multiplier: float = 2.0
-    jitter: float = 0.2  # each wait is shortened by up to this fraction
-
-    def backoff(self, retry: int, rand: Callable[[], float] = random.random) -> float:
-        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**retry)
-        return base * (1.0 - self.jitter * rand())
+# The exporters' backoff between attempts; its defaults are the OTel exporters'.
+RetryPolicy = Backoff
 
 
 # OTLP/gRPC: retryable codes (RESOURCE_EXHAUSTED only with RetryInfo).
@@ -111,7 +101,7 @@ async def send_with_retry(
             return result
         if interrupt.is_set():
             return result
-        delay = result.retry_after_s if result.retry_after_s is not None else policy.backoff(retry)
+        delay = result.retry_after_s if result.retry_after_s is not None else policy.delay(retry)
         if loop.time() + delay >= deadline:
             return result
         retry += 1

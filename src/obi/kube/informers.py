@@ -28,6 +28,7 @@ import aiohttp
 import structlog
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, CoreV1Api
 
+from obi.backoff import Backoff
 from obi.kube.client import KubeConfigSource, new_api_client
 from obi.kube.store import JsonObject, KubeMetadataStore
 
@@ -72,17 +73,20 @@ class KubeApiStats:
     bookmarks: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter; a slower fixed period after a 403."""
+# Each wait between half and all of the capped value.
+_BACKOFF = Backoff(initial_s=0.5, max_s=30.0, jitter=0.5)
 
-    initial_s: float = 0.5
-    max_s: float = 30.0
+
+@dataclass(frozen=True, slots=True)
+class InformerRetry:
+    """When to retry a failed list or watch: capped exponential backoff with jitter, but a
+    slower fixed period after a 403 (RBAC refusals are not fixed in seconds)."""
+
+    backoff: Backoff = _BACKOFF
     forbidden_s: float = 60.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2.0 ** min(attempt, 30)))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return self.backoff.delay(attempt, rng.random)
 
 
 class ApiStatusError(Exception):
@@ -146,7 +150,7 @@ class ResourceInformer:
         health: _ApiHealth,
         *,
         field_selector: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: InformerRetry = InformerRetry(),
         watch_timeout_s: float = 300.0,
         read_timeout_s: float = 120.0,
         page_size: int = 500,
@@ -344,7 +348,7 @@ class KubeMetadataSource:
         node_name: str | None,
         store: KubeMetadataStore | None = None,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: InformerRetry = InformerRetry(),
         watch_timeout_s: float = 300.0,
         read_timeout_s: float = 120.0,
         page_size: int = 500,
