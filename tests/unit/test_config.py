@@ -644,9 +644,26 @@ def test_parse_duration_go_forms() -> None:
 
 def test_parse_port_ranges_and_key_values() -> None:
     assert parse_port_ranges(" 80 , 8000-8001") == ((80, 80), (8000, 8001))
+    assert parse_port_ranges("80, 443,8000-8999") == ((80, 80), (443, 443), (8000, 8999))
     assert parse_key_values("a=b=c, ,d=", "header") == (("a", "b=c"), ("d", ""))
     with pytest.raises(ValueError, match="entry 1 is not key=value"):
         parse_key_values("=v", "header")
+
+
+@pytest.mark.parametrize("text", ["", "80,,81", "http", "0", "70000", "9000-8000", "1-2-3", "80-"])
+def test_parse_port_ranges_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="port"):
+        parse_port_ranges(text)
+
+
+def test_port_range_bounds_are_inclusive() -> None:
+    ranges = ((80, 80), (8000, 8999))
+    assert ports_contain(ranges, 80)
+    assert ports_contain(ranges, 8000)
+    assert ports_contain(ranges, 8999)
+    assert not ports_contain(ranges, 81)
+    assert not ports_contain(ranges, 9000)
+    assert not ports_contain((), 80)
 
 
 def test_glob_syntax() -> None:

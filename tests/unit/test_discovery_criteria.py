@@ -1,44 +1,17 @@
-"""Selection criteria: port ranges, globs, selectors and the include/exclude policy."""
+"""Selection criteria: globs, selectors and the include/exclude policy."""
 
 from __future__ import annotations
 
 import pytest
 
 from obi.config import load_config
-from obi.discovery.criteria import (
-    ProcessFacts,
-    Selection,
-    Selector,
-    parse_port_ranges,
-    port_in_ranges,
-)
+from obi.discovery.criteria import ProcessFacts, Selection, Selector
 from obi.globs import glob_to_regex
 from obi.pipeline import selection_from_config
 
 
 def facts(pid: int = 10, exe_path: str = "/usr/bin/app", ports: tuple[int, ...] = ()) -> ProcessFacts:
     return ProcessFacts(pid=pid, start_time=1, ppid=1, exe_path=exe_path, listen_ports=frozenset(ports))
-
-
-def test_parse_port_ranges() -> None:
-    assert parse_port_ranges("80, 443,8000-8999") == ((80, 80), (443, 443), (8000, 8999))
-    assert parse_port_ranges("") == ()
-
-
-@pytest.mark.parametrize("text", ["http", "0", "70000", "9000-8000", "1-2-3", "80-"])
-def test_parse_port_ranges_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="port"):
-        parse_port_ranges(text)
-
-
-def test_port_in_ranges_bounds_are_inclusive() -> None:
-    ranges = ((80, 80), (8000, 8999))
-    assert port_in_ranges(80, ranges)
-    assert port_in_ranges(8000, ranges)
-    assert port_in_ranges(8999, ranges)
-    assert not port_in_ranges(81, ranges)
-    assert not port_in_ranges(9000, ranges)
-    assert not port_in_ranges(80, ())
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from obi.config.values import PortRanges, ports_contain
 from obi.globs import glob_to_regex
-
-PortRange = tuple[int, int]  # inclusive bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,35 +121,11 @@ def _map_matches(wanted: tuple[tuple[str, re.Pattern[str]], ...], actual: Mappin
     return True
 
 
-def parse_port_ranges(text: str) -> tuple[PortRange, ...]:
-    """Parse an OBI port list such as ``"80,443,8000-8999"``. Raises ValueError."""
-    ranges: list[PortRange] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        low_text, sep, high_text = item.partition("-")
-        try:
-            low = int(low_text)
-            high = int(high_text) if sep else low
-        except ValueError:
-            raise ValueError(f"invalid port or port range {item!r}") from None
-        if not (0 < low <= high <= 65535):
-            raise ValueError(f"invalid port or port range {item!r}")
-        ranges.append((low, high))
-    return tuple(ranges)
-
-
-def port_in_ranges(port: int, ranges: tuple[PortRange, ...]) -> bool:
-    """True when ``port`` lies in one of the inclusive ``ranges``."""
-    return any(low <= port <= high for low, high in ranges)
-
-
 @dataclass(frozen=True, slots=True)
 class Selector:
     """One selection entry; every field that is set must match (an empty one matches nothing)."""
 
-    open_ports: tuple[PortRange, ...] = ()
+    open_ports: PortRanges = ()
     exe_path: str | None = None  # glob (obi.globs syntax) on the full path of /proc/PID/exe
     pids: tuple[int, ...] = ()
     # A regular expression searched in the executable path (OBI's deprecated executable_path).
@@ -186,7 +161,7 @@ class Selector:
         if self._exe_search is not None and not self._exe_search.search(facts.exe_path):
             return False
         return not self.open_ports or any(
-            port_in_ranges(port, self.open_ports) for port in facts.listen_ports
+            ports_contain(self.open_ports, port) for port in facts.listen_ports
         )
 
 
