@@ -256,14 +256,18 @@ def test_headers_merge_signal_over_common_and_url_decode() -> None:
     config = load_config(
         None,
         {
-            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=one, x-tenant = a%20b ,Authorization=Basic x%3D",
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "API-KEY=two",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=one, x-tenant = a%20b ,Authorization=Basic x%3D,,"
+            "x-list=x%3Dy%2Cz",
+            # Base64 padding in a value survives: only the first '=' separates.
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "API-KEY=two,X-Basic=Basic dXNlcjpwYXNz==",
         },
     )
     assert dict(config.otel_traces_export.headers) == {
         "API-KEY": "two",
         "x-tenant": "a b",
         "Authorization": "Basic x=",
+        "x-list": "x=y,z",
+        "X-Basic": "Basic dXNlcjpwYXNz==",
     }
     assert dict(config.otel_metrics_export.headers)["api-key"] == "one"
 
@@ -648,6 +652,11 @@ def test_parse_port_ranges_and_key_values() -> None:
     assert parse_key_values("a=b=c, ,d=", "header") == (("a", "b=c"), ("d", ""))
     with pytest.raises(ValueError, match="entry 1 is not key=value"):
         parse_key_values("=v", "header")
+    with pytest.raises(ValueError, match="entry 2 is not key=value"):
+        parse_key_values("a=1,secret", "header")
+    # Another process's environment: what is malformed is skipped.
+    assert parse_key_values(" a = 1 , b=x%3Dy%2Cz ,, bad, =novalue", "attribute", skip_malformed=True) == (
+        ("a", "1"), ("b", "x=y,z"))
 
 
 @pytest.mark.parametrize("text", ["", "80,,81", "http", "0", "70000", "9000-8000", "1-2-3", "80-"])

@@ -8,7 +8,6 @@ from obi.export.endpoints import (
     OtlpEndpointError,
     OtlpSignal,
     OtlpTarget,
-    parse_otlp_headers,
     redact_url,
     resolve_otlp_target,
 )
@@ -100,16 +99,6 @@ def test_errors_hide_user_info() -> None:
         resolve_otlp_target("ftp://user:s3cret@otelcol:4317/a@b", "", "", "traces")
     assert "s3cret" not in str(info.value)
     assert '"ftp://otelcol:4317/a@b"' in str(info.value)
-
-
-def test_parse_otlp_headers() -> None:
-    assert parse_otlp_headers("k=v,Authorization=Bearer x") == {"k": "v", "Authorization": "Bearer x"}
-    assert parse_otlp_headers(" a = 1 , b=x%3Dy%2Cz ,, bad, =novalue") == {"a": "1", "b": "x=y,z"}
-    assert parse_otlp_headers("") == {}
-    # Base64 padding in a value survives: only the first '=' separates.
-    assert parse_otlp_headers("Authorization=Basic dXNlcjpwYXNz==") == {
-        "Authorization": "Basic dXNlcjpwYXNz=="
-    }
 
 
 def test_redact_url() -> None:

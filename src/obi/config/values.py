@@ -150,10 +150,15 @@ def parse_pids(text: str) -> tuple[int, ...]:
     return tuple(pids)
 
 
-def parse_key_values(text: str, what: str) -> tuple[tuple[str, str], ...]:
-    """Parse OTel's ``k=v,k2=v2`` lists (headers, resource attributes); values are URL-decoded.
+def parse_key_values(
+    text: str, what: str, *, skip_malformed: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """Parse OTel's ``k=v,k2=v2`` lists (headers, resource attributes); keys and values are
+    trimmed, then URL-decoded. Blank entries are skipped.
 
-    Messages name the entry by position only: values may be secrets.
+    An entry without ``=`` or with an empty key is a ValueError naming the entry by
+    position only (values may be secrets), or is skipped with ``skip_malformed`` (for
+    another process's environment, which obi takes as it finds it).
     """
     pairs: list[tuple[str, str]] = []
     for index, raw in enumerate(text.split(","), start=1):
@@ -162,6 +167,8 @@ def parse_key_values(text: str, what: str) -> tuple[tuple[str, str], ...]:
         key, equals, value = raw.partition("=")
         key = unquote(key.strip())
         if not equals or not key:
+            if skip_malformed:
+                continue
             raise ValueError(f"{what} entry {index} is not key=value")
         pairs.append((key, unquote(value.strip())))
     return tuple(pairs)

@@ -13,8 +13,8 @@ import re
 import socket
 import struct
 from collections.abc import Callable
-from urllib.parse import unquote
 
+from obi.config.values import parse_key_values
 from obi.traces.model import ServiceIdentity
 
 _ENV_SERVICE_NAME = "OTEL_SERVICE_NAME"
@@ -58,14 +58,8 @@ def parse_environ(data: bytes) -> dict[str, str]:
 
 
 def parse_resource_attributes(text: str) -> dict[str, str]:
-    """Parse OTEL_RESOURCE_ATTRIBUTES (``k=v,k2=v2``, percent-encoded); skips malformed items."""
-    attributes: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        key = unquote(key.strip())
-        if sep and key:
-            attributes[key] = unquote(value.strip())
-    return attributes
+    """Parse a process's OTEL_RESOURCE_ATTRIBUTES (``k=v,k2=v2``, percent-encoded); skips malformed items."""
+    return dict(parse_key_values(text, "resource attribute", skip_malformed=True))
 
 
 def _resolved(value: str | None) -> str:

@@ -137,21 +137,6 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
-def parse_otlp_headers(text: str) -> dict[str, str]:
-    """Parse ``OTEL_EXPORTER_OTLP_HEADERS`` (``k=v,k2=v2``, values URL-decoded).
-
-    Entries without ``=`` or with an empty key are skipped, as the spec allows.
-    """
-    headers: dict[str, str] = {}
-    for entry in text.split(","):
-        key, sep, value = entry.partition("=")
-        key = urllib.parse.unquote(key).strip()
-        if not sep or not key:
-            continue
-        headers[key] = urllib.parse.unquote(value).strip()
-    return headers
-
-
 def _shown(text: str) -> str:
     """A value quoted on one line for an error message, without URL user info (may be a secret)."""
     scheme, sep, rest = text.partition("://")
