@@ -9,24 +9,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from obi.preflight import Preflight, gather_host_facts
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError as err:
-        return f"unknown ({err.strerror})"
-
-
-def lockdown_mode() -> str:
-    text = _read("/sys/kernel/security/lockdown")
-    if text.startswith("unknown"):
-        return "unknown (securityfs not mounted)"
-    for word in text.split():
-        if word.startswith("["):
-            return word.strip("[]")
-    return text
+from obi.preflight import (
+    CGROUP_SKB_PROGRAM,
+    KPROBE_PROGRAM,
+    RAW_TRACEPOINT_PROGRAM,
+    RING_BUFFER_MAP,
+    SCHED_CLS_PROGRAM,
+    SK_MSG_PROGRAM,
+    SOCK_OPS_PROGRAM,
+    SOCKET_FILTER_PROGRAM,
+    TRACEPOINT_PROGRAM,
+    TRACING_PROGRAM,
+    Preflight,
+    Probe,
+    ProgramType,
+    gather_host_facts,
+    probe_map_type,
+    probe_program_type,
+)
 
 
 @dataclass
@@ -37,26 +37,32 @@ class Check:
     required: bool = False
 
 
-def _probe_prog_types() -> list[Check]:
-    from obi.ebpf._libbpf import ffi, lib
+# The program types doctor tries to load, by the name it shows.
+PROGRAM_TYPES: tuple[tuple[str, ProgramType], ...] = (
+    ("tracepoint", TRACEPOINT_PROGRAM),
+    ("raw_tracepoint", RAW_TRACEPOINT_PROGRAM),
+    ("kprobe/uprobe", KPROBE_PROGRAM),
+    ("tracing (fentry, tp_btf)", TRACING_PROGRAM),
+    ("socket_filter", SOCKET_FILTER_PROGRAM),
+    ("sock_ops", SOCK_OPS_PROGRAM),
+    ("sk_msg", SK_MSG_PROGRAM),
+    ("cgroup_skb", CGROUP_SKB_PROGRAM),
+    ("sched_cls (tc)", SCHED_CLS_PROGRAM),
+)
 
+
+def _answer(probe: Probe) -> str:
+    return "yes" if probe.ok else f"no ({os.strerror(probe.errno)})" if probe.errno else "no"
+
+
+def _probe_prog_types() -> list[Check]:
+    """The preflight's probes for every program type doctor lists, and for ring buffers."""
     checks = []
-    for label, const in (
-        ("tracepoint", "BPF_PROG_TYPE_TRACEPOINT"),
-        ("raw_tracepoint", "BPF_PROG_TYPE_RAW_TRACEPOINT"),
-        ("kprobe/uprobe", "BPF_PROG_TYPE_KPROBE"),
-        ("tracing (fentry, tp_btf)", "BPF_PROG_TYPE_TRACING"),
-        ("socket_filter", "BPF_PROG_TYPE_SOCKET_FILTER"),
-        ("sock_ops", "BPF_PROG_TYPE_SOCK_OPS"),
-        ("sk_msg", "BPF_PROG_TYPE_SK_MSG"),
-        ("cgroup_skb", "BPF_PROG_TYPE_CGROUP_SKB"),
-        ("sched_cls (tc)", "BPF_PROG_TYPE_SCHED_CLS"),
-    ):
-        ret = lib.libbpf_probe_bpf_prog_type(getattr(lib, const), ffi.NULL)
-        checks.append(Check(f"load {label} program", ret == 1,
-                            "yes" if ret == 1 else ("no" if ret == 0 else os.strerror(-ret))))
-    ret = lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL)
-    checks.append(Check("BPF ring buffer", ret == 1, "yes" if ret == 1 else "no", required=True))
+    for label, program in PROGRAM_TYPES:
+        probe = probe_program_type(program)
+        checks.append(Check(f"load {label} program", probe.ok, _answer(probe)))
+    ring = probe_map_type(RING_BUFFER_MAP)
+    checks.append(Check("BPF ring buffer", ring.ok, _answer(ring), required=True))
     return checks
 
 
@@ -70,6 +76,10 @@ def _probe_attach(hooks: str) -> Check:
         return Check(f"attach HTTP capture on {hooks}s", True, detail)
     except Exception as err:  # doctor reports every failure, whatever it is
         return Check(f"attach HTTP capture on {hooks}s", False, str(err))
+
+
+def _setting(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
 
 
 def write_feature_table(out: TextIO, preflight: Preflight) -> None:
@@ -87,12 +97,12 @@ def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> in
     missing = [m.capability for m in preflight.missing_capabilities if m.required]
     tracefs = "mounted" if host.tracefs_mounted else "not mounted"
     facts = [
-        ("kernel", f"{platform.release()} ({platform.machine()})"),
+        ("kernel", f"{host.kernel_release} ({platform.machine()})"),
         ("BTF", "yes (/sys/kernel/btf/vmlinux)" if Path("/sys/kernel/btf/vmlinux").exists() else "missing"),
-        ("lockdown", lockdown_mode()),
+        ("lockdown", "unknown (securityfs not mounted)" if host.lockdown == "unknown" else host.lockdown),
         ("tracefs", tracefs),
-        ("perf_event_paranoid", _read("/proc/sys/kernel/perf_event_paranoid")),
-        ("unprivileged_bpf_disabled", _read("/proc/sys/kernel/unprivileged_bpf_disabled")),
+        ("perf_event_paranoid", _setting(host.perf_event_paranoid)),
+        ("unprivileged_bpf_disabled", _setting(host.unprivileged_bpf_disabled)),
         ("capabilities", ", ".join(sorted(host.capabilities)) or "none"),
         ("missing capabilities", ", ".join(missing) or "none"),
     ]
@@ -102,10 +112,7 @@ def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> in
     write_feature_table(out, preflight)
     checks: list[Check] = [Check("BTF available", Path("/sys/kernel/btf/vmlinux").exists(),
                                  "needed for CO-RE", required=True)]
-    try:
-        checks += _probe_prog_types()
-    except Exception as err:  # the CFFI module itself may fail to load
-        checks.append(Check("libbpf", False, str(err), required=True))
+    checks += _probe_prog_types()
     raw = probe("raw_tracepoint")
     classic = probe("tracepoint")
     checks += [raw, classic]

@@ -18,7 +18,7 @@ import re
 import resource
 import socket
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,14 +60,64 @@ PROBE_SOCK_OPS_PROG = "sock_ops_program"
 # (bpf, perf_event_open) syscall numbers by machine.
 _SYSCALLS: Mapping[str, tuple[int, int]] = {"x86_64": (321, 298), "aarch64": (280, 241)}
 _BPF_MAP_CREATE, _BPF_PROG_LOAD = 0, 5
-_BPF_MAP_TYPE_ARRAY, _BPF_MAP_TYPE_RINGBUF = 2, 27
-_BPF_PROG_TYPE_TRACEPOINT, _BPF_PROG_TYPE_SOCK_OPS, _BPF_PROG_TYPE_RAW_TRACEPOINT = 5, 13, 17
+_BPF_ATTR_SIZE = 128
+# union bpf_attr for BPF_PROG_LOAD up to attach_btf_id (include/uapi/linux/bpf.h): prog_type,
+# insn_cnt, insns, license, log_level, log_size, log_buf, kern_version, prog_flags, prog_name,
+# prog_ifindex, expected_attach_type, prog_btf_fd, func_info_rec_size, func_info, func_info_cnt,
+# line_info_rec_size, line_info, line_info_cnt, attach_btf_id.
+_PROG_LOAD_ATTR = struct.Struct("=IIQQIIQII16sIIIIQIIQII")
 # r0 = 0; exit
 _TRIVIAL_PROGRAM = struct.pack("=BBhi", 0xB7, 0, 0, 0) + struct.pack("=BBhi", 0x95, 0, 0, 0)
+_VERIFIER_LOG_SIZE = 4096
 _PERF_TYPE_SOFTWARE, _PERF_COUNT_SW_DUMMY = 1, 9
 _PERF_ATTR_SIZE = 112  # PERF_ATTR_SIZE_VER5
 _PERF_FLAG_FD_CLOEXEC = 8
 _UPROBE_PMU_TYPE = Path("/sys/bus/event_source/devices/uprobe/type")
+
+
+@dataclass(frozen=True)
+class ProgramType:
+    """A BPF program type (enum bpf_prog_type) and what a trivial program of it needs to load.
+
+    Probed the way libbpf's ``libbpf_probe_bpf_prog_type`` does, but keeping the errno.
+    """
+
+    what: str
+    number: int
+    expected_attach_type: int = 0
+    attach_btf_id: int = 0
+    # A program that needs a real attach target: on a kernel that has the type, loading fails
+    # with this errno and verifier message (libbpf's probe for tracing programs).
+    supported_if: tuple[int, str] | None = None
+    needs_kernel_version: bool = False  # kprobe programs before Linux 5.0
+
+
+@dataclass(frozen=True)
+class MapType:
+    """A BPF map type (enum bpf_map_type) and the sizes a map of it is created with to try it."""
+
+    what: str
+    number: int
+    key_size: int = 0
+    value_size: int = 0
+    max_entries: int = 0  # 0: one page (ring buffers are sized in pages)
+
+
+# Numbers from include/uapi/linux/bpf.h (a stable ABI; a unit test reads them from the header).
+SOCKET_FILTER_PROGRAM = ProgramType("socket filter program", 1)
+KPROBE_PROGRAM = ProgramType("kprobe program", 2, needs_kernel_version=True)
+SCHED_CLS_PROGRAM = ProgramType("sched_cls program", 3)
+TRACEPOINT_PROGRAM = ProgramType("tracepoint program", 5)
+CGROUP_SKB_PROGRAM = ProgramType("cgroup_skb program", 8)
+SOCK_OPS_PROGRAM = ProgramType("sock_ops program", 13)
+SK_MSG_PROGRAM = ProgramType("sk_msg program", 16)
+RAW_TRACEPOINT_PROGRAM = ProgramType("raw tracepoint program", 17)
+BPF_TRACE_FENTRY = 24  # enum bpf_attach_type
+TRACING_PROGRAM = ProgramType("tracing (fentry) program", 26, expected_attach_type=BPF_TRACE_FENTRY,
+                              attach_btf_id=1,
+                              supported_if=(errno.EINVAL, "attach_btf_id 1 is not a function"))
+ARRAY_MAP = MapType("array map", 2, key_size=4, value_size=4, max_entries=1)
+RING_BUFFER_MAP = MapType("ring buffer", 27)
 
 
 def cap_name(capability: str) -> str:
@@ -312,10 +362,10 @@ def _read_int(path: str) -> int | None:
         return None
 
 
-def lockdown_mode() -> str:
+def lockdown_mode(path: str = "/sys/kernel/security/lockdown") -> str:
     """The active kernel lockdown mode, or "unknown" when securityfs is not readable."""
     try:
-        text = Path("/sys/kernel/security/lockdown").read_text()
+        text = Path(path).read_text()
     except OSError:
         return "unknown"
     found = re.search(r"\[(\w+)\]", text)
@@ -347,8 +397,8 @@ class _Syscalls:
         return 0
 
     def bpf(self, cmd: int, attr: bytes) -> int:
-        buf = ctypes.create_string_buffer(attr, 128)
-        return self._call(ctypes.c_long(self.bpf_nr), ctypes.c_long(cmd), buf, ctypes.c_long(128))
+        buf = ctypes.create_string_buffer(attr, _BPF_ATTR_SIZE)
+        return self._call(ctypes.c_long(self.bpf_nr), ctypes.c_long(cmd), buf, ctypes.c_long(_BPF_ATTR_SIZE))
 
     def perf_event_open(self, attr: bytes, pid: int, cpu: int) -> int:
         buf = ctypes.create_string_buffer(attr, _PERF_ATTR_SIZE)
@@ -360,16 +410,56 @@ def _outcome(ret: int, what: str) -> Probe:
     return Probe(True, 0, what) if ret == 0 else Probe.failed(-ret, what)
 
 
-def _probe_map(calls: _Syscalls, map_type: int, key: int, value: int, entries: int, what: str) -> Probe:
-    return _outcome(calls.bpf(_BPF_MAP_CREATE, struct.pack("=IIII", map_type, key, value, entries)), what)
+def _probe_map(calls: _Syscalls, map_type: MapType) -> Probe:
+    entries = map_type.max_entries or os.sysconf("SC_PAGE_SIZE")
+    attr = struct.pack("=IIII", map_type.number, map_type.key_size, map_type.value_size, entries)
+    return _outcome(calls.bpf(_BPF_MAP_CREATE, attr), map_type.what)
 
 
-def _probe_program(calls: _Syscalls, prog_type: int, what: str) -> Probe:
+def kernel_version_code(release: str) -> int:
+    """LINUX_VERSION_CODE of a release string ("6.1.0-18-amd64" -> 0x060100), as libbpf computes it."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not found:
+        return 0
+    major, minor, patch = (int(part or 0) for part in found.groups())
+    return major << 16 | minor << 8 | min(patch, 255)
+
+
+def _probe_program(calls: _Syscalls, program: ProgramType) -> Probe:
     insns = ctypes.create_string_buffer(_TRIVIAL_PROGRAM, len(_TRIVIAL_PROGRAM))
     gpl = ctypes.create_string_buffer(b"GPL")
-    attr = struct.pack("=IIQQ", prog_type, len(_TRIVIAL_PROGRAM) // 8, ctypes.addressof(insns),
-                       ctypes.addressof(gpl))
-    return _outcome(calls.bpf(_BPF_PROG_LOAD, attr), what)
+    # The verifier log only when its message tells (the kernel refuses a buffer without a level).
+    log = ctypes.create_string_buffer(_VERIFIER_LOG_SIZE) if program.supported_if else None
+    log_level, log_size, log_buf = (1, len(log), ctypes.addressof(log)) if log else (0, 0, 0)
+    kern_version = kernel_version_code(platform.release()) if program.needs_kernel_version else 0
+    attr = _PROG_LOAD_ATTR.pack(
+        program.number, len(_TRIVIAL_PROGRAM) // 8, ctypes.addressof(insns), ctypes.addressof(gpl),
+        log_level, log_size, log_buf, kern_version, 0, b"", 0, program.expected_attach_type,
+        0, 0, 0, 0, 0, 0, 0, program.attach_btf_id)
+    ret = calls.bpf(_BPF_PROG_LOAD, attr)
+    if program.supported_if is not None and log is not None and ret < 0:
+        expected_errno, message = program.supported_if
+        if -ret == expected_errno and message.encode() in log.value:
+            return Probe(True, 0, program.what)
+    return _outcome(ret, program.what)
+
+
+def _with_syscalls(probe: Callable[[_Syscalls], Probe]) -> Probe:
+    try:
+        calls = _Syscalls()
+    except OSError as err:
+        return Probe(False, err.errno or errno.ENOSYS, str(err))
+    return probe(calls)
+
+
+def probe_program_type(program: ProgramType) -> Probe:
+    """Whether a trivial program of this type loads here (kernel and privileges); never raises."""
+    return _with_syscalls(lambda calls: _probe_program(calls, program))
+
+
+def probe_map_type(map_type: MapType) -> Probe:
+    """Whether a map of this type can be created here (kernel and privileges); never raises."""
+    return _with_syscalls(lambda calls: _probe_map(calls, map_type))
 
 
 def _perf_attr(pmu: int, config: int, config1: int = 0, config2: int = 0) -> bytes:
@@ -415,25 +505,18 @@ def _probe_packet_socket() -> Probe:
 
 def run_probes() -> dict[str, Probe]:
     """Tries each kernel feature once; never raises."""
-    probes = {PROBE_PACKET_SOCKET: _probe_packet_socket()}
-    try:
-        calls = _Syscalls()
-    except OSError as err:
-        unknown = Probe(False, err.errno or errno.ENOSYS, str(err))
-        return {**probes, **dict.fromkeys((PROBE_MAP, PROBE_RINGBUF, PROBE_TRACEPOINT_PROG,
-                                           PROBE_RAW_TRACEPOINT_PROG, PROBE_SOCK_OPS_PROG, PROBE_PERF_EVENT,
-                                           PROBE_UPROBE), unknown)}
-    probes[PROBE_MAP] = _probe_map(calls, _BPF_MAP_TYPE_ARRAY, 4, 4, 1, "array map")
-    probes[PROBE_RINGBUF] = _probe_map(calls, _BPF_MAP_TYPE_RINGBUF, 0, 0, 4096, "ring buffer")
-    probes[PROBE_TRACEPOINT_PROG] = _probe_program(calls, _BPF_PROG_TYPE_TRACEPOINT, "tracepoint program")
-    probes[PROBE_RAW_TRACEPOINT_PROG] = _probe_program(calls, _BPF_PROG_TYPE_RAW_TRACEPOINT,
-                                                       "raw tracepoint program")
-    probes[PROBE_SOCK_OPS_PROG] = _probe_program(calls, _BPF_PROG_TYPE_SOCK_OPS, "sock_ops program")
-    probes[PROBE_PERF_EVENT] = _outcome(
-        calls.perf_event_open(_perf_attr(_PERF_TYPE_SOFTWARE, _PERF_COUNT_SW_DUMMY), -1, 0),
-        "system-wide perf event")
-    probes[PROBE_UPROBE] = _probe_uprobe(calls)
-    return probes
+    return {
+        PROBE_PACKET_SOCKET: _probe_packet_socket(),
+        PROBE_MAP: probe_map_type(ARRAY_MAP),
+        PROBE_RINGBUF: probe_map_type(RING_BUFFER_MAP),
+        PROBE_TRACEPOINT_PROG: probe_program_type(TRACEPOINT_PROGRAM),
+        PROBE_RAW_TRACEPOINT_PROG: probe_program_type(RAW_TRACEPOINT_PROGRAM),
+        PROBE_SOCK_OPS_PROG: probe_program_type(SOCK_OPS_PROGRAM),
+        PROBE_PERF_EVENT: _with_syscalls(lambda calls: _outcome(
+            calls.perf_event_open(_perf_attr(_PERF_TYPE_SOFTWARE, _PERF_COUNT_SW_DUMMY), -1, 0),
+            "system-wide perf event")),
+        PROBE_UPROBE: _with_syscalls(_probe_uprobe),
+    }
 
 
 def raise_memlock(kernel: tuple[int, int], capabilities: frozenset[str]) -> bool:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import errno
+import re
 import resource
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 import structlog
 
 from obi.capabilities import REQUIRED_CAPABILITIES
 from obi.preflight import (
+    ARRAY_MAP,
     BPF_MEMORY,
+    CGROUP_SKB_PROGRAM,
+    KPROBE_PROGRAM,
     NEEDED_FOR,
     PROBE_MAP,
     PROBE_PACKET_SOCKET,
@@ -21,14 +26,24 @@ from obi.preflight import (
     PROBE_SOCK_OPS_PROG,
     PROBE_TRACEPOINT_PROG,
     PROBE_UPROBE,
+    RAW_TRACEPOINT_PROGRAM,
     RAW_TRACEPOINTS,
+    RING_BUFFER_MAP,
+    SCHED_CLS_PROGRAM,
+    SK_MSG_PROGRAM,
+    SOCK_OPS_PROGRAM,
+    SOCKET_FILTER_PROGRAM,
     TRACEFS_MOUNT,
+    TRACEPOINT_PROGRAM,
+    TRACING_PROGRAM,
     UPROBES,
     Feature,
     HostFacts,
     Preflight,
     PreflightError,
     Probe,
+    kernel_version_code,
+    lockdown_mode,
 )
 
 UNPRIVILEGED = frozenset(REQUIRED_CAPABILITIES)
@@ -195,3 +210,42 @@ def test_logs_one_table_event_and_one_warning_per_missing_capability() -> None:
     assert warnings["CAP_NET_RAW"]["required"] and warnings["CAP_NET_RAW"]["disables"] == ["socket filters"]
     assert warnings["CAP_NET_RAW"]["message"] == "CAP_NET_RAW is missing: socket filters disabled"
     assert warnings["CAP_SYS_ADMIN"]["disables"] == [TRACEFS_MOUNT, UPROBES]
+
+
+def _uapi_enum(name: str) -> dict[str, int]:
+    """The members of an enum of the kernel's UAPI header, by value (they are implicit there)."""
+    text = Path("/usr/include/linux/bpf.h").read_text()
+    body = text[text.index(f"enum {name} {{"):]
+    body = re.sub(r"/\*.*?\*/", "", body[body.index("{") + 1:body.index("};")], flags=re.S)
+    members = [m.strip() for m in body.split(",") if m.strip()]
+    assert all("=" not in m for m in members), members
+    return {member: value for value, member in enumerate(members)}
+
+
+def test_program_and_map_type_numbers_are_the_kernel_headers() -> None:
+    programs = _uapi_enum("bpf_prog_type")
+    for program, name in ((SOCKET_FILTER_PROGRAM, "SOCKET_FILTER"), (KPROBE_PROGRAM, "KPROBE"),
+                          (SCHED_CLS_PROGRAM, "SCHED_CLS"), (TRACEPOINT_PROGRAM, "TRACEPOINT"),
+                          (CGROUP_SKB_PROGRAM, "CGROUP_SKB"), (SOCK_OPS_PROGRAM, "SOCK_OPS"),
+                          (SK_MSG_PROGRAM, "SK_MSG"), (RAW_TRACEPOINT_PROGRAM, "RAW_TRACEPOINT"),
+                          (TRACING_PROGRAM, "TRACING")):
+        assert program.number == programs[f"BPF_PROG_TYPE_{name}"], name
+    maps = _uapi_enum("bpf_map_type")
+    assert ARRAY_MAP.number == maps["BPF_MAP_TYPE_ARRAY"]
+    assert RING_BUFFER_MAP.number == maps["BPF_MAP_TYPE_RINGBUF"]
+    assert TRACING_PROGRAM.expected_attach_type == _uapi_enum("bpf_attach_type")["BPF_TRACE_FENTRY"]
+
+
+def test_kernel_version_code() -> None:
+    assert kernel_version_code("6.1.0-18-amd64") == 0x060100
+    assert kernel_version_code("4.19.312") == 0x0413FF  # the patch level saturates at 255
+    assert kernel_version_code("6.18") == 0x061200
+    assert kernel_version_code("weird") == 0
+
+
+@pytest.mark.parametrize(("text", "mode"), [("none [integrity] confidentiality\n", "integrity"),
+                                            ("[none] integrity confidentiality\n", "none")])
+def test_lockdown_mode(tmp_path: Path, text: str, mode: str) -> None:
+    (tmp_path / "lockdown").write_text(text)
+    assert lockdown_mode(str(tmp_path / "lockdown")) == mode
+    assert lockdown_mode(str(tmp_path / "missing")) == "unknown"
