@@ -337,16 +337,28 @@ class Preflight:
             causes.append(_paranoid_cause(self.facts))
         return "; ".join(causes) or None
 
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Each feature that is off: the capability to grant, or why not when none would help."""
+        return {f.name: f"grant {f.enabled_by}" if f.enabled_by else f.detail
+                for f in self.features if not f.available}
+
     def log(self, log: Any) -> None:
-        """One `preflight` event with the whole table, then one line per missing capability."""
+        """A short `preflight` line at info (what is off and what would turn it on), every fact
+        and the whole table as `preflight_detail` at debug, then one warning per missing capability."""
         facts = self.facts
-        log.info("preflight", kernel=facts.kernel_release, capabilities=sorted(facts.capabilities),
-                 perf_event_paranoid=facts.perf_event_paranoid,
-                 unprivileged_bpf_disabled=facts.unprivileged_bpf_disabled, lockdown=facts.lockdown,
-                 memlock_limit=None if facts.memlock_limit == resource.RLIM_INFINITY else facts.memlock_limit,
-                 tracefs_mounted=facts.tracefs_mounted,
-                 features=[f.as_log() for f in self.features],
-                 missing_capabilities=[m.capability for m in self.missing_capabilities])
+        unavailable = self.unavailable
+        log.info("preflight", kernel=facts.kernel_release,
+                 features_available=f"{len(self.features) - len(unavailable)}/{len(self.features)}",
+                 unavailable=unavailable)
+        memlock = None if facts.memlock_limit == resource.RLIM_INFINITY else facts.memlock_limit
+        log.debug("preflight_detail", capabilities=sorted(facts.capabilities),
+                  perf_event_paranoid=facts.perf_event_paranoid,
+                  unprivileged_bpf_disabled=facts.unprivileged_bpf_disabled, lockdown=facts.lockdown,
+                  memlock_limit=memlock,
+                  tracefs_mounted=facts.tracefs_mounted,
+                  features=[f.as_log() for f in self.features],
+                  missing_capabilities=[m.capability for m in self.missing_capabilities])
         for missing in self.missing_capabilities:
             log.warning("capability_missing", capability=missing.capability, required=missing.required,
                  disables=list(missing.disables), message=missing.message)
@@ -553,7 +565,7 @@ def gather_host_facts() -> HostFacts:
 
 
 def run_preflight() -> Preflight:
-    """Gathers the facts and logs the table once (component=preflight)."""
+    """Gathers the facts and logs them once (component=preflight): a summary, the detail at debug."""
     preflight = Preflight.from_facts(gather_host_facts())
     preflight.log(structlog.get_logger().bind(component="preflight"))
     return preflight

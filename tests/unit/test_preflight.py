@@ -31,6 +31,7 @@ from obi.preflight import (
     RING_BUFFER_MAP,
     SCHED_CLS_PROGRAM,
     SK_MSG_PROGRAM,
+    SOCK_OPS,
     SOCK_OPS_PROGRAM,
     SOCKET_FILTER_PROGRAM,
     TRACEFS_MOUNT,
@@ -193,23 +194,42 @@ def test_kernel_version_parsing() -> None:
     assert facts(release="weird").kernel == (0, 0)
 
 
-def test_logs_one_table_event_and_one_warning_per_missing_capability() -> None:
+def test_logs_a_short_summary_the_table_at_debug_and_one_warning_per_missing_capability() -> None:
     host = facts(UNPRIVILEGED - {"NET_RAW"}, failed={
-        PROBE_PACKET_SOCKET: errno.EPERM, PROBE_UPROBE: errno.EACCES, PROBE_SOCK_OPS_PROG: errno.EPERM})
+        PROBE_PACKET_SOCKET: errno.EPERM, PROBE_UPROBE: errno.ENOENT, PROBE_SOCK_OPS_PROG: errno.EPERM})
     with structlog.testing.capture_logs() as logs:
         Preflight.from_facts(host).log(structlog.get_logger().bind(component="preflight"))
-    tables = [e for e in logs if e["event"] == "preflight"]
-    assert len(tables) == 1 and tables[0]["component"] == "preflight"
-    features = {row["feature"]: row for row in tables[0]["features"]}
-    assert features[UPROBES] == {"feature": UPROBES, "available": False, "enabled_by": "CAP_SYS_ADMIN",
-                                 "detail": features[UPROBES]["detail"]}
-    assert tables[0]["missing_capabilities"] == ["CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+    [summary] = [e for e in logs if e["event"] == "preflight"]
+    assert summary == {
+        "event": "preflight", "component": "preflight", "log_level": "info", "kernel": "6.18.0",
+        "features_available": "7/11",
+        "unavailable": {NEEDED_FOR["NET_RAW"]: "grant CAP_NET_RAW", SOCK_OPS: "grant CAP_NET_ADMIN",
+                        TRACEFS_MOUNT: "grant CAP_SYS_ADMIN",
+                        UPROBES: "uprobe: No such file or directory"},  # no capability would help
+    }
+    assert len(str(summary)) < 400
+    [detail] = [e for e in logs if e["event"] == "preflight_detail"]
+    assert detail["log_level"] == "debug" and detail["lockdown"] == "integrity"
+    assert "SYS_PTRACE" in detail["capabilities"] and "NET_RAW" not in detail["capabilities"]
+    features = {row["feature"]: row for row in detail["features"]}
+    assert len(features) == 11
+    assert features[TRACEFS_MOUNT] == {"feature": TRACEFS_MOUNT, "available": False,
+                                       "enabled_by": "CAP_SYS_ADMIN",
+                                       "detail": features[TRACEFS_MOUNT]["detail"]}
+    assert detail["missing_capabilities"] == ["CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
     warnings = {e["capability"]: e for e in logs if e["event"] == "capability_missing"}
     assert set(warnings) == {"CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"}
     assert all(e["log_level"] == "warning" for e in warnings.values())
     assert warnings["CAP_NET_RAW"]["required"] and warnings["CAP_NET_RAW"]["disables"] == ["socket filters"]
     assert warnings["CAP_NET_RAW"]["message"] == "CAP_NET_RAW is missing: socket filters disabled"
-    assert warnings["CAP_SYS_ADMIN"]["disables"] == [TRACEFS_MOUNT, UPROBES]
+    assert warnings["CAP_SYS_ADMIN"]["disables"] == [TRACEFS_MOUNT]
+    assert [e["event"] for e in logs] == ["preflight", "preflight_detail", *["capability_missing"] * 3]
+
+
+def test_a_host_with_everything_logs_nothing_off() -> None:
+    with structlog.testing.capture_logs() as logs:
+        Preflight.from_facts(facts(UNPRIVILEGED | {"SYS_ADMIN", "NET_ADMIN"})).log(structlog.get_logger())
+    assert logs[0]["features_available"] == "11/11" and logs[0]["unavailable"] == {}
 
 
 def _uapi_enum(name: str) -> dict[str, int]:
