@@ -12,12 +12,14 @@ told to fail the next N requests or to delay its answers.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -73,10 +75,16 @@ class FailurePlan:
 class OtlpReceiver:
     """gRPC TraceService + MetricsService and HTTP /v1/traces, /v1/metrics on 127.0.0.1."""
 
-    def __init__(self, grpc_port: int = 0, http_port: int = 0) -> None:
-        """Ports 0 pick free ones; give 4317/4318 to test the well-known-port rules."""
+    def __init__(
+        self, grpc_port: int = 0, http_port: int = 0, *, tls: tuple[Path, Path] | None = None
+    ) -> None:
+        """Ports 0 pick free ones; give 4317/4318 to test the well-known-port rules.
+
+        ``tls`` (certificate, key): both servers speak TLS only, and the endpoints are https.
+        """
         self._want_grpc_port = grpc_port
         self._want_http_port = http_port
+        self._tls = tls
         self._lock = threading.Condition()
         self._requests: list[ReceivedRequest] = []
         self._failure = FailurePlan()
@@ -97,12 +105,22 @@ class OtlpReceiver:
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _MetricsServicer(self), server
         )
-        self.grpc_port = server.add_insecure_port(f"127.0.0.1:{self._want_grpc_port}")
+        address = f"127.0.0.1:{self._want_grpc_port}"
+        if self._tls is None:
+            self.grpc_port = server.add_insecure_port(address)
+        else:
+            cert, key = (path.read_bytes() for path in self._tls)
+            self.grpc_port = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         server.start()
         self._grpc_server = server
 
         http_server = ThreadingHTTPServer(("127.0.0.1", self._want_http_port), _make_http_handler(self))
         http_server.daemon_threads = True
+        if self._tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+            # A refused handshake (the client does not trust us) only fails that connection.
+            http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
         self.http_port = http_server.server_address[1]
         self._http_server = http_server
         self._http_thread = threading.Thread(
@@ -135,12 +153,16 @@ class OtlpReceiver:
         self.stop()
 
     @property
+    def _scheme(self) -> str:
+        return "http" if self._tls is None else "https"
+
+    @property
     def grpc_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"{self._scheme}://127.0.0.1:{self.grpc_port}"
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self._scheme}://127.0.0.1:{self.http_port}"
 
     # --- behaviour knobs
 

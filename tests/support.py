@@ -1,4 +1,4 @@
-"""Helpers shared by kernel and end-to-end tests: ports, child processes."""
+"""Helpers shared by the tests: ports, child processes, certificates."""
 
 from __future__ import annotations
 
@@ -122,3 +122,11 @@ class PodCgroup:
                     path.rmdir()
                 except OSError:
                     break  # not empty (or gone): its other children own it
+
+
+def self_signed_certificate(cert: Path, key: Path) -> tuple[Path, Path]:
+    """Writes a self-signed certificate for 127.0.0.1, valid one day, and its key (PEM)."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
+    return cert, key

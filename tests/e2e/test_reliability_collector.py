@@ -48,7 +48,8 @@ class DownableReceiver(OtlpReceiver):
     """
 
     def __init__(self, protocol: str, port: int) -> None:
-        super().__init__(**({"grpc_port": port} if protocol == "grpc" else {"http_port": port}))
+        grpc = protocol == "grpc"
+        super().__init__(grpc_port=port if grpc else 0, http_port=0 if grpc else port)
         self._accepted: list[socket.socket] = []
 
     def start(self) -> DownableReceiver:

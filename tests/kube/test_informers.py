@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import subprocess
 from pathlib import Path
 
 import structlog
@@ -22,6 +21,7 @@ from tests.kube.fake_apiserver import (
     replicaset,
     service,
 )
+from tests.support import self_signed_certificate
 
 CID_A = "a" * 64
 CID_B = "b" * 64
@@ -246,40 +246,10 @@ async def test_paginated_initial_list(api_server: FakeApiServer, kubeconfig: Kub
         await asyncio.wait_for(task, 5)
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "ca.crt", directory / "server.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return cert, key
-
-
 async def test_in_cluster_with_a_rotated_token(tmp_path: Path, sources: SourceRunner) -> None:
     account = tmp_path / "serviceaccount"
     account.mkdir()
-    cert, key = _self_signed(account)
+    cert, key = self_signed_certificate(account / "ca.crt", account / "server.key")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = FakeApiServer(token="token-1", ssl_context=context)
