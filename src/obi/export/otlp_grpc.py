@@ -11,6 +11,7 @@ from typing import cast
 
 import grpc
 import grpc.aio
+import structlog
 
 from obi.export.endpoints import OtlpSignal
 from obi.export.retry import (
@@ -47,7 +48,12 @@ def _status_details(trailing: object) -> bytes | None:
 
 
 class GrpcTransport:
-    """Sends serialized Export requests of one signal to ``host:port``."""
+    """Sends serialized Export requests of one signal to ``host:port``.
+
+    ``insecure_skip_verify`` cannot be honoured: grpcio offers no way to skip the check of
+    the server's certificate (OBI's Go exporter sets tls.Config.InsecureSkipVerify). With
+    TLS it is warned about once, here, when the exporter is built at start.
+    """
 
     def __init__(
         self,
@@ -55,7 +61,19 @@ class GrpcTransport:
         signal: OtlpSignal,
         headers: Mapping[str, str],
         tls: bool,
+        insecure_skip_verify: bool = False,
     ) -> None:
+        if tls and insecure_skip_verify:
+            structlog.get_logger().bind(component="export").warning(
+                "insecure_skip_verify_not_supported",
+                protocol="grpc",
+                endpoint=target,
+                signal=signal,
+                message="gRPC cannot skip TLS certificate verification: the collector's certificate "
+                "is still verified, and a self-signed one is refused",
+                hint="use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf, or trust the collector's CA with "
+                "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
+            )
         self._target = target
         self._method = EXPORT_METHODS[signal]
         # gRPC metadata keys must be lower case.

@@ -22,9 +22,13 @@ USER_AGENT = f"obi/{__version__}"
 
 
 class HttpTransport:
-    """Sends serialized Export requests to one URL; header values are sent as given."""
+    """Sends serialized Export requests to one URL; header values are sent as given.
 
-    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+    ``insecure_skip_verify`` (OBI's setting of that name): an https collector's certificate
+    is not checked, so a self-signed one is accepted; the traffic is still encrypted.
+    """
+
+    def __init__(self, url: str, headers: Mapping[str, str], insecure_skip_verify: bool = False) -> None:
         # Credentials in the URL become Basic auth unless an Authorization header is given
         # (as Go's net/http does); aiohttp refuses a request that has both.
         parts = urllib.parse.urlsplit(url)
@@ -35,6 +39,7 @@ class HttpTransport:
             user = urllib.parse.unquote(parts.username)
             password = urllib.parse.unquote(parts.password or "")
             self._headers["Authorization"] = aiohttp.BasicAuth(user, password).encode()
+        self._verify_certificate = not insecure_skip_verify
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -46,6 +51,8 @@ class HttpTransport:
             self._session = aiohttp.ClientSession(
                 # aiohttp would otherwise add its own User-Agent.
                 skip_auto_headers=("User-Agent",),
+                # ssl=False: TLS without verifying the certificate (True: the default checks).
+                connector=aiohttp.TCPConnector(ssl=self._verify_certificate),
             )
         return self._session
 
