@@ -30,7 +30,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import HistogramDataPoint, Metric, NumberDataPoint
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from obi.export.retry import GRPC_STATUS_DETAILS_KEY, encode_retry_info_status
+from obi.export.retry import GRPC_STATUS_DETAILS_KEY
+from tests.rpc_status import encode_retry_info_status
 
 Transport = Literal["grpc", "http"]
 Signal = Literal["traces", "metrics"]

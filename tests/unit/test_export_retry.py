@@ -15,11 +15,11 @@ from obi.export.retry import (
     RetryPolicy,
     classify_grpc,
     classify_http,
-    encode_retry_info_status,
     parse_retry_after,
     retry_delay_from_status_details,
     send_with_retry,
 )
+from tests.rpc_status import encode_retry_info_status
 
 # google.rpc.Status{code: 8, message: "x", details: [Any{RetryInfo{retry_delay: 2.5s}}]},
 # written out by hand from the .proto definitions.

@@ -17,7 +17,6 @@ from email.utils import parsedate_to_datetime
 import grpc
 
 from obi.backoff import Backoff
-from obi.export.encode import varint
 
 
 class Outcome(enum.Enum):
@@ -173,25 +172,6 @@ def retry_delay_from_status_details(details: bytes) -> float | None:
     except ValueError:
         return None
     return None
-
-
-def encode_retry_info_status(code: int, message: str, delay_s: float) -> bytes:
-    """A serialized google.rpc.Status carrying RetryInfo (for tests and test servers)."""
-
-    def delimited(number: int, payload: bytes) -> bytes:
-        return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-    seconds = int(delay_s)
-    nanos = round((delay_s - seconds) * 1e9)
-    duration = b""
-    if seconds:
-        duration += varint(1 << 3) + varint(seconds)
-    if nanos:
-        duration += varint(2 << 3) + varint(nanos)
-    retry_info = delimited(1, duration)
-    any_msg = delimited(1, RETRY_INFO_TYPE_URL.encode()) + delimited(2, retry_info)
-    status = varint(1 << 3) + varint(code) if code else b""
-    return status + delimited(2, message.encode()) + delimited(3, any_msg)
 
 
 def _as_bytes(value: int | bytes | None) -> bytes:
