@@ -136,9 +136,11 @@ def test_spans_and_metrics_carry_the_pod_metadata(api: ThreadedApiServer, tmp_pa
         metric_resources = [r for r, _ in receiver.metric_points("http.server.request.duration")]
         assert metric_resources and all(r["k8s.deployment.name"] == "cart" for r in metric_resources)
         assert all(r["k8s.pod.uid"] == app.uid for r in metric_resources)
-        # Only list and watch, and only this node's pods.
+        # Only list and watch, only pods and replicasets (k8s.node.name came from the pod spec,
+        # though the node and a service exist), and only this node's pods.
         requests = api.do(lambda: list(api.server.requests))
         assert {r.verb for r in requests} <= {"list", "watch"}
+        assert {r.resource for r in requests} == {"pods", "replicasets"}
         assert all("spec.nodeName=node-1" in r.query.get("fieldSelector", "")
                    for r in requests if r.path.endswith("/pods"))
     finally:

@@ -59,7 +59,7 @@ async def test_initial_sync(
     assert meta is not None
     assert meta.pod.owners == {"replicaset": "web-7d4b9c8f6", "deployment": "web"}
     assert source.store.container(CID_B) is not None
-    assert source.store.counts == {"pods": 2, "containers": 2, "replicasets": 1, "nodes": 2, "services": 1}
+    assert source.store.counts == {"pods": 2, "containers": 2, "replicasets": 1}
 
 
 def _web_pod(name: str, uid: str, cid: str, node_name: str = "node-1") -> dict:  # type: ignore[type-arg]
@@ -72,19 +72,15 @@ async def test_only_list_and_watch_with_the_token(
     _populate(api_server)
     source = sources.start(kubeconfig)
     await eventually(source.synced.is_set)
-    await eventually(
-        lambda: all(api_server.open_watches(r) == 1 for r in ("pods", "replicasets", "nodes", "services"))
-    )
+    await eventually(lambda: all(api_server.open_watches(r) == 1 for r in ("pods", "replicasets")))
     assert {r.verb for r in api_server.requests} == {"list", "watch"}
     assert {r.method for r in api_server.requests} == {"GET"}
     assert {r.token for r in api_server.requests} == {"fake-token"}
-    assert {r.resource for r in api_server.requests} == {"pods", "replicasets", "nodes", "services"}
-    assert {r.path for r in api_server.requests} == {
-        "/api/v1/pods",
-        "/api/v1/nodes",
-        "/api/v1/services",
-        "/apis/apps/v1/replicasets",
-    }
+    assert {r.resource for r in api_server.requests} == {"pods", "replicasets"}
+    assert {r.path for r in api_server.requests} == {"/api/v1/pods", "/apis/apps/v1/replicasets"}
+    # Nodes and services exist, but nothing obi does reads them: neither listed nor watched.
+    assert api_server.requests_for("nodes") == api_server.requests_for("services") == []
+    assert api_server.open_watches("nodes") == api_server.open_watches("services") == 0
     for request in api_server.requests_for("pods", "watch"):
         assert parse_bool(request.query["allowWatchBookmarks"])
 
@@ -220,10 +216,8 @@ async def test_node_restriction_is_asked_of_the_server(
     await eventually(lambda: api_server.open_watches("pods") == 1)
     pod_requests = api_server.requests_for("pods")
     assert pod_requests and all(r.query.get("fieldSelector") == "spec.nodeName=node-1" for r in pod_requests)
-    assert all(
-        r.query.get("fieldSelector") == "metadata.name=node-1" for r in api_server.requests_for("nodes")
-    )
-    assert all("fieldSelector" not in r.query for r in api_server.requests_for("services"))
+    assert all("fieldSelector" not in r.query for r in api_server.requests_for("replicasets"))
+    assert {r.resource for r in api_server.requests} == {"pods", "replicasets"}
     assert source.store.container(CID_A) is not None
     assert source.store.container(CID_B) is None  # on node-2
     api_server.add("pods", _web_pod("elsewhere", "u-else", "e" * 64, node_name="node-2"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from obi.kube.model import ContainerMeta
 from obi.kube.store import KubeMetadataStore
-from tests.kube.fake_apiserver import node, owner_reference, pod, replicaset, service
+from tests.kube.fake_apiserver import owner_reference, pod, replicaset
 
 CID_APP = "a" * 64
 CID_SIDECAR = "b" * 64
@@ -199,20 +199,6 @@ def test_unsubscribe() -> None:
     unsubscribe()
     store.pod_event("ADDED", _web_pod())
     assert seen == []
-
-
-def test_nodes_and_services() -> None:
-    store = KubeMetadataStore()
-    store.nodes_listed([node("node-1", "10.0.0.1")])
-    store.services_listed([service("web", "shop", "10.96.0.20")])
-    node_info = store.node("node-1")
-    assert node_info is not None and "10.0.0.1" in node_info.addresses
-    svc = store.service_by_ip("10.96.0.20")
-    assert svc is not None and (svc.namespace, svc.name) == ("shop", "web")
-    store.service_event("DELETED", service("web", "shop", "10.96.0.20"))
-    assert store.service_by_ip("10.96.0.20") is None
-    store.node_event("DELETED", node("node-1"))
-    assert store.node("node-1") is None
 
 
 def test_replicaset_relist_drops_vanished_replicasets() -> None:

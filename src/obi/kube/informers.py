@@ -1,17 +1,17 @@
-"""Informers: list, then watch from the list's resourceVersion, for pods, replicasets, nodes, services.
+"""Informers: list, then watch from the list's resourceVersion, for pods and replicasets.
 
 Load on the API server per agent: one LIST and then one long WATCH per resource
-(pods, apps/v1 replicasets, nodes, services), i.e. four watch connections. The
-watches carry bookmarks and resume from the last resourceVersion, so a
-reconnect does not re-list; a re-list happens only after 410 Gone. With a node
-name (DaemonSet, OBI's meta_restrict_local_node) pods are listed and watched
-with ``fieldSelector=spec.nodeName=<node>`` and nodes with
-``metadata.name=<node>``: the pod traffic is that of one node, not the
-cluster's. ReplicaSets and services are cluster-wide (small objects; only
-names and cluster IPs are kept). The first list asks for resourceVersion=0
-(served from the API server's watch cache, not etcd); failures back off
-exponentially with jitter up to a cap, and a 403 retries slowly. Only the
-verbs list and watch are used.
+(pods, apps/v1 replicasets), i.e. two watch connections. The watches carry
+bookmarks and resume from the last resourceVersion, so a reconnect does not
+re-list; a re-list happens only after 410 Gone. With a node name (DaemonSet,
+OBI's meta_restrict_local_node) pods are listed and watched with
+``fieldSelector=spec.nodeName=<node>``: the pod traffic is that of one node, not
+the cluster's. ReplicaSets are cluster-wide (small objects; only the owning
+Deployment's name is kept). Nodes and services are not watched: nothing obi
+does reads them (k8s.node.name comes from the pod spec). The first list asks
+for resourceVersion=0 (served from the API server's watch cache, not etcd);
+failures back off exponentially with jitter up to a cap, and a 403 retries
+slowly. Only the verbs list and watch are used.
 """
 
 from __future__ import annotations
@@ -56,8 +56,6 @@ PODS = WatchedResource("pods", "", lambda api: CoreV1Api(api).list_pod_for_all_n
 REPLICASETS = WatchedResource(
     "replicasets", "apps", lambda api: AppsV1Api(api).list_replica_set_for_all_namespaces
 )
-NODES = WatchedResource("nodes", "", lambda api: CoreV1Api(api).list_node)
-SERVICES = WatchedResource("services", "", lambda api: CoreV1Api(api).list_service_for_all_namespaces)
 
 
 @dataclass(slots=True)
@@ -335,9 +333,9 @@ class ResourceInformer:
 
 
 class KubeMetadataSource:
-    """The four informers of one agent feeding one KubeMetadataStore.
+    """The informers of one agent (pods, replicasets) feeding one KubeMetadataStore.
 
-    ``node_name`` restricts pods (and nodes) to one node, as a DaemonSet should.
+    ``node_name`` restricts pods to one node, as a DaemonSet should.
     ``synced`` is set once every informer has listed (or been refused by RBAC).
     See the module docstring for the load this puts on the API server.
     """
@@ -380,8 +378,6 @@ class KubeMetadataSource:
         ] = [
             (PODS, store.pods_listed, store.pod_event, f"spec.nodeName={node}" if node else None),
             (REPLICASETS, store.replicasets_listed, store.replicaset_event, None),
-            (NODES, store.nodes_listed, store.node_event, f"metadata.name={node}" if node else None),
-            (SERVICES, store.services_listed, store.service_event, None),
         ]
         return [
             ResourceInformer(

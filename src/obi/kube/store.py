@@ -1,8 +1,7 @@
 """In-memory Kubernetes state fed by informer events: container id -> ContainerMeta in O(1).
 
 Objects arrive as the API's JSON (dicts). Only what decoration needs is kept:
-pods (by uid, with their containers), ReplicaSet -> Deployment names, node
-names and addresses, service cluster IPs.
+pods (by uid, with their containers) and ReplicaSet -> Deployment names.
 """
 
 from __future__ import annotations
@@ -35,19 +34,6 @@ _KNOWN_KINDS = {
 }
 
 DELETED = "DELETED"
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    name: str
-    addresses: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceInfo:
-    namespace: str
-    name: str
-    cluster_ips: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -117,7 +103,7 @@ def _pod_containers(status: JsonObject) -> dict[str, str]:
 
 
 class KubeMetadataStore:
-    """Pods, ReplicaSets, nodes and services as the informers announce them.
+    """Pods and ReplicaSets as the informers announce them.
 
     Lookups are dictionary reads. Listeners hear, synchronously, of every container
     that becomes known or whose metadata changes (an update of its pod, or its
@@ -131,9 +117,6 @@ class KubeMetadataStore:
         # (namespace, ReplicaSet name) -> Deployment name ("" for a ReplicaSet without one).
         self._replicasets: dict[tuple[str, str], str] = {}
         self._pods_by_replicaset: dict[tuple[str, str], set[str]] = {}
-        self._nodes: dict[str, NodeInfo] = {}
-        self._services: dict[tuple[str, str], ServiceInfo] = {}
-        self._service_by_ip: dict[str, ServiceInfo] = {}
         self._listeners: list[ContainerListener] = []
 
     # --- lookups -------------------------------------------------------------------------
@@ -149,12 +132,6 @@ class KubeMetadataStore:
     def containers(self) -> Iterator[ContainerMeta]:
         """Every known container (a snapshot: safe to mutate the store while iterating)."""
         return iter(list(self._containers.values()))
-
-    def node(self, name: str) -> NodeInfo | None:
-        return self._nodes.get(name)
-
-    def service_by_ip(self, ip: str) -> ServiceInfo | None:
-        return self._service_by_ip.get(ip)
 
     def subscribe(self, listener: ContainerListener) -> Callable[[], None]:
         """Call ``listener`` for each container that becomes known or changes; returns an unsubscribe."""
@@ -345,52 +322,6 @@ class KubeMetadataStore:
             record.meta = replace(pod, owners=owners, top_owner_kind=top_kind, top_owner_name=top_name)
             self._index_containers(record)
 
-    # --- nodes and services --------------------------------------------------------------
-
-    def node_event(self, event_type: str, obj: JsonObject) -> None:
-        name = str(_metadata(obj).get("name", ""))
-        if event_type == DELETED:
-            self._nodes.pop(name, None)
-        elif name:
-            self._nodes[name] = self._node_info(name, obj)
-
-    def nodes_listed(self, items: Iterable[JsonObject]) -> None:
-        self._nodes = {}
-        for obj in items:
-            self.node_event("ADDED", obj)
-
-    @staticmethod
-    def _node_info(name: str, obj: JsonObject) -> NodeInfo:
-        status = obj.get("status")
-        addresses = _list(status.get("addresses")) if isinstance(status, Mapping) else []
-        return NodeInfo(name, tuple(str(a.get("address", "")) for a in addresses if a.get("address")))
-
-    def service_event(self, event_type: str, obj: JsonObject) -> None:
-        metadata = _metadata(obj)
-        key = (str(metadata.get("namespace", "")), str(metadata.get("name", "")))
-        previous = self._services.pop(key, None)
-        if previous is not None:
-            for ip in previous.cluster_ips:
-                if self._service_by_ip.get(ip) is previous:
-                    del self._service_by_ip[ip]
-        if event_type == DELETED:
-            return
-        spec = obj.get("spec")
-        ips: tuple[str, ...] = ()
-        if isinstance(spec, Mapping):
-            raw = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
-            ips = tuple(str(ip) for ip in raw if ip and ip != "None")
-        service = ServiceInfo(key[0], key[1], ips)
-        self._services[key] = service
-        for ip in ips:
-            self._service_by_ip[ip] = service
-
-    def services_listed(self, items: Iterable[JsonObject]) -> None:
-        self._services = {}
-        self._service_by_ip = {}
-        for obj in items:
-            self.service_event("ADDED", obj)
-
     @property
     def counts(self) -> dict[str, int]:
         """Sizes of the state, for internal metrics and tests."""
@@ -398,6 +329,4 @@ class KubeMetadataStore:
             "pods": len(self._pods),
             "containers": len(self._containers),
             "replicasets": len(self._replicasets),
-            "nodes": len(self._nodes),
-            "services": len(self._services),
         }
