@@ -30,7 +30,8 @@ def compile_bpf_objects(out_dir: Path) -> None:
     for source in sorted((ROOT / "bpf").glob("*.bpf.c")):
         target = out_dir / source.name.replace(".bpf.c", ".bpf.o")
         cmd = [
-            clang, "-O2", "-g", "-target", "bpf", f"-D__TARGET_ARCH_{arch}",
+            # -mcpu=v3: 32-bit jumps and the atomic and/or the slot bitmap uses (Linux 5.12+)
+            clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3", f"-D__TARGET_ARCH_{arch}",
             "-Wall", "-Werror",
             "-I", str(ROOT / "vmlinux"), "-I", str(ROOT / "bpf"),
             "-c", str(source), "-o", str(target),

@@ -6,12 +6,19 @@ on an absolute time:
      obi's CPU time per request; events lost; obi's peak RSS.
   2. a sustained paced load (default 5,000 requests/s for 30 s): events lost,
      spans built and exported against the requests wrk completed.
-obi exports traces and metrics over OTLP/gRPC to a receiver in another process.
+Both runs also print the kernel side's cost: BPF run time per request of
+obi's programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt, most of it
+in nginx's own syscalls), and the bytes each ring record carried.
+obi's capture follows both roles of every connection of the process it
+traces (here nginx serves, so its exchanges are server ones). obi exports
+traces and metrics over OTLP/gRPC to a receiver in another process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import subprocess
@@ -41,6 +48,52 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Any:
+    """kernel.bpf_stats_enabled on for the duration (restored after)."""
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = path.read_text().strip()
+    path.write_text("1\n")
+    try:
+        yield
+    finally:
+        path.write_text(before + "\n")
+
+
+def held_program_ids(pid: int) -> set[int]:
+    """Ids of the BPF programs a process holds (its program and link fds, from /proc/PID/fdinfo)."""
+    ids: set[int] = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                if line.startswith("prog_id:"):
+                    ids.add(int(line.split()[1]))
+    return ids
+
+
+def bpf_run_time(agent_pid: int) -> dict[str, tuple[int, int]]:
+    """name -> (run_time_ns, run_cnt) of the BPF programs the agent holds."""
+    held = held_program_ids(agent_pid)
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
+    found: dict[str, tuple[int, int]] = {}
+    for prog in json.loads(out or "[]"):
+        if prog.get("id") in held:
+            name = prog.get("name", "?")
+            time_ns, count = found.get(name, (0, 0))
+            found[name] = (time_ns + prog.get("run_time_ns", 0), count + prog.get("run_cnt", 0))
+    return found
+
+
+def bpf_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, int]:
+    return {name: after[name][0] - before.get(name, (0, 0))[0] for name in after}
+
+
+def print_bpf(delta: dict[str, int], requests: int) -> None:
+    per = {name: time_ns / max(requests, 1) for name, time_ns in delta.items() if time_ns}
+    parts = ", ".join(f"{name} {ns:.0f} ns" for name, ns in sorted(per.items(), key=lambda i: -i[1]))
+    print(f"  BPF time per request       {sum(per.values()) / 1000:10.2f} us  ({parts})")
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[int, float]:
@@ -93,10 +146,13 @@ def main() -> int:
             agent = AgentProcess(agent_env(receiver_port, worker)).start()
             assert agent.proc is not None
             agent.wait_instrumented(worker)
-            cpu0 = cpu_seconds(agent.proc.pid)
-            obi_done, obi_rps = wrk(url, args.seconds, args.connections)
-            time.sleep(2)  # let the agent finish the tail of the run
-            cpu = cpu_seconds(agent.proc.pid) - cpu0
+            with bpf_stats():
+                cpu0 = cpu_seconds(agent.proc.pid)
+                bpf0 = bpf_run_time(agent.agent_pid())
+                obi_done, obi_rps = wrk(url, args.seconds, args.connections)
+                bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
+                time.sleep(2)  # let the agent finish the tail of the run
+                cpu = cpu_seconds(agent.proc.pid) - cpu0
             rss = peak_rss_mib(agent.proc.pid)
             agent.stop()
             unthrottled = stopped_stats(agent)
@@ -109,10 +165,13 @@ def main() -> int:
             agent = AgentProcess(agent_env(receiver_port, worker)).start()
             assert agent.proc is not None
             agent.wait_instrumented(worker)
-            cpu0 = cpu_seconds(agent.proc.pid)
-            paced_done, paced_rps = wrk(url, args.rate_seconds, conns, script)
-            time.sleep(2)
-            paced_cpu = cpu_seconds(agent.proc.pid) - cpu0
+            with bpf_stats():
+                cpu0 = cpu_seconds(agent.proc.pid)
+                bpf0 = bpf_run_time(agent.agent_pid())
+                paced_done, paced_rps = wrk(url, args.rate_seconds, conns, script)
+                paced_bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
+                time.sleep(2)
+                paced_cpu = cpu_seconds(agent.proc.pid) - cpu0
             paced_rss = peak_rss_mib(agent.proc.pid)
             agent.stop()
             paced = stopped_stats(agent)
@@ -131,6 +190,9 @@ def main() -> int:
     print(f"  spans exported             {unthrottled['spans_exported']:10d}"
           f"  (dropped at export queue: {unthrottled['spans_export_dropped']})")
     print(f"  obi peak RSS               {rss:10.1f} MiB")
+    print_bpf(bpf, obi_done)
+    ring_bytes = unthrottled["ring_bytes"] / max(unthrottled["ring_records"], 1)
+    print(f"  bytes per ring record      {ring_bytes:10.0f}")
     print(f"paced, target {args.rate}/s for {args.rate_seconds}s ({conns} connections):")
     print(f"  requests/s achieved        {paced_rps:10.0f}")
     print(f"  events lost (kernel)       {paced['events_lost']:10d}")
@@ -140,6 +202,8 @@ def main() -> int:
     print(f"  obi CPU per request        {1e6 * paced_cpu / max(paced_done, 1):10.1f} us"
           f"  ({100 * paced_cpu / args.rate_seconds:.0f}% of one core)")
     print(f"  obi peak RSS               {paced_rss:10.1f} MiB")
+    print_bpf(paced_bpf, paced_done)
+    print(f"  bytes per ring record      {paced['ring_bytes'] / max(paced['ring_records'], 1):10.0f}")
     return 0
 
 

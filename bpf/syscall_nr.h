@@ -21,6 +21,8 @@
 #define OBI_NR_sendmsg 46
 #define OBI_NR_recvmsg 47
 #define OBI_NR_accept4 288
+#define OBI_NR_shutdown 48
+#define OBI_NR_close_range 436
 #elif defined(__TARGET_ARCH_arm64)
 #define OBI_NR_close 57
 #define OBI_NR_read 63
@@ -35,6 +37,8 @@
 #define OBI_NR_sendmsg 211
 #define OBI_NR_recvmsg 212
 #define OBI_NR_accept4 242
+#define OBI_NR_shutdown 210
+#define OBI_NR_close_range 436
 #else
 #error "obi: unsupported target architecture"
 #endif

@@ -12,9 +12,9 @@
 
 #include "obi_shim.h"
 
-/* The kernel header's __u8... types for bpf/http.h. */
+/* The kernel header's __u8... types for bpf/capture.h. */
 #include <linux/types.h>
-#include "http.h"
+#include "capture.h"
 
 static int obi_print(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
@@ -66,15 +66,17 @@ int obi_set_rodata(struct bpf_object *obj, const char *name, const void *value, 
 static int obi_batch_add(void *ctx, void *data, size_t size)
 {
 	struct obi_batch *b = ctx;
+	uint32_t len = (uint32_t)size;
 
-	if (size != b->record_size) {
-		b->bad_size++;
+	if (size > b->max_record) {
+		b->oversized++;
 		return 0;
 	}
-	memcpy(b->buf + b->used, data, size);
-	b->used += size;
+	memcpy(b->buf + b->used, &len, sizeof(len));
+	memcpy(b->buf + b->used + sizeof(len), data, size);
+	b->used += sizeof(len) + size;
 	b->count++;
-	if (b->cap - b->used < b->record_size) {
+	if (b->cap - b->used < sizeof(len) + b->max_record) {
 		/* libbpf has consumed this record already: stop before the next. */
 		b->full = 1;
 		return -1;
@@ -94,7 +96,7 @@ int obi_ring_drain(struct ring_buffer *rb, struct obi_batch *batch)
 	batch->used = 0;
 	batch->count = 0;
 	batch->full = 0;
-	if (batch->cap < batch->record_size)
+	if (batch->cap < sizeof(uint32_t) + batch->max_record)
 		return -EINVAL;
 	err = ring_buffer__consume(rb);
 	if (err < 0 && !batch->full)
@@ -102,82 +104,26 @@ int obi_ring_drain(struct ring_buffer *rb, struct obi_batch *batch)
 	return (int)batch->count;
 }
 
-int obi_http_sweep_idle(int conns_fd, uint64_t now_ns, uint64_t idle_ns,
-			uint8_t *out, size_t max_events)
+int obi_run_program(int prog_fd)
 {
-	struct obi_conn_key key, next, *prev = NULL;
-	struct obi_conn_key *stale;
-	size_t n_stale = 0, cap = 256, n_out = 0, i;
-	uint8_t *value;
-	int value_size;
-	struct bpf_map_info info = {};
-	__u32 info_len = sizeof(info);
+	uint64_t args[1] = {0};
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .ctx_in = args, .ctx_size_in = sizeof(args));
+	int err = bpf_prog_test_run_opts(prog_fd, &opts);
 
-	if (bpf_obj_get_info_by_fd(conns_fd, &info, &info_len))
+	if (err)
 		return -errno;
-	value_size = (int)info.value_size;
-	if ((size_t)value_size < sizeof(struct obi_http_event))
-		return -EINVAL;
-	value = malloc((size_t)value_size);
-	stale = malloc(cap * sizeof(*stale));
-	if (!value || !stale) {
-		free(value);
-		free(stale);
-		return -ENOMEM;
-	}
-	while (bpf_map_get_next_key(conns_fd, prev, &next) == 0) {
-		key = next;
-		prev = &key;
-		if (bpf_map_lookup_elem(conns_fd, &key, value))
-			continue;
-		struct obi_http_event *ev = (struct obi_http_event *)value;
-		if (ev->state != OBI_HTTP_STATE_RESPONDING || now_ns < ev->end_ns + idle_ns)
-			continue;
-		if (n_stale == cap) {
-			struct obi_conn_key *grown = realloc(stale, 2 * cap * sizeof(*stale));
-			if (!grown)
-				break;
-			stale = grown;
-			cap *= 2;
-		}
-		stale[n_stale++] = key;
-	}
-	for (i = 0; i < n_stale && n_out < max_events; i++) {
-		struct obi_http_event *ev = (struct obi_http_event *)value;
-
-		if (bpf_map_lookup_elem(conns_fd, &stale[i], value))
-			continue;
-		if (ev->state != OBI_HTTP_STATE_RESPONDING || now_ns < ev->end_ns + idle_ns)
-			continue;
-		/* Reset rather than delete: the connection stays known. Only the
-		 * state byte changes, so a concurrent kernel update loses nothing
-		 * but this response, which it would end anyway. */
-		memcpy(out + n_out * sizeof(*ev), ev, sizeof(*ev));
-		n_out++;
-		ev->state = OBI_HTTP_STATE_IDLE;
-		bpf_map_update_elem(conns_fd, &stale[i], value, BPF_EXIST);
-	}
-	free(value);
-	free(stale);
-	return (int)n_out;
+	return (int)opts.retval;
 }
 
-int obi_http_forget_pid(int conns_fd, uint32_t pid)
+int obi_fill_queue(int map_fd, uint32_t n)
 {
-	struct obi_conn_key key, next, *prev = NULL;
-	int n = 0;
+	uint32_t i;
 
-	while (bpf_map_get_next_key(conns_fd, prev, &next) == 0) {
-		key = next;
-		prev = &key;
-		if (key.pid != pid)
-			continue;
-		if (bpf_map_delete_elem(conns_fd, &key) == 0)
-			n++;
-		/* The deleted key cannot lead the walk: start over. */
-		prev = NULL;
+	for (i = 0; i < n; i++) {
+		if (bpf_map_update_elem(map_fd, NULL, &i, BPF_ANY))
+			return i ? (int)i : -errno;
 	}
-	return n;
+	return (int)n;
 }
 
 int obi_read_percpu_counters(int map_fd, uint64_t *out, uint32_t n)

@@ -2,19 +2,20 @@
  *
  * Everything here exists because doing it per event from Python would cost a
  * call per event (ring draining), or because libbpf's API is variadic or
- * awkward through CFFI (the print callback, BTF datasec walking).
+ * awkward through CFFI (the print callback, BTF datasec walking, test runs).
  * Declarations are plain C so the CFFI build can cdef this header as is.
  */
 
-/* A contiguous batch of ring-buffer records of one fixed size. */
+/* A contiguous batch of ring-buffer records, each stored as a native-endian
+ * uint32_t length followed by the record's bytes. */
 struct obi_batch {
 	uint8_t *buf;
 	size_t cap;           /* bytes in buf */
-	size_t record_size;   /* size of every record */
+	size_t max_record;    /* largest record the ring can hold */
 	size_t used;          /* bytes filled by the last drain */
 	size_t count;         /* records in buf after the last drain */
-	int full;             /* the last drain stopped because buf was full */
-	uint64_t bad_size;    /* records of an unexpected size, dropped (counted) */
+	int full;             /* the last drain stopped because buf could not take another record */
+	uint64_t oversized;   /* records larger than max_record, dropped (counted) */
 };
 
 /* Routes libbpf's messages to the Python callback obi_libbpf_log. */
@@ -27,12 +28,12 @@ struct ring_buffer *obi_ring_new(int map_fd, struct obi_batch *batch);
 /* Copies pending records into batch->buf; returns records copied or -errno. */
 int obi_ring_drain(struct ring_buffer *rb, struct obi_batch *batch);
 
-/* Moves in-flight HTTP requests whose response has been idle for idle_ns
- * out of the connection map into out (max_events events); returns how many. */
-int obi_http_sweep_idle(int conns_fd, uint64_t now_ns, uint64_t idle_ns,
-			uint8_t *out, size_t max_events);
-/* Forgets every in-flight connection of pid; returns how many. */
-int obi_http_forget_pid(int conns_fd, uint32_t pid);
+/* Runs a raw_tp program once on this CPU (BPF_PROG_TEST_RUN); returns its
+ * return value or -errno. */
+int obi_run_program(int prog_fd);
+
+/* Pushes 0..n-1 into a queue map; returns how many went in, or -errno. */
+int obi_fill_queue(int map_fd, uint32_t n);
 
 /* Sums a per-CPU array of u64 counters into out[0..n). */
 int obi_read_percpu_counters(int map_fd, uint64_t *out, uint32_t n);

@@ -47,6 +47,10 @@ enum bpf_prog_type {
     BPF_PROG_TYPE_SYSCALL,
     ...
 };
+enum bpf_func_id {
+    BPF_FUNC_loop,
+    ...
+};
 enum bpf_map_type {
     BPF_MAP_TYPE_HASH,
     BPF_MAP_TYPE_RINGBUF,
@@ -65,6 +69,8 @@ int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
 bool bpf_program__autoload(const struct bpf_program *prog);
 int bpf_program__fd(const struct bpf_program *prog);
 struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category,
+                                                const char *tp_name);
 
 int bpf_link__fd(const struct bpf_link *link);
 int bpf_link__destroy(struct bpf_link *link);
@@ -86,6 +92,7 @@ int libbpf_num_possible_cpus(void);
 int libbpf_strerror(int err, char *buf, size_t size);
 int libbpf_probe_bpf_prog_type(enum bpf_prog_type prog_type, const void *opts);
 int libbpf_probe_bpf_map_type(enum bpf_map_type map_type, const void *opts);
+int libbpf_probe_bpf_helper(enum bpf_prog_type prog_type, int helper_id, const void *opts);
 
 extern "Python" void obi_libbpf_log(int level, const char *msg);
 """
@@ -109,7 +116,7 @@ def _shim_cdef() -> str:
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(LIBBPF_CDEF + _header_for_cdef(BPF / "http.h") + _shim_cdef())
+ffibuilder.cdef(LIBBPF_CDEF + _header_for_cdef(BPF / "capture.h") + _shim_cdef())
 
 ffibuilder.set_source(
     "obi.ebpf._libbpf_cffi",

@@ -25,14 +25,14 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _run_agent(config: object) -> int:
     from obi.config import Config
-    from obi.pipeline import Agent
+    from obi.pipeline import build_agent
 
     assert isinstance(config, Config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(config)
+    agent = build_agent(config)
     await agent.run(stop)
     return 0
 

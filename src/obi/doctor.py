@@ -67,15 +67,19 @@ def _probe_prog_types() -> list[Check]:
 
 
 def _probe_attach(hooks: str) -> Check:
-    """Loads and attaches the HTTP capture with the given hooks, then detaches."""
-    from obi.ebpf.http_tracer import HttpTracer, HttpTracerSettings
+    """Loads and attaches the TCP capture with the given hooks, then detaches."""
+    from obi.ebpf.capture import Capture, CaptureSettings
 
+    what = f"attach the TCP capture on {hooks}s"
     try:
-        with HttpTracer(HttpTracerSettings(syscall_hooks=hooks, ring_buffer_size=1 << 16)) as tracer:  # type: ignore[arg-type]
-            detail = f"attached {tracer.collection.link_count} programs ({tracer.hooks_detail})"
-        return Check(f"attach HTTP capture on {hooks}s", True, detail)
+        with Capture(CaptureSettings(syscall_hooks=hooks, ring_buffer_size=1 << 16,  # type: ignore[arg-type]
+                                     max_exchanges=64, max_connections=256)) as capture:
+            framing = "HTTP/1.x framing in the kernel" if capture.http_framing else (
+                "no HTTP/1.x framing in the kernel (bpf_loop needs Linux 5.17)")
+            detail = f"attached {capture.collection.link_count} programs ({capture.hooks_detail}; {framing})"
+        return Check(what, True, detail)
     except Exception as err:  # doctor reports every failure, whatever it is
-        return Check(f"attach HTTP capture on {hooks}s", False, str(err))
+        return Check(what, False, str(err))
 
 
 def _setting(value: int | None) -> str:

@@ -21,9 +21,9 @@ import yaml
 import obi
 from obi.config import Config, load_config
 from obi.config.values import parse_port_ranges
+from obi.discovery.selection import selection_from_config
 from obi.export.endpoints import resolve_otlp_target
 from obi.export.printer import TracePrinterMode
-from obi.pipeline import selection_from_config
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 IMAGE = "ghcr.io/obi-project/obi:0.1.0"

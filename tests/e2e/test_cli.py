@@ -35,8 +35,8 @@ def test_doctor_reports_this_kernel_and_passes() -> None:
     out = done.stdout
     for line in ("kernel ", "BTF ", "lockdown ", "tracefs ", "perf_event_paranoid ", "capabilities "):
         assert line in out
-    assert "[ok] attach HTTP capture on raw_tracepoints" in out
-    assert "[ok] attach HTTP capture on tracepoints" in out
+    assert "[ok] attach the TCP capture on raw_tracepoints" in out
+    assert "[ok] attach the TCP capture on tracepoints" in out
     assert "[ok] BPF ring buffer" in out
     assert out.rstrip().endswith("obi can run here")
 
@@ -61,7 +61,7 @@ def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_tracefs_is_left_as_it_was_found() -> None:
     before = tracefs_mounted()
     agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port())}).start()
-    started = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 5)
+    started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 5)
     assert started["hooks"] == "tracepoint"
     assert agent.stop() == 0
     assert tracefs_mounted() == before
@@ -70,8 +70,9 @@ def test_tracefs_is_left_as_it_was_found() -> None:
 def test_raw_tracepoints_when_asked() -> None:
     agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port()),
                           "OTEL_EBPF_BPF_SYSCALL_HOOKS": "raw_tracepoint"}).start()
-    started = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 5)
-    assert started["hooks"] == "raw_tracepoint" and started["programs"] == 2
+    started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 5)
+    # sys_enter and sys_exit, plus fork, exec, exit and TCP state changes
+    assert started["hooks"] == "raw_tracepoint" and started["programs"] == 6
     assert agent.stop() == 0
 
 
@@ -82,14 +83,14 @@ def test_without_privileges_doctor_and_agent_say_why() -> None:
                             text=True, timeout=60, env=base)
     assert doctor.returncode == 1
     assert "[NO] BPF ring buffer" in doctor.stdout
-    refused = "[NO] attach HTTP capture on raw_tracepoints: load http.bpf.o: Operation not permitted"
+    refused = "[NO] attach the TCP capture on raw_tracepoints: load capture.bpf.o: Operation not permitted"
     assert refused in doctor.stdout
     assert doctor.stdout.rstrip().endswith("obi cannot run here")
     env = {**base, "OTEL_EBPF_OPEN_PORT": "80", "OTEL_EBPF_LOG_LEVEL": "ERROR"}
     agent = subprocess.run([*no_caps, sys.executable, "-m", "obi.cli"], capture_output=True, text=True,
                            timeout=60, env=env)
     assert agent.returncode == 1
-    assert ("obi: load http.bpf.o: Operation not permitted: missing capabilities CAP_BPF (needed for: "
+    assert ("obi: load capture.bpf.o: Operation not permitted: missing capabilities CAP_BPF (needed for: "
             "BPF programs and maps), CAP_PERFMON (needed for: perf events and tracepoints) (`obi doctor` "
             "shows what this host allows)\n") in agent.stderr
     assert "Traceback" not in agent.stderr

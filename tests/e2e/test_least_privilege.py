@@ -99,7 +99,7 @@ def test_unprivileged_list_delivers_the_same_spans_as_privileged(
     assert unprivileged == privileged
 
     # Without tracefs and without the right to mount it: raw tracepoints.
-    attached = agent.wait_log(lambda e: e.get("event") == "http_capture_attached", 1)
+    attached = agent.wait_log(lambda e: e.get("event") == "capture_attached", 1)
     assert attached["hooks"] == "raw_tracepoint"
     assert agent.wait_log(lambda e: e.get("event") == "agent_started", 1)["hooks"] == "raw_tracepoint"
 

@@ -96,7 +96,7 @@ def test_sigkill_then_a_restarted_agent_attaches_cleanly() -> None:
             assert not ours & bpf_link_ids(), "links of the killed agent are still attached"
 
             with AgentProcess(env) as again:
-                attached = again.wait_log(lambda e: e.get("event") == "http_capture_attached", 5)
+                attached = again.wait_log(lambda e: e.get("event") == "capture_attached", 5)
                 assert attached["hooks"] == "tracepoint"  # tracefs, maybe left mounted, still works
                 again.wait_instrumented(app.pid)
                 get_all(port, ["/after-restart"])

@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 
 from obi.protocols.errors import ParseError
 from obi.protocols.http import (
+    METHODS,
     HttpRequestFacts,
     HttpResponseFacts,
     TraceParent,
+    parse_exchange,
     parse_request,
     parse_response,
     parse_traceparent,
@@ -96,6 +98,8 @@ def test_curl_get() -> None:
         content_length=None,
         body_size=0,
         traceparent=None,
+        header_len=len(CURL_GET),
+        end=len(CURL_GET),
     )
 
 
@@ -257,7 +261,8 @@ def test_request_split_at_every_offset(message: bytes) -> None:
 
 def test_nginx_response() -> None:
     facts = parse_response(NGINX_200, 615 + _header_len(NGINX_200))
-    assert facts == HttpResponseFacts(version="1.1", status_code=200, content_length=615, body_size=615)
+    assert facts == HttpResponseFacts(version="1.1", status_code=200, content_length=615, body_size=615,
+                                      header_len=_header_len(NGINX_200), end=_header_len(NGINX_200) + 615)
 
 
 def test_python_http_server_response() -> None:
@@ -371,10 +376,37 @@ def test_traceparent_invalid(value: str) -> None:
 _SWEEP = settings(max_examples=300, deadline=None)
 
 
+def _check_request(facts: HttpRequestFacts, data: bytes) -> None:
+    """What every parsed request must satisfy, whatever the bytes."""
+    assert facts.method in METHODS and data.startswith(facts.method.encode() + b" ")
+    assert facts.target and facts.path and "?" not in facts.path
+    assert facts.version in ("1.0", "1.1")
+    assert facts.body_size >= 0
+    assert facts.content_length is None or facts.content_length >= 0
+    assert facts.header_len == -1 or 0 < facts.header_len <= len(data)
+    assert facts.end == -1 or facts.end >= facts.header_len > 0
+
+
+def _check_response(facts: HttpResponseFacts, data: bytes) -> None:
+    assert 100 <= facts.status_code <= 599
+    assert data.startswith(b"HTTP/1." + facts.version[-1].encode() + b" %d" % facts.status_code)
+    assert facts.body_size >= 0
+    assert facts.content_length is None or facts.content_length >= 0
+    assert facts.header_len == -1 or 0 < facts.header_len <= len(data)
+
+
 def _parse_any(data: bytes, total_len: int) -> None:
-    for parse in (parse_request, parse_response):
-        with contextlib.suppress(ParseError):
-            parse(data, total_len)
+    with contextlib.suppress(ParseError):
+        _check_request(parse_request(data, total_len), data)
+    with contextlib.suppress(ParseError):
+        _check_response(parse_response(data, total_len), data)
+    with contextlib.suppress(ParseError):
+        pairs = parse_exchange(data, total_len, data, total_len)
+        assert pairs
+        for pair in pairs:
+            assert pair.request.method in METHODS and pair.request.body_size >= 0
+            if pair.response is not None:
+                assert 100 <= pair.response.status_code <= 599 and pair.response.body_size >= 0
 
 
 @_SWEEP
@@ -427,3 +459,56 @@ def test_plausible_prefixes_parse_or_raise_parse_error(prefix: bytes, rest: byte
 def test_traceparent_never_raises(value: str) -> None:
     parse_traceparent(value)
     parse_traceparent(VALID_TRACEPARENT[: len(value) % 56] + value)
+
+
+# ---- exchanges: what the kernel pairs --------------------------------------------
+
+
+def test_exchange_of_one_request_and_its_response() -> None:
+    (pair,) = parse_exchange(POST_JSON, len(POST_JSON), SERVER_ERROR_500, len(SERVER_ERROR_500))
+    assert (pair.request.method, pair.request.path, pair.request.body_size) == ("POST", "/api/users", 26)
+    assert pair.response is not None and (pair.response.status_code, pair.response.body_size) == (500, 21)
+
+
+def test_pipelined_requests_pair_with_their_responses_in_order() -> None:
+    requests = CURL_GET + POST_JSON + HTTP10_GET
+    responses = NGINX_200[: _header_len(NGINX_200)] + b"x" * 615 + SERVER_ERROR_500
+    pairs = parse_exchange(requests, len(requests), responses, len(responses))
+    assert [p.request.method for p in pairs] == ["GET", "POST", "GET"]
+    assert [p.response.status_code if p.response else None for p in pairs] == [200, 500, None]
+
+
+def test_interim_responses_are_skipped_and_head_has_no_body() -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+    (pair,) = parse_exchange(POST_JSON, len(POST_JSON), interim + SERVER_ERROR_500,
+                             len(interim) + len(SERVER_ERROR_500))
+    assert pair.response is not None and pair.response.status_code == 500
+    head = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked_head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    (pair,) = parse_exchange(head, len(head), chunked_head, len(chunked_head), len(chunked_head), -1)
+    assert pair.response is not None and pair.response.body_size == 0
+
+
+def test_kernel_framing_fills_in_what_the_capture_cut() -> None:
+    cut = NGINX_200[:40]  # Content-Length was beyond the capture
+    (pair,) = parse_exchange(CURL_GET, len(CURL_GET), cut, 1000, 385, 615)
+    assert pair.response is not None and (pair.response.content_length, pair.response.body_size) == (615, 615)
+    (pair,) = parse_exchange(CURL_GET, len(CURL_GET), cut, 1000, 385, -1)
+    assert pair.response is not None and pair.response.body_size == 615  # bytes after the kernel's header end
+
+
+def test_a_request_without_response() -> None:
+    (pair,) = parse_exchange(CURL_GET, len(CURL_GET), b"", 0)
+    assert pair.response is None
+
+
+@_SWEEP
+@given(st.lists(st.sampled_from(REQUESTS), min_size=1, max_size=5), st.data())
+def test_pipelined_sequences_keep_every_request_in_order(requests: list[bytes], data: st.DataObject) -> None:
+    joined = b"".join(requests)
+    cut = data.draw(st.integers(min_value=len(requests[0]), max_value=len(joined)))
+    pairs = parse_exchange(joined[:cut], len(joined), b"", 0)
+    whole = sum(1 for i in range(len(requests)) if len(b"".join(requests[: i + 1])) <= cut)
+    assert whole <= len(pairs) <= len(requests)
+    expected = [parse_request(m, len(m)).method for m in requests[:whole]]
+    assert [p.request.method for p in pairs[:whole]] == expected

@@ -171,8 +171,11 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.routes.unmatched == "heuristic"
     assert config.ebpf.syscall_hooks == "auto"
     assert config.ebpf.ring_buffer_size == 16 * 1024 * 1024
-    assert config.ebpf.request_capture_bytes == 512
-    assert config.ebpf.response_capture_bytes == 256
+    assert config.ebpf.request_capture_bytes == 4096
+    assert config.ebpf.response_capture_bytes == 512
+    assert config.ebpf.http_request_timeout == 0.0  # OBI's default: never
+    assert config.ebpf.response_idle_timeout == 1.0
+    assert (config.ebpf.max_connections, config.ebpf.max_inflight_requests) == (65536, 2048)
     assert config.ebpf.pid_filter_max == 4096
     assert config.attributes.kubernetes.enable == "false"
     assert config.discovery.default_exclude_instrument == DEFAULT_EXCLUDE_INSTRUMENT
@@ -380,6 +383,9 @@ ebpf:
   request_capture_bytes: 1024
   response_capture_bytes: 128
   pid_filter_max: 100
+  response_idle_timeout: 250ms
+  max_connections: 1000
+  max_inflight_requests: 64
 attributes:
   kubernetes:
     enable: true
@@ -401,6 +407,7 @@ attributes:
         1024,
         128,
     )
+    assert (ebpf.response_idle_timeout, ebpf.max_connections, ebpf.max_inflight_requests) == (0.25, 1000, 64)
     kube = config.attributes.kubernetes
     assert (kube.enable, kube.kubeconfig_path, kube.cluster_name) == ("true", "/k", "c1")
     assert kube.informers_sync_timeout == 60.0 and kube.meta_restrict_local_node
@@ -598,8 +605,10 @@ def test_bad_values(tmp_path: Path) -> None:
     assert "protocol" in env_error(OTEL_EXPORTER_OTLP_PROTOCOL="http")
     assert "enforce_sys_caps: bad boolean" in yaml_error(tmp_path, "enforce_sys_caps: maybe\n")
     assert "not a power of two" in env_error(OTEL_EBPF_BPF_RING_BUFFER_SIZE="100000")
-    assert "above the maximum 1024" in yaml_error(tmp_path, "ebpf:\n  request_capture_bytes: 2048\n")
-    assert "above the maximum 256" in env_error(OTEL_EBPF_BPF_RESPONSE_CAPTURE_BYTES="512")
+    assert "above the maximum 4096" in yaml_error(tmp_path, "ebpf:\n  request_capture_bytes: 8192\n")
+    assert "above the maximum 1024" in env_error(OTEL_EBPF_BPF_RESPONSE_CAPTURE_BYTES="2048")
+    assert "below the minimum 16" in env_error(OTEL_EBPF_BPF_MAX_INFLIGHT_REQUESTS="4")
+    assert "response_idle_timeout" in yaml_error(tmp_path, "ebpf:\n  response_idle_timeout: soon\n")
     assert "wildcard_char: must be a single character" in yaml_error(
         tmp_path, "routes:\n  wildcard_char: ab\n"
     )

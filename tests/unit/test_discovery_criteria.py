@@ -6,8 +6,8 @@ import pytest
 
 from obi.config import load_config
 from obi.discovery.criteria import ProcessFacts, Selection, Selector
+from obi.discovery.selection import selection_from_config
 from obi.globs import glob_to_regex
-from obi.pipeline import selection_from_config
 
 
 def facts(pid: int = 10, exe_path: str = "/usr/bin/app", ports: tuple[int, ...] = ()) -> ProcessFacts:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from obi.config import load_config
 from obi.discovery.criteria import KubeCriteria, KubeFacts, ProcessFacts, Selector
-from obi.pipeline import selection_from_config
+from obi.discovery.selection import selection_from_config
 
 SHOP = KubeFacts(namespace="shop", pod_name="cart-7d9f-abcde", container_name="cart",
                  owners={"replicaset": "cart-7d9f", "deployment": "cart"},

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from obi.export.batch import BatchingExporter
-from obi.traces.model import HttpSpan
+from obi.traces.model import HttpSpan, Span
 from tests.unit.test_export_encode import make_service, make_span
 
 
@@ -16,13 +16,13 @@ class RecordingSender:
     """Accepts (or refuses) batches and remembers them."""
 
     def __init__(self, accept: bool = True, delay_s: float = 0.0) -> None:
-        self.batches: list[list[HttpSpan]] = []
+        self.batches: list[list[Span]] = []
         self.accept = accept
         self.delay_s = delay_s
         self.closed = False
         self.got_batch = asyncio.Event()
 
-    async def send(self, spans: Sequence[HttpSpan], timeout_s: float, interrupt: asyncio.Event) -> bool:
+    async def send(self, spans: Sequence[Span], timeout_s: float, interrupt: asyncio.Event) -> bool:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         self.batches.append(list(spans))
@@ -33,13 +33,13 @@ class RecordingSender:
         self.closed = True
 
 
-def spans(count: int, first: int = 0) -> list[HttpSpan]:
+def spans(count: int, first: int = 0) -> list[Span]:
     service = make_service()
     return [make_span(service, response_body_size=first + i) for i in range(count)]
 
 
-def ids(batch: list[HttpSpan]) -> list[int]:
-    return [s.response_body_size for s in batch]
+def ids(batch: list[Span]) -> list[int]:
+    return [s.response_body_size for s in batch if isinstance(s, HttpSpan)]
 
 
 @pytest.mark.asyncio

@@ -14,8 +14,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from obi import __version__
 from obi.export import encode
-from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, encode_spans, key_value, span_flags
-from obi.traces.model import HttpSpan, ServiceIdentity
+from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, key_value, span_flags
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan, ServiceIdentity
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")
@@ -53,9 +53,18 @@ def make_span(service: ServiceIdentity | None = None, **kw: Any) -> HttpSpan:
         trace_id=TRACE_ID,
         span_id=SPAN_ID,
         parent_span_id=PARENT_ID,
+        kind=SPAN_KIND_SERVER,
+        sampled=True,
+        exclude=0,
+        url_full="",
+        error_type="",
     )
     fields.update(kw)
     return HttpSpan(**fields)
+
+
+def encode_spans(spans: list[HttpSpan]) -> ExportTraceServiceRequest:
+    return TraceEncoder().encode(spans)
 
 
 def attrs(kvs: Any) -> dict[str, Any]:
@@ -125,6 +134,34 @@ def test_4xx_is_not_an_error_on_server_spans() -> None:
     assert encoded.status.code == Status.StatusCode.STATUS_CODE_UNSET
 
 
+def test_client_span_exact_fields() -> None:
+    span = make_span(kind=SPAN_KIND_CLIENT, route=None, status_code=404, parent_span_id=b"",
+                     server_address="backend", server_port=9000, url_full="http://backend:9000/items/42")
+    (encoded,) = encode_spans([span]).resource_spans[0].scope_spans[0].spans
+    assert encoded.kind == Span.SpanKind.SPAN_KIND_CLIENT
+    assert encoded.name == "GET"
+    assert encoded.status.code == Status.StatusCode.STATUS_CODE_ERROR  # a client's 4xx is an error (OBI)
+    assert attrs(encoded.attributes) == {
+        "http.request.method": ("string_value", "GET"),
+        "http.response.status_code": ("int_value", 404),
+        "url.scheme": ("string_value", "http"),
+        "server.address": ("string_value", "backend"),
+        "server.port": ("int_value", 9000),
+        "url.full": ("string_value", "http://backend:9000/items/42"),
+        "http.request.body.size": ("int_value", 0),
+        "http.response.body.size": ("int_value", 321),
+    }
+
+
+def test_request_without_response_has_error_type_and_no_status_code() -> None:
+    span = make_span(status_code=0, error_type="connection_closed", response_body_size=0)
+    (encoded,) = encode_spans([span]).resource_spans[0].scope_spans[0].spans
+    assert encoded.status.code == Status.StatusCode.STATUS_CODE_ERROR
+    found = attrs(encoded.attributes)
+    assert "http.response.status_code" not in found
+    assert found["error.type"] == ("string_value", "connection_closed")
+
+
 def test_spans_grouped_per_service_in_first_seen_order() -> None:
     api, web = make_service("api", 1), make_service("web", 2)
     spans = [
@@ -144,8 +181,8 @@ def test_encoder_caches_give_identical_output_and_follow_resource_changes() -> N
     encoder = TraceEncoder()
     spans = [make_span(service, path=f"/items/{i}", response_body_size=i) for i in range(50)]
     first = encoder.encode_bytes(spans)
+    assert first == official_request(spans)
     assert encoder.encode_bytes(spans) == first
-    assert ExportTraceServiceRequest.FromString(first) == encode_spans(spans)
     # Metadata arriving later changes the resource of the same identity.
     service.attributes["k8s.pod.name"] = "api-0"
     later = encoder.encode(spans[:1])
@@ -208,7 +245,10 @@ spans_strategy = st.builds(
     method=st.sampled_from(["GET", "POST"]),
     path=st.one_of(st.sampled_from(["/", "/items/42"]), st.text(min_size=1, max_size=300)),
     route=st.sampled_from([None, "", "/items/{id}", "/" + "r" * 200]),
-    status_code=st.sampled_from([200, 404, 499, 500, 503]),
+    status_code=st.sampled_from([0, 200, 404, 499, 500, 503]),
+    kind=st.sampled_from([SPAN_KIND_SERVER, SPAN_KIND_CLIENT]),
+    url_full=st.one_of(st.just("http://shop.local/items/42"), st.text(max_size=100)),
+    error_type=st.sampled_from(["", "timeout"]),
     request_body_size=st.integers(min_value=0, max_value=2**63 - 1),
     response_body_size=st.sampled_from([0, 13, 127, 128, 2**40]),
     server_address=st.sampled_from(["127.0.0.1", "shop.local"]),
@@ -230,7 +270,7 @@ def test_cached_encoding_is_byte_identical_to_the_official_classes(batches: list
 
 
 def test_full_caches_are_cleared_and_output_stays_identical(monkeypatch: pytest.MonkeyPatch) -> None:
-    for limit in ("SPAN_SHAPE_CACHE_LIMIT", "PATH_CACHE_LIMIT", "SIZE_CACHE_LIMIT"):
+    for limit in ("SPAN_SHAPE_CACHE_LIMIT", "VALUE_CACHE_LIMIT"):
         monkeypatch.setattr(encode, limit, 3)
     spans = [
         make_span(path=f"/items/{i % 5}", status_code=200 + i % 7, request_body_size=i % 4,
@@ -240,5 +280,5 @@ def test_full_caches_are_cleared_and_output_stays_identical(monkeypatch: pytest.
     encoder = TraceEncoder()
     for _ in range(2):
         assert encoder.encode_bytes(spans) == official_request(spans)
-    caches = (encoder._shapes, encoder._paths, encoder._request_sizes, encoder._response_sizes)
-    assert all(1 <= len(cache) <= 3 for cache in caches)
+    sizes = [len(encoder._shapes), *(len(cache) for cache in encoder._values.values())]
+    assert len(sizes) == 4 and all(1 <= size <= 3 for size in sizes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from obi.config import load_config
 from obi.discovery.criteria import ProcessFacts
-from obi.pipeline import selection_from_config
+from obi.discovery.selection import selection_from_config
 
 
 def facts(exe: str, ports: tuple[int, ...] = (), pid: int = 100) -> ProcessFacts:

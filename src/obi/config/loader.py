@@ -41,6 +41,7 @@ from obi.config.model import (
 )
 from obi.config.patterns import Glob, PathRegex
 from obi.config.values import PortRanges, quote
+from obi.ebpf._libbpf import lib
 from obi.export.endpoints import OtlpSignal, parse_otlp_protocol, resolve_otlp_target
 from obi.export.printer import TracePrinterMode
 from obi.traces.routes import UNMATCHED_MODES
@@ -61,8 +62,11 @@ KUBE_ENABLE: tuple[KubeEnable, ...] = get_args(KubeEnable)
 METRICS_FEATURES: tuple[MetricsFeature, ...] = get_args(MetricsFeature)
 
 # Kernel-side limits of obi's capture buffers (obi-only keys).
-REQUEST_CAPTURE_RANGE = (64, 1024)
-RESPONSE_CAPTURE_RANGE = (16, 256)
+# The capture buffers are sized in the kernel program (bpf/capture.h).
+REQUEST_CAPTURE_RANGE = (64, lib.OBI_REQ_CAPTURE_MAX)
+RESPONSE_CAPTURE_RANGE = (16, lib.OBI_RESP_CAPTURE_MAX)
+CONNECTIONS_RANGE = (64, 1 << 22)
+INFLIGHT_RANGE = (16, 1 << 16)
 RING_BUFFER_RANGE = (4096, 1 << 30)
 PID_FILTER_RANGE = (1, 1 << 20)
 
@@ -728,6 +732,21 @@ def _ebpf(node: _Node, env: _Environment) -> EbpfConfig:
             env.parse("OTEL_EBPF_BPF_PID_FILTER_MAX", lambda t: values.parse_int(t, *PID_FILTER_RANGE)),
             node.integer("pid_filter_max", *PID_FILTER_RANGE),
             default=defaults.pid_filter_max,
+        ),
+        response_idle_timeout=_pick(
+            env.parse("OTEL_EBPF_BPF_RESPONSE_IDLE_TIMEOUT", values.parse_duration),
+            node.duration("response_idle_timeout"),
+            default=defaults.response_idle_timeout,
+        ),
+        max_connections=_pick(
+            env.parse("OTEL_EBPF_BPF_MAX_CONNECTIONS", lambda t: values.parse_int(t, *CONNECTIONS_RANGE)),
+            node.integer("max_connections", *CONNECTIONS_RANGE),
+            default=defaults.max_connections,
+        ),
+        max_inflight_requests=_pick(
+            env.parse("OTEL_EBPF_BPF_MAX_INFLIGHT_REQUESTS", lambda t: values.parse_int(t, *INFLIGHT_RANGE)),
+            node.integer("max_inflight_requests", *INFLIGHT_RANGE),
+            default=defaults.max_inflight_requests,
         ),
     )
 

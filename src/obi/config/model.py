@@ -224,13 +224,19 @@ class EbpfConfig:
 
     wakeup_len: int = 0  # 0: unset (OBI's default); the ring reader picks its batching
     track_request_headers: bool = False
-    http_request_timeout: float = 0.0  # 0 disables request timeouts
+    # An HTTP request unanswered this long is reported with status 408 (OBI); 0: never.
+    http_request_timeout: float = 0.0
     # obi-only keys below.
     syscall_hooks: SyscallHooks = "auto"
     ring_buffer_size: int = 16 * 1024 * 1024
-    request_capture_bytes: int = 512
-    response_capture_bytes: int = 256
+    request_capture_bytes: int = 4096
+    response_capture_bytes: int = 512
     pid_filter_max: int = 4096
+    # A response the kernel cannot frame (not HTTP/1.x) is over once quiet this long; 0: only
+    # the next request or the connection's end close it.
+    response_idle_timeout: float = 1.0
+    max_connections: int = 65536  # TCP connections (and file descriptors) followed at once
+    max_inflight_requests: int = 2048  # exchanges in flight at once, each with its capture buffer
 
 
 @dataclass(frozen=True, slots=True)

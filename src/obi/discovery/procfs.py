@@ -199,6 +199,13 @@ class ProcfsScanner:
             for pid, stat in stats.items()
         }
 
+    def process(self, pid: int) -> ProcessFacts | None:
+        """One process without its ports (None when it is gone); safe from any thread."""
+        stat = self._read_stat(pid)
+        if stat is None or stat.is_kernel_thread:
+            return None
+        return ProcessFacts(pid=pid, start_time=stat.start_time, ppid=stat.ppid, exe_path=self._read_exe(pid))
+
     def _list_pids(self) -> list[int]:
         try:
             names = os.listdir(self._root)

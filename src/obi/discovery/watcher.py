@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -73,6 +74,10 @@ class ProcessWatcher:
         # An exec keeps the pid and start time but changes the executable or at least the
         # command line (python re-exec'ing python): to us it is a new process.
         self._selected: dict[int, tuple[int, str, bytes]] = {}
+        # Processes the kernel traces already (children of traced ones): the next scan
+        # records them as selected instead of deciding again.
+        self._adopted: set[int] = set()
+        self._lock = threading.Lock()  # _selected and _adopted: the scan thread and the loop
         self._identities: dict[int, ServiceIdentity] = {}
         self._stopping = asyncio.Event()
         self._log = structlog.get_logger().bind(component="discovery")
@@ -84,6 +89,47 @@ class ProcessWatcher:
     @property
     def instrumented_pids(self) -> frozenset[int]:
         return frozenset(self._identities)
+
+    def adopt(self, identity: ServiceIdentity) -> None:
+        """A process the kernel traces already (a traced process's child): selected as it is."""
+        with self._lock:
+            self._adopted.add(identity.pid)
+        self._identities[identity.pid] = identity
+
+    def forget(self, pid: int) -> None:
+        """A process that is no longer instrumented (it exited, or exec'd into something unselected)."""
+        with self._lock:
+            self._selected.pop(pid, None)
+            self._adopted.discard(pid)
+        self._identities.pop(pid, None)
+
+    def evaluate(self, pid: int, exe_hint: str = "") -> ServiceIdentity | None:
+        """Decides at once whether a process that just exec'd is selected, and marks it so.
+
+        Listening ports are not looked at (a fresh executable listens on nothing yet),
+        so this answers for executable, pid and Kubernetes criteria; a process that is
+        already gone is judged by exe_hint (the path the kernel saw it exec).
+        """
+        if pid == self._agent_pid:
+            return None
+        facts = self._scanner.process(pid)
+        if facts is None:
+            facts = ProcessFacts(pid=pid, start_time=0, ppid=0, exe_path=exe_hint)
+        elif not facts.exe_path:
+            facts = replace(facts, exe_path=exe_hint)
+        if self._kube_facts is not None:
+            facts = replace(facts, kube=self._kube_facts(pid, facts.start_time))
+        if not self._selection.matches(facts):
+            return None
+        if self._hostname is None:
+            self._hostname = socket.gethostname()
+        identity = build_identity(pid, proc_root=self._proc_root, exe_path=facts.exe_path,
+                                  hostname=self._hostname, start_time=facts.start_time)
+        if facts.start_time:
+            with self._lock:
+                self._selected[pid] = (facts.start_time, facts.exe_path, self._cmdline(pid))
+        self._identities[pid] = identity
+        return identity
 
     async def run(self, on_change: OnChange) -> None:
         """Scan until ``stop()``; callback errors propagate and end the watcher."""
@@ -131,26 +177,37 @@ class ProcessWatcher:
         if self._hostname is None:
             self._hostname = socket.gethostname()
         facts = self._scanner.scan()
+        with self._lock:
+            for pid in self._adopted:
+                if pid in facts:
+                    self._selected[pid] = (facts[pid].start_time, facts[pid].exe_path, self._cmdline(pid))
+            self._adopted.clear()
+            selected = dict(self._selected)
         removed = [
             pid
-            for pid, (start_time, exe_path, cmdline) in self._selected.items()
+            for pid, (start_time, exe_path, cmdline) in selected.items()
             if pid not in facts or facts[pid].start_time != start_time
             or (facts[pid].exe_path and facts[pid].exe_path != exe_path)
             or self._cmdline(pid) != cmdline
         ]
-        for pid in removed:
-            del self._selected[pid]
+        with self._lock:
+            for pid in removed:
+                self._selected.pop(pid, None)
+            selected = dict(self._selected)
         skipped = descendants(self._agent_pid, facts) if self._skip_agent_descendants else {self._agent_pid}
         added: list[ServiceIdentity] = []
         kube_facts = self._kube_facts
         for pid, fact in facts.items():
-            if pid in self._selected or pid in skipped:
+            if pid in selected or pid in skipped:
                 continue
             if kube_facts is not None:
                 fact = replace(fact, kube=kube_facts(pid, fact.start_time))
             if not self._selection.matches(fact):
                 continue
-            self._selected[pid] = (fact.start_time, fact.exe_path, self._cmdline(pid))
+            with self._lock:
+                if pid in self._selected:
+                    continue  # evaluated on an exec meanwhile
+                self._selected[pid] = (fact.start_time, fact.exe_path, self._cmdline(pid))
             added.append(
                 build_identity(
                     pid,

@@ -45,6 +45,8 @@ class BpfObjectSpec:
     max_entries: Mapping[str, int] = field(default_factory=dict)
     # Load only the programs whose function name starts with one of these; () loads all.
     program_prefixes: tuple[str, ...] = ()
+    # Loaded programs that attach_all leaves alone (attached by hand, or run by user space).
+    manual_programs: frozenset[str] = frozenset()
 
 
 class BpfCollection:
@@ -94,10 +96,24 @@ class BpfCollection:
     def loaded_programs(self) -> list[str]:
         return [name for name, prog in self._programs() if lib.bpf_program__autoload(prog)]
 
+    def program(self, name: str) -> Any:
+        for prog_name, prog in self._programs():
+            if prog_name == name:
+                return prog
+        raise KeyError(f"{self.spec.path.name} has no program {name}")
+
+    def program_fd(self, name: str) -> int:
+        return check(lib.bpf_program__fd(self.program(name)), f"program {name} fd")
+
+    def section_names(self) -> dict[str, str]:
+        """Section of every loaded program, by program name."""
+        return {name: ffi.string(lib.bpf_program__section_name(prog)).decode()
+                for name, prog in self._programs() if lib.bpf_program__autoload(prog)}
+
     def attach_all(self) -> int:
-        """Attaches every loaded program by its section; returns how many."""
+        """Attaches every loaded program by its section, but the manual ones; returns how many."""
         for name, prog in self._programs():
-            if not lib.bpf_program__autoload(prog):
+            if not lib.bpf_program__autoload(prog) or name in self.spec.manual_programs:
                 continue
             link = lib.bpf_program__attach(prog)
             if link == ffi.NULL:
@@ -105,6 +121,13 @@ class BpfCollection:
             self._links.append(link)
         self._log.debug("programs_attached", object=self.spec.path.name, links=len(self._links))
         return len(self._links)
+
+    def attach_tracepoint(self, name: str, category: str, tracepoint: str) -> None:
+        """Attaches a loaded program to one more classic tracepoint."""
+        link = lib.bpf_program__attach_tracepoint(self.program(name), category.encode(), tracepoint.encode())
+        if link == ffi.NULL:
+            raise BpfError(ffi.errno, f"attach {name} to {category}/{tracepoint}")
+        self._links.append(link)
 
     @property
     def link_count(self) -> int:

@@ -1,8 +1,9 @@
 """Ring buffer reader: drains a BPF ring buffer into one contiguous batch.
 
-The C shim copies every pending record into a buffer owned here; Python
-then walks the batch with a precompiled struct layout. There is no Python
-call per record and no wakeup per record (the kernel side batches them).
+The C shim copies every pending record into a buffer owned here, each after
+its length; Python then walks the batch with precompiled struct layouts.
+There is no Python call per record and no wakeup per record (the kernel
+side batches them).
 """
 
 from __future__ import annotations
@@ -54,15 +55,20 @@ def struct_layout(ctype: str, skip: frozenset[str] = frozenset()) -> tuple[struc
 
 
 class RingReader:
-    """Drains one BPF ring buffer of fixed-size records into a reusable batch."""
+    """Drains one BPF ring buffer into a reusable batch of length-prefixed records.
 
-    def __init__(self, map_fd: int, record_size: int, batch_records: int = 4096) -> None:
-        self.record_size = record_size
-        self._buf = ffi.new("uint8_t[]", record_size * batch_records)
+    In the batch every record is a native uint32 length followed by its bytes
+    (see obi_shim.h); records are as long as the kernel made them.
+    """
+
+    def __init__(self, map_fd: int, max_record: int, batch_bytes: int = 1 << 22) -> None:
+        self.max_record = max_record
+        cap = max(batch_bytes, 4 * (max_record + 4))
+        self._buf = ffi.new("uint8_t[]", cap)
         self._batch: Any = ffi.new("struct obi_batch *")
         self._batch.buf = self._buf
-        self._batch.cap = record_size * batch_records
-        self._batch.record_size = record_size
+        self._batch.cap = cap
+        self._batch.max_record = max_record
         self._view = ffi.buffer(self._buf)
         self._rb: Any = check_ptr(lib.obi_ring_new(map_fd, self._batch), "ring_buffer__new")
 
@@ -72,25 +78,25 @@ class RingReader:
         return check(lib.ring_buffer__epoll_fd(self._rb), "ring_buffer__epoll_fd")
 
     @property
-    def bad_size(self) -> int:
-        """Records dropped because their size was not record_size."""
-        return int(self._batch.bad_size)
+    def oversized(self) -> int:
+        """Records dropped because they were larger than max_record."""
+        return int(self._batch.oversized)
 
-    def drain_once(self) -> memoryview:
-        """One drain: a view of the records copied (valid until the next drain)."""
+    def drain_once(self) -> tuple[memoryview, int]:
+        """One drain: a view of the records copied (valid until the next drain), and their count."""
         if self._rb is None:
             raise BpfError(9, "ring buffer is closed")
         n = lib.obi_ring_drain(self._rb, self._batch)
         if n < 0:
             raise BpfError(-n, "ring_buffer__consume")
-        return memoryview(self._view)[: n * self.record_size]
+        return memoryview(self._view)[: self._batch.used], n
 
-    def drain(self) -> Iterator[bytes]:
-        """Copies of every pending batch, until the ring is empty."""
+    def drain(self) -> Iterator[tuple[bytes, int]]:
+        """Copies of every pending batch with their record counts, until the ring is empty."""
         while True:
-            view = self.drain_once()
-            if view.nbytes:
-                yield view.tobytes()
+            view, count = self.drain_once()
+            if count:
+                yield view.tobytes(), count
             if not self._batch.full:
                 return
 
@@ -105,3 +111,17 @@ class RingReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+RECORD_LENGTH = struct.Struct("=I")
+
+
+def split_records(batch: bytes) -> Iterator[bytes]:
+    """The records of a drained batch, each as its own bytes (tests and tools; the
+    per-event path walks the batch in place)."""
+    unpack, off, end = RECORD_LENGTH.unpack_from, 0, len(batch)
+    while off < end:
+        (size,) = unpack(batch, off)
+        off += 4
+        yield batch[off: off + size]
+        off += size

@@ -24,7 +24,7 @@ from obi.export.internal import MetricsSource
 from obi.export.otlp_grpc import GrpcTransport
 from obi.export.otlp_http import HttpTransport
 from obi.export.retry import AttemptResult, Outcome, RetryPolicy, send_with_retry
-from obi.traces.model import HttpSpan
+from obi.traces.model import Span
 
 DEFAULT_MAX_QUEUE_SIZE = 4096
 DEFAULT_MAX_EXPORT_BATCH_SIZE = 512
@@ -47,16 +47,17 @@ class OtlpTransport(Protocol):
 class SpanBatchSender(Protocol):
     """Delivers one batch of spans; True when the destination accepted it."""
 
-    async def send(self, spans: Sequence[HttpSpan], timeout_s: float, interrupt: asyncio.Event) -> bool: ...
+    async def send(self, spans: Sequence[Span], timeout_s: float, interrupt: asyncio.Event) -> bool: ...
 
     async def close(self) -> None: ...
 
 
-def make_transport(target: OtlpTarget, headers: Mapping[str, str]) -> OtlpTransport:
+def make_transport(target: OtlpTarget, headers: Mapping[str, str],
+                   insecure_skip_verify: bool = False) -> OtlpTransport:
     """The transport for a resolved target (gRPC or HTTP/protobuf)."""
     if target.is_grpc:
-        return GrpcTransport(target.endpoint, target.signal, headers, target.tls)
-    return HttpTransport(target.endpoint, headers)
+        return GrpcTransport(target.endpoint, target.signal, headers, target.tls, insecure_skip_verify)
+    return HttpTransport(target.endpoint, headers, insecure_skip_verify)
 
 
 class OtlpSender:
@@ -105,7 +106,7 @@ class OtlpTraceSender:
         self._sender = sender
         self._encoder = encoder or TraceEncoder()
 
-    async def send(self, spans: Sequence[HttpSpan], timeout_s: float, interrupt: asyncio.Event) -> bool:
+    async def send(self, spans: Sequence[Span], timeout_s: float, interrupt: asyncio.Event) -> bool:
         return await self._sender.send_bytes(self._encoder.encode_bytes(spans), timeout_s, interrupt)
 
     async def close(self) -> None:
@@ -127,7 +128,7 @@ class BatchingExporter:
         if max_queue_size < 1 or max_export_batch_size < 1:
             raise ValueError("max_queue_size and max_export_batch_size must be positive")
         self._sender = sender
-        self._queue: deque[HttpSpan] = deque(maxlen=max_queue_size)
+        self._queue: deque[Span] = deque(maxlen=max_queue_size)
         self._batch_size = min(max_export_batch_size, max_queue_size)
         self._batch_timeout_s = batch_timeout_s
         self._export_timeout_s = export_timeout_s
@@ -148,7 +149,7 @@ class BatchingExporter:
     def pending(self) -> int:
         return len(self._queue)
 
-    def offer(self, spans: Sequence[HttpSpan]) -> None:
+    def offer(self, spans: Sequence[Span]) -> None:
         """Queue spans without blocking; the oldest are dropped when the queue is full."""
         if self._stopping.is_set():
             self.dropped += len(spans)

@@ -1,4 +1,4 @@
-"""HttpSpan batches -> OTLP ExportTraceServiceRequest (opentelemetry-proto schema).
+"""Span batches -> OTLP ExportTraceServiceRequest (opentelemetry-proto schema).
 
 Spans are grouped by their shared ServiceIdentity into one ResourceSpans each.
 Resource and scope are built with the opentelemetry-proto classes and encoded
@@ -12,14 +12,14 @@ result byte for byte with the official classes' serialization.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
-from obi.traces.model import HttpSpan, ServiceIdentity
+from obi.traces.model import AttributeValue, ServiceIdentity, Span, SpanShape
 
 SCOPE_NAME = "go.opentelemetry.io/obi"
 
@@ -31,13 +31,8 @@ SPAN_FLAGS_CONTEXT_IS_REMOTE = 0x200
 
 # Bounds of the encoder's caches; a full cache is cleared and refills from live traffic.
 SPAN_SHAPE_CACHE_LIMIT = 4096
-PATH_CACHE_LIMIT = 4096
-SIZE_CACHE_LIMIT = 4096
+VALUE_CACHE_LIMIT = 4096  # per attribute key
 _RESOURCE_CACHE_LIMIT = 1024
-
-URL_PATH = "url.path"
-REQUEST_BODY_SIZE = "http.request.body.size"
-RESPONSE_BODY_SIZE = "http.response.body.size"
 
 # Wire-format tags (field number << 3 | wire type) of the fields written by hand.
 _TAG_TRACE_ID = b"\x0a"  # Span.trace_id = 1
@@ -140,9 +135,9 @@ class ResourceCache:
         return cached
 
 
-def group_by_service(spans: Iterable[HttpSpan]) -> list[tuple[ServiceIdentity, list[HttpSpan]]]:
+def group_by_service(spans: Iterable[Span]) -> list[tuple[ServiceIdentity, list[Span]]]:
     """Spans grouped by identity object, in first-seen order."""
-    groups: dict[int, tuple[ServiceIdentity, list[HttpSpan]]] = {}
+    groups: dict[int, tuple[ServiceIdentity, list[Span]]] = {}
     for span in spans:
         group = groups.get(id(span.service))
         if group is None:
@@ -151,8 +146,8 @@ def group_by_service(spans: Iterable[HttpSpan]) -> list[tuple[ServiceIdentity, l
     return list(groups.values())
 
 
-def span_flags(span: HttpSpan) -> int:
-    """W3C flags plus the is-remote bits: a server span's parent came over the wire."""
+def span_flags(span: Span) -> int:
+    """W3C flags plus the is-remote bits: a span's parent, when it has one, came over the wire."""
     flags = SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE
     if span.sampled:
         flags |= TRACE_FLAG_SAMPLED
@@ -168,37 +163,26 @@ _FLAGS_FIELDS = tuple(
     for sampled in (0, TRACE_FLAG_SAMPLED)
 )
 
-# (method, status_code, route, scheme, server_address, server_port, client_address,
-# protocol_version, kind): every span field a span's name, kind, status and
-# repeated attributes depend on.
-ShapeKey = tuple[str, int, str | None, str, str, int, str, str, int]
 
-
-class SpanShape(NamedTuple):
-    """Encoded pieces of a span shared by every span with the same ShapeKey.
-
-    In wire order they surround the varying fields: ids, then ``name_kind``,
-    times, ``before_path``, url.path, ``after_path``, body sizes, ``status``, flags.
-    """
+class EncodedShape(NamedTuple):
+    """Encoded pieces of a span shared by every span with the same shape key; in wire
+    order they surround the varying fields: ids, ``name_kind``, times, ``attributes``,
+    the varying attributes, ``status``, flags. ``varying`` pairs each varying attribute's
+    key with the cache of its encoded values."""
 
     name_kind: bytes
-    before_path: bytes
-    after_path: bytes
+    attributes: bytes
     status: bytes
+    varying: tuple[tuple[str, dict[AttributeValue, bytes]], ...]
 
 
-def span_shape(span: HttpSpan) -> SpanShape:
-    """The shared pieces of ``span``, encoded attribute by attribute in the model's order."""
-    attributes = span.attributes()
-    keys = list(attributes)
-    # The model's order: method, status, url.path, the repeated ones, the two body sizes.
-    assert keys[2] == URL_PATH and keys[-2:] == [REQUEST_BODY_SIZE, RESPONSE_BODY_SIZE], keys
-    fields = [attribute_field(key, value) for key, value in attributes.items()]
-    return SpanShape(
-        name_kind=_delimited(_TAG_NAME, span.name.encode()) + _TAG_KIND + varint(span.kind),
-        before_path=b"".join(fields[:2]),
-        after_path=b"".join(fields[3:-2]),
-        status=_STATUS_ERROR if span.is_error else b"",
+def encode_shape(shape: SpanShape, value_caches: dict[str, dict[AttributeValue, bytes]]) -> EncodedShape:
+    """The wire pieces of a shape, attribute by attribute in the model's order."""
+    return EncodedShape(
+        name_kind=_delimited(_TAG_NAME, shape.name.encode()) + _TAG_KIND + varint(shape.kind),
+        attributes=b"".join(attribute_field(key, value) for key, value in shape.attributes),
+        status=_STATUS_ERROR if shape.is_error else b"",
+        varying=tuple((key, value_caches.setdefault(key, {})) for key in shape.varying),
     )
 
 
@@ -206,23 +190,21 @@ class TraceEncoder:
     """Reusable encoder: keeps Resource, span-shape and attribute caches between batches.
 
     A span costs one lookup of its shape (name, kind, status and the attributes
-    that repeat across a service's requests), lookups of its url.path and body
-    size fields, and the bytes of its ids, times and flags.
+    that repeat across a service's requests: see obi.traces.model), one lookup
+    per varying attribute, and the bytes of its ids, times and flags.
     """
 
     def __init__(self, scope_name: str = SCOPE_NAME) -> None:
         scope = InstrumentationScope(name=scope_name).SerializeToString()
         self._scope_field = _delimited(_TAG_FIRST, scope)
         self._resources = ResourceCache()
-        self._shapes: dict[ShapeKey, SpanShape] = {}
-        self._paths: dict[str, bytes] = {}
-        self._request_sizes: dict[int, bytes] = {}
-        self._response_sizes: dict[int, bytes] = {}
+        self._shapes: dict[tuple[type, Hashable], EncodedShape] = {}
+        self._values: dict[str, dict[AttributeValue, bytes]] = {}
 
-    def encode(self, spans: Sequence[HttpSpan]) -> ExportTraceServiceRequest:
+    def encode(self, spans: Sequence[Span]) -> ExportTraceServiceRequest:
         return ExportTraceServiceRequest.FromString(self.encode_bytes(spans))
 
-    def encode_bytes(self, spans: Sequence[HttpSpan]) -> bytes:
+    def encode_bytes(self, spans: Sequence[Span]) -> bytes:
         """The serialized ExportTraceServiceRequest, ready to send."""
         parts: list[bytes] = []
         for service, group in group_by_service(spans):
@@ -233,41 +215,27 @@ class TraceEncoder:
             parts.append(_delimited(_TAG_FIRST, resource_spans))
         return b"".join(parts)
 
-    def _span_fields(self, spans: list[HttpSpan]) -> bytes:
+    def _span_fields(self, spans: list[Span]) -> bytes:
         """The ``spans`` entries of a ScopeSpans, one length-delimited Span each."""
-        shapes, paths = self._shapes, self._paths
-        request_sizes, response_sizes = self._request_sizes, self._response_sizes
+        shapes = self._shapes
         flags_fields, times, length = _FLAGS_FIELDS, _TIMES, _length
         out: list[bytes] = []
         for s in spans:
-            key: ShapeKey = (
-                s.method, s.status_code, s.route, s.scheme, s.server_address, s.server_port,
-                s.client_address, s.protocol_version, s.kind,
-            )  # fmt: skip
-            shape = shapes.get(key)
+            cls = type(s)
+            key = s.shape_key()
+            shape = shapes.get((cls, key))
             if shape is None:
                 if len(shapes) >= SPAN_SHAPE_CACHE_LIMIT:
                     shapes.clear()
-                shape = shapes[key] = span_shape(s)
-            path = paths.get(s.path)
-            if path is None:
-                if len(paths) >= PATH_CACHE_LIMIT:
-                    paths.clear()
-                path = paths[s.path] = attribute_field(URL_PATH, s.path)
-            request_size = request_sizes.get(s.request_body_size)
-            if request_size is None:
-                if len(request_sizes) >= SIZE_CACHE_LIMIT:
-                    request_sizes.clear()
-                request_size = request_sizes[s.request_body_size] = attribute_field(
-                    REQUEST_BODY_SIZE, s.request_body_size
-                )
-            response_size = response_sizes.get(s.response_body_size)
-            if response_size is None:
-                if len(response_sizes) >= SIZE_CACHE_LIMIT:
-                    response_sizes.clear()
-                response_size = response_sizes[s.response_body_size] = attribute_field(
-                    RESPONSE_BODY_SIZE, s.response_body_size
-                )
+                shape = shapes[(cls, key)] = encode_shape(cls.shape_of(key), self._values)
+            varying = []
+            for (name, cache), v in zip(shape.varying, s.varying_values()):  # noqa: B905 (hot loop)
+                encoded = cache.get(v)
+                if encoded is None:
+                    if len(cache) >= VALUE_CACHE_LIMIT:
+                        cache.clear()
+                    encoded = cache[v] = attribute_field(name, v)
+                varying.append(encoded)
             trace_id, span_id, parent_id = s.trace_id, s.span_id, s.parent_span_id
             if len(trace_id) == 16 and len(span_id) == 8 and len(parent_id) in (0, 8):
                 ids = _TRACE_ID_16 + trace_id + _SPAN_ID_8 + span_id
@@ -279,11 +247,8 @@ class TraceEncoder:
                 ids,
                 shape.name_kind,
                 times(0x39, s.start_ns, 0x41, s.end_ns),
-                shape.before_path,
-                path,
-                shape.after_path,
-                request_size,
-                response_size,
+                shape.attributes,
+                *varying,
                 shape.status,
                 flags_fields[(2 if parent_id else 0) + (1 if s.sampled else 0)],
             ))  # fmt: skip
@@ -299,8 +264,3 @@ def _ids_field(trace_id: bytes, span_id: bytes, parent_span_id: bytes) -> bytes:
     if parent_span_id:
         ids += _delimited(_TAG_PARENT_SPAN_ID, parent_span_id)
     return ids
-
-
-def encode_spans(spans: Sequence[HttpSpan]) -> ExportTraceServiceRequest:
-    """One ExportTraceServiceRequest for the spans (use a TraceEncoder on hot paths)."""
-    return TraceEncoder().encode(spans)

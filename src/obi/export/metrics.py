@@ -1,9 +1,10 @@
-"""RED metrics (rate, errors, duration) for HTTP servers, aggregated from every span.
+"""RED metrics (rate, errors, duration) aggregated from every span.
 
-Cumulative explicit-bucket histograms named as OBI names them:
-http.server.request.duration (s), http.server.request.body.size and
-http.server.response.body.size (By). The pipeline records every span before
-sampling, so sampling never changes these numbers.
+Cumulative explicit-bucket histograms named as OBI names them: for HTTP
+servers http.server.request.duration (s), http.server.request.body.size and
+http.server.response.body.size (By); for HTTP clients the http.client.*
+three. The pipeline records every span before sampling, so sampling never
+changes these numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import itertools
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -27,23 +29,61 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
+from obi.config.model import HistogramBuckets
 from obi.export.encode import SCOPE_NAME, key_value
-from obi.traces.model import HttpSpan, ServiceIdentity
+from obi.traces.model import EXCLUDE_METRICS, SPAN_KIND_SERVER, HttpSpan, ServiceIdentity, Span
 
-# OBI's defaults (OTel semantic-convention buckets for durations).
-DEFAULT_DURATION_BUCKETS: tuple[float, ...] = (
-    0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10,
-)  # fmt: skip
-DEFAULT_SIZE_BUCKETS: tuple[float, ...] = (0, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# OBI's defaults (OTel semantic-convention buckets for durations), from the configuration model.
+DEFAULT_DURATION_BUCKETS: tuple[float, ...] = HistogramBuckets().duration_histogram
+DEFAULT_SIZE_BUCKETS: tuple[float, ...] = HistogramBuckets().request_size_histogram
 
 HTTP_SERVER_REQUEST_DURATION = "http.server.request.duration"
 HTTP_SERVER_REQUEST_BODY_SIZE = "http.server.request.body.size"
 HTTP_SERVER_RESPONSE_BODY_SIZE = "http.server.response.body.size"
+HTTP_CLIENT_REQUEST_DURATION = "http.client.request.duration"
+HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size"
+HTTP_CLIENT_RESPONSE_BODY_SIZE = "http.client.response.body.size"
 
-# Default metric attributes, OBI's set for HTTP server metrics plus url.scheme:
-# (http.request.method, http.response.status_code, http.route, url.scheme,
-# server.address, server.port). http.route is left out when unset.
-SeriesKey = tuple[str, int, str | None, str, str, int]
+
+class MetricFamily(NamedTuple):
+    """The three histograms of one kind of span, and the attributes of their series."""
+
+    duration: tuple[str, str]  # name, description
+    request_size: tuple[str, str]
+    response_size: tuple[str, str]
+    attribute_names: tuple[str, ...]  # names of the series key's members; None values are left out
+
+
+# OBI's default attributes: method, status code, route (when set), server address and
+# port; obi's server series also carry url.scheme.
+HTTP_SERVER = MetricFamily(
+    (HTTP_SERVER_REQUEST_DURATION, "Duration of HTTP service calls from the server side"),
+    (HTTP_SERVER_REQUEST_BODY_SIZE, "Size of the HTTP request body as received at the server side"),
+    (HTTP_SERVER_RESPONSE_BODY_SIZE, "Size of the HTTP response body as sent by the server side"),
+    ("http.request.method", "http.response.status_code", "http.route", "url.scheme", "server.address",
+     "server.port"),
+)
+HTTP_CLIENT = MetricFamily(
+    (HTTP_CLIENT_REQUEST_DURATION, "Duration of HTTP service calls from the client side"),
+    (HTTP_CLIENT_REQUEST_BODY_SIZE, "Size of the HTTP request body as sent from the client side"),
+    (HTTP_CLIENT_RESPONSE_BODY_SIZE, "Size of the HTTP response body as received at the client side"),
+    ("http.request.method", "http.response.status_code", "http.route", "server.address", "server.port"),
+)
+
+SeriesKey = tuple[str | int | None, ...]
+
+
+def series_of(span: Span) -> tuple[MetricFamily, SeriesKey, int, int] | None:
+    """The family and series key of a span, with its request and response sizes."""
+    if isinstance(span, HttpSpan):
+        status = span.status_code or None  # no response: no status code attribute
+        if span.kind == SPAN_KIND_SERVER:
+            return HTTP_SERVER, (span.method, status, span.route, span.scheme, span.server_address,
+                                 span.server_port), span.request_body_size, span.response_body_size
+        return HTTP_CLIENT, (span.method, status, span.route, span.server_address, span.server_port), \
+            span.request_body_size, span.response_body_size
+    return None
+
 
 # A series stops being reported when it saw no request for this long (OBI's ttl).
 DEFAULT_SERIES_TTL_S = 300.0
@@ -86,11 +126,11 @@ class SeriesState:
 @dataclass(slots=True)
 class ServiceSeries:
     service: ServiceIdentity
-    series: dict[SeriesKey, SeriesState] = field(default_factory=dict)
+    series: dict[tuple[MetricFamily, SeriesKey], SeriesState] = field(default_factory=dict)
 
 
 class RedMetrics:
-    """Aggregates HTTP server RED metrics per service and attribute set."""
+    """Aggregates RED metrics per service, metric family and attribute set."""
 
     def __init__(
         self,
@@ -111,28 +151,26 @@ class RedMetrics:
     def series_count(self) -> int:
         return sum(len(s.series) for s in self._services.values())
 
-    def record(self, spans: Iterable[HttpSpan]) -> None:
+    def record(self, spans: Iterable[Span]) -> None:
         """Count every span (call before sampling)."""
         services = self._services
         duration_bounds = self._duration_bounds
         request_bounds = self._request_bounds
         response_bounds = self._response_bounds
         for span in spans:
+            if span.exclude & EXCLUDE_METRICS:
+                continue
+            found = series_of(span)
+            if found is None:
+                continue
+            family, key, request_size, response_size = found
             per_service = services.get(id(span.service))
             if per_service is None:
                 # Holding the identity keeps id() from being reused while cached.
                 per_service = services[id(span.service)] = ServiceSeries(span.service)
-            key: SeriesKey = (
-                span.method,
-                span.status_code,
-                span.route,
-                span.scheme,
-                span.server_address,
-                span.server_port,
-            )
-            state = per_service.series.get(key)
+            state = per_service.series.get((family, key))
             if state is None:
-                state = per_service.series[key] = SeriesState(
+                state = per_service.series[(family, key)] = SeriesState(
                     start_ns=span.end_ns,
                     last_ns=span.end_ns,
                     duration=HistogramState(len(duration_bounds) + 1),
@@ -142,8 +180,8 @@ class RedMetrics:
             elif span.end_ns > state.last_ns:
                 state.last_ns = span.end_ns
             state.duration.observe(duration_bounds, (span.end_ns - span.start_ns) / 1e9)
-            state.request_size.observe(request_bounds, span.request_body_size)
-            state.response_size.observe(response_bounds, span.response_body_size)
+            state.request_size.observe(request_bounds, request_size)
+            state.response_size.observe(response_bounds, response_size)
 
     def collect(self, now_ns: int) -> ExportMetricsServiceRequest:
         """Cumulative snapshot of every live series; expired series are dropped first."""
@@ -152,36 +190,22 @@ class RedMetrics:
         for per_service in self._services.values():
             if not per_service.series:
                 continue
-            durations: list[HistogramDataPoint] = []
-            requests: list[HistogramDataPoint] = []
-            responses: list[HistogramDataPoint] = []
-            for key, state in per_service.series.items():
-                attributes = _series_attributes(key)
+            points: dict[MetricFamily, tuple[list[HistogramDataPoint], list[HistogramDataPoint],
+                                             list[HistogramDataPoint]]] = {}
+            for (family, key), state in per_service.series.items():
+                durations, requests, responses = points.setdefault(family, ([], [], []))
+                attributes = [key_value(name, value) for name, value in zip(family.attribute_names, key,
+                                                                            strict=True) if value is not None]
                 durations.append(_point(attributes, state, state.duration, self._duration_bounds, now_ns))
                 requests.append(_point(attributes, state, state.request_size, self._request_bounds, now_ns))
                 responses.append(
                     _point(attributes, state, state.response_size, self._response_bounds, now_ns)
                 )
-            metrics = [
-                _histogram(
-                    HTTP_SERVER_REQUEST_DURATION,
-                    "s",
-                    "Duration of HTTP service calls from the server side",
-                    durations,
-                ),
-                _histogram(
-                    HTTP_SERVER_REQUEST_BODY_SIZE,
-                    "By",
-                    "Size of the HTTP request body as received at the server side",
-                    requests,
-                ),
-                _histogram(
-                    HTTP_SERVER_RESPONSE_BODY_SIZE,
-                    "By",
-                    "Size of the HTTP response body as sent by the server side",
-                    responses,
-                ),
-            ]
+            metrics = []
+            for family, (durations, requests, responses) in points.items():
+                metrics.append(_histogram(*family.duration, "s", durations))
+                metrics.append(_histogram(*family.request_size, "By", requests))
+                metrics.append(_histogram(*family.response_size, "By", responses))
             resource = Resource(
                 attributes=[key_value(k, v) for k, v in per_service.service.resource_attributes().items()]
             )
@@ -212,20 +236,6 @@ def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
     return bounds
 
 
-def _series_attributes(key: SeriesKey) -> list[KeyValue]:
-    method, status, route, scheme, server_address, server_port = key
-    attrs = [
-        key_value("http.request.method", method),
-        key_value("http.response.status_code", status),
-    ]
-    if route is not None:
-        attrs.append(key_value("http.route", route))
-    attrs.append(key_value("url.scheme", scheme))
-    attrs.append(key_value("server.address", server_address))
-    attrs.append(key_value("server.port", server_port))
-    return attrs
-
-
 def _point(
     attributes: list[KeyValue],
     series: SeriesState,
@@ -246,7 +256,7 @@ def _point(
     )
 
 
-def _histogram(name: str, unit: str, description: str, points: list[HistogramDataPoint]) -> Metric:
+def _histogram(name: str, description: str, unit: str, points: list[HistogramDataPoint]) -> Metric:
     return Metric(
         name=name,
         unit=unit,

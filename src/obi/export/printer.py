@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from obi.export.encode import span_flags
-from obi.traces.model import HttpSpan, ServiceIdentity
+from obi.traces.model import SPAN_KIND_SERVER, HttpSpan, ServiceIdentity, Span
 
 
 class TracePrinterMode(enum.StrEnum):
@@ -56,7 +56,7 @@ def _fraction(value: int, unit: int, digits: int) -> str:
     return f"{whole}.{frac:0{digits}d}".rstrip("0")
 
 
-def traceparent(span: HttpSpan) -> str:
+def traceparent(span: Span) -> str:
     """OBI's printer form: ``00-<trace>-<span>[<parent>]-<flags>``; empty without a trace id."""
     if not any(span.trace_id):
         return ""
@@ -72,16 +72,21 @@ def service_label(service: ServiceIdentity) -> str:
 
 
 def format_text(span: HttpSpan, tz: datetime.tzinfo | None = None) -> str:
-    """One line in OBI's text printer layout."""
+    """One line in OBI's text printer layout (the caller's side first, then the server's)."""
     start = datetime.datetime.fromtimestamp(span.start_ns / 1e9, tz)
     stamp = start.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     duration = go_duration(span.end_ns - span.start_ns)
     route = f"({span.route})" if span.route else ""
+    if span.kind == SPAN_KIND_SERVER:
+        caller = f"[{span.client_address} as {span.client_address}:{span.client_port}]"
+        callee = f"[{span.server_address} as {span.service.service_name}:{span.server_port}]"
+    else:
+        caller = f"[{span.client_address} as {span.service.service_name}:{span.client_port}]"
+        callee = f"[{span.server_address} as {span.server_address}:{span.server_port}]"
     return (
-        f"{stamp} ({duration}[{duration}]) HTTP {span.status_code} {span.method} "
+        f"{stamp} ({duration}[{duration}]) {span.type_name} {span.status_code} {span.method} "
         f"{span.path}{route} "
-        f"[{span.client_address} as {span.client_address}:{span.client_port}]->"
-        f"[{span.server_address} as {span.service.service_name}:{span.server_port}] "
+        f"{caller}->{callee} "
         f"contentLen:{span.request_body_size}B responseLen:{span.response_body_size}B "
         f"svc=[{service_label(span.service)} {span.service.sdk_language}] "
         f"traceparent=[{traceparent(span)}]"
@@ -91,8 +96,8 @@ def format_text(span: HttpSpan, tz: datetime.tzinfo | None = None) -> str:
 def span_json(span: HttpSpan) -> dict[str, object]:
     """A JSON-ready description of the span with OTel names."""
     return {
-        "type": "HTTP",
-        "kind": "SPAN_KIND_SERVER",
+        "type": span.type_name,
+        "kind": "SPAN_KIND_SERVER" if span.kind == SPAN_KIND_SERVER else "SPAN_KIND_CLIENT",
         "name": span.name,
         "traceId": span.trace_id.hex(),
         "spanId": span.span_id.hex(),
@@ -133,7 +138,7 @@ class TracePrinter:
     def count(self) -> int:
         return self._count
 
-    def print_spans(self, spans: Sequence[HttpSpan]) -> None:
+    def print_spans(self, spans: Sequence[Span]) -> None:
         mode = self.mode
         if mode is TracePrinterMode.DISABLED or not spans:
             return
@@ -144,12 +149,13 @@ class TracePrinter:
                 self._last_counter_print = now
                 self._print_counter()
             return
+        http = [s for s in spans if isinstance(s, HttpSpan)]
         if mode is TracePrinterMode.TEXT:
-            lines = [format_text(s, self._tz) for s in spans]
+            lines = [format_text(s, self._tz) for s in http]
         elif mode is TracePrinterMode.JSON:
-            lines = [json.dumps(span_json(s), separators=(",", ":")) for s in spans]
+            lines = [json.dumps(span_json(s), separators=(",", ":")) for s in http]
         else:
-            lines = [json.dumps(span_json(s), indent=1) for s in spans]
+            lines = [json.dumps(span_json(s), indent=1) for s in http]
         self._stream.write("\n".join(lines) + "\n")
         self._stream.flush()
 

@@ -27,13 +27,12 @@ class KubeDecorator:
     """Tracks which instrumented processes live in which container, and decorates them."""
 
     def __init__(self, store: KubeMetadataStore, cluster_name: str,
-                 identity_for: Callable[[int], ServiceIdentity | None],
                  after_decoration: Callable[[ServiceIdentity], None],
                  proc_root: str = "/proc") -> None:
         """`after_decoration` re-applies settings that outrank Kubernetes (obi's own overrides)."""
         self._store = store
         self._cluster_name = cluster_name
-        self._identity_for = identity_for
+        self._identities: dict[int, ServiceIdentity] = {}  # the processes tracked
         self._after = after_decoration
         self._proc_root = proc_root
         self._container_ids: dict[tuple[int, int], str | None] = {}  # (pid, start time) -> id
@@ -66,6 +65,7 @@ class KubeDecorator:
         cid = self.container_id(identity.pid, identity.start_time)
         if not cid:
             return
+        self._identities[identity.pid] = identity
         self._container_of[identity.pid] = cid
         self._pids_of_container.setdefault(cid, set()).add(identity.pid)
         meta = self._store.container(cid)
@@ -74,6 +74,7 @@ class KubeDecorator:
 
     def forget(self, pid: int) -> None:
         """A process exited."""
+        self._identities.pop(pid, None)
         cid = self._container_of.pop(pid, None)
         if cid is None:
             return
@@ -96,7 +97,7 @@ class KubeDecorator:
     def _on_container_meta(self, meta: ContainerMeta) -> None:
         """A pod was announced or changed: decorate the processes already in it."""
         for pid in self._pids_of_container.get(meta.container_id, ()):
-            identity = self._identity_for(pid)
+            identity = self._identities.get(pid)
             if identity is not None:
                 self._decorate(identity, meta)
                 self._log.info("process_decorated", pid=pid, pod=meta.pod.name,

@@ -8,16 +8,24 @@ per observed request; every malformed input raises ``ParseError`` and nothing el
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from obi.ebpf._libbpf import lib
+from obi.protocols.base import ROLE_SERVER, Connection, Exchange, IdGenerator, SpanStats
 from obi.protocols.errors import ParseError
+from obi.traces.model import EXCLUDE_METRICS, EXCLUDE_TRACES, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan
+from obi.traces.routes import RouteMatcher
 
 __all__ = [
+    "Http1",
+    "HttpPair",
     "HttpRequestFacts",
     "HttpResponseFacts",
     "ParseError",
     "TraceParent",
+    "parse_exchange",
     "parse_request",
     "parse_response",
     "parse_traceparent",
@@ -68,7 +76,10 @@ class HttpRequestFacts(NamedTuple):
     """What a request's first bytes say about it (a tuple: cheap to build per request).
 
     ``body_size`` is Content-Length when present, else the bytes read after the
-    header block when its end was captured, else 0.
+    header block when its end was captured, else 0. ``header_len`` is the length
+    of the header block with its blank line, -1 when its end was not captured;
+    ``end`` is where the message ends in the bytes (the next pipelined one
+    starts there), -1 when unknown.
     """
 
     method: str
@@ -79,15 +90,19 @@ class HttpRequestFacts(NamedTuple):
     content_length: int | None
     body_size: int
     traceparent: str | None
+    header_len: int
+    end: int
 
 
 class HttpResponseFacts(NamedTuple):
-    """What a response's first bytes say about it (``body_size`` as for requests)."""
+    """What a response's first bytes say about it (fields as for requests)."""
 
     version: str
     status_code: int
     content_length: int | None
     body_size: int
+    header_len: int
+    end: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +223,20 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
     path = target if target[0] == "/" and "?" not in target and "#" not in target else _path_of(target)
 
     if line_end < 0:
-        return _new_tuple(HttpRequestFacts, (method, target, path, version, None, None, 0, None))
+        return _new_tuple(HttpRequestFacts, (method, target, path, version, None, None, 0, None, -1, -1))
     raw, lowered, header_len = _header_block(data, line_end)
     host = _header_value(raw, lowered, _HOST)
     traceparent = _header_value(raw, lowered, _TRACEPARENT)
     start = lowered.find(_CONTENT_LENGTH)
     content_length = None if start < 0 else _content_length(raw, lowered, start)
+    if header_len < 0:
+        end = -1
+    elif content_length is not None:
+        end = header_len + content_length
+    elif _TRANSFER_ENCODING in lowered:
+        end = -1  # chunked: where it ends is in the body
+    else:
+        end = header_len  # a request without Content-Length or coding has no body
     return _new_tuple(HttpRequestFacts, (
         method,
         target,
@@ -223,6 +246,8 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
         content_length,
         _body_size(content_length, header_len, total_len),
         None if traceparent is None else _decode(traceparent),
+        header_len,
+        end,
     ))  # fmt: skip
 
 
@@ -248,15 +273,17 @@ def parse_response(data: bytes, total_len: int) -> HttpResponseFacts:
 
     line_end = data.find(_CRLF, 12)
     if line_end < 0:
-        return _new_tuple(HttpResponseFacts, (version, status_code, None, 0))
+        return _new_tuple(HttpResponseFacts, (version, status_code, None, 0, -1, -1))
     raw, lowered, header_len = _header_block(data, line_end)
     start = lowered.find(_CONTENT_LENGTH)
     content_length = None if start < 0 else _content_length(raw, lowered, start)
     if status_code < 200 or status_code in _BODYLESS_STATUS:
         body_size = 0
+        end = header_len
     else:
         body_size = _body_size(content_length, header_len, total_len)
-    return _new_tuple(HttpResponseFacts, (version, status_code, content_length, body_size))
+        end = -1 if header_len < 0 or content_length is None else header_len + content_length
+    return _new_tuple(HttpResponseFacts, (version, status_code, content_length, body_size, header_len, end))
 
 
 def _is_lower_hex(value: str) -> bool:
@@ -290,3 +317,218 @@ def parse_traceparent(value: str) -> TraceParent | None:
         parent_span_id=bytes.fromhex(span_id),
         sampled=bool(int(flags, 16) & 1),
     )
+
+
+# ---- exchanges and spans -----------------------------------------------------
+
+_MAX_PIPELINED = 64
+# Bodyless statuses end at their header block; 101 switches protocols.
+_INTERIM_MAX = 199
+_SWITCHING_PROTOCOLS = 101
+HOST_CACHE_LIMIT = 4096
+
+
+class HttpPair(NamedTuple):
+    """One request of an exchange and its response (None: no response came)."""
+
+    request: HttpRequestFacts
+    response: HttpResponseFacts | None
+
+
+def _more_requests(first: HttpRequestFacts, data: bytes, total_len: int) -> list[HttpRequestFacts]:
+    """first and every request pipelined after it in data."""
+    requests = [first]
+    off, end = 0, first.end
+    while end >= 0 and off + end < len(data) and len(requests) < _MAX_PIPELINED:
+        off += end
+        try:
+            facts = parse_request(data[off:], total_len - off)
+        except ParseError:
+            break
+        requests.append(facts)
+        end = facts.end
+    return requests
+
+
+def _split_responses(data: bytes, total_len: int) -> list[HttpResponseFacts]:
+    """The final responses in data, interim 1xx ones skipped."""
+    responses: list[HttpResponseFacts] = []
+    off = 0
+    while off < len(data) and len(responses) < _MAX_PIPELINED:
+        try:
+            facts = parse_response(data[off:], total_len - off)
+        except ParseError:
+            if not responses and off == 0:
+                raise
+            break
+        if facts.status_code > _INTERIM_MAX or facts.status_code == _SWITCHING_PROTOCOLS:
+            responses.append(facts)
+        if facts.end < 0:
+            break
+        off += facts.end
+    return responses
+
+
+def _framed_response(data: bytes, header_len: int, content_length: int,
+                     head: bool) -> HttpResponseFacts | None:
+    """The response from its status line alone, when the kernel framed it (length and headers
+    known); None when the status line does not say a final response."""
+    version = _VERSION_BY_TOKEN.get(data[:8])
+    status = _STATUS_BY_TOKEN.get(data[9:12]) if data[8:9] == b" " else None
+    if version is None or status is None or status < 200 or data[12:13] not in _AFTER_STATUS:
+        return None
+    body = 0 if head or status in _BODYLESS_STATUS else content_length
+    return _new_tuple(HttpResponseFacts,
+                      (version, status, content_length, body, header_len, header_len + body))
+
+
+def parse_exchange(
+    request: bytes, request_len: int, response: bytes, response_len: int,
+    kernel_header_len: int = -1, kernel_content_length: int = -1,
+) -> list[HttpPair]:
+    """Requests and responses of one exchange, paired in order.
+
+    The kernel's framing of the final response (its header length and
+    Content-Length, found beyond what was captured) gives the first response
+    its body size when the captured bytes do not; with both known, one
+    request's response needs no more than its status line.
+    """
+    first = parse_request(request, request_len)
+    end = first.end
+    requests = [first] if end < 0 or end >= len(request) else _more_requests(first, request, request_len)
+    if not response:
+        return [_new_tuple(HttpPair, (req, None)) for req in requests]
+    head = first.method == "HEAD"
+    if len(requests) == 1 and kernel_header_len > 0 and kernel_content_length >= 0:
+        framed = _framed_response(response, kernel_header_len, kernel_content_length, head)
+        if framed is not None:
+            return [_new_tuple(HttpPair, (first, framed))]
+    responses = _split_responses(response, response_len)
+    if responses:
+        found = responses[0]
+        if head:
+            responses[0] = found._replace(body_size=0)
+        elif found.content_length is None and found.status_code >= 200 and found.status_code not in (
+                _BODYLESS_STATUS):
+            if kernel_content_length >= 0:
+                responses[0] = found._replace(content_length=kernel_content_length,
+                                              body_size=kernel_content_length)
+            elif found.header_len < 0 and kernel_header_len > 0:
+                responses[0] = found._replace(body_size=max(0, response_len - kernel_header_len))
+    return [_new_tuple(HttpPair, (req, responses[i] if i < len(responses) else None))
+            for i, req in enumerate(requests)]
+
+
+def host_name(host: str) -> str:
+    """The host part of a Host header value (`h`, `h:80`, `[::1]:80`)."""
+    if host.startswith("["):
+        end = host.find("]")
+        return host[1:end] if end > 0 else host
+    return host.split(":", 1)[0] if host.count(":") == 1 else host
+
+
+def looks_like_request(data: bytes) -> bool:
+    """Whether data starts like an HTTP/1.x request line (a method and a space)."""
+    space = data.find(b" ", 0, 8)
+    return space > 0 and data[:space] in _METHOD_BY_TOKEN
+
+
+# error.type of a request that got no response, by why the kernel ended the exchange.
+_NO_RESPONSE_ERRORS = {
+    lib.OBI_END_EXIT: "process_exited",
+    lib.OBI_END_CLOSE: "connection_closed",
+    lib.OBI_END_TIMEOUT: "timeout",
+}
+_TIMEOUT_STATUS = 408  # OBI reports a request unanswered past ebpf.http_request_timeout with it
+IgnoreMode = str  # "all", "traces", "metrics" (routes.ignore_mode)
+_EXCLUDE_BY_MODE = {"all": EXCLUDE_TRACES | EXCLUDE_METRICS, "traces": EXCLUDE_TRACES,
+                    "metrics": EXCLUDE_METRICS}
+
+
+class Http1:
+    """HTTP/1.x: server spans of what an instrumented process served, client spans of
+    what it called, with OBI's names and attributes."""
+
+    name = "http"
+
+    def __init__(self, routes: RouteMatcher, ids: IdGenerator | None = None, stats: SpanStats | None = None,
+                 ignore_mode: IgnoreMode = "all", request_timeout_ns: int = 0) -> None:
+        self._routes = routes
+        self._ids = ids or IdGenerator()
+        self.stats = stats or SpanStats()
+        self._ignored_exclude = _EXCLUDE_BY_MODE[ignore_mode]
+        self._request_timeout_ns = request_timeout_ns
+        self._host_names: dict[str, str] = {}
+
+    def detect(self, exchange: Exchange) -> bool:
+        return exchange.kernel_http or looks_like_request(exchange.request)
+
+    def parse(self, exchange: Exchange) -> list[HttpPair]:
+        return parse_exchange(exchange.request, exchange.request_len, exchange.response,
+                              exchange.response_len, exchange.response_header_len,
+                              exchange.response_content_length)
+
+    def _host(self, host: str) -> str:
+        name = self._host_names.get(host)
+        if name is None:
+            if len(self._host_names) >= HOST_CACHE_LIMIT:
+                self._host_names.clear()
+            name = self._host_names[host] = host_name(host)
+        return name
+
+    def spans(self, facts: Sequence[HttpPair], exchange: Exchange, connection: Connection) -> list[HttpSpan]:
+        spans: list[HttpSpan] = []
+        server = exchange.role == ROLE_SERVER
+        routes, ids, stats = self._routes, self._ids, self.stats
+        for pair in facts:
+            req, resp = pair
+            if req.header_len < 0 and exchange.request_len > len(exchange.request):
+                stats.headers_truncated += 1
+            path = req.path
+            exclude = 0
+            if routes.has_ignored and routes.is_ignored(path):
+                exclude = self._ignored_exclude
+                stats.ignored_route += 1
+                if exclude == EXCLUDE_TRACES | EXCLUDE_METRICS:
+                    continue
+            end_ns = connection.end_ns
+            if resp is None:
+                stats.unanswered += 1
+                status, response_size = 0, 0
+                error = _NO_RESPONSE_ERRORS.get(exchange.end_reason, "no_response")
+                if exchange.end_reason == lib.OBI_END_TIMEOUT and self._request_timeout_ns:
+                    status, error = _TIMEOUT_STATUS, ""
+                    end_ns = connection.start_ns + self._request_timeout_ns
+            else:
+                status, response_size, error = resp.status_code, resp.body_size, ""
+            parent = parse_traceparent(req.traceparent) if req.traceparent else None
+            host = req.host
+            if server:
+                if parent is not None:
+                    trace_id, parent_id, sampled = parent.trace_id, parent.parent_span_id, parent.sampled
+                    span_id = ids.span_id()
+                else:
+                    (trace_id, span_id), parent_id, sampled = ids.root(), b"", True
+                spans.append(HttpSpan(
+                    connection.service, SPAN_KIND_SERVER, connection.start_ns, end_ns,
+                    trace_id, span_id, parent_id, sampled, exclude,
+                    req.method, path, routes.route_for(path), status, req.body_size, response_size, "http",
+                    req.version, self._host(host) if host else connection.local_address,
+                    connection.local_port, connection.peer_address, connection.peer_port, "", error,
+                ))  # fmt: skip
+            else:
+                if parent is not None:
+                    # the application wrote this request's context itself: it is the span's own
+                    trace_id, span_id, sampled = parent.trace_id, parent.parent_span_id, parent.sampled
+                else:
+                    (trace_id, span_id), sampled = ids.root(), True
+                authority = host or f"{connection.peer_address}:{connection.peer_port}"
+                spans.append(HttpSpan(
+                    connection.service, SPAN_KIND_CLIENT, connection.start_ns, end_ns,
+                    trace_id, span_id, b"", sampled, exclude,
+                    req.method, path, routes.pattern_for(path), status, req.body_size, response_size, "http",
+                    req.version, self._host(host) if host else connection.peer_address,
+                    connection.peer_port, connection.local_address, connection.local_port,
+                    f"http://{authority}{path}", error,
+                ))  # fmt: skip
+        return spans

@@ -1,8 +1,25 @@
-"""The records that flow through the pipeline: who served a request, and the span for it."""
+"""The records that flow through the pipeline: who served or made a request, and its span.
+
+One span model for every protocol: ``Span`` holds what all spans have (who,
+kind, times, trace context); a subclass per protocol adds its facts and says,
+in one place, the span's name, status and attributes. Exporters see spans only
+through that interface:
+
+- ``shape_key()``: a hashable tuple of every field the span's name, kind,
+  status and repeated attributes depend on; the class method
+  ``shape_of(key)`` builds them from the key alone, so an encoder may cache by
+  the key without any chance of the two drifting apart;
+- ``varying_values()``: the attributes that change from span to span (paths,
+  sizes), encoded after the repeated ones; their keys are part of the shape.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+AttributeValue = str | int
 
 
 @dataclass(slots=True)
@@ -44,20 +61,90 @@ class ServiceIdentity:
         return attrs
 
 
-SPAN_KIND_SERVER = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
+# opentelemetry.proto.trace.v1.Span.SpanKind
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
+
+# Span.exclude bits: where a span must not go (routes.ignored_patterns with ignore_mode).
+EXCLUDE_TRACES = 1
+EXCLUDE_METRICS = 2
+
+
+class SpanShape(NamedTuple):
+    """What a span's shape key stands for: name, kind, error status, repeated attributes,
+    and the keys of the attributes whose values vary from span to span."""
+
+    name: str
+    kind: int
+    is_error: bool
+    attributes: tuple[tuple[str, AttributeValue], ...]
+    varying: tuple[str, ...]
 
 
 @dataclass(slots=True)
-class HttpSpan:
-    """One HTTP request served by an instrumented process.
-
-    Times are nanoseconds since the Unix epoch. ``route`` is None when no
-    route pattern matched and the unmatched mode left it unset.
-    """
+class Span:
+    """What every span has. Times are nanoseconds since the Unix epoch; ids are
+    16 and 8 bytes, the parent id b"" for a root span."""
 
     service: ServiceIdentity
+    kind: int
     start_ns: int
     end_ns: int
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    sampled: bool
+    exclude: int  # EXCLUDE_* bits
+
+    @property
+    def type_name(self) -> str:
+        """OBI's name for the span's type ("HTTP", "HTTPClient", ...), for printers."""
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.shape_of(self.shape_key()).name
+
+    @property
+    def is_error(self) -> bool:
+        return self.shape_of(self.shape_key()).is_error
+
+    def shape_key(self) -> Hashable:
+        raise NotImplementedError
+
+    @classmethod
+    def shape_of(cls, key: Hashable) -> SpanShape:
+        raise NotImplementedError
+
+    def varying_values(self) -> tuple[AttributeValue, ...]:
+        raise NotImplementedError
+
+    def attributes(self) -> dict[str, AttributeValue]:
+        """Every span attribute, in encoding order (repeated ones, then varying ones)."""
+        shape = self.shape_of(self.shape_key())
+        attrs = dict(shape.attributes)
+        attrs.update(zip(shape.varying, self.varying_values(), strict=True))
+        return attrs
+
+
+_SERVER_VARYING = ("url.path", "http.request.body.size", "http.response.body.size")
+_CLIENT_VARYING = ("url.full", "http.request.body.size", "http.response.body.size")
+
+# (kind, method, status_code, route, scheme, server_address, server_port,
+#  client_address, protocol_version, error_type): everything an HTTP span's name,
+# status and repeated attributes depend on.
+HttpShapeKey = tuple[int, str, int, str | None, str, str, int, str, str, str]
+
+
+@dataclass(slots=True)
+class HttpSpan(Span):
+    """One HTTP/1.x request, served (SERVER) or made (CLIENT) by an instrumented process.
+
+    ``route`` is None when no route applies. ``status_code`` is 0 when no
+    response came (then ``error_type`` says why). ``url_full`` is for client
+    spans, ``client_address`` / ``client_port`` for server spans.
+    """
+
     method: str
     path: str
     route: str | None
@@ -70,35 +157,41 @@ class HttpSpan:
     server_port: int
     client_address: str
     client_port: int
-    trace_id: bytes  # 16 bytes
-    span_id: bytes  # 8 bytes
-    parent_span_id: bytes  # 8 bytes, or b"" for a root span
-    sampled: bool = True
-    kind: int = SPAN_KIND_SERVER
+    url_full: str
+    error_type: str
+
+    def shape_key(self) -> HttpShapeKey:
+        return (self.kind, self.method, self.status_code, self.route, self.scheme, self.server_address,
+                self.server_port, self.client_address, self.protocol_version, self.error_type)
+
+    @classmethod
+    def shape_of(cls, key: Hashable) -> SpanShape:
+        shape: HttpShapeKey = key  # type: ignore[assignment]
+        kind, method, status, route, scheme, server_address, server_port, client, version, error = shape
+        attrs: list[tuple[str, AttributeValue]] = [("http.request.method", method)]
+        if status:
+            attrs.append(("http.response.status_code", status))
+        if error:
+            attrs.append(("error.type", error))
+        if route is not None:
+            attrs.append(("http.route", route))
+        attrs.append(("url.scheme", scheme))
+        attrs.append(("server.address", server_address))
+        attrs.append(("server.port", server_port))
+        if kind == SPAN_KIND_SERVER:
+            attrs.append(("client.address", client))
+            attrs.append(("network.protocol.version", version))
+            is_error = not status or status >= 500  # OTel: a server's 4xx is the client's fault
+            varying = _SERVER_VARYING
+        else:
+            is_error = not status or status >= 400  # OBI's client rule
+            varying = _CLIENT_VARYING
+        return SpanShape(f"{method} {route}" if route else method, kind, is_error, tuple(attrs), varying)
+
+    def varying_values(self) -> tuple[AttributeValue, ...]:
+        where = self.path if self.kind == SPAN_KIND_SERVER else self.url_full
+        return (where, self.request_body_size, self.response_body_size)
 
     @property
-    def name(self) -> str:
-        return f"{self.method} {self.route}" if self.route else self.method
-
-    @property
-    def is_error(self) -> bool:
-        """Server spans are errors on 5xx only (OTel HTTP semantic conventions)."""
-        return self.status_code >= 500
-
-    def attributes(self) -> dict[str, str | int]:
-        """Span attributes with OTel HTTP semantic-convention names."""
-        attrs: dict[str, str | int] = {
-            "http.request.method": self.method,
-            "http.response.status_code": self.status_code,
-            "url.path": self.path,
-            "url.scheme": self.scheme,
-        }
-        if self.route is not None:
-            attrs["http.route"] = self.route
-        attrs["server.address"] = self.server_address
-        attrs["server.port"] = self.server_port
-        attrs["client.address"] = self.client_address
-        attrs["network.protocol.version"] = self.protocol_version
-        attrs["http.request.body.size"] = self.request_body_size
-        attrs["http.response.body.size"] = self.response_body_size
-        return attrs
+    def type_name(self) -> str:
+        return "HTTP" if self.kind == SPAN_KIND_SERVER else "HTTPClient"

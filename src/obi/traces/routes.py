@@ -216,6 +216,7 @@ class RouteMatcher:
         self._ignored = _compile(list(ignored_patterns))
         self._has_ignored = bool(ignored_patterns)
         self._routes: dict[str, str | None] = {}
+        self._patterns_only: dict[str, str | None] = {}
         self._ignored_paths: dict[str, bool] = {}
         self._words: set[str] = set()  # segments the heuristic kept: few, and repeated
 
@@ -230,6 +231,17 @@ class RouteMatcher:
         if len(self._routes) >= CACHE_LIMIT:
             self._routes.clear()
         self._routes[path] = route
+        return route
+
+    def pattern_for(self, path: str) -> str | None:
+        """The matching pattern as written, or None (no unmatched mode: for client spans)."""
+        cached = self._patterns_only.get(path, _MISS)
+        if cached is not _MISS:
+            return cached  # type: ignore[return-value]
+        route = _find(self._patterns, _tokens(path), 0)
+        if len(self._patterns_only) >= CACHE_LIMIT:
+            self._patterns_only.clear()
+        self._patterns_only[path] = route
         return route
 
     @property

@@ -1,0 +1,1371 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Protocol-neutral capture of the TCP conversations of traced processes.
+ *
+ * Every syscall of a traced process that moves bytes on a socket is seen at
+ * enter (arguments stashed per thread) and at exit (bytes known). Per
+ * connection (pid, fd) the bytes one side sends first (the request) and the
+ * bytes that come back (the response) are gathered in an exchange slot; when
+ * the exchange is over, the slot's header and only the bytes captured go to
+ * the ring buffer as one record.
+ *
+ * Roles: a connection the process accepted is a server connection (requests
+ * are read, responses written); one it connected is a client connection
+ * (requests written, responses read). A connection found mid-way (inherited,
+ * opened before obi started) takes its role from its first bytes.
+ *
+ * An exchange ends when its response is complete by its framing (HTTP/1.x:
+ * Content-Length, the chunked terminator, no body), when the requester sends
+ * again, when a server goes back to reading, or when the connection closes
+ * (close(), or any TCP close the kernel does, process exit included). What
+ * the kernel cannot frame ends after an idle time, and an unanswered HTTP
+ * request after ebpf.http_request_timeout: the sweep program, which user
+ * space runs every tick with one read(), walks the slots in the kernel.
+ *
+ * Two sets of syscall entry points share the logic: classic syscall
+ * tracepoints (tp_*, need tracefs) and raw_tracepoint sys_enter/sys_exit
+ * (raw_*, need nothing). Process and socket events (common_*) always use raw
+ * tracepoints. User space autoloads one syscall set.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#include "bounds.h"
+#include "capture.h"
+#include "http1.h"
+#include "syscall_nr.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define EINPROGRESS 115
+#define PF_EXITING 0x00000004
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+#define TCP_LAST_ACK 9
+#define MAX_PID_NS_LEVEL 8
+#define PATH_MAX_CAPTURE 256
+
+#define DATA_CHUNK 512
+#define DATA_OFF_MAX (OBI_REQ_CAPTURE_MAX + OBI_RESP_CAPTURE_MAX)
+#define DATA_SIZE (DATA_OFF_MAX + DATA_CHUNK)
+#define COPY_CHUNKS (OBI_REQ_CAPTURE_MAX / DATA_CHUNK)
+#define NO_SLOT 0xffffffff
+
+/* Set by user space between open and load. */
+const volatile __u32 req_capture_len = 4096;
+const volatile __u32 resp_capture_len = 512;
+const volatile __u64 wakeup_bytes = 1;  /* wake user space once this much data waits */
+const volatile __u64 pidns_dev = 0;     /* obi's pid namespace; 0 = the host's */
+const volatile __u64 pidns_ino = 0;
+const volatile __u32 trace_execs = 0;   /* trace every exec'd process until user space decides */
+const volatile __u32 use_bpf_loop = 0;  /* the kernel has bpf_loop (HTTP/1.x framing) */
+
+enum call_kind {
+	CALL_READ = 1,  /* buf, len */
+	CALL_READV,     /* iov, iovcnt */
+	CALL_RECVMSG,   /* msghdr */
+	CALL_WRITE,
+	CALL_WRITEV,
+	CALL_SENDMSG,
+	CALL_SENDFILE,  /* no buffer */
+	CALL_ACCEPT,
+	CALL_CONNECT,
+};
+
+enum conn_kind {
+	CONN_TCP = 1,
+	CONN_OTHER, /* not a TCP socket: remembered so that it is resolved once */
+	CONN_TLS,   /* TLS ciphertext: not captured from syscalls */
+};
+
+enum phase {
+	PHASE_REQUEST = 1,
+	PHASE_RESPONSE,
+	PHASE_COMPLETE, /* a server's response is complete; ends when it reads or the sweep runs */
+};
+
+enum framing {
+	FRAMING_UNKNOWN = 0, /* not HTTP, or not framed yet: idle timeout */
+	FRAMING_HEADERS,     /* HTTP status line seen, header block not ended yet */
+	FRAMING_LENGTH,      /* complete at `expected` bytes */
+	FRAMING_CHUNKED,     /* complete at the chunked terminator */
+	FRAMING_CLOSE,       /* complete when the connection closes */
+};
+
+/* Arguments of a syscall in progress, by host pid_tgid. */
+struct pending_call {
+	__u32 kind;
+	__u32 fd;
+	__u64 ptr;
+	__u64 count; /* iovcnt of readv/writev */
+	__u32 pid;   /* the caller in obi's pid namespace */
+	__u32 gen;   /* its pid_filter generation at enter */
+};
+
+/* What a file descriptor of a traced process is (value of `fds`). */
+struct fd_info {
+	__u64 sk;  /* struct sock * of a TCP socket (the key of `conns`), 0: not a TCP socket */
+	__u32 gen; /* the process's pid_filter gen when resolved; another gen: resolve again */
+	__u32 pad;
+};
+
+/* One TCP connection, whichever processes share it (value of `conns`, keyed by its sock). */
+struct conn {
+	__u32 slot;  /* the exchange in flight, or NO_SLOT */
+	__u8 kind;   /* enum conn_kind */
+	__u8 role;   /* OBI_ROLE_*, 0 until the first bytes of a connection found mid-way */
+	__u8 flags;  /* OBI_FLAG_ROLE_GUESSED */
+	__u8 shut;   /* the process shut its sending side down: FIN_WAIT1 is not a close */
+	__u16 family;
+	__u16 local_port;
+	__u16 peer_port;
+	__u16 pad2;
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+};
+
+struct slot_state {
+	__u64 sk;      /* the connection (key of `conns`) */
+	__u32 pad0;
+	__u8 busy;
+	__u8 phase;    /* enum phase */
+	__u8 framing;  /* enum framing */
+	__u8 interim;  /* the response so far is 1xx interim */
+	__u64 last_ns; /* last bytes moved */
+	__u64 expected;  /* FRAMING_LENGTH: resp_len at which the response is complete */
+	__u64 tail;      /* the last 8 response bytes (newest on top), for the chunked terminator */
+	__u32 segment;   /* resp_len where the current (pipelined) response began */
+	__u32 pad;
+};
+
+/* An exchange in flight: private state, then exactly the record that is emitted. */
+struct slot {
+	struct slot_state st;
+	struct obi_exchange ev;
+	__u8 data[DATA_SIZE];
+};
+
+struct scratch {
+	__u8 buf[HTTP1_SCAN_BUF];
+};
+
+struct process_record {
+	struct obi_process ev;
+	char path[PATH_MAX_CAPTURE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct obi_pid_info);
+	__uint(max_entries, 4096);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct pending_call);
+	__uint(max_entries, 16384);
+} pending_calls SEC(".maps");
+
+/* (pid, fd) -> what the fd is, resolved once from the fd table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct obi_conn_key);
+	__type(value, struct fd_info);
+	__uint(max_entries, 65536);
+} fds SEC(".maps");
+
+/* struct sock * -> the connection: a fork's child and its parent share it, and it
+ * ends when the socket closes, however that happens. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, struct conn);
+	__uint(max_entries, 65536);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct slot);
+	__uint(max_entries, 2048);
+} slots SEC(".maps");
+
+/* One bit per slot, set while it is in use: the sweep visits only those. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 32);
+} busy_words SEC(".maps");
+
+/* Indices of the unused slots; user space fills it before attaching. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__type(value, __u32);
+	__uint(max_entries, 2048);
+} free_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct scratch);
+	__uint(max_entries, 1);
+} scratch SEC(".maps");
+
+static __always_inline __u8 *http1_scratch(void)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+
+	return s ? s->buf : NULL;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct process_record);
+	__uint(max_entries, 1);
+} process_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, OBI_COUNTER_MAX);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct obi_sweep_ctl);
+	__uint(max_entries, 1);
+} sweep_ctl SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &slot);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u64 wakeup_flag(__u64 size)
+{
+	/* Wake user space once, when this record makes wakeup_bytes wait: not again
+	 * for every record after it while user space is busy (a wakeup costs more
+	 * than the record). Its timer drains whatever is left. */
+	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	return pending < wakeup_bytes && pending + size >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									   : BPF_RB_NO_WAKEUP;
+}
+
+/* The current process id as obi sees it. */
+static __always_inline int current_pid(__u32 *pid)
+{
+	if (pidns_ino) {
+		struct bpf_pidns_info ns = {};
+		if (bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+			return -1;
+		*pid = ns.tgid;
+	} else {
+		*pid = bpf_get_current_pid_tgid() >> 32;
+	}
+	return 0;
+}
+
+/* The pid filter entry of the current process, or NULL when it is not traced. */
+static __always_inline struct obi_pid_info *traced(__u32 *pid)
+{
+	if (current_pid(pid))
+		return NULL;
+	return bpf_map_lookup_elem(&pid_filter, pid);
+}
+
+/* A task's process id in obi's pid namespace (0 when it has none there). */
+static __always_inline __u32 task_pid_in_ns(struct task_struct *task)
+{
+	struct pid *p;
+	__u32 level;
+
+	if (!pidns_ino)
+		return BPF_CORE_READ(task, tgid);
+	p = BPF_CORE_READ(task, thread_pid);
+	if (!p)
+		return 0;
+	level = BPF_CORE_READ(p, level);
+	for (int i = 0; i < MAX_PID_NS_LEVEL; i++) {
+		struct upid upid = {};
+
+		if (i > level)
+			break;
+		if (bpf_core_read(&upid, sizeof(upid), &p->numbers[i]))
+			break;
+		if (upid.ns && BPF_CORE_READ(upid.ns, ns.inum) == pidns_ino)
+			return upid.nr;
+	}
+	return 0;
+}
+
+static __always_inline void emit_process(__u8 event, __u32 pid, __u32 parent, const char *path)
+{
+	__u32 zero = 0;
+	struct process_record *r = bpf_map_lookup_elem(&process_scratch, &zero);
+	__u64 size;
+	long n = 0;
+
+	if (!r)
+		return;
+	r->ev.kind = OBI_RECORD_PROCESS;
+	r->ev.event = event;
+	r->ev.pid = pid;
+	r->ev.parent = parent;
+	r->ev.pad = 0;
+	r->ev.ts_ns = bpf_ktime_get_ns();
+	if (path) {
+		n = bpf_probe_read_kernel_str(r->path, sizeof(r->path), path);
+		if (n > 0)
+			n -= 1; /* without the NUL */
+		else
+			n = 0;
+	}
+	r->ev.path_len = n;
+	size = sizeof(r->ev) + (__u64)n;
+	clamp_umax(size, sizeof(*r));
+	if (bpf_ringbuf_output(&events, r, size, wakeup_flag(size)))
+		count(OBI_COUNTER_PROCESS_EVENTS_LOST);
+}
+
+/* Resolves fd of the current task to its TCP socket, filling the addresses.
+ * Returns the struct sock * of a TCP socket, 0 for anything else. */
+static __always_inline __u64 read_socket(__u32 fd, struct conn *c)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *file = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	__u16 mode;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	c->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	c->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	c->peer_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (c->family == AF_INET) {
+		bpf_core_read(c->local_addr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(c->peer_addr, 4, &sk->__sk_common.skc_daddr);
+	} else if (c->family == AF_INET6) {
+		bpf_core_read(c->local_addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(c->peer_addr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else {
+		return 0;
+	}
+	return (__u64)sk;
+}
+
+static __always_inline struct slot *slot_at(__u32 idx)
+{
+	if (idx == NO_SLOT)
+		return NULL;
+	return bpf_map_lookup_elem(&slots, &idx);
+}
+
+/* Sends the exchange of a slot to the ring buffer (header and captured bytes only). */
+static __always_inline void emit_exchange(struct slot *s, __u8 reason)
+{
+	__u64 size = sizeof(s->ev) + (__u64)s->ev.req_captured + s->ev.resp_captured;
+
+	s->ev.end_reason = reason;
+	clamp_umax(size, sizeof(s->ev) + DATA_OFF_MAX);
+	if (bpf_ringbuf_output(&events, &s->ev, size, wakeup_flag(size)))
+		count(OBI_COUNTER_EVENTS_LOST);
+	else
+		count(OBI_COUNTER_EXCHANGES);
+}
+
+static __always_inline void mark_busy(__u32 idx, bool busy)
+{
+	__u32 w = idx / 64;
+	__u64 *word = bpf_map_lookup_elem(&busy_words, &w);
+
+	if (!word)
+		return;
+	if (busy)
+		__sync_fetch_and_or(word, 1ULL << (idx & 63));
+	else
+		__sync_fetch_and_and(word, ~(1ULL << (idx & 63)));
+}
+
+static __always_inline void release_slot(struct conn *c, struct slot *s, __u32 idx)
+{
+	s->st.busy = 0;
+	mark_busy(idx, false);
+	if (c)
+		c->slot = NO_SLOT;
+	bpf_map_push_elem(&free_slots, &idx, BPF_ANY);
+}
+
+static __always_inline void end_exchange(struct conn *c, __u8 reason)
+{
+	__u32 idx = c->slot;
+	struct slot *s = slot_at(idx);
+
+	if (!s) {
+		c->slot = NO_SLOT;
+		return;
+	}
+	if (s->st.busy)
+		emit_exchange(s, s->st.phase == PHASE_COMPLETE ? OBI_END_FRAMED : reason);
+	release_slot(c, s, idx);
+}
+
+/* Starts following a connection the process just accepted or connected, or one it
+ * already had (role 0: decided by its first bytes). */
+static __always_inline struct conn *track(struct obi_conn_key *key, __u32 gen, __u8 role, __u64 *sk)
+{
+	struct conn fresh = {};
+	struct fd_info fi = {.gen = gen};
+	struct conn *c;
+
+	fi.sk = read_socket(key->fd, &fresh);
+	if (bpf_map_update_elem(&fds, key, &fi, BPF_ANY)) {
+		count(OBI_COUNTER_CONN_TABLE_FULL);
+		return NULL;
+	}
+	*sk = fi.sk;
+	if (!fi.sk)
+		return NULL;
+	c = bpf_map_lookup_elem(&conns, &fi.sk);
+	if (c && !role)
+		return c; /* a connection shared with a traced parent (fork) or another fd (dup) */
+	if (c && c->slot != NO_SLOT)
+		end_exchange(c, OBI_END_CLOSE); /* the sock was freed and reused without us seeing it */
+	fresh.slot = NO_SLOT;
+	fresh.kind = CONN_TCP;
+	fresh.role = role;
+	fresh.flags = role ? 0 : OBI_FLAG_ROLE_GUESSED;
+	if (bpf_map_update_elem(&conns, &fi.sk, &fresh, BPF_ANY)) {
+		count(OBI_COUNTER_CONN_TABLE_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&conns, &fi.sk);
+}
+
+/* The connection behind a file descriptor of the process (NULL: not a TCP socket). */
+static __always_inline struct conn *lookup_conn(struct obi_conn_key *key, __u32 gen, __u64 *sk)
+{
+	struct fd_info *fi = bpf_map_lookup_elem(&fds, key);
+
+	if (!fi || fi->gen != gen)
+		return NULL;
+	*sk = fi->sk;
+	return fi->sk ? bpf_map_lookup_elem(&conns, sk) : NULL;
+}
+
+/* lookup_conn, resolving a descriptor seen for the first time (or again after an exec). */
+static __always_inline struct conn *conn_of(struct obi_conn_key *key, __u32 gen, __u64 *sk)
+{
+	struct fd_info *fi = bpf_map_lookup_elem(&fds, key);
+
+	if (fi && fi->gen == gen) {
+		*sk = fi->sk;
+		return fi->sk ? bpf_map_lookup_elem(&conns, sk) : NULL;
+	}
+	return track(key, gen, 0, sk);
+}
+
+/* Where the bytes of a finished call are: the buffer, or the first iovec. */
+static __always_inline __u64 call_buffer(struct pending_call *call, __u64 *room)
+{
+	struct iovec iov = {};
+	struct user_msghdr msg = {};
+	__u64 iov_ptr;
+
+	switch (call->kind) {
+	case CALL_READ:
+	case CALL_WRITE:
+		*room = ~0ULL;
+		return call->ptr;
+	case CALL_READV:
+	case CALL_WRITEV:
+		iov_ptr = call->ptr;
+		break;
+	case CALL_RECVMSG:
+	case CALL_SENDMSG:
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)call->ptr))
+			return 0;
+		iov_ptr = (__u64)msg.msg_iov;
+		call->count = msg.msg_iovlen;
+		break;
+	default:
+		return 0;
+	}
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_ptr))
+		return 0;
+	*room = iov.iov_len;
+	return (__u64)iov.iov_base;
+}
+
+/* Shifts the last up-to-8 bytes a call moved into *tail (the newest byte is the top one). */
+static __always_inline void call_tail(struct pending_call *call, __u64 src, __u64 room, __u64 n, __u64 *tail)
+{
+	struct iovec iov = {};
+	__u64 base = src, len = n < room ? n : room;
+	__u64 fresh = 0;
+
+	if (call->kind != CALL_READ && call->kind != CALL_WRITE && call->count > 1) {
+		/* vectored: the stream ends in the last iovec (assumed moved whole) */
+		__u64 iov_ptr = call->ptr;
+
+		if (call->kind == CALL_RECVMSG || call->kind == CALL_SENDMSG) {
+			struct user_msghdr msg = {};
+			if (bpf_probe_read_user(&msg, sizeof(msg), (void *)call->ptr))
+				return;
+			iov_ptr = (__u64)msg.msg_iov;
+		}
+		if (call->count > 1024 ||
+		    bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + (call->count - 1) * sizeof(iov))))
+			return;
+		base = (__u64)iov.iov_base;
+		len = iov.iov_len;
+	}
+	if (!base || !len)
+		return;
+	if (len >= 8) {
+		bpf_probe_read_user(tail, 8, (void *)(base + len - 8));
+		return;
+	}
+	if (bpf_probe_read_user(&fresh, 8, (void *)base))
+		return; /* fewer than 8 bytes near the end of a mapping, rarely: keep the old tail */
+	fresh &= (1ULL << (len * 8)) - 1;
+	*tail = (*tail >> (len * 8)) | (fresh << ((8 - len) * 8));
+}
+
+/* Copies want bytes from user memory to data + off in pieces the verifier can bound. */
+static __always_inline __u32 copy_user(__u8 *data, __u32 off, __u32 want, __u64 src)
+{
+	__u32 done = 0;
+
+	for (int i = 0; i < COPY_CHUNKS; i++) {
+		__u32 n, o;
+
+		if (done >= want)
+			break;
+		n = want - done;
+		if (n > DATA_CHUNK)
+			n = DATA_CHUNK;
+		o = off + done;
+		if (o >= DATA_OFF_MAX)
+			break;
+		clamp_umax(o, DATA_OFF_MAX - 1);
+		clamp_umax(n, DATA_CHUNK);
+		if (bpf_probe_read_user(data + o, n, (void *)(src + done)))
+			break;
+		done += n;
+	}
+	return done;
+}
+
+static __always_inline void capture_request(struct slot *s, __u64 src, __u64 n)
+{
+	__u32 cap = req_capture_len < OBI_REQ_CAPTURE_MAX ? req_capture_len : OBI_REQ_CAPTURE_MAX;
+	__u32 off = s->ev.req_captured;
+
+	/* request bytes stay contiguous: none once response bytes are captured */
+	if (!src || off >= cap || s->ev.resp_captured)
+		return;
+	s->ev.req_captured = off + copy_user(s->data, off, n < cap - off ? n : cap - off, src);
+}
+
+static __always_inline void capture_response(struct slot *s, __u64 src, __u64 n)
+{
+	__u32 cap = resp_capture_len < OBI_RESP_CAPTURE_MAX ? resp_capture_len : OBI_RESP_CAPTURE_MAX;
+	__u32 have = s->ev.resp_captured;
+	__u32 off = s->ev.req_captured + have;
+
+	if (!src || have >= cap)
+		return;
+	s->ev.resp_captured = have + copy_user(s->data, off, n < cap - have ? n : cap - have, src);
+}
+
+static __always_inline bool looks_like_tls(const __u8 *m)
+{
+	/* a TLS record header: content type 20..23, version 3.x */
+	return m[0] >= 0x14 && m[0] <= 0x17 && m[1] == 0x03 && m[2] <= 0x04;
+}
+
+static __always_inline struct slot *start_exchange(struct conn *c, struct obi_conn_key *key, __u64 sk)
+{
+	__u32 idx;
+	struct slot *s;
+
+	if (bpf_map_pop_elem(&free_slots, &idx)) {
+		count(OBI_COUNTER_SLOTS_FULL);
+		return NULL;
+	}
+	s = bpf_map_lookup_elem(&slots, &idx);
+	if (!s) {
+		bpf_map_push_elem(&free_slots, &idx, BPF_ANY);
+		return NULL;
+	}
+	s->st.sk = sk;
+	s->st.busy = 1;
+	s->st.phase = PHASE_REQUEST;
+	s->st.framing = FRAMING_UNKNOWN;
+	s->st.interim = 0;
+	s->st.expected = 0;
+	s->st.segment = 0;
+	s->st.tail = 0;
+	s->ev.kind = OBI_RECORD_EXCHANGE;
+	s->ev.role = c->role;
+	s->ev.end_reason = 0;
+	s->ev.flags = c->flags & OBI_FLAG_ROLE_GUESSED;
+	s->ev.pid = key->pid;
+	s->ev.tid = (__u32)bpf_get_current_pid_tgid();
+	s->ev.fd = key->fd;
+	s->ev.family = c->family;
+	s->ev.local_port = c->local_port;
+	s->ev.peer_port = c->peer_port;
+	s->ev.req_captured = 0;
+	s->ev.resp_captured = 0;
+	s->ev.pad = 0;
+	s->ev.pad1 = 0;
+	s->ev.start_ns = bpf_ktime_get_ns();
+	s->ev.resp_start_ns = 0;
+	s->ev.end_ns = s->ev.start_ns;
+	s->ev.req_len = 0;
+	s->ev.resp_len = 0;
+	s->ev.resp_content_length = 0;
+	s->ev.resp_header_len = 0;
+	s->ev.pad2 = 0;
+	__builtin_memcpy(s->ev.local_addr, c->local_addr, 16);
+	__builtin_memcpy(s->ev.peer_addr, c->peer_addr, 16);
+	s->st.last_ns = s->ev.start_ns;
+	c->slot = idx;
+	mark_busy(idx, true);
+	return s;
+}
+
+/* Frames the HTTP response that starts at src (the call's first buffer, room bytes of
+ * it; n moved in all) for the exchange in slot idx. Sets framing, expected, interim,
+ * and the record's length facts. A global function: verified once, on its own. */
+__noinline int frame_http_response(__u32 idx, __u64 src, __u64 room, __u64 n)
+{
+	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
+	__u8 *buf;
+	struct http1_scan scan = {};
+	__u8 head[16] = {};
+	__u32 status, base = 0;
+	__u64 len = n < room ? n : room;
+
+	if (!s || !src || bpf_probe_read_user(head, sizeof(head), (void *)src))
+		return 0;
+	status = http1_status(head);
+	if (!status)
+		return 0; /* not a status line: framing stays unknown */
+	s->st.framing = FRAMING_HEADERS;
+	if (!use_bpf_loop)
+		return 0;
+	buf = http1_scratch();
+	if (!buf)
+		return 0;
+	scan.src = src;
+	scan.len = len < HTTP1_SCAN_MAX ? len : HTTP1_SCAN_MAX;
+	scan.content_length = -1;
+	bpf_loop(HTTP1_SCAN_STEPS, http1_step, &scan, 0);
+	if (status < 200 && status != 101) {
+		/* interim: is the final response in the same bytes? */
+		if (!scan.header_end || scan.header_end + 16 > scan.avail ||
+		    scan.header_end >= HTTP1_SCAN_MAX) {
+			s->st.interim = 1;
+			return 0;
+		}
+		base = scan.header_end;
+		bpf_probe_read_kernel(head, sizeof(head), buf + (base & (HTTP1_SCAN_MAX - 1)));
+		status = http1_status(head);
+		if (!status || status < 200) {
+			s->st.interim = 1;
+			return 0;
+		}
+		scan.src = src + base;
+		scan.len = scan.len - base;
+		scan.avail = 0;
+		scan.pos = 0;
+		scan.nl_mask = 0;
+		scan.te_line = 0;
+		scan.header_end = 0;
+		scan.content_length = -1;
+		scan.chunked = 0;
+		bpf_loop(HTTP1_SCAN_STEPS, http1_step, &scan, 0);
+	}
+	s->st.interim = 0;
+	if (!scan.header_end)
+		return 0; /* the header block is longer than we scan, or split: idle fallback */
+	if (s->st.segment == 0) {
+		s->ev.resp_header_len = base + scan.header_end;
+		if (scan.content_length >= 0) {
+			s->ev.resp_content_length = scan.content_length;
+			s->ev.flags |= OBI_FLAG_LENGTH_KNOWN;
+		}
+	}
+	/* HEAD responses and 1xx/204/304 have no body whatever the headers say */
+	if (status == 204 || status == 304 || status == 101 ||
+	    (s->ev.req_captured >= 5 && s->data[0] == 'H' && s->data[1] == 'E' && s->data[2] == 'A' &&
+	     s->data[3] == 'D' && s->data[4] == ' ')) {
+		s->st.framing = FRAMING_LENGTH;
+		s->st.expected = s->st.segment + base + scan.header_end;
+	} else if (scan.chunked) {
+		s->st.framing = FRAMING_CHUNKED;
+		if (s->st.segment == 0)
+			s->ev.flags |= OBI_FLAG_CHUNKED;
+	} else if (scan.content_length >= 0) {
+		s->st.framing = FRAMING_LENGTH;
+		s->st.expected = s->st.segment + base + scan.header_end + scan.content_length;
+	} else {
+		s->st.framing = FRAMING_CLOSE;
+	}
+	return 0;
+}
+
+/* Whether the response of s is complete by its framing, with the bytes moved so far. */
+static __always_inline bool response_complete(struct slot *s)
+{
+	if (s->st.framing == FRAMING_LENGTH)
+		return s->ev.resp_len >= s->st.expected;
+	if (s->st.framing == FRAMING_CHUNKED)
+		/* "\r\n0\r\n\r\n": the last chunk of a chunked body, without trailers */
+		return (s->st.tail >> 8) == W8('\r', '\n', '0', '\r', '\n', '\r', '\n', 0);
+	return false;
+}
+
+/* Response bytes moved: start or continue the response, capture, and see if it is complete.
+ * Returns true when the exchange should end now (a client's complete response). */
+static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, struct pending_call *call,
+					      __u64 src, __u64 room, __u64 n)
+{
+	__u64 now = bpf_ktime_get_ns();
+	bool fresh = false;
+
+	if (s->st.phase == PHASE_REQUEST) {
+		fresh = true;
+		s->st.phase = PHASE_RESPONSE;
+		s->ev.resp_start_ns = now;
+		if (!(s->ev.flags & OBI_FLAG_HTTP) && s->ev.req_captured >= 5 && http1_is_request(s->data))
+			s->ev.flags |= OBI_FLAG_HTTP;
+	} else if (s->st.phase == PHASE_COMPLETE) {
+		/* a pipelined next response of the same exchange */
+		fresh = true;
+		s->st.phase = PHASE_RESPONSE;
+		s->st.segment = s->ev.resp_len;
+	} else if (s->st.interim && src) {
+		__u8 head[16] = {};
+		if (bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 && http1_status(head)) {
+			/* the final response after a 1xx interim one: it alone counts */
+			fresh = true;
+			s->ev.resp_len = 0;
+			s->ev.resp_captured = 0;
+			s->ev.resp_start_ns = now;
+		}
+	}
+	if (fresh) {
+		if (s->ev.flags & OBI_FLAG_HTTP)
+			frame_http_response(c->slot, src, room, n);
+		else
+			s->st.framing = FRAMING_UNKNOWN;
+	}
+	if (!s->st.interim)
+		capture_response(s, src, n < room ? n : room);
+	s->ev.resp_len += n;
+	s->ev.end_ns = now;
+	s->st.last_ns = now;
+	if (s->st.framing == FRAMING_CHUNKED)
+		call_tail(call, src, room, n, &s->st.tail);
+	if (!s->st.interim && response_complete(s)) {
+		if (c->role == OBI_ROLE_CLIENT)
+			return true;
+		s->st.phase = PHASE_COMPLETE; /* a server may still pipeline more: the sweep or its next read ends it */
+	}
+	return false;
+}
+
+/* Request bytes moved. Returns the slot they went to (a new exchange if needed). */
+static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key *key, __u64 sk,
+					     __u64 src, __u64 room, __u64 n)
+{
+	struct slot *s = slot_at(c->slot);
+	__u64 len = n < room ? n : room;
+
+	if (s && s->st.phase != PHASE_REQUEST && !s->st.interim) {
+		end_exchange(c, OBI_END_NEXT_REQUEST);
+		s = NULL;
+	}
+	if (!s) {
+		__u8 head[8] = {};
+
+		if (src && len >= 3 && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 &&
+		    looks_like_tls(head)) {
+			c->kind = CONN_TLS;
+			count(OBI_COUNTER_TLS_SKIPPED);
+			return;
+		}
+		s = start_exchange(c, key, sk);
+		if (!s)
+			return;
+		if (len >= 5 && http1_is_request(head))
+			s->ev.flags |= OBI_FLAG_HTTP;
+	}
+	capture_request(s, src, len);
+	s->ev.req_len += n;
+	s->st.last_ns = bpf_ktime_get_ns();
+	if (s->ev.resp_start_ns == 0)
+		s->ev.end_ns = s->st.last_ns;
+}
+
+/* Bytes moved by a finished call; `inbound` when they were read. */
+static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *call, __s64 ret,
+				     bool inbound)
+{
+	struct obi_conn_key key = {.pid = pid, .fd = call->fd};
+	struct conn *c;
+	struct slot *s;
+	__u64 room = ~0ULL, src = 0, sk = 0;
+	bool request;
+
+	if (ret <= 0)
+		return;
+	c = conn_of(&key, gen, &sk);
+	if (!c || c->kind != CONN_TCP)
+		return;
+	if (call->kind != CALL_SENDFILE)
+		src = call_buffer(call, &room);
+	if (!c->role) {
+		/* found mid-way: a reader of requests or of responses? */
+		__u8 head[16] = {};
+		bool response = src && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 &&
+				http1_status(head);
+
+		c->role = inbound == !response ? OBI_ROLE_SERVER : OBI_ROLE_CLIENT;
+	}
+	request = inbound == (c->role == OBI_ROLE_SERVER);
+	if (request) {
+		on_request_bytes(c, &key, sk, src, room, (__u64)ret);
+		return;
+	}
+	s = slot_at(c->slot);
+	if (!s) {
+		count(OBI_COUNTER_ORPHAN_BYTES);
+		return;
+	}
+	s->ev.pid = pid; /* a forked child may answer what its parent read */
+	if (on_response_bytes(c, s, call, src, room, (__u64)ret))
+		end_exchange(c, OBI_END_FRAMED);
+}
+
+static __always_inline void on_accept_done(__u32 pid, __u32 gen, __s64 ret)
+{
+	struct obi_conn_key key = {.pid = pid, .fd = (__u32)ret};
+	__u64 sk;
+
+	if (ret >= 0)
+		track(&key, gen, OBI_ROLE_SERVER, &sk);
+}
+
+static __always_inline void on_connect_done(__u32 pid, __u32 gen, __u32 fd, __s64 ret)
+{
+	struct obi_conn_key key = {.pid = pid, .fd = fd};
+	__u64 sk;
+
+	if (ret == 0 || ret == -EINPROGRESS)
+		track(&key, gen, OBI_ROLE_CLIENT, &sk);
+}
+
+/* A server about to read again: a response it finished writing is over. */
+static __always_inline void on_read_start(__u32 pid, struct obi_pid_info *info, __u32 fd)
+{
+	struct obi_conn_key key = {.pid = pid, .fd = fd};
+	__u64 sk;
+	struct conn *c = lookup_conn(&key, info->gen, &sk);
+	struct slot *s;
+
+	if (!c || c->role != OBI_ROLE_SERVER)
+		return;
+	s = slot_at(c->slot);
+	if (!s || s->st.interim)
+		return;
+	if (s->st.phase == PHASE_COMPLETE)
+		end_exchange(c, OBI_END_FRAMED);
+	else if (s->st.phase == PHASE_RESPONSE &&
+		 (s->st.framing == FRAMING_UNKNOWN || s->st.framing == FRAMING_CLOSE))
+		end_exchange(c, OBI_END_READ);
+}
+
+/* close(): the fd goes; the connection ends when its socket does (common_sock_state). */
+static __always_inline int enter_close(__u64 fd)
+{
+	__u32 pid;
+	struct obi_pid_info *info = traced(&pid);
+	struct obi_conn_key key = {.pid = pid, .fd = (__u32)fd};
+
+	if (info)
+		bpf_map_delete_elem(&fds, &key);
+	return 0;
+}
+
+/* shutdown(): the FIN it sends is not the end of the conversation. */
+static __always_inline int enter_shutdown(__u64 fd)
+{
+	__u32 pid;
+	struct obi_pid_info *info = traced(&pid);
+	struct obi_conn_key key = {.pid = pid, .fd = (__u32)fd};
+	struct conn *c;
+	__u64 sk;
+
+	if (!info)
+		return 0;
+	c = lookup_conn(&key, info->gen, &sk);
+	if (c)
+		c->shut = 1;
+	return 0;
+}
+
+static __always_inline int enter_close_range(void)
+{
+	__u32 pid;
+	struct obi_pid_info *info = traced(&pid);
+
+	/* every fd of the process may mean something else now */
+	if (info)
+		info->gen += 1;
+	return 0;
+}
+
+/* Common enter path: remember the arguments until the syscall returns. */
+static __always_inline int enter_call(__u32 kind, __u64 fd, __u64 ptr, __u64 count_arg)
+{
+	__u32 pid;
+	struct obi_pid_info *info = traced(&pid);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_call call = {.kind = kind, .fd = (__u32)fd, .ptr = ptr, .count = count_arg};
+
+	if (!info)
+		return 0;
+	call.pid = pid;
+	call.gen = info->gen;
+	if (kind == CALL_READ || kind == CALL_READV || kind == CALL_RECVMSG)
+		on_read_start(pid, info, (__u32)fd);
+	if (bpf_map_update_elem(&pending_calls, &id, &call, BPF_ANY))
+		count(OBI_COUNTER_CALL_TABLE_FULL);
+	return 0;
+}
+
+/* Bytes moved by a read-like or write-like call (a global function: verified once). */
+__noinline int handle_bytes(__u64 pid_gen, __u64 kind_fd, __u64 ptr, __u64 count_arg, __s64 ret)
+{
+	__u32 kind = kind_fd >> 32;
+	struct pending_call call = {.kind = kind, .fd = (__u32)kind_fd, .ptr = ptr, .count = count_arg};
+
+	on_bytes(pid_gen >> 32, (__u32)pid_gen, &call, ret,
+		 kind == CALL_READ || kind == CALL_READV || kind == CALL_RECVMSG);
+	return 0;
+}
+
+/* Common exit path for every syscall that enter_call stashed. */
+static __always_inline int exit_call(__s64 ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_call *pending = bpf_map_lookup_elem(&pending_calls, &id);
+	struct pending_call call;
+
+	if (!pending)
+		return 0;
+	call = *pending;
+	bpf_map_delete_elem(&pending_calls, &id);
+	switch (call.kind) {
+	case CALL_ACCEPT:
+		on_accept_done(call.pid, call.gen, ret);
+		break;
+	case CALL_CONNECT:
+		on_connect_done(call.pid, call.gen, call.fd, ret);
+		break;
+	default:
+		handle_bytes((__u64)call.pid << 32 | call.gen, (__u64)call.kind << 32 | call.fd, call.ptr,
+			     call.count, ret);
+	}
+	return 0;
+}
+
+/* ---- classic tracepoints (tracefs mounted) ---------------------------- */
+
+#define TP_ENTER(name, kind, ptr_arg, count_arg)                                   \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                                \
+	int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                 \
+	{                                                                          \
+		return enter_call(kind, ctx->args[0], ptr_arg, count_arg);         \
+	}
+
+TP_ENTER(read, CALL_READ, ctx->args[1], 0)
+TP_ENTER(recvfrom, CALL_READ, ctx->args[1], 0)
+TP_ENTER(readv, CALL_READV, ctx->args[1], ctx->args[2])
+TP_ENTER(recvmsg, CALL_RECVMSG, ctx->args[1], 0)
+TP_ENTER(write, CALL_WRITE, ctx->args[1], 0)
+TP_ENTER(sendto, CALL_WRITE, ctx->args[1], 0)
+TP_ENTER(writev, CALL_WRITEV, ctx->args[1], ctx->args[2])
+TP_ENTER(sendmsg, CALL_SENDMSG, ctx->args[1], 0)
+TP_ENTER(accept, CALL_ACCEPT, 0, 0)
+TP_ENTER(accept4, CALL_ACCEPT, 0, 0)
+TP_ENTER(connect, CALL_CONNECT, 0, 0)
+TP_ENTER(sendfile64, CALL_SENDFILE, 0, 0)
+
+/* One exit program for every sys_exit_<name> whose sys_enter_<name> has a
+ * tp_enter_<name> (user space attaches it to each): verified once. */
+SEC("tracepoint")
+int tp_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return exit_call(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_close(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_shutdown")
+int tp_enter_shutdown(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_shutdown(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_enter_close_range")
+int tp_enter_close_range(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_close_range();
+}
+
+/* ---- raw tracepoints (no tracefs needed) -------------------------------- */
+
+static __always_inline long syscall_nr(struct pt_regs *regs)
+{
+#if defined(__TARGET_ARCH_x86)
+	return BPF_CORE_READ(regs, orig_ax);
+#elif defined(__TARGET_ARCH_arm64)
+	return BPF_CORE_READ((struct user_pt_regs *)regs, regs[8]);
+#endif
+}
+
+static __always_inline bool hooked(long nr)
+{
+	switch (nr) {
+	case OBI_NR_read:
+	case OBI_NR_recvfrom:
+	case OBI_NR_readv:
+	case OBI_NR_recvmsg:
+	case OBI_NR_write:
+	case OBI_NR_sendto:
+	case OBI_NR_writev:
+	case OBI_NR_sendmsg:
+	case OBI_NR_sendfile:
+	case OBI_NR_accept:
+	case OBI_NR_accept4:
+	case OBI_NR_connect:
+	case OBI_NR_close:
+	case OBI_NR_close_range:
+	case OBI_NR_shutdown:
+		return true;
+	}
+	return false;
+}
+
+SEC("raw_tracepoint/sys_enter")
+int raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long nr = (long)ctx->args[1];
+	__u64 fd, arg1, arg2;
+
+	/* every syscall of every process comes here: reject the others first */
+	if (!hooked(nr))
+		return 0;
+	fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+	arg1 = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	switch (nr) {
+	case OBI_NR_read:
+	case OBI_NR_recvfrom:
+		return enter_call(CALL_READ, fd, arg1, 0);
+	case OBI_NR_readv:
+		arg2 = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		return enter_call(CALL_READV, fd, arg1, arg2);
+	case OBI_NR_recvmsg:
+		return enter_call(CALL_RECVMSG, fd, arg1, 0);
+	case OBI_NR_write:
+	case OBI_NR_sendto:
+		return enter_call(CALL_WRITE, fd, arg1, 0);
+	case OBI_NR_writev:
+		arg2 = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		return enter_call(CALL_WRITEV, fd, arg1, arg2);
+	case OBI_NR_sendmsg:
+		return enter_call(CALL_SENDMSG, fd, arg1, 0);
+	case OBI_NR_sendfile:
+		return enter_call(CALL_SENDFILE, fd, 0, 0);
+	case OBI_NR_accept:
+	case OBI_NR_accept4:
+		return enter_call(CALL_ACCEPT, fd, 0, 0);
+	case OBI_NR_connect:
+		return enter_call(CALL_CONNECT, fd, 0, 0);
+	case OBI_NR_close:
+		return enter_close(fd);
+	case OBI_NR_close_range:
+		return enter_close_range();
+	case OBI_NR_shutdown:
+		return enter_shutdown(fd);
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sys_exit")
+int raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	long nr = syscall_nr((struct pt_regs *)ctx->args[0]);
+
+	if (!hooked(nr) || nr == OBI_NR_close || nr == OBI_NR_close_range || nr == OBI_NR_shutdown)
+		return 0;
+	return exit_call((__s64)ctx->args[1]);
+}
+
+/* ---- processes and sockets (raw tracepoints in both modes) -------------- */
+
+SEC("raw_tracepoint/sched_process_fork")
+int common_fork(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	struct obi_pid_info *parent_info;
+	struct obi_pid_info info = {};
+	__u32 parent, pid;
+
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0; /* a new thread, not a new process */
+	parent_info = traced(&parent);
+	if (!parent_info)
+		return 0;
+	pid = task_pid_in_ns(child);
+	if (!pid)
+		return 0;
+	info.gen = bpf_get_prandom_u32();
+	info.parent = parent;
+	info.flags = OBI_PID_INHERITED;
+	if (bpf_map_update_elem(&pid_filter, &pid, &info, BPF_ANY)) {
+		count(OBI_COUNTER_PID_FILTER_FULL);
+		return 0;
+	}
+	emit_process(OBI_PROCESS_FORK, pid, parent, NULL);
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exec")
+int common_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	const char *path = BPF_CORE_READ(bprm, filename);
+	struct obi_pid_info *info;
+	__u32 pid;
+
+	if (current_pid(&pid))
+		return 0;
+	info = bpf_map_lookup_elem(&pid_filter, &pid);
+	if (info) {
+		/* close-on-exec fds closed without close(): none of the old fds can be trusted */
+		info->gen += 1;
+		emit_process(OBI_PROCESS_EXEC, pid, 0, path);
+		return 0;
+	}
+	if (trace_execs) {
+		struct obi_pid_info fresh = {};
+
+		fresh.gen = bpf_get_prandom_u32();
+		fresh.flags = OBI_PID_PROVISIONAL;
+		if (bpf_map_update_elem(&pid_filter, &pid, &fresh, BPF_NOEXIST)) {
+			count(OBI_COUNTER_PID_FILTER_FULL);
+			return 0;
+		}
+		emit_process(OBI_PROCESS_EXEC, pid, 1, path);
+	}
+	return 0;
+}
+
+SEC("raw_tracepoint/sched_process_exit")
+int common_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u32 pid;
+
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0; /* other threads of the process live on */
+	if (!traced(&pid))
+		return 0;
+	bpf_map_delete_elem(&pid_filter, &pid);
+	emit_process(OBI_PROCESS_EXIT, pid, 0, NULL);
+	return 0;
+}
+
+/* Any TCP close the process makes, including the ones exit() and close-on-exec make. */
+SEC("raw_tracepoint/inet_sock_set_state")
+int common_sock_state(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u64 sk = ctx->args[0];
+	int newstate = (int)ctx->args[2];
+	struct conn *c;
+	struct task_struct *task;
+	__u8 reason = OBI_END_CLOSE;
+
+	if (newstate != TCP_FIN_WAIT1 && newstate != TCP_CLOSE && newstate != TCP_LAST_ACK)
+		return 0;
+	c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c || (c->shut && newstate != TCP_CLOSE))
+		return 0;
+	task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, flags) & PF_EXITING)
+		reason = OBI_END_EXIT;
+	if (c->slot != NO_SLOT)
+		end_exchange(c, reason);
+	bpf_map_delete_elem(&conns, &sk);
+	return 0;
+}
+
+/* ---- the sweep: user space runs it once per tick (BPF_PROG_TEST_RUN) ---- */
+
+const volatile __u32 slot_count = 2048; /* entries of `slots` */
+
+#define SWEEP_WINDOW 256 /* slots per run without bpf_loop (the cursor rotates) */
+
+/* One slot (a global function: verified once, not once per loop iteration). */
+__noinline int sweep_slot(__u32 idx, __u64 now, __u64 idle_ns, __u64 request_timeout_ns, __u32 flush)
+{
+	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
+	__u64 sk;
+	struct conn *c;
+	__u8 reason = 0;
+
+	if (!s || !s->st.busy)
+		return 0;
+	if (s->st.phase == PHASE_COMPLETE)
+		reason = OBI_END_FRAMED;
+	else if (s->st.phase == PHASE_RESPONSE && flush)
+		reason = OBI_END_FLUSH;
+	else if (s->st.phase == PHASE_RESPONSE && s->st.framing == FRAMING_UNKNOWN && idle_ns &&
+		 now - s->st.last_ns >= idle_ns)
+		reason = OBI_END_IDLE;
+	else if (s->st.phase == PHASE_REQUEST && (s->ev.flags & OBI_FLAG_HTTP) && request_timeout_ns &&
+		 now - s->ev.start_ns >= request_timeout_ns)
+		reason = OBI_END_TIMEOUT;
+	if (!reason)
+		return 0;
+	sk = s->st.sk;
+	c = bpf_map_lookup_elem(&conns, &sk);
+	if (c && c->slot != idx)
+		c = NULL; /* the connection moved on: this slot is its past */
+	emit_exchange(s, reason);
+	release_slot(c, s, idx);
+	return 0;
+}
+
+struct sweep_run {
+	struct obi_sweep_ctl ctl;
+	__u64 now;
+};
+
+/* The slots of one busy word (bpf_loop callback). */
+static long sweep_word(__u32 w, void *ctx)
+{
+	struct sweep_run *run = ctx;
+	__u64 *word = bpf_map_lookup_elem(&busy_words, &w);
+	__u64 bits;
+
+	if (!word)
+		return 1;
+	bits = *word;
+	for (int i = 0; i < 64 && bits; i++) {
+		__u64 low = bits & (~bits + 1);
+		__u32 k = 0;
+
+		if (low > 0xffffffffULL) {
+			k = 32;
+			low >>= 32;
+		}
+		if (low > 0xffffULL) {
+			k += 16;
+			low >>= 16;
+		}
+		if (low > 0xffULL) {
+			k += 8;
+			low >>= 8;
+		}
+		if (low > 0xfULL) {
+			k += 4;
+			low >>= 4;
+		}
+		if (low > 0x3ULL) {
+			k += 2;
+			low >>= 2;
+		}
+		if (low > 0x1ULL)
+			k += 1;
+		sweep_slot(w * 64 + k, run->now, run->ctl.idle_ns, run->ctl.request_timeout_ns, run->ctl.flush);
+		bits &= bits - 1;
+	}
+	return 0;
+}
+
+/* Emits the exchanges that are over but have no event to end them: a server's
+ * complete response it never read after, an unframed response gone quiet, an
+ * HTTP request unanswered past its timeout. */
+SEC("raw_tp")
+int sweep(void *ctx)
+{
+	__u32 zero = 0;
+	struct obi_sweep_ctl *ctl = bpf_map_lookup_elem(&sweep_ctl, &zero);
+	struct sweep_run run;
+
+	if (!ctl)
+		return 0;
+	run.ctl = *ctl;
+	run.now = bpf_ktime_get_ns();
+	if (use_bpf_loop) {
+		bpf_loop((slot_count + 63) / 64, sweep_word, &run, 0);
+		return 0;
+	}
+	for (__u32 i = 0; i < SWEEP_WINDOW; i++) {
+		__u32 idx = ctl->cursor + i;
+
+		if (idx >= slot_count)
+			break;
+		sweep_slot(idx, run.now, run.ctl.idle_ns, run.ctl.request_timeout_ns, run.ctl.flush);
+	}
+	ctl->cursor = ctl->cursor + SWEEP_WINDOW >= slot_count ? 0 : ctl->cursor + SWEEP_WINDOW;
+	return 0;
+}

@@ -1,0 +1,126 @@
+/* Records and constants shared by bpf/capture.bpf.c and user space.
+ *
+ * User space never restates this layout: the CFFI build reads this header,
+ * and a test checks it against the BTF of the compiled object. Keep it to
+ * fixed-width types, explicit padding, the record kind first, and plain
+ * `#define NAME number` constants (the form CFFI's cdef understands).
+ */
+#ifndef OBI_CAPTURE_H
+#define OBI_CAPTURE_H
+
+/* Record kinds (the first byte of every ring buffer record). */
+#define OBI_RECORD_EXCHANGE 1
+#define OBI_RECORD_PROCESS 2
+
+/* Largest request / response prefix a record can carry; the bytes actually
+ * captured are set at load time (req_capture_len / resp_capture_len). */
+#define OBI_REQ_CAPTURE_MAX 4096
+#define OBI_RESP_CAPTURE_MAX 1024
+
+/* Which side of the connection the traced process is. */
+#define OBI_ROLE_SERVER 1 /* it accepted the connection: it reads requests */
+#define OBI_ROLE_CLIENT 2 /* it connected: it writes requests */
+
+/* Why an exchange was emitted (`end_reason`). */
+#define OBI_END_FRAMED 1       /* the response is complete by its own framing */
+#define OBI_END_NEXT_REQUEST 2 /* the requester sent again */
+#define OBI_END_READ 3         /* the server went back to reading */
+#define OBI_END_CLOSE 4        /* the connection was closed */
+#define OBI_END_EXIT 5         /* closed because the process exited */
+#define OBI_END_IDLE 6         /* a response without framing, quiet for the idle timeout */
+#define OBI_END_TIMEOUT 7      /* no response within ebpf.http_request_timeout */
+#define OBI_END_FLUSH 8        /* obi is stopping */
+
+/* Exchange flags. */
+#define OBI_FLAG_HTTP 0x01         /* the request started like an HTTP/1.x request */
+#define OBI_FLAG_ROLE_GUESSED 0x02 /* the connection was found mid-way: role from the first bytes */
+#define OBI_FLAG_LENGTH_KNOWN 0x04 /* resp_header_len and resp_content_length are valid */
+#define OBI_FLAG_CHUNKED 0x08      /* the final response uses chunked transfer coding */
+
+/* Process events (`event` of struct obi_process). */
+#define OBI_PROCESS_FORK 1 /* a traced process forked: the child is traced too */
+#define OBI_PROCESS_EXEC 2 /* a traced (or, when asked, any) process called exec */
+#define OBI_PROCESS_EXIT 3 /* a traced process exited */
+
+/* Flags of a pid filter entry. */
+#define OBI_PID_SELECTED 0x01    /* user space selected this process */
+#define OBI_PID_INHERITED 0x02   /* the kernel added it: a child of a traced process */
+#define OBI_PID_PROVISIONAL 0x04 /* the kernel added it at exec, until user space decides */
+
+/* Slots of the `counters` per-CPU array. */
+#define OBI_COUNTER_EVENTS_LOST 0      /* ring buffer full */
+#define OBI_COUNTER_EXCHANGES 1        /* exchange records emitted */
+#define OBI_COUNTER_CONN_TABLE_FULL 2  /* connection not tracked: `fds` or `conns` full */
+#define OBI_COUNTER_CALL_TABLE_FULL 3  /* syscall not followed: `pending_calls` full */
+#define OBI_COUNTER_SLOTS_FULL 4       /* exchange not captured: every slot in use */
+#define OBI_COUNTER_PID_FILTER_FULL 5  /* child or exec not traced: `pid_filter` full */
+#define OBI_COUNTER_ORPHAN_BYTES 6     /* a response with no request in flight */
+#define OBI_COUNTER_TLS_SKIPPED 7      /* connections left alone: TLS ciphertext */
+#define OBI_COUNTER_PROCESS_EVENTS_LOST 8 /* fork/exec/exit records the ring had no room for */
+#define OBI_COUNTER_MAX 16
+
+/* Value of a pid filter entry, keyed by the process id in obi's pid namespace. */
+struct obi_pid_info {
+	__u32 gen;    /* changes when the process's file descriptors stop meaning what they did */
+	__u32 parent; /* the traced parent of an inherited process, else 0 */
+	__u8 flags;   /* OBI_PID_* */
+	__u8 pad[7];
+};
+
+/* One request and its response on one connection, as the traced process saw
+ * them; followed in the record by req_captured request bytes, then
+ * resp_captured response bytes. */
+struct obi_exchange {
+	__u8 kind;           /* OBI_RECORD_EXCHANGE */
+	__u8 role;           /* OBI_ROLE_* */
+	__u8 end_reason;     /* OBI_END_* */
+	__u8 flags;          /* OBI_FLAG_* */
+	__u32 pid;           /* process id in obi's pid namespace */
+	__u32 tid;           /* host thread id that began the exchange */
+	__u32 fd;            /* the connection's file descriptor in pid */
+	__u16 family;        /* AF_INET or AF_INET6 */
+	__u16 local_port;    /* host byte order */
+	__u16 peer_port;     /* host byte order */
+	__u16 req_captured;  /* request bytes that follow this header */
+	__u16 resp_captured; /* response bytes that follow them */
+	__u16 pad;
+	__u32 pad1;
+	__u64 start_ns;      /* CLOCK_MONOTONIC: the first request bytes moved */
+	__u64 resp_start_ns; /* the first response bytes moved (0: no response) */
+	__u64 end_ns;        /* the last response bytes moved (or the end of the request) */
+	__u64 req_len;       /* request bytes moved */
+	__u64 resp_len;      /* response bytes moved (the final response, after 1xx interim ones) */
+	__u64 resp_content_length; /* Content-Length of the final response (OBI_FLAG_LENGTH_KNOWN) */
+	__u32 resp_header_len;     /* bytes of its header block, blank line included (same flag) */
+	__u32 pad2;
+	__u8 local_addr[16]; /* IPv4 in the first 4 bytes, or IPv6 */
+	__u8 peer_addr[16];
+};
+
+/* A process event; an exec is followed by the executable's path (path_len bytes). */
+struct obi_process {
+	__u8 kind;     /* OBI_RECORD_PROCESS */
+	__u8 event;    /* OBI_PROCESS_* */
+	__u16 path_len;
+	__u32 pid;     /* process id in obi's pid namespace */
+	__u32 parent;  /* fork: the parent; exec: 1 when the kernel traces it provisionally */
+	__u32 pad;
+	__u64 ts_ns;   /* CLOCK_MONOTONIC */
+};
+
+/* Key of the file descriptor map. */
+struct obi_conn_key {
+	__u32 pid;
+	__u32 fd;
+};
+
+/* What user space tells the sweep program before each run (the `sweep_ctl` array). */
+struct obi_sweep_ctl {
+	__u64 idle_ns;            /* emit unframed responses quiet for this long (0: never) */
+	__u64 request_timeout_ns; /* emit HTTP requests unanswered for this long (0: never) */
+	__u64 flush;              /* 1: emit every exchange with a response under way */
+	__u32 cursor;             /* first slot of the next run (kernels without bpf_loop) */
+	__u32 pad;
+};
+
+#endif /* OBI_CAPTURE_H */

@@ -1,0 +1,164 @@
+"""The instrumented processes: who each pid is, and what the kernel traces.
+
+Two sources feed it. The /proc watcher reports processes that match the
+selection and processes that went away. The kernel reports, in order with
+the exchanges in the ring buffer, what it did on its own: a traced process
+forked (the child is traced from its first instruction and is its parent's
+service), a process exec'd (traced provisionally when exec tracing is on, or
+traced before: user space decides now whether it stays), a traced process
+exited. Every span's service comes from here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import structlog
+
+from obi.discovery.watcher import ProcessWatcher
+from obi.ebpf._libbpf import lib
+from obi.traces.model import ServiceIdentity
+
+# How long a process's identity outlives it, for its last records in flight.
+EXITED_IDENTITY_GRACE_S = 10.0
+
+
+class PidFilter(Protocol):
+    """The kernel's set of traced processes."""
+
+    def add_pid(self, pid: int) -> bool: ...
+
+    def remove_pid(self, pid: int) -> None: ...
+
+
+class IdentityObserver(Protocol):
+    """Told about every identity that starts or stops being used (Kubernetes decoration)."""
+
+    def track(self, identity: ServiceIdentity) -> None: ...
+
+    def forget(self, pid: int) -> None: ...
+
+
+@dataclass
+class RegistryStats:
+    pid_filter_full: int = 0  # processes selected but not traced: the kernel's table is full
+    inherited: int = 0  # children traced because their parent is
+    exec_selected: int = 0  # processes selected at exec
+    exec_dropped: int = 0  # traced processes that exec'd into something not selected
+    events: dict[str, int] = field(default_factory=dict)
+
+
+class ProcessRegistry:
+    """pid -> ServiceIdentity for every instrumented process, kept in step with the kernel."""
+
+    def __init__(self, kernel: PidFilter, watcher: ProcessWatcher,
+                 prepare: Callable[[ServiceIdentity], None] = lambda identity: None,
+                 observer: IdentityObserver | None = None) -> None:
+        """`prepare` adjusts a new identity (obi's own service name overrides) before use."""
+        self._kernel = kernel
+        self._watcher = watcher
+        self._prepare = prepare
+        self._observer = observer
+        self._identities: dict[int, ServiceIdentity] = {}
+        self._exited: dict[int, float] = {}
+        self._full_warned = False
+        self.stats = RegistryStats()
+        self._log = structlog.get_logger().bind(component="discovery")
+
+    def identity_for(self, pid: int) -> ServiceIdentity | None:
+        return self._identities.get(pid)
+
+    @property
+    def instrumented(self) -> int:
+        return len(self._identities) - len(self._exited)
+
+    # ---- from the /proc watcher ---------------------------------------------
+
+    def on_watcher_change(self, added: list[ServiceIdentity], removed: list[int]) -> None:
+        now = time.monotonic()
+        for pid in removed:
+            self._kernel.remove_pid(pid)
+            self._gone(pid, now)
+            self._log.info("process_forgotten", pid=pid)
+        for identity in added:
+            self._instrument(identity)
+        self._expire(now)
+
+    # ---- from the kernel, in ring order --------------------------------------
+
+    def on_kernel_event(self, event: int, pid: int, parent: int, path: str) -> None:
+        now = time.monotonic()
+        if event == lib.OBI_PROCESS_FORK:
+            origin = self._identities.get(parent)
+            if origin is None or (pid in self._identities and pid not in self._exited):
+                return
+            child = replace(origin, pid=pid, instance_id=_instance_id(origin.instance_id, pid),
+                            attributes=dict(origin.attributes))
+            self.stats.inherited += 1
+            self._use(child)
+            self._watcher.adopt(child)
+            self._log.debug("process_inherited", pid=pid, parent=parent, service=child.service_name)
+        elif event == lib.OBI_PROCESS_EXEC:
+            identity = self._watcher.evaluate(pid, path)
+            if identity is not None:
+                self.stats.exec_selected += 1
+                self._instrument(identity)
+            elif parent == 1 or pid in self._identities:
+                # provisional (parent == 1) or traced before: what it became is not selected
+                if pid in self._identities:
+                    self.stats.exec_dropped += 1
+                    self._log.info("process_forgotten", pid=pid, reason="exec", exe=path)
+                self._kernel.remove_pid(pid)
+                self._watcher.forget(pid)
+                self._gone(pid, now)
+        elif event == lib.OBI_PROCESS_EXIT:
+            if pid in self._identities and pid not in self._exited:
+                self._log.info("process_forgotten", pid=pid, reason="exit")
+            self._watcher.forget(pid)
+            self._gone(pid, now)
+        self._expire(now)
+
+    # ---- internals -------------------------------------------------------------
+
+    def _instrument(self, identity: ServiceIdentity) -> None:
+        if not self._kernel.add_pid(identity.pid):
+            self.stats.pid_filter_full += 1
+            if not self._full_warned:
+                self._full_warned = True
+                self._log.warning("pid_filter_full", pid=identity.pid,
+                                  hint="raise ebpf.pid_filter_max (OTEL_EBPF_BPF_PID_FILTER_MAX); "
+                                  "processes already traced stay traced")
+            return
+        self._use(identity)
+        self._log.info("process_instrumented", pid=identity.pid, service=identity.service_name,
+                       exe=identity.exe_path)
+
+    def _use(self, identity: ServiceIdentity) -> None:
+        self._prepare(identity)
+        if self._observer is not None:
+            self._observer.track(identity)
+        self._exited.pop(identity.pid, None)
+        self._identities[identity.pid] = identity
+
+    def _gone(self, pid: int, now: float) -> None:
+        if pid in self._identities and pid not in self._exited:
+            if self._observer is not None:
+                self._observer.forget(pid)
+            self._exited[pid] = now
+
+    def _expire(self, now: float) -> None:
+        if not self._exited:
+            return
+        for pid, gone_at in list(self._exited.items()):
+            if now - gone_at > EXITED_IDENTITY_GRACE_S:
+                del self._exited[pid]
+                self._identities.pop(pid, None)
+
+
+def _instance_id(parent_instance: str, pid: int) -> str:
+    """A child's service.instance.id in the parent's `<host>:<pid>` form."""
+    host, sep, _ = parent_instance.rpartition(":")
+    return f"{host}:{pid}" if sep else str(pid)

@@ -1,0 +1,252 @@
+"""The TCP conversation capture (bpf/capture.bpf.c): load, attach, feed, sweep, drain."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+import structlog
+
+from obi.capabilities import effective_capabilities
+from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
+from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
+from obi.ebpf.ring import RingReader
+from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
+
+SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
+HookSet = Literal["tracepoint", "raw_tracepoint"]
+
+EXCHANGE_HEADER_SIZE: int = ffi.sizeof("struct obi_exchange")
+PROCESS_HEADER_SIZE: int = ffi.sizeof("struct obi_process")
+# The largest record: an exchange with both captures full (bpf/capture.bpf.c DATA_OFF_MAX).
+MAX_RECORD_SIZE: int = EXCHANGE_HEADER_SIZE + lib.OBI_REQ_CAPTURE_MAX + lib.OBI_RESP_CAPTURE_MAX
+# Program name prefixes of the two sets of syscall entry points; the rest load with either.
+PROGRAM_PREFIXES = {"tracepoint": "tp_", "raw_tracepoint": "raw_"}
+COMMON_PREFIXES = ("common_", "sweep")
+# Programs attached by hand (tp_exit, once per syscall) or run by user space (the sweep).
+MANUAL_PROGRAMS = frozenset({"tp_exit", "sweep"})
+INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
+# Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
+DEFAULT_WAKEUP_LEN = 64
+# A typical record's size, to turn OBI's wakeup_len (in events) into the bytes the kernel counts.
+TYPICAL_RECORD_SIZE = 512
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    syscall_hooks: SyscallHooks = "auto"
+    request_capture_bytes: int = 4096
+    response_capture_bytes: int = 512
+    wakeup_len: int = 0
+    ring_buffer_size: int = 1 << 24
+    max_processes: int = 4096  # pid filter entries
+    max_connections: int = 65536  # tracked connections (and syscalls in flight)
+    max_exchanges: int = 2048  # exchanges in flight, each with its capture buffer
+    trace_execs: bool = False  # trace every exec'd process until user space decides
+
+
+def _ring_buffers_supported() -> bool:
+    """False only when the kernel lacks ring buffers; a lack of privilege is not that
+    (libbpf's probe cannot tell them apart, so ask only when privileged)."""
+    if not effective_capabilities() & {"BPF", "SYS_ADMIN"}:
+        return True  # loading will fail with EPERM, which says what is wrong
+    return bool(lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1)
+
+
+def bpf_loop_supported() -> bool:
+    """Whether raw tracepoint programs may call bpf_loop (Linux 5.17+): HTTP/1.x framing."""
+    return bool(lib.libbpf_probe_bpf_helper(lib.BPF_PROG_TYPE_RAW_TRACEPOINT, lib.BPF_FUNC_loop,
+                                            ffi.NULL) == 1)
+
+
+def pid_namespace() -> tuple[int, int]:
+    """(dev, inode) of obi's pid namespace, or (0, 0) for the initial one."""
+    st = os.stat("/proc/self/ns/pid")
+    if st.st_ino == INIT_PID_NS_INO:
+        return 0, 0
+    return st.st_dev, st.st_ino
+
+
+def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool) -> BpfObjectSpec:
+    """What to load for these settings; deterministic, no kernel objects."""
+    dev, ino = pid_namespace()
+    wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * TYPICAL_RECORD_SIZE
+    return BpfObjectSpec(
+        path=object_path("capture"),
+        rodata={
+            "req_capture_len": u32(settings.request_capture_bytes),
+            "resp_capture_len": u32(settings.response_capture_bytes),
+            "wakeup_bytes": u64(wakeup_bytes),
+            "pidns_dev": u64(dev),
+            "pidns_ino": u64(ino),
+            "trace_execs": u32(int(settings.trace_execs)),
+            "use_bpf_loop": u32(int(use_bpf_loop)),
+            "slot_count": u32(settings.max_exchanges),
+        },
+        max_entries={
+            "events": settings.ring_buffer_size,
+            "pid_filter": settings.max_processes,
+            "fds": settings.max_connections,
+            "conns": settings.max_connections,
+            "pending_calls": settings.max_connections,
+            "slots": settings.max_exchanges,
+            "free_slots": settings.max_exchanges,
+            "busy_words": (settings.max_exchanges + 63) // 64,
+        },
+        program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES),
+        manual_programs=MANUAL_PROGRAMS,
+    )
+
+
+# Names of the kernel counters (struct slots of bpf/capture.h), as internal metrics read them.
+COUNTER_NAMES: dict[str, int] = {
+    "events_lost": lib.OBI_COUNTER_EVENTS_LOST,
+    "exchanges": lib.OBI_COUNTER_EXCHANGES,
+    "conn_table_full": lib.OBI_COUNTER_CONN_TABLE_FULL,
+    "call_table_full": lib.OBI_COUNTER_CALL_TABLE_FULL,
+    "slots_full": lib.OBI_COUNTER_SLOTS_FULL,
+    "pid_filter_full": lib.OBI_COUNTER_PID_FILTER_FULL,
+    "orphan_responses": lib.OBI_COUNTER_ORPHAN_BYTES,
+    "tls_skipped": lib.OBI_COUNTER_TLS_SKIPPED,
+    "process_events_lost": lib.OBI_COUNTER_PROCESS_EVENTS_LOST,
+}
+
+
+class Capture:
+    """The loaded and attached capture; owns its kernel objects."""
+
+    def __init__(self, settings: CaptureSettings) -> None:
+        self._log = structlog.get_logger().bind(component="ebpf")
+        self.settings = settings
+        self._tracefs: TracefsMount | None = None
+        hooks: HookSet
+        if settings.syscall_hooks == "raw_tracepoint":
+            hooks = "raw_tracepoint"
+            detail = "raw tracepoints requested (ebpf.syscall_hooks)"
+        else:
+            self._tracefs = ensure_tracefs()
+            detail = self._tracefs.detail
+            if self._tracefs.available:
+                hooks = "tracepoint"
+            elif settings.syscall_hooks == "tracepoint":
+                raise BpfError(self._tracefs.errno,
+                               "syscall tracepoints need tracefs, which is not mounted and could not be")
+            else:
+                hooks = "raw_tracepoint"
+        self.hooks: HookSet = hooks
+        self.hooks_detail = detail
+        if not _ring_buffers_supported():
+            self._release_tracefs()
+            raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
+        self.http_framing = bpf_loop_supported()
+        self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing))
+        try:
+            filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
+                           "fill the free exchange slots")
+            if filled != settings.max_exchanges:
+                raise BpfError(errno.ENOSPC, f"free exchange slots: {filled} of {settings.max_exchanges}")
+            self.collection.attach_all()
+            if hooks == "tracepoint":
+                self._attach_syscall_exits()
+            self._pid_filter_fd = self.collection.map_fd("pid_filter")
+            self._counters_fd = self.collection.map_fd("counters")
+            self._sweep_ctl_fd = self.collection.map_fd("sweep_ctl")
+            self._sweep_fd = self.collection.program_fd("sweep")
+            self.ring = RingReader(self.collection.map_fd("events"), MAX_RECORD_SIZE)
+        except BaseException:
+            self.collection.close()
+            self._release_tracefs()
+            raise
+        self._pid_key = ffi.new("uint32_t *")
+        self._pid_info = ffi.new("struct obi_pid_info *")
+        self._zero = ffi.new("uint32_t *", 0)
+        self._ctl = ffi.new("struct obi_sweep_ctl *")
+        self._rand = random.Random()
+        self._log.info("capture_attached", hooks=hooks, detail=detail, programs=self.collection.link_count,
+                       http_framing="kernel" if self.http_framing else "off (no bpf_loop before Linux 5.17)")
+
+    def _attach_syscall_exits(self) -> None:
+        """tp_exit on sys_exit_<name> for every tp_enter_<name> loaded."""
+        for name, section in self.collection.section_names().items():
+            if name.startswith("tp_enter_") and section.startswith("tracepoint/syscalls/sys_enter_"):
+                syscall = section.removeprefix("tracepoint/syscalls/sys_enter_")
+                if name in ("tp_enter_close", "tp_enter_close_range", "tp_enter_shutdown"):
+                    continue  # their exit changes nothing
+                self.collection.attach_tracepoint("tp_exit", "syscalls", f"sys_exit_{syscall}")
+
+    def add_pid(self, pid: int) -> bool:
+        """Traces pid (selected by user space). False when the pid filter is full.
+
+        A pid the kernel already traces (a child of a traced process) keeps its
+        generation, so the connections it has stay tracked.
+        """
+        self._pid_key[0] = pid
+        info = self._pid_info
+        if lib.bpf_map_lookup_elem(self._pid_filter_fd, self._pid_key, info) != 0:
+            ffi.memmove(info, b"\0" * ffi.sizeof(info[0]), ffi.sizeof(info[0]))
+            info.gen = self._rand.getrandbits(32)
+        info.flags = (info.flags & ~lib.OBI_PID_PROVISIONAL) | lib.OBI_PID_SELECTED
+        ret = lib.bpf_map_update_elem(self._pid_filter_fd, self._pid_key, info, 0)
+        if ret == -errno.E2BIG or ret == -errno.ENOSPC:
+            return False
+        check(ret, f"trace pid {pid}")
+        return True
+
+    def remove_pid(self, pid: int) -> None:
+        """Stops tracing pid; its connections are forgotten as their sockets close."""
+        self._pid_key[0] = pid
+        lib.bpf_map_delete_elem(self._pid_filter_fd, self._pid_key)
+
+    def traced_pids(self) -> dict[int, int]:
+        """Every pid in the kernel's filter, with its OBI_PID_* flags (tests, diagnostics)."""
+        out: dict[int, int] = {}
+        key = ffi.new("uint32_t *")
+        nxt = ffi.new("uint32_t *")
+        info = ffi.new("struct obi_pid_info *")
+        prev = ffi.NULL
+        while lib.bpf_map_get_next_key(self._pid_filter_fd, prev, nxt) == 0:
+            key[0] = nxt[0]
+            prev = key
+            if lib.bpf_map_lookup_elem(self._pid_filter_fd, key, info) == 0:
+                out[int(key[0])] = int(info.flags)
+        return out
+
+    def sweep(self, idle_ns: int, request_timeout_ns: int, flush: bool = False) -> None:
+        """Runs the kernel sweep once: exchanges over without an event to end them go to the ring."""
+        ctl = self._ctl
+        ctl.idle_ns = idle_ns
+        ctl.request_timeout_ns = request_timeout_ns
+        ctl.flush = int(flush)
+        # the cursor (kernels without bpf_loop) is the kernel's: keep it
+        current = ffi.new("struct obi_sweep_ctl *")
+        if lib.bpf_map_lookup_elem(self._sweep_ctl_fd, self._zero, current) == 0:
+            ctl.cursor = current.cursor
+        check(lib.bpf_map_update_elem(self._sweep_ctl_fd, self._zero, ctl, 0), "set the sweep")
+        check(lib.obi_run_program(self._sweep_fd), "run the sweep")
+
+    def counters(self) -> dict[str, int]:
+        out = ffi.new("uint64_t[]", lib.OBI_COUNTER_MAX)
+        check(lib.obi_read_percpu_counters(self._counters_fd, out, lib.OBI_COUNTER_MAX), "read counters")
+        return {name: int(out[slot]) for name, slot in COUNTER_NAMES.items()}
+
+    def _release_tracefs(self) -> None:
+        if self._tracefs is not None:
+            self._tracefs.release()
+
+    def close(self) -> None:
+        """Detaches and releases everything (idempotent)."""
+        if hasattr(self, "ring"):
+            self.ring.close()
+        self.collection.close()
+        self._release_tracefs()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

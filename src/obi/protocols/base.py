@@ -1,0 +1,103 @@
+"""What a protocol module implements, and what it is given.
+
+The kernel pairs what each side of a TCP connection sends into exchanges
+without knowing the protocol. A protocol module (one per protocol in this
+package) turns exchanges into spans in two steps:
+
+- ``detect(exchange)``: a cheap look at the first bytes: is this mine?
+- ``parse(exchange)``: a pure function of the bytes and sizes to the
+  protocol's facts, one per request the exchange holds (a client that
+  pipelines sends several; a request may have no answer). Anything it cannot
+  read raises ParseError and nothing else.
+- ``spans(facts, exchange, connection)``: the spans, named and attributed in
+  one place per protocol.
+
+Binary protocols, responses that are errors and pipelining clients all fit:
+facts are the protocol's own types, and an exchange carries both directions'
+first bytes and total sizes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from obi.ebpf._libbpf import lib
+from obi.protocols.errors import ParseError
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, ServiceIdentity, Span
+
+__all__ = ["ROLE_CLIENT", "ROLE_SERVER", "Connection", "Exchange", "IdGenerator", "ParseError",
+           "ProtocolModule", "SpanStats", "kind_of_role"]
+
+ROLE_SERVER: int = lib.OBI_ROLE_SERVER
+ROLE_CLIENT: int = lib.OBI_ROLE_CLIENT
+
+
+def kind_of_role(role: int) -> int:
+    return SPAN_KIND_SERVER if role == ROLE_SERVER else SPAN_KIND_CLIENT
+
+
+class Exchange(NamedTuple):
+    """One request and what came back, as the kernel paired them (a tuple: cheap per event)."""
+
+    role: int  # ROLE_SERVER: the instrumented process answered; ROLE_CLIENT: it asked
+    request: bytes  # the first bytes of what the requester sent
+    response: bytes  # the first bytes of what came back (b"": nothing did)
+    request_len: int  # bytes the requester sent in all
+    response_len: int  # bytes that came back in all (the final response, after HTTP 1xx)
+    response_header_len: int  # the kernel's HTTP/1.x framing of the response, -1 when unknown
+    response_content_length: int  # -1 when unknown
+    kernel_http: bool  # the kernel saw an HTTP/1.x request line
+    end_reason: int  # lib.OBI_END_*
+
+
+class Connection(NamedTuple):
+    """Who and where, for the spans of one exchange."""
+
+    service: ServiceIdentity
+    start_ns: int  # Unix epoch
+    end_ns: int
+    local_address: str
+    local_port: int
+    peer_address: str
+    peer_port: int
+
+
+@dataclass
+class SpanStats:
+    """What protocol modules could not turn into spans, or only partly (all counted)."""
+
+    headers_truncated: int = 0  # header blocks longer than the capture: traceparent may be lost
+    unanswered: int = 0  # requests the connection closed on (or timed out) without an answer
+    unpaired: int = 0  # responses or requests left over after pairing pipelined messages
+    ignored_route: int = 0  # spans of routes.ignored_patterns, left out
+
+
+class ProtocolModule(Protocol):
+    """One request/response protocol (see the module docstring)."""
+
+    name: str
+
+    def detect(self, exchange: Exchange) -> bool: ...
+
+    def parse(self, exchange: Exchange) -> Sequence[Any]: ...
+
+    def spans(self, facts: Sequence[Any], exchange: Exchange, connection: Connection) -> Sequence[Span]: ...
+
+
+class IdGenerator:
+    """Random trace and span ids: one draw per root span."""
+
+    __slots__ = ("_getrandbits",)
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._getrandbits = random.Random(seed).getrandbits
+
+    def root(self) -> tuple[bytes, bytes]:
+        ids = self._getrandbits(192).to_bytes(24, "big")
+        return ids[:16], ids[16:]
+
+    def span_id(self) -> bytes:
+        return self._getrandbits(64).to_bytes(8, "big")

@@ -1,0 +1,173 @@
+"""Ring buffer records -> spans: walk a drained batch, hand exchanges to their protocol.
+
+A batch is a run of length-prefixed records (obi_shim.h). Process records go
+to the process registry at once, so the exchanges after them in the same
+batch already see the process they announce. Exchange records become an
+Exchange (the bytes each side sent, the sizes, the kernel's framing) and a
+Connection (who, when, where), which the protocol registry's module for the
+bytes turns into spans. Nothing here knows a protocol.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from obi.ebpf._libbpf import lib
+from obi.ebpf.records import EXCHANGE_SIZE, PROCESS_LAYOUT, PROCESS_SIZE
+from obi.ebpf.ring import struct_layout
+from obi.protocols import ProtocolRegistry
+from obi.protocols.base import Connection, Exchange
+from obi.protocols.errors import ParseError
+from obi.traces.model import ServiceIdentity, Span
+
+_AF_INET = 2
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+ADDRESS_CACHE_LIMIT = 4096
+UNKNOWN_PROTOCOL_PIDS_LIMIT = 4096
+_RECORD_LENGTH = struct.Struct("=I").unpack_from
+_FLAG_HTTP: int = lib.OBI_FLAG_HTTP
+_FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
+_RECORD_EXCHANGE: int = lib.OBI_RECORD_EXCHANGE
+_RECORD_PROCESS: int = lib.OBI_RECORD_PROCESS
+_new_tuple = tuple.__new__
+# What the span path reads of an exchange header; the other fields are skipped unread.
+_HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
+    {"kind", "tid", "fd", "pad", "pad1", "pad2", "resp_start_ns"}))
+
+
+def format_address(family: int, raw: bytes) -> str:
+    """Printable IP address; IPv4-mapped IPv6 addresses print as IPv4."""
+    if family == _AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if raw[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, raw[12:16])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+@dataclass
+class RecordStats:
+    """What did not become spans, and why (all counted, none silent)."""
+
+    exchanges: int = 0
+    spans: int = 0
+    parse_errors: int = 0
+    unknown_process: int = 0
+    unknown_protocol: int = 0
+    # unknown-protocol exchanges per process (bounded: the busiest stay)
+    unknown_protocol_by_pid: dict[int, int] = field(default_factory=dict)
+    process_events: int = 0
+
+
+OnProcessEvent = Callable[[int, int, int, str], None]  # event, pid, parent, path
+
+
+class RecordProcessor:
+    """Turns drained batches into spans; process events go to `on_process` in order."""
+
+    def __init__(self, protocols: ProtocolRegistry, identity_for: Callable[[int], ServiceIdentity | None],
+                 on_process: OnProcessEvent) -> None:
+        self._protocols = protocols
+        self._identity_for = identity_for
+        self._on_process = on_process
+        # printable addresses by their 16 raw bytes, one table per family
+        self._addresses: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
+        self.stats = RecordStats()
+        assert _FIELDS == ("role", "end_reason", "flags", "pid", "family", "local_port", "peer_port",
+                           "req_captured", "resp_captured", "start_ns", "end_ns", "req_len", "resp_len",
+                           "resp_content_length", "resp_header_len", "local_addr", "peer_addr"), _FIELDS
+
+    def _address(self, family: int, raw: bytes) -> str:
+        table = self._addresses.setdefault(family, {})
+        text = table.get(raw)
+        if text is None:
+            if len(table) >= ADDRESS_CACHE_LIMIT:
+                table.clear()
+            text = table[raw] = format_address(family, raw)
+        return text
+
+    def process(self, batch: bytes) -> list[Span]:
+        """Spans for every exchange record in the batch (in order); failures are counted."""
+        unpack_exchange, unpack_process = _HEADER.unpack_from, PROCESS_LAYOUT.unpack_from
+        identify, identity_for = self._protocols.identify, self._identity_for
+        address = self._address
+        by_family = self._addresses
+        stats = self.stats
+        epoch_offset = time.time_ns() - time.monotonic_ns()
+        spans: list[Span] = []
+        off, end = 0, len(batch)
+        last_pid: int | None = None
+        identity: ServiceIdentity | None = None
+        exchanges = unknown_process = parse_errors = 0
+        try:
+            while off < end:
+                (size,) = _RECORD_LENGTH(batch, off)
+                base = off + 4
+                off = base + size
+                kind = batch[base]
+                if kind == _RECORD_PROCESS:
+                    stats.process_events += 1
+                    _, event, path_len, pid, parent, _, _ = unpack_process(batch, base)
+                    path_start = base + PROCESS_SIZE
+                    path = batch[path_start: path_start + path_len].decode("utf-8", "replace")
+                    self._on_process(event, pid, parent, path)
+                    last_pid = None  # the process's identity may have changed
+                    continue
+                if kind != _RECORD_EXCHANGE:
+                    continue
+                exchanges += 1
+                (role, end_reason, flags, pid, family, local_port, peer_port, req_captured, resp_captured,
+                 start_ns, end_ns, req_len, resp_len, content_length, header_len, local_raw,
+                 peer_raw) = unpack_exchange(batch, base)
+                if pid != last_pid:
+                    last_pid, identity = pid, identity_for(pid)
+                if identity is None:
+                    unknown_process += 1
+                    continue
+                req_start = base + EXCHANGE_SIZE
+                resp_start = req_start + req_captured
+                exchange = _new_tuple(Exchange, (
+                    role,
+                    batch[req_start:resp_start],
+                    batch[resp_start: resp_start + resp_captured],
+                    req_len,
+                    resp_len,
+                    header_len or -1,
+                    content_length if flags & _FLAG_LENGTH_KNOWN else -1,
+                    bool(flags & _FLAG_HTTP),
+                    end_reason,
+                ))  # fmt: skip
+                module = identify(exchange)
+                if module is None:
+                    self._unknown_protocol(pid)
+                    continue
+                try:
+                    facts = module.parse(exchange)
+                except ParseError:
+                    parse_errors += 1
+                    continue
+                table = by_family.get(family)
+                local = (table and table.get(local_raw)) or address(family, local_raw)
+                peer = (table and table.get(peer_raw)) or address(family, peer_raw)
+                connection = _new_tuple(Connection, (
+                    identity, start_ns + epoch_offset, end_ns + epoch_offset,
+                    local, local_port, peer, peer_port,
+                ))  # fmt: skip
+                spans += module.spans(facts, exchange, connection)
+        finally:
+            stats.exchanges += exchanges
+            stats.unknown_process += unknown_process
+            stats.parse_errors += parse_errors
+            stats.spans += len(spans)
+        return spans
+
+    def _unknown_protocol(self, pid: int) -> None:
+        stats = self.stats
+        stats.unknown_protocol += 1
+        by_pid = stats.unknown_protocol_by_pid
+        if pid not in by_pid and len(by_pid) >= UNKNOWN_PROTOCOL_PIDS_LIMIT:
+            del by_pid[min(by_pid, key=by_pid.__getitem__)]
+        by_pid[pid] = by_pid.get(pid, 0) + 1

@@ -1,0 +1,468 @@
+"""The capture programs on the real kernel: exact records for each role and case, clean detach."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from obi.ebpf._libbpf import lib
+from obi.ebpf.capture import Capture, CaptureSettings
+from obi.ebpf.records import RECORD_EXCHANGE, RECORD_PROCESS, decode
+from tests.support import bpf_link_ids, free_port, start_process, stop_process
+
+SERVERS = Path(__file__).resolve().parents[1] / "servers"
+MODES = ["tracepoint", "raw_tracepoint"]
+SERVER, CLIENT = lib.OBI_ROLE_SERVER, lib.OBI_ROLE_CLIENT
+
+
+class Records:
+    """Drains a capture and keeps every record."""
+
+    def __init__(self, capture: Capture) -> None:
+        self.capture = capture
+        self.all: list[dict[str, Any]] = []
+
+    def drain(self) -> None:
+        for batch, _ in self.capture.ring.drain():
+            self.all += decode(batch)
+
+    def exchanges(self, pid: int | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.all if r["kind"] == RECORD_EXCHANGE and (pid is None or r["pid"] == pid)]
+
+    def processes(self) -> list[dict[str, Any]]:
+        return [r for r in self.all if r["kind"] == RECORD_PROCESS]
+
+    def wait(self, done: Callable[[Records], bool], timeout: float = 5.0, idle_ns: int = 0,
+             request_timeout_ns: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.capture.sweep(idle_ns, request_timeout_ns)
+            self.drain()
+            if done(self) or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+
+@pytest.fixture(params=MODES)
+def capture(request: pytest.FixtureRequest) -> Iterator[Capture]:
+    with Capture(CaptureSettings(syscall_hooks=request.param, ring_buffer_size=1 << 22)) as c:
+        assert c.hooks == request.param
+        assert c.http_framing, "bpf_loop is available on this kernel: HTTP framing must be on"
+        yield c
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready")
+    yield proc, port
+    stop_process(proc)
+
+
+def exchange_of(sock: socket.socket, request: bytes, until: bytes) -> bytes:
+    sock.sendall(request)
+    reply = b""
+    while until not in reply:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_attach_then_close_leaves_no_link_and_no_fd() -> None:
+    for mode in MODES:
+        fds_before = open_fds()
+        before = bpf_link_ids()
+        capture = Capture(CaptureSettings(syscall_hooks=mode, ring_buffer_size=1 << 16))  # type: ignore[arg-type]
+        ours = set(capture.collection.link_ids())
+        assert len(ours) == capture.collection.link_count > 0
+        assert ours <= bpf_link_ids()
+        capture.close()
+        capture.close()  # idempotent
+        assert not ours & bpf_link_ids()
+        assert bpf_link_ids() <= before
+        assert open_fds() <= fds_before
+
+
+def test_server_keepalive_exchanges_end_at_their_framed_last_byte(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    # the server entered accept() before it was traced: let that accept finish first
+    socket.create_connection(("127.0.0.1", port)).close()
+    records = Records(capture)
+    first = b"GET /plain?x=1 HTTP/1.1\r\nHost: svc.local\r\n\r\n"
+    post = b"POST /status/500 HTTP/1.1\r\nHost: svc.local\r\nContent-Length: 5\r\n\r\nhello"
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        r1 = exchange_of(conn, first, b"ok\n")
+        # the server's next read ends the first exchange; the second ends by its length,
+        # then the sweep emits it (the server is still reading nothing new)
+        r2 = exchange_of(conn, post, b"status\n")
+        records.wait(lambda r: len(r.exchanges()) == 2)
+        one, two = records.exchanges()
+        local_port = conn.getsockname()[1]
+    assert one["role"] == two["role"] == SERVER
+    assert one["req"] == first and one["req_len"] == len(first)
+    assert one["resp"] == r1 and one["resp_len"] == len(r1)
+    assert two["req"] == post and two["req_len"] == len(post)
+    assert two["resp"] == r2 and two["resp_len"] == len(r2)
+    assert one["end_reason"] == two["end_reason"] == lib.OBI_END_FRAMED
+    for ev in (one, two):
+        assert ev["pid"] == proc.pid
+        assert ev["flags"] & lib.OBI_FLAG_HTTP and ev["flags"] & lib.OBI_FLAG_LENGTH_KNOWN
+        assert not ev["flags"] & lib.OBI_FLAG_ROLE_GUESSED
+        assert ev["family"] == socket.AF_INET
+        assert ev["local_port"] == port and ev["peer_port"] == local_port
+        assert ev["local_addr"][:4] == ev["peer_addr"][:4] == socket.inet_aton("127.0.0.1")
+        assert 0 < ev["start_ns"] <= ev["resp_start_ns"] <= ev["end_ns"]
+    assert one["resp_content_length"] == 3 and one["resp_header_len"] == len(r1) - 3
+    assert one["end_ns"] < two["start_ns"]
+    assert capture.counters()["events_lost"] == 0
+
+
+CLIENT_SCRIPT = textwrap.dedent("""
+    import socket, sys, time
+    port = int(sys.argv[1])
+    sys.stdin.readline()  # wait until traced
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))   # non-blocking connect: EINPROGRESS
+    except BlockingIOError:
+        pass
+    import select; select.select([], [s], [], 5)
+    s.setblocking(True)
+    def ask(req, until):
+        s.sendall(req)
+        got = b""
+        while until not in got:
+            got += s.recv(65536)
+        return got
+    ask(b"GET /plain HTTP/1.1\\r\\nHost: up\\r\\n\\r\\n", b"ok\\n")
+    ask(b"GET /chunked?n=2 HTTP/1.1\\r\\nHost: up\\r\\n\\r\\n", b"0\\r\\n\\r\\n")
+    ask(b"HEAD /plain HTTP/1.1\\r\\nHost: up\\r\\n\\r\\n", b"\\r\\n\\r\\n")
+    print("done", flush=True)
+    time.sleep(30)
+""")
+
+
+def test_client_exchanges_end_by_framing_without_waiting(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    _, port = server
+    client = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, str(port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        capture.add_pid(client.pid)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline() == "done\n"
+        records = Records(capture)
+        # the client stays connected and idle: each exchange must end by its framing
+        records.wait(lambda r: len(r.exchanges()) == 3)
+        plain, chunked, head = records.exchanges()
+    finally:
+        stop_process(client)
+    for ev in (plain, chunked, head):
+        assert ev["role"] == CLIENT and ev["pid"] == client.pid
+        assert ev["end_reason"] == lib.OBI_END_FRAMED
+        assert ev["peer_port"] == port and ev["local_port"] != port
+    assert plain["req"] == b"GET /plain HTTP/1.1\r\nHost: up\r\n\r\n"
+    assert plain["resp"].startswith(b"HTTP/1.1 200 OK\r\n") and plain["resp"].endswith(b"ok\n")
+    assert chunked["flags"] & lib.OBI_FLAG_CHUNKED and chunked["resp"].endswith(b"0\r\n\r\n")
+    assert head["req"].startswith(b"HEAD ") and head["resp_content_length"] == 1234
+    assert head["resp_len"] == head["resp_header_len"]
+
+
+def test_pipelined_requests_stay_in_one_exchange(capture: Capture,
+                                                  server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    requests = b"".join(b"GET /plain/%d HTTP/1.1\r\nHost: p\r\n\r\n" % i for i in range(3))
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        reply = b""
+        conn.sendall(requests)
+        while reply.count(b"ok\n") < 3:
+            reply += conn.recv(65536)
+        records = Records(capture)
+        records.wait(lambda r: len(r.exchanges()) >= 1)
+        time.sleep(0.2)
+        records.wait(lambda r: False, timeout=0.2)
+    (ev,) = records.exchanges()
+    assert ev["req"] == requests
+    assert ev["resp"] == reply[: ev["resp_captured"]] and ev["resp_len"] == len(reply)
+
+
+def test_interim_100_continue_does_not_end_the_exchange(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    head = b"POST /continue HTTP/1.1\r\nHost: c\r\nExpect: 100-continue\r\nContent-Length: 2000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        assert exchange_of(conn, head, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        time.sleep(0.3)
+        final = exchange_of(conn, b"x" * 2000, b"ok\n")
+        records = Records(capture)
+        records.wait(lambda r: len(r.exchanges()) == 1)
+    (ev,) = records.exchanges()
+    assert ev["req_len"] == len(head) + 2000
+    assert ev["req"] == (head + b"x" * 2000)[: ev["req_captured"]]
+    assert ev["resp"].startswith(b"HTTP/1.1 200 OK") and ev["resp_len"] == len(final)
+    assert ev["end_ns"] - ev["start_ns"] >= 300_000_000  # until the final response, not the interim
+
+
+def test_chunked_stream_with_long_pauses_ends_at_its_last_byte(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    records = Records(capture)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /chunked?n=3&gap=400 HTTP/1.1\r\nHost: s\r\n\r\n")
+        reply = b""
+        started = time.monotonic()
+        while not reply.endswith(b"0\r\n\r\n"):
+            reply += conn.recv(65536)
+            # the sweep runs with a 100 ms idle time all along: a framed stream must not end early
+            records.wait(lambda r: False, timeout=0.01, idle_ns=100_000_000)
+        took = time.monotonic() - started
+        records.wait(lambda r: len(r.exchanges()) == 1, idle_ns=100_000_000)
+    (ev,) = records.exchanges()
+    assert ev["resp_len"] == len(reply) and ev["end_reason"] == lib.OBI_END_FRAMED
+    assert (ev["end_ns"] - ev["resp_start_ns"]) / 1e9 == pytest.approx(took, abs=0.15)
+
+
+def test_response_headers_longer_than_the_capture_keep_their_length(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        reply = exchange_of(conn, b"GET /bigheaders HTTP/1.1\r\nHost: b\r\n\r\n", b"big\n")
+        records = Records(capture)
+        records.wait(lambda r: len(r.exchanges()) == 1)
+    (ev,) = records.exchanges()
+    assert ev["resp_captured"] == 512 < ev["resp_len"] == len(reply)
+    assert ev["resp_content_length"] == 4 and ev["resp_header_len"] == len(reply) - 4
+
+
+def test_a_first_read_of_two_bytes_still_makes_an_http_exchange(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    request = b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(request[:2])
+        time.sleep(0.2)
+        exchange_of(conn, request[2:], b"ok\n")
+        records = Records(capture)
+        records.wait(lambda r: len(r.exchanges()) == 1)
+    (ev,) = records.exchanges()
+    assert ev["req"] == request and ev["flags"] & lib.OBI_FLAG_HTTP
+
+
+def test_unframed_protocol_ends_on_next_request_or_idle(capture: Capture) -> None:
+    """A line protocol the kernel knows nothing of: paired by direction, ended by
+    the next request, and the last one by the idle time."""
+    port = free_port()
+    echo = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import socket
+        srv = socket.create_server(("127.0.0.1", {port}))
+        print("ready", flush=True)
+        conn, _ = srv.accept()
+        while data := conn.recv(100):
+            conn.sendall(b"+" + data)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout is not None and echo.stdout.readline() == "ready\n"
+        capture.add_pid(echo.pid)
+        records = Records(capture)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            assert exchange_of(conn, b"PING 1\n", b"\n") == b"+PING 1\n"
+            assert exchange_of(conn, b"PING 2\n", b"\n") == b"+PING 2\n"
+            records.wait(lambda r: len(r.exchanges()) == 2, idle_ns=200_000_000)
+    finally:
+        stop_process(echo)
+    one, two = records.exchanges()
+    assert (one["req"], one["resp"]) == (b"PING 1\n", b"+PING 1\n")
+    assert (two["req"], two["resp"]) == (b"PING 2\n", b"+PING 2\n")
+    assert one["end_reason"] == lib.OBI_END_READ  # the server went back to reading
+    assert not one["flags"] & lib.OBI_FLAG_HTTP
+    assert two["end_reason"] in (lib.OBI_END_READ, lib.OBI_END_IDLE)
+
+
+def test_unanswered_http_request_times_out(capture: Capture,
+                                            server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    records = Records(capture)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /hang HTTP/1.1\r\nHost: h\r\n\r\n")
+        records.wait(lambda r: len(r.exchanges()) == 1, request_timeout_ns=300_000_000)
+    (ev,) = records.exchanges()
+    assert ev["end_reason"] == lib.OBI_END_TIMEOUT and ev["resp_len"] == 0 and ev["resp_start_ns"] == 0
+
+
+def test_process_exit_with_a_request_in_flight_emits_it(capture: Capture,
+                                                        server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    records = Records(capture)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"GET /die HTTP/1.1\r\nHost: d\r\n\r\n")
+        assert conn.recv(100) == b""
+    proc.wait(5)
+    records.wait(lambda r: len(r.exchanges()) == 1 and len(r.processes()) == 1)
+    (ev,) = records.exchanges()
+    assert ev["end_reason"] == lib.OBI_END_EXIT and ev["req"].startswith(b"GET /die") and ev["resp_len"] == 0
+    (exit_event,) = records.processes()
+    assert exit_event["event"] == lib.OBI_PROCESS_EXIT and exit_event["pid"] == proc.pid
+    assert proc.pid not in capture.traced_pids()
+
+
+def test_forked_children_are_traced_from_their_first_request(capture: Capture) -> None:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "forking_server.py"), str(port)], ready="ready")
+    try:
+        capture.add_pid(proc.pid)
+        records = Records(capture)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            reply = exchange_of(conn, b"GET /fork HTTP/1.0\r\n\r\n", b"\n")
+        child = int(reply.rsplit(b"\r\n\r\n", 1)[1])
+        records.wait(lambda r: len(r.exchanges(child)) == 1)
+    finally:
+        stop_process(proc)
+    forks = [p for p in records.processes() if p["event"] == lib.OBI_PROCESS_FORK]
+    assert [(f["pid"], f["parent"]) for f in forks] == [(child, proc.pid)]
+    (ev,) = records.exchanges(child)
+    assert ev["role"] == SERVER and ev["req"] == b"GET /fork HTTP/1.0\r\n\r\n"
+    assert ev["resp"].startswith(b"HTTP/1.0 200 OK") and ev["local_port"] == port
+
+
+def test_tls_connections_are_left_alone(capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    capture.add_pid(proc.pid)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        conn.sendall(b"\x16\x03\x01\x00\x05hello\r\n\r\n")
+        time.sleep(0.2)
+    records = Records(capture)
+    records.wait(lambda r: False, timeout=0.3, idle_ns=1)
+    assert records.exchanges() == []
+    assert capture.counters()["tls_skipped"] == 1
+
+
+def test_untraced_and_forgotten_processes_produce_nothing(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        exchange_of(conn, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n", b"ok\n")
+    capture.add_pid(proc.pid)
+    capture.remove_pid(proc.pid)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        exchange_of(conn, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n", b"ok\n")
+    records = Records(capture)
+    records.wait(lambda r: False, timeout=0.3, idle_ns=1, request_timeout_ns=1)
+    assert records.all == []
+
+
+def test_ipv6_connection(capture: Capture) -> None:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port), "::1"],
+                         ready="ready")
+    try:
+        capture.add_pid(proc.pid)
+        with socket.create_connection(("::1", port)) as conn:
+            exchange_of(conn, b"GET /six HTTP/1.1\r\nHost: [::1]\r\n\r\n", b"ok\n")
+            records = Records(capture)
+            records.wait(lambda r: len(r.exchanges()) == 1)
+    finally:
+        stop_process(proc)
+    (ev,) = records.exchanges()
+    assert ev["family"] == socket.AF_INET6
+    assert ev["local_addr"] == ev["peer_addr"] == socket.inet_pton(socket.AF_INET6, "::1")
+    assert ev["local_port"] == port and ev["peer_port"] != 0
+
+
+def test_a_full_pid_filter_refuses_and_counts_children() -> None:
+    with Capture(CaptureSettings(syscall_hooks="raw_tracepoint", max_processes=2,
+                                 ring_buffer_size=1 << 16)) as capture:
+        sleeper = subprocess.Popen(["sh", "-c", "read x; sleep 0.1 & sleep 0.1 & sleep 0.1 & wait"],
+                                   stdin=subprocess.PIPE, text=True)
+        try:
+            assert capture.add_pid(sleeper.pid)
+            assert capture.add_pid(os.getppid())
+            assert not capture.add_pid(1)  # the table is full
+            assert sleeper.stdin is not None
+            sleeper.stdin.write("\n")
+            sleeper.stdin.flush()
+            sleeper.wait(5)
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+        assert capture.counters()["pid_filter_full"] >= 3
+
+
+def test_exec_tracing_catches_a_new_process_from_its_first_request(
+        server: tuple[subprocess.Popen[str], int]) -> None:
+    _, port = server
+    with Capture(CaptureSettings(syscall_hooks="raw_tracepoint", trace_execs=True,
+                                 ring_buffer_size=1 << 22)) as capture:
+        records = Records(capture)
+        curl = subprocess.run(["curl", "-s", f"http://127.0.0.1:{port}/plain"], capture_output=True,
+                              check=True)
+        assert curl.stdout == b"ok\n"
+        records.wait(lambda r: any(e["req"].startswith(b"GET /plain") for e in r.exchanges()))
+    execs = [p for p in records.processes()
+             if p["event"] == lib.OBI_PROCESS_EXEC and p["path"].endswith("curl")]
+    assert execs and execs[0]["parent"] == 1  # provisional: the kernel traces it until user space decides
+    (ev,) = [e for e in records.exchanges() if e["req"].startswith(b"GET /plain")]
+    assert ev["pid"] == execs[0]["pid"] and ev["role"] == CLIENT and ev["end_reason"] == lib.OBI_END_FRAMED
+
+
+def test_connections_opened_before_tracing_get_their_role_from_the_first_bytes(
+        capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        exchange_of(conn, b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n", b"ok\n")
+        capture.add_pid(proc.pid)  # the connection exists already
+        exchange_of(conn, b"GET /later HTTP/1.1\r\nHost: x\r\n\r\n", b"ok\n")
+        records = Records(capture)
+        records.wait(lambda r: len(r.exchanges()) == 1)
+    (ev,) = records.exchanges()
+    assert ev["role"] == SERVER and ev["flags"] & lib.OBI_FLAG_ROLE_GUESSED
+    assert ev["req"].startswith(b"GET /later") and ev["local_port"] == port
+
+
+def test_sigkill_mid_response_is_emitted_as_exit(capture: Capture) -> None:
+    port = free_port()
+    proc = start_process([sys.executable, "-c", textwrap.dedent(f"""
+        import socket, time
+        srv = socket.create_server(("127.0.0.1", {port}))
+        print("ready", flush=True)
+        conn, _ = srv.accept()
+        conn.recv(1000)
+        conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 100\\r\\n\\r\\npart")
+        time.sleep(60)
+        """)], ready="ready")
+    capture.add_pid(proc.pid)
+    records = Records(capture)
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        exchange_of(conn, b"GET /slow HTTP/1.1\r\nHost: k\r\n\r\n", b"part")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        records.wait(lambda r: len(r.exchanges()) == 1)
+    (ev,) = records.exchanges()
+    assert ev["end_reason"] == lib.OBI_END_EXIT and ev["resp"].endswith(b"part")
