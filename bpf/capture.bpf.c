@@ -85,6 +85,15 @@ enum conn_kind {
 	CONN_TLS,   /* TLS ciphertext: not captured from syscalls */
 };
 
+/* Who ends an exchange is decided by one compare-and-swap on `busy`: the syscall
+ * that ends it, the sweep and a TCP close can race on two CPUs, and only one may
+ * emit it and give its slot back. */
+enum slot_use {
+	SLOT_FREE = 0,
+	SLOT_BUSY,
+	SLOT_ENDING,
+};
+
 enum phase {
 	PHASE_REQUEST = 1,
 	PHASE_RESPONSE,
@@ -133,11 +142,11 @@ struct conn {
 
 struct slot_state {
 	__u64 sk;      /* the connection (key of `conns`) */
-	__u32 pad0;
-	__u8 busy;
+	__u32 busy;    /* SLOT_FREE, SLOT_BUSY, SLOT_ENDING (changed with compare-and-swap) */
 	__u8 phase;    /* enum phase */
 	__u8 framing;  /* enum framing */
 	__u8 interim;  /* the response so far is 1xx interim */
+	__u8 pad0;
 	__u64 last_ns; /* last bytes moved */
 	__u64 expected;  /* FRAMING_LENGTH: resp_len at which the response is complete */
 	__u64 tail;      /* the last 8 response bytes (newest on top), for the chunked terminator */
@@ -422,27 +431,35 @@ static __always_inline void mark_busy(__u32 idx, bool busy)
 		__sync_fetch_and_and(word, ~(1ULL << (idx & 63)));
 }
 
-static __always_inline void release_slot(struct conn *c, struct slot *s, __u32 idx)
+/* Emits the exchange of slot idx and gives the slot back, unless another CPU is doing
+ * so (a global function: one copy, verified once, whoever calls it). */
+__noinline int end_slot(__u32 idx, __u32 reason)
 {
-	s->st.busy = 0;
+	struct slot *s = slot_at(idx);
+	struct conn *c;
+	__u64 sk;
+
+	if (!s || __sync_val_compare_and_swap(&s->st.busy, SLOT_BUSY, SLOT_ENDING) != SLOT_BUSY)
+		return 0;
+	sk = s->st.sk;
+	emit_exchange(s, s->st.phase == PHASE_COMPLETE ? OBI_END_FRAMED : reason);
+	c = bpf_map_lookup_elem(&conns, &sk);
+	if (c) /* unless the connection has moved on to a new exchange meanwhile */
+		__sync_val_compare_and_swap(&c->slot, idx, NO_SLOT);
+	s->st.busy = SLOT_FREE;
 	mark_busy(idx, false);
-	if (c)
-		c->slot = NO_SLOT;
 	bpf_map_push_elem(&free_slots, &idx, BPF_ANY);
+	return 0;
 }
 
 static __always_inline void end_exchange(struct conn *c, __u8 reason)
 {
 	__u32 idx = c->slot;
-	struct slot *s = slot_at(idx);
 
-	if (!s) {
-		c->slot = NO_SLOT;
-		return;
-	}
-	if (s->st.busy)
-		emit_exchange(s, s->st.phase == PHASE_COMPLETE ? OBI_END_FRAMED : reason);
-	release_slot(c, s, idx);
+	if (idx != NO_SLOT)
+		end_slot(idx, reason);
+	if (c->slot == idx)
+		c->slot = NO_SLOT; /* the slot was another's already: forget it */
 }
 
 /* Starts following a connection the process just accepted or connected, or one it
@@ -635,7 +652,6 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 		return NULL;
 	}
 	s->st.sk = sk;
-	s->st.busy = 1;
 	s->st.phase = PHASE_REQUEST;
 	s->st.framing = FRAMING_UNKNOWN;
 	s->st.interim = 0;
@@ -667,6 +683,7 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 	__builtin_memcpy(s->ev.local_addr, c->local_addr, 16);
 	__builtin_memcpy(s->ev.peer_addr, c->peer_addr, 16);
 	s->st.last_ns = s->ev.start_ns;
+	s->st.busy = SLOT_BUSY;
 	c->slot = idx;
 	mark_busy(idx, true);
 	return s;
@@ -882,7 +899,6 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 		count(OBI_COUNTER_ORPHAN_BYTES);
 		return;
 	}
-	s->ev.pid = pid; /* a forked child may answer what its parent read */
 	if (on_response_bytes(c, s, call, src, room, (__u64)ret))
 		end_exchange(c, OBI_END_FRAMED);
 }
@@ -1267,11 +1283,9 @@ const volatile __u32 slot_count = 2048; /* entries of `slots` */
 __noinline int sweep_slot(__u32 idx, __u64 now, __u64 idle_ns, __u64 request_timeout_ns, __u32 flush)
 {
 	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
-	__u64 sk;
-	struct conn *c;
 	__u8 reason = 0;
 
-	if (!s || !s->st.busy)
+	if (!s || s->st.busy != SLOT_BUSY)
 		return 0;
 	if (s->st.phase == PHASE_COMPLETE)
 		reason = OBI_END_FRAMED;
@@ -1283,14 +1297,8 @@ __noinline int sweep_slot(__u32 idx, __u64 now, __u64 idle_ns, __u64 request_tim
 	else if (s->st.phase == PHASE_REQUEST && (s->ev.flags & OBI_FLAG_HTTP) && request_timeout_ns &&
 		 now - s->ev.start_ns >= request_timeout_ns)
 		reason = OBI_END_TIMEOUT;
-	if (!reason)
-		return 0;
-	sk = s->st.sk;
-	c = bpf_map_lookup_elem(&conns, &sk);
-	if (c && c->slot != idx)
-		c = NULL; /* the connection moved on: this slot is its past */
-	emit_exchange(s, reason);
-	release_slot(c, s, idx);
+	if (reason)
+		end_slot(idx, reason);
 	return 0;
 }
 

@@ -3,18 +3,14 @@ and a run that executed none of them fails unless that was asked for."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
-import structlog
 from hypothesis import HealthCheck, settings
 
 # Shared 2-core machines: no per-example deadline, which would flake under load.
 settings.register_profile("obi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("obi")
-# In-process captures log through structlog: keep libbpf's debug chatter out of test output.
-structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
 KERNEL_MARKERS = ("kernel", "e2e")
 

@@ -273,7 +273,7 @@ class Agent:
                       spans_export_dropped=exporter.dropped if exporter else 0,
                       spans_export_failed=exporter.failed if exporter else 0,
                       parse_errors=records.parse_errors, unknown_process=records.unknown_process,
-                      unknown_protocol=records.unknown_protocol, requests_unanswered=spans.unanswered,
+                      unknown_protocol=records.unknown_protocol, spans_without_response=spans.unanswered,
                       truncated_requests=spans.headers_truncated,
                       events_dropped=self.drain.queue.dropped_records,
                       ring_records=self.drain.drained_records, ring_bytes=self.drain.drained_bytes,

@@ -130,7 +130,7 @@ def test_a_missing_required_capability_is_named_in_one_line() -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1
     [line] = error_lines(done.stderr)
-    assert line.startswith("obi: load http.bpf.o: Operation not permitted: missing capability CAP_BPF "
+    assert line.startswith("obi: load capture.bpf.o: Operation not permitted: missing capability CAP_BPF "
                            "(needed for: BPF programs and maps)"), done.stderr
     logs = [json.loads(x) for x in done.stderr.splitlines() if x.startswith("{")]
     warning = next(e for e in logs if e["event"] == "capability_missing" and e["capability"] == "CAP_BPF")

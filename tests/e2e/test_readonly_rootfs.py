@@ -130,7 +130,7 @@ def test_wheel_carries_the_bpf_objects_and_needs_only_the_image_libraries(wheel_
     """The installed wheel has its BPF objects, and its native module links only
     against libraries the runtime stage installs (or the base image's libc)."""
     site = next((wheel_venv / "lib").glob("python3*/site-packages"))
-    assert sorted(p.name for p in (site / "obi" / "ebpf").glob("*.bpf.o")) == ["http.bpf.o"]
+    assert sorted(p.name for p in (site / "obi" / "ebpf").glob("*.bpf.o")) == ["capture.bpf.o"]
     assert not (site / "_cffi_src").exists(), "the CFFI build script must not ship"
     (module,) = (site / "obi" / "ebpf").glob("_libbpf_cffi*.so")
     # Every shared library it loads, transitively, as the dynamic loader resolves them here.

@@ -22,7 +22,8 @@ from tests.support import free_port, start_process, stop_process
 
 # The agent_stopped counter of requests whose response the capture never saw (the reader closed
 # the connection, exited or exec'd first) and that were not made into spans: such a request is
-# a span or counted there, never dropped silently.
+# a span or counted there, never dropped silently. (obi makes every one a span, with no status
+# code and error.type saying why, and counts those in spans_without_response.)
 UNANSWERED = "requests_unanswered"
 
 

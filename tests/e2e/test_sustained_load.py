@@ -48,6 +48,7 @@ def test_5000_requests_per_second_for_30_seconds_lose_nothing(tmp_path: Path) ->
         stop_process(sink)
     assert sink.stdout is not None
     received = int(re.search(r"spans received: (\d+)", sink.stdout.read()).group(1))  # type: ignore[union-attr]
+    print(stats)
     print(f"\nsustained load: {rate:.0f} requests/s for {SECONDS}s, {completed} requests, "
           f"{stats['spans']} spans, {received} received, {stats['events_lost']} lost")
     assert rate >= RATE * 0.95, f"the load generator reached only {rate:.0f}/s"

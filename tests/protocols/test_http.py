@@ -123,10 +123,15 @@ def test_http_1_0() -> None:
     assert (facts.version, facts.path, facts.host) == ("1.0", "/index.html", None)
 
 
-def test_body_size_without_content_length_is_bytes_after_headers() -> None:
+def test_request_body_size_without_content_length() -> None:
+    # no Content-Length and no transfer coding: no body (RFC 9112 6.3); what follows is the next request
     request = b"PUT /upload HTTP/1.1\r\nHost: h\r\n\r\n"
-    assert parse_request(request, len(request) + 500).body_size == 500
-    assert parse_request(request, 3).body_size == 0  # never negative
+    assert parse_request(request, len(request) + 500).body_size == 0
+    assert parse_request(request, len(request) + 500).end == len(request)
+    # chunked: the bytes after the header block
+    chunked = b"PUT /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert parse_request(chunked, len(chunked) + 500).body_size == 500
+    assert parse_request(chunked, 3).body_size == 0  # never negative
 
 
 def test_chunked_request_ignores_content_length() -> None:

@@ -155,7 +155,7 @@ def test_paranoid_3_without_sys_admin_is_named_as_the_cause() -> None:
     assert "kernel.perf_event_paranoid=3 (> 2)" in perf.detail
     assert "kernel.perf_event_paranoid=3" in rows[UPROBES].detail
     preflight = Preflight.from_facts(host)
-    cause = preflight.explain(PermissionError(errno.EPERM, "load http.bpf.o"))
+    cause = preflight.explain(PermissionError(errno.EPERM, "load capture.bpf.o"))
     assert cause == "kernel.perf_event_paranoid=3 (> 2) allows perf events only with CAP_SYS_ADMIN"
     # Not the cause of other errors, nor when SYS_ADMIN is there.
     assert preflight.explain(OSError(errno.ENOENT, "x")) is None

@@ -124,6 +124,12 @@ class ProcessRegistry:
     # ---- internals -------------------------------------------------------------
 
     def _instrument(self, identity: ServiceIdentity) -> None:
+        known = self._identities.get(identity.pid)
+        same_start = known is not None and (known.start_time == identity.start_time
+                                            or not known.start_time or not identity.start_time)
+        if known is not None and same_start and identity.pid not in self._exited \
+                and known.exe_path == identity.exe_path:
+            return  # the same process, found by both the kernel's exec event and a /proc scan
         if not self._kernel.add_pid(identity.pid):
             self.stats.pid_filter_full += 1
             if not self._full_warned:

@@ -229,14 +229,16 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
     traceparent = _header_value(raw, lowered, _TRACEPARENT)
     start = lowered.find(_CONTENT_LENGTH)
     content_length = None if start < 0 else _content_length(raw, lowered, start)
-    if header_len < 0:
+    if content_length is not None:
+        body_size = content_length
+        end = -1 if header_len < 0 else header_len + content_length
+    elif start >= 0 or _TRANSFER_ENCODING in lowered:
+        # chunked, or a Content-Length that is not a number: the bytes after the header block
+        body_size = _body_size(None, header_len, total_len)
         end = -1
-    elif content_length is not None:
-        end = header_len + content_length
-    elif _TRANSFER_ENCODING in lowered:
-        end = -1  # chunked: where it ends is in the body
     else:
-        end = header_len  # a request without Content-Length or coding has no body
+        body_size = 0  # a request without Content-Length or transfer coding has no body
+        end = header_len
     return _new_tuple(HttpRequestFacts, (
         method,
         target,
@@ -244,7 +246,7 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
         version,
         None if host is None else _decode(host),
         content_length,
-        _body_size(content_length, header_len, total_len),
+        body_size,
         None if traceparent is None else _decode(traceparent),
         header_len,
         end,
