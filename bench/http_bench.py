@@ -191,7 +191,7 @@ def main() -> int:
           f"  (dropped at export queue: {unthrottled['spans_export_dropped']})")
     print(f"  obi peak RSS               {rss:10.1f} MiB")
     print_bpf(bpf, obi_done)
-    ring_bytes = unthrottled["ring_bytes"] / max(unthrottled["ring_records"], 1)
+    ring_bytes = unthrottled.get("ring_bytes", 0) / max(unthrottled.get("ring_records", 0), 1)
     print(f"  bytes per ring record      {ring_bytes:10.0f}")
     print(f"paced, target {args.rate}/s for {args.rate_seconds}s ({conns} connections):")
     print(f"  requests/s achieved        {paced_rps:10.0f}")
@@ -203,7 +203,8 @@ def main() -> int:
           f"  ({100 * paced_cpu / args.rate_seconds:.0f}% of one core)")
     print(f"  obi peak RSS               {paced_rss:10.1f} MiB")
     print_bpf(paced_bpf, paced_done)
-    print(f"  bytes per ring record      {paced['ring_bytes'] / max(paced['ring_records'], 1):10.0f}")
+    paced_bytes = paced.get("ring_bytes", 0) / max(paced.get("ring_records", 0), 1)
+    print(f"  bytes per ring record      {paced_bytes:10.0f}")
     return 0
 
 

@@ -138,11 +138,11 @@ class Agent:
     kube: KubeMetadataSource | None
     log: structlog.typing.FilteringBoundLogger
 
-    def internal_counters(self) -> dict[str, int]:
+    def internal_counters(self) -> dict[str, int | dict[int, int]]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
         kernel = self.drain.kernel
         records, spans, exporter = self.records.stats, self.span_stats, self.trace_exporter
-        counters = {
+        counters: dict[str, int | dict[int, int]] = {
             "obi.ebpf.events": kernel.get("exchanges", 0),
             "obi.ebpf.events.lost": kernel.get("events_lost", 0) + kernel.get("process_events_lost", 0),
             "obi.ebpf.connections.untracked": kernel.get("conn_table_full", 0),
@@ -156,7 +156,7 @@ class Agent:
             "obi.spans.built": records.spans,
             "obi.spans.unparsed": records.parse_errors,
             "obi.spans.unknown_process": records.unknown_process,
-            "obi.spans.unknown_protocol": records.unknown_protocol,
+            "obi.spans.unknown_protocol": dict(records.unknown_protocol_by_pid),
             "obi.spans.headers_truncated": spans.headers_truncated,
             "obi.spans.unanswered": spans.unanswered,
             "obi.spans.exported": exporter.sent if exporter else 0,

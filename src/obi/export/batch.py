@@ -18,6 +18,7 @@ from typing import Protocol
 
 import structlog
 
+from obi.config.model import TracesExportConfig
 from obi.export.encode import TraceEncoder
 from obi.export.endpoints import OtlpTarget
 from obi.export.internal import MetricsSource
@@ -26,10 +27,12 @@ from obi.export.otlp_http import HttpTransport
 from obi.export.retry import AttemptResult, Outcome, RetryPolicy, send_with_retry
 from obi.traces.model import Span
 
-DEFAULT_MAX_QUEUE_SIZE = 4096
-DEFAULT_MAX_EXPORT_BATCH_SIZE = 512
-DEFAULT_BATCH_TIMEOUT_S = 5.0
-DEFAULT_EXPORT_TIMEOUT_S = 10.0
+# The defaults are the configuration's (one definition: obi.config.model).
+_TRACES = TracesExportConfig()
+DEFAULT_MAX_QUEUE_SIZE = _TRACES.max_queue_size
+DEFAULT_MAX_EXPORT_BATCH_SIZE = _TRACES.max_export_batch_size
+DEFAULT_BATCH_TIMEOUT_S = _TRACES.batch_timeout
+DEFAULT_EXPORT_TIMEOUT_S = _TRACES.timeout
 QUEUE_SIZE_KNOB = "otel_traces_export.max_queue_size (OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_SIZE)"
 
 

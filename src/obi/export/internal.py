@@ -29,14 +29,21 @@ from obi.export.encode import SCOPE_NAME, key_value
 
 # name -> (unit, description). The counters source returns values by these names.
 INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
-    "obi.ebpf.events": ("{event}", "Requests the kernel side delivered to the ring buffer"),
-    "obi.ebpf.events.lost": ("{event}", "Requests lost because the ring buffer was full"),
+    "obi.ebpf.events": ("{event}", "Exchanges the kernel side delivered to the ring buffer"),
+    "obi.ebpf.events.lost": ("{event}", "Records lost because the ring buffer was full"),
     "obi.ebpf.connections.untracked": ("{connection}", "Connections not traced: connection table full"),
     "obi.ebpf.calls.untracked": ("{call}", "Syscalls not traced: in-flight call table full"),
+    "obi.ebpf.requests.untracked": ("{request}", "Exchanges not captured: every exchange slot was in use"),
+    "obi.ebpf.processes.untraced": ("{process}", "Processes not traced: the pid filter was full"),
+    "obi.ebpf.responses.orphan": ("{call}", "Response bytes with no request in flight on their connection"),
+    "obi.ebpf.connections.tls_skipped": ("{connection}", "Connections left alone: TLS ciphertext"),
     "obi.pipeline.events.dropped": ("{event}", "Events dropped because the span stage was behind"),
     "obi.spans.built": ("{span}", "Spans built from kernel events"),
-    "obi.spans.unparsed": ("{event}", "Events whose bytes were not valid HTTP/1.x"),
-    "obi.spans.unknown_process": ("{event}", "Events of a process obi no longer knew"),
+    "obi.spans.unparsed": ("{event}", "Exchanges a protocol recognised but could not parse"),
+    "obi.spans.unknown_process": ("{event}", "Events of a process obi no longer knew, or never selected"),
+    "obi.spans.unknown_protocol": ("{event}", "Exchanges of a protocol obi does not know, per process"),
+    "obi.spans.headers_truncated": ("{request}", "Requests whose headers went on past the capture"),
+    "obi.spans.unanswered": ("{span}", "Spans of requests that got no response"),
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),
     "obi.spans.export.dropped": ("{span}", "Spans dropped from the full export queue"),
     "obi.spans.export.failed": ("{span}", "Spans whose export failed after retries"),
@@ -56,7 +63,8 @@ class MetricsSource(Protocol):
 class InternalMetrics:
     """The agent's counters as one ResourceMetrics (service.name "obi")."""
 
-    def __init__(self, counters: Callable[[], Mapping[str, int]], start_ns: int) -> None:
+    def __init__(self, counters: Callable[[], Mapping[str, int | Mapping[int, int]]], start_ns: int) -> None:
+        """`counters` gives each counter's value, or for counters kept per process {pid: value}."""
         self._counters = counters
         self._start_ns = start_ns
         self._resource = Resource(attributes=[
@@ -72,10 +80,16 @@ class InternalMetrics:
         values = self._counters()
         metrics = []
         for name, (unit, description) in INTERNAL_COUNTERS.items():
-            point = NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns,
-                                    as_int=int(values.get(name, 0)))
+            value = values.get(name, 0)
+            if isinstance(value, Mapping):  # one point per process: {pid: count}
+                points = [NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns,
+                                          as_int=int(count), attributes=[key_value("process.pid", pid)])
+                          for pid, count in sorted(value.items())]
+            else:
+                points = [NumberDataPoint(start_time_unix_nano=self._start_ns, time_unix_nano=now_ns,
+                                          as_int=int(value))]
             metrics.append(Metric(name=name, unit=unit, description=description, sum=Sum(
-                data_points=[point], is_monotonic=True,
+                data_points=points, is_monotonic=True,
                 aggregation_temporality=AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE)))
         request = ExportMetricsServiceRequest()
         request.resource_metrics.append(ResourceMetrics(

@@ -58,6 +58,12 @@ _OWS = b" \t"
 _CONTENT_LENGTH_LEN = len(_CONTENT_LENGTH)
 # Status-code tokens of 100..599 (codes outside take the slow path, which names the error).
 _STATUS_BY_TOKEN: dict[bytes, int] = {b"%d" % code: code for code in range(100, 600)}
+# "HTTP/1.x NNN" -> (version, status): a whole status line's start in one lookup.
+_STATUS_LINE: dict[bytes, tuple[str, int]] = {
+    token + b" " + code_token: (version, code)
+    for token, version in _VERSION_BY_TOKEN.items()
+    for code_token, code in _STATUS_BY_TOKEN.items()
+}
 _AFTER_STATUS = (b"", b" ", b"\r")
 # tuple.__new__ builds a NamedTuple without its Python-level __new__ (a third of the cost).
 _new_tuple = tuple.__new__
@@ -259,11 +265,14 @@ def parse_response(data: bytes, total_len: int) -> HttpResponseFacts:
     The status line must be captured up to its status code. Bodies of 1xx, 204
     and 304 responses count as 0 whatever Content-Length says.
     """
-    version = _VERSION_BY_TOKEN.get(data[:8])
-    if version is None:
-        raise ParseError("status line does not start with HTTP/1.0 or HTTP/1.1")
-    status_code = _STATUS_BY_TOKEN.get(data[9:12]) if data[8:9] == b" " else None
-    if status_code is None:
+    line = _STATUS_LINE.get(data[:12])
+    if line is not None:
+        version, status_code = line
+    else:  # the slow path names what is wrong
+        found = _VERSION_BY_TOKEN.get(data[:8])
+        if found is None:
+            raise ParseError("status line does not start with HTTP/1.0 or HTTP/1.1")
+        version = found
         code = data[9:12]
         if data[8:9] != b" " or len(code) != 3 or not code.isdigit():
             raise ParseError("status line has no 3-digit status code")
@@ -375,10 +384,10 @@ def _framed_response(data: bytes, header_len: int, content_length: int,
                      head: bool) -> HttpResponseFacts | None:
     """The response from its status line alone, when the kernel framed it (length and headers
     known); None when the status line does not say a final response."""
-    version = _VERSION_BY_TOKEN.get(data[:8])
-    status = _STATUS_BY_TOKEN.get(data[9:12]) if data[8:9] == b" " else None
-    if version is None or status is None or status < 200 or data[12:13] not in _AFTER_STATUS:
+    line = _STATUS_LINE.get(data[:12])
+    if line is None or line[1] < 200 or data[12:13] not in _AFTER_STATUS:
         return None
+    version, status = line
     body = 0 if head or status in _BODYLESS_STATUS else content_length
     return _new_tuple(HttpResponseFacts,
                       (version, status, content_length, body, header_len, header_len + body))
@@ -397,14 +406,15 @@ def parse_exchange(
     """
     first = parse_request(request, request_len)
     end = first.end
-    requests = [first] if end < 0 or end >= len(request) else _more_requests(first, request, request_len)
+    single = end < 0 or end >= len(request)
+    head = first.method == "HEAD"
+    if single and kernel_content_length >= 0 and kernel_header_len > 0 and response:
+        framed = _framed_response(response, kernel_header_len, kernel_content_length, head)
+        if framed is not None:  # the common case: one request, a response the kernel framed
+            return [_new_tuple(HttpPair, (first, framed))]
+    requests = [first] if single else _more_requests(first, request, request_len)
     if not response:
         return [_new_tuple(HttpPair, (req, None)) for req in requests]
-    head = first.method == "HEAD"
-    if len(requests) == 1 and kernel_header_len > 0 and kernel_content_length >= 0:
-        framed = _framed_response(response, kernel_header_len, kernel_content_length, head)
-        if framed is not None:
-            return [_new_tuple(HttpPair, (first, framed))]
     responses = _split_responses(response, response_len)
     if responses:
         found = responses[0]
@@ -466,9 +476,8 @@ class Http1:
         return exchange.kernel_http or looks_like_request(exchange.request)
 
     def parse(self, exchange: Exchange) -> list[HttpPair]:
-        return parse_exchange(exchange.request, exchange.request_len, exchange.response,
-                              exchange.response_len, exchange.response_header_len,
-                              exchange.response_content_length)
+        _, request, response, request_len, response_len, header_len, content_length, _, _ = exchange
+        return parse_exchange(request, request_len, response, response_len, header_len, content_length)
 
     def _host(self, host: str) -> str:
         name = self._host_names.get(host)
