@@ -701,7 +701,8 @@ __noinline int frame_http_response(__u32 idx, __u64 src, __u64 room, __u64 n)
 	__u32 status, base = 0;
 	__u64 len = n < room ? n : room;
 
-	if (!s || !src || bpf_probe_read_user(head, sizeof(head), (void *)src))
+	/* a status line cut short (a server writing "HTTP/1.1 " first) is not framed */
+	if (!s || !src || len < 13 || bpf_probe_read_user(head, sizeof(head), (void *)src))
 		return 0;
 	status = http1_status(head);
 	if (!status)
@@ -831,7 +832,7 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
 	return false;
 }
 
-/* Request bytes moved. Returns the slot they went to (a new exchange if needed). */
+/* Request bytes moved: into the exchange in flight, or a new one (the previous one ends). */
 static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key *key, __u64 sk,
 					     __u64 src, __u64 room, __u64 n)
 {
@@ -1318,31 +1319,8 @@ static long sweep_word(__u32 w, void *ctx)
 		return 1;
 	bits = *word;
 	for (int i = 0; i < 64 && bits; i++) {
-		__u64 low = bits & (~bits + 1);
-		__u32 k = 0;
+		__u32 k = ctz64(bits);
 
-		if (low > 0xffffffffULL) {
-			k = 32;
-			low >>= 32;
-		}
-		if (low > 0xffffULL) {
-			k += 16;
-			low >>= 16;
-		}
-		if (low > 0xffULL) {
-			k += 8;
-			low >>= 8;
-		}
-		if (low > 0xfULL) {
-			k += 4;
-			low >>= 4;
-		}
-		if (low > 0x3ULL) {
-			k += 2;
-			low >>= 2;
-		}
-		if (low > 0x1ULL)
-			k += 1;
 		sweep_slot(w * 64 + k, run->now, run->ctl.idle_ns, run->ctl.request_timeout_ns, run->ctl.flush);
 		bits &= bits - 1;
 	}

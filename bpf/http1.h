@@ -15,6 +15,8 @@
 #ifndef OBI_HTTP1_H
 #define OBI_HTTP1_H
 
+#include "bits.h"
+
 #define HTTP1_SCAN_MAX 4096 /* longest header block scanned (a power of two) */
 #define HTTP1_SCAN_PIECE 512
 #define HTTP1_SCAN_BUF (HTTP1_SCAN_MAX + HTTP1_SCAN_PIECE + 64)
@@ -88,20 +90,7 @@ static __always_inline __u8 http1_byte(__u8 *buf, __u32 off)
 /* Index (0..7) of the byte whose high bit is the lowest set bit of mask. */
 static __always_inline __u32 http1_lowest_byte(__u64 mask)
 {
-	__u64 low = mask & (~mask + 1);
-	__u32 k = 0;
-
-	if (low > 0x80808080ULL) {
-		k = 4;
-		low >>= 32;
-	}
-	if (low > 0x8080ULL) {
-		k += 2;
-		low >>= 16;
-	}
-	if (low > 0x80ULL)
-		k += 1;
-	return k;
+	return ctz64(mask) / 8;
 }
 
 static __always_inline void http1_content_length(struct http1_scan *s, __u8 *buf, __u32 at)

@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from tests.e2e.agent import AgentProcess
 from tests.e2e.test_python_app import FAST_EXPORT, attributes, latest_points
 from tests.otlp_receiver import OtlpReceiver
-from tests.servers.nginx import nginx_binary
+from tests.servers.nginx import nginx_worker, start_nginx
 from tests.support import free_port, start_process, stop_process
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -211,19 +211,6 @@ def test_a_traceparent_the_application_writes_is_the_client_span(upstream: int) 
 
 
 NGINX_PROXY = """\
-daemon off;
-user root;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
     upstream backend {{ server 127.0.0.1:{upstream}; keepalive 4; }}
     server {{
         listen 127.0.0.1:{port};
@@ -232,23 +219,18 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
-    }}
-}}
-"""
+    }}"""
 
 
 def test_nginx_proxy_pass_makes_a_client_span_of_nginx(tmp_path: Path, upstream: int) -> None:
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_PROXY.format(root=tmp_path, port=port, upstream=upstream))
-    nginx = start_process([nginx_binary(), "-c", str(conf), "-e", str(tmp_path / "error.log")], port=port)
+    nginx, port = start_nginx(tmp_path, NGINX_PROXY, upstream=upstream)
     try:
         with OtlpReceiver() as receiver:
             env = {"OTEL_EBPF_AUTO_TARGET_EXE": "*/nginx",
                    "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
                    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}
             with AgentProcess(env) as agent:
-                worker = int(Path(f"/proc/{nginx.pid}/task/{nginx.pid}/children").read_text().split()[0])
+                worker = nginx_worker(nginx.pid)
                 agent.wait_instrumented(worker)
                 for path in ("/api/plain", "/api/status/503", "/api/plain"):
                     subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}{path}"],

@@ -145,6 +145,32 @@ def test_server_keepalive_exchanges_end_at_their_framed_last_byte(
     assert capture.counters()["events_lost"] == 0
 
 
+def test_requests_read_in_pieces_and_responses_written_in_pieces(capture: Capture) -> None:
+    """read, recv, recvmsg and readv 7 bytes at a time; a status line cut after "HTTP/1.1 ",
+    then send, sendmsg and writev."""
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "split_server.py"), str(port)], ready="ready")
+    try:
+        capture.add_pid(proc.pid)
+        socket.create_connection(("127.0.0.1", port)).close()  # the accept begun before tracing
+        records = Records(capture)
+        first = b"GET /one?x=1 HTTP/1.1\r\nHost: svc.local\r\nX-Long: " + b"a" * 60 + b"\r\n\r\n"
+        post = b"POST /fail HTTP/1.1\r\nHost: svc.local\r\nContent-Length: 5\r\n\r\nhello"
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(first[:20])  # two TCP segments
+            time.sleep(0.05)
+            r1 = exchange_of(conn, first[20:], b"x\n")
+            r2 = exchange_of(conn, post, b"boom\n")
+            records.wait(lambda r: len(r.exchanges()) == 2)
+    finally:
+        stop_process(proc)
+    one, two = records.exchanges()
+    assert (one["req"], one["req_len"], one["resp"], one["resp_len"]) == (first, len(first), r1, len(r1))
+    assert (two["req"], two["req_len"], two["resp"], two["resp_len"]) == (post, len(post), r2, len(r2))
+    assert one["role"] == two["role"] == SERVER and one["end_ns"] < two["start_ns"]
+    assert one["end_reason"] == two["end_reason"] == lib.OBI_END_READ  # the status line came cut: unframed
+
+
 CLIENT_SCRIPT = textwrap.dedent("""
     import socket, sys, time
     port = int(sys.argv[1])

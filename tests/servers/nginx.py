@@ -24,14 +24,17 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
+{http}
+}}
+"""
+# The static site of start_nginx.
+STATIC_SITE = """\
     server {{
         listen 127.0.0.1:{port};
         root {root}/www;
         location = /fail {{ return 500 "failed\\n"; }}
         location = /created {{ return 201 "created\\n"; }}
-    }}
-}}
-"""
+    }}"""
 
 
 def nginx_binary() -> str:
@@ -40,14 +43,17 @@ def nginx_binary() -> str:
     return path
 
 
-def start_nginx(root: Path) -> tuple[subprocess.Popen[str], int]:
-    """nginx serving root/www on a free port: index.html (13 B) and big.bin (100 kB)."""
+def start_nginx(root: Path, http: str = STATIC_SITE, **values: object) -> tuple[subprocess.Popen[str], int]:
+    """nginx on a free port; by default serving root/www: index.html (13 B) and big.bin (100 kB).
+
+    `http` replaces the server blocks (formatted with root, port and `values`)."""
     port = free_port()
     (root / "www").mkdir(parents=True, exist_ok=True)
     (root / "www" / "index.html").write_text("<h1>obi</h1>\n")
     (root / "www" / "big.bin").write_bytes(b"z" * 100_000)
     conf = root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=root, port=port))
+    conf.write_text(NGINX_CONF.format(root=root, port=port,
+                                      http=http.format(root=root, port=port, **values)))
     proc = start_process([nginx_binary(), "-c", str(conf), "-e", str(root / "error.log")], port=port)
     return proc, port
 

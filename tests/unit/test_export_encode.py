@@ -280,5 +280,6 @@ def test_full_caches_are_cleared_and_output_stays_identical(monkeypatch: pytest.
     encoder = TraceEncoder()
     for _ in range(2):
         assert encoder.encode_bytes(spans) == official_request(spans)
-    sizes = [len(encoder._shapes), *(len(cache) for cache in encoder._values.values())]
+    sizes = [*(len(shapes) for shapes in encoder._shapes.values()),
+             *(len(cache) for cache in encoder._values.values())]
     assert len(sizes) == 4 and all(1 <= size <= 3 for size in sizes)

@@ -198,7 +198,7 @@ class TraceEncoder:
         scope = InstrumentationScope(name=scope_name).SerializeToString()
         self._scope_field = _delimited(_TAG_FIRST, scope)
         self._resources = ResourceCache()
-        self._shapes: dict[tuple[type, Hashable], EncodedShape] = {}
+        self._shapes: dict[type, dict[Hashable, EncodedShape]] = {}
         self._values: dict[str, dict[AttributeValue, bytes]] = {}
 
     def encode(self, spans: Sequence[Span]) -> ExportTraceServiceRequest:
@@ -217,25 +217,21 @@ class TraceEncoder:
 
     def _span_fields(self, spans: list[Span]) -> bytes:
         """The ``spans`` entries of a ScopeSpans, one length-delimited Span each."""
-        shapes = self._shapes
         flags_fields, times, length = _FLAGS_FIELDS, _TIMES, _length
         out: list[bytes] = []
+        append = out.append
+        last_cls: type | None = None
+        shapes: dict[Hashable, EncodedShape] = {}
         for s in spans:
             cls = type(s)
+            if cls is not last_cls:  # one shape table per span class
+                last_cls, shapes = cls, self._shapes.setdefault(cls, {})
             key = s.shape_key()
-            shape = shapes.get((cls, key))
+            shape = shapes.get(key)
             if shape is None:
                 if len(shapes) >= SPAN_SHAPE_CACHE_LIMIT:
                     shapes.clear()
-                shape = shapes[(cls, key)] = encode_shape(cls.shape_of(key), self._values)
-            varying = []
-            for (name, cache), v in zip(shape.varying, s.varying_values()):  # noqa: B905 (hot loop)
-                encoded = cache.get(v)
-                if encoded is None:
-                    if len(cache) >= VALUE_CACHE_LIMIT:
-                        cache.clear()
-                    encoded = cache[v] = attribute_field(name, v)
-                varying.append(encoded)
+                shape = shapes[key] = encode_shape(cls.shape_of(key), self._values)
             trace_id, span_id, parent_id = s.trace_id, s.span_id, s.parent_span_id
             if len(trace_id) == 16 and len(span_id) == 8 and len(parent_id) in (0, 8):
                 ids = _TRACE_ID_16 + trace_id + _SPAN_ID_8 + span_id
@@ -243,18 +239,20 @@ class TraceEncoder:
                     ids += _PARENT_SPAN_ID_8 + parent_id
             else:
                 ids = _ids_field(trace_id, span_id, parent_id)
-            body = b"".join((
-                ids,
-                shape.name_kind,
-                times(0x39, s.start_ns, 0x41, s.end_ns),
-                shape.attributes,
-                *varying,
-                shape.status,
-                flags_fields[(2 if parent_id else 0) + (1 if s.sampled else 0)],
-            ))  # fmt: skip
-            out.append(_TAG_SPANS)
-            out.append(length(len(body)))
-            out.append(body)
+            parts = [ids, shape.name_kind, times(0x39, s.start_ns, 0x41, s.end_ns), shape.attributes]
+            for (name, cache), v in zip(shape.varying, s.varying_values()):  # noqa: B905 (hot loop)
+                encoded = cache.get(v)
+                if encoded is None:
+                    if len(cache) >= VALUE_CACHE_LIMIT:
+                        cache.clear()
+                    encoded = cache[v] = attribute_field(name, v)
+                parts.append(encoded)
+            parts.append(shape.status)
+            parts.append(flags_fields[(2 if parent_id else 0) + (1 if s.sampled else 0)])
+            body = b"".join(parts)
+            append(_TAG_SPANS)
+            append(length(len(body)))
+            append(body)
         return b"".join(out)
 
 
