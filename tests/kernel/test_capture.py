@@ -19,7 +19,8 @@ import structlog
 
 from obi.ebpf._libbpf import lib
 from obi.ebpf.capture import Capture, CaptureSettings
-from obi.ebpf.records import RECORD_EXCHANGE, RECORD_PROCESS, decode
+from obi.ebpf.records import RECORD_EXCHANGE, RECORD_PROCESS
+from tests.capture_records import decode, traced_pids
 from tests.support import bpf_link_ids, free_port, start_process, stop_process
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
@@ -366,7 +367,7 @@ def test_process_exit_with_a_request_in_flight_emits_it(capture: Capture,
     assert ev["end_reason"] == lib.OBI_END_EXIT and ev["req"].startswith(b"GET /die") and ev["resp_len"] == 0
     (exit_event,) = records.processes()
     assert exit_event["event"] == lib.OBI_PROCESS_EXIT and exit_event["pid"] == proc.pid
-    assert proc.pid not in capture.traced_pids()
+    assert proc.pid not in traced_pids(capture)
 
 
 FORKING_SERVER = textwrap.dedent("""

@@ -148,8 +148,7 @@ def test_selects_by_port_and_forgets_exited(spawn: Spawn) -> None:
 
     async def scenario(watcher: ProcessWatcher, recorder: Recorder) -> None:
         await wait_until(lambda: child.pid in recorder.current)
-        identity = watcher.identity_for(child.pid)
-        assert identity is recorder.current[child.pid]
+        identity = recorder.current[child.pid]
         assert identity.exe_path == os.path.realpath(sys.executable)
         assert identity.service_name == os.path.basename(identity.exe_path)
         assert identity.sdk_language == "python"
@@ -160,7 +159,7 @@ def test_selects_by_port_and_forgets_exited(spawn: Spawn) -> None:
         child.process.wait(timeout=WAIT_S)
         elapsed = await wait_until(lambda: child.pid in recorder.removed)
         assert elapsed < 1.0
-        assert watcher.identity_for(child.pid) is None
+        assert recorder.current.get(child.pid) is None
 
     run_watching(selection, scenario)
 
@@ -241,7 +240,7 @@ def test_excluded_processes_are_not_selected(spawn: Spawn) -> None:
         await wait_until(lambda: kept.pid in recorder.current)
         await asyncio.sleep(3 * POLL_S)
         assert dropped.pid not in recorder.current
-        assert watcher.identity_for(dropped.pid) is None
+        assert recorder.current.get(dropped.pid) is None
 
     run_watching(selection, scenario)
 

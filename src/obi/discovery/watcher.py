@@ -78,30 +78,19 @@ class ProcessWatcher:
         # records them as selected instead of deciding again.
         self._adopted: set[int] = set()
         self._lock = threading.Lock()  # _selected and _adopted: the scan thread and the loop
-        self._identities: dict[int, ServiceIdentity] = {}
         self._stopping = asyncio.Event()
         self._log = structlog.get_logger().bind(component="discovery")
-
-    def identity_for(self, pid: int) -> ServiceIdentity | None:
-        """The identity of an instrumented process, or None."""
-        return self._identities.get(pid)
-
-    @property
-    def instrumented_pids(self) -> frozenset[int]:
-        return frozenset(self._identities)
 
     def adopt(self, identity: ServiceIdentity) -> None:
         """A process the kernel traces already (a traced process's child): selected as it is."""
         with self._lock:
             self._adopted.add(identity.pid)
-        self._identities[identity.pid] = identity
 
     def forget(self, pid: int) -> None:
         """A process that is no longer instrumented (it exited, or exec'd into something unselected)."""
         with self._lock:
             self._selected.pop(pid, None)
             self._adopted.discard(pid)
-        self._identities.pop(pid, None)
 
     def evaluate(self, pid: int, exe_hint: str = "") -> ServiceIdentity | None:
         """Decides at once whether a process that just exec'd is selected, and marks it so.
@@ -128,7 +117,6 @@ class ProcessWatcher:
         if facts.start_time:
             with self._lock:
                 self._selected[pid] = (facts.start_time, facts.exe_path, self._cmdline(pid))
-        self._identities[pid] = identity
         return identity
 
     async def run(self, on_change: OnChange) -> None:
@@ -141,10 +129,8 @@ class ProcessWatcher:
                 self._log.exception("scan_failed")
                 added, removed = [], []
             for pid in removed:
-                self._identities.pop(pid, None)
                 self._log.info("process_removed", pid=pid)
             for identity in added:
-                self._identities[identity.pid] = identity
                 self._log.info(
                     "process_selected",
                     pid=identity.pid,

@@ -201,20 +201,6 @@ class Capture:
         self._pid_key[0] = pid
         lib.bpf_map_delete_elem(self._pid_filter_fd, self._pid_key)
 
-    def traced_pids(self) -> dict[int, int]:
-        """Every pid in the kernel's filter, with its OBI_PID_* flags (tests, diagnostics)."""
-        out: dict[int, int] = {}
-        key = ffi.new("uint32_t *")
-        nxt = ffi.new("uint32_t *")
-        info = ffi.new("struct obi_pid_info *")
-        prev = ffi.NULL
-        while lib.bpf_map_get_next_key(self._pid_filter_fd, prev, nxt) == 0:
-            key[0] = nxt[0]
-            prev = key
-            if lib.bpf_map_lookup_elem(self._pid_filter_fd, key, info) == 0:
-                out[int(key[0])] = int(info.flags)
-        return out
-
     def sweep(self, idle_ns: int, request_timeout_ns: int, flush: bool = False) -> None:
         """Runs the kernel sweep once: exchanges over without an event to end them go to the ring."""
         ctl = self._ctl

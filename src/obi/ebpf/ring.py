@@ -111,17 +111,3 @@ class RingReader:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-RECORD_LENGTH = struct.Struct("=I")
-
-
-def split_records(batch: bytes) -> Iterator[bytes]:
-    """The records of a drained batch, each as its own bytes (tests and tools; the
-    per-event path walks the batch in place)."""
-    unpack, off, end = RECORD_LENGTH.unpack_from, 0, len(batch)
-    while off < end:
-        (size,) = unpack(batch, off)
-        off += 4
-        yield batch[off: off + size]
-        off += size

@@ -88,16 +88,11 @@ class ProtocolModule(Protocol):
 
 
 class IdGenerator:
-    """Random trace and span ids: one draw per root span."""
+    """Random bits for trace and span ids (draw 192 for a root span's trace and span id).
 
-    __slots__ = ("_getrandbits",)
+    Modules take ``getrandbits`` once and call it inline: a method call per span costs."""
+
+    __slots__ = ("getrandbits",)
 
     def __init__(self, seed: int | None = None) -> None:
-        self._getrandbits = random.Random(seed).getrandbits
-
-    def root(self) -> tuple[bytes, bytes]:
-        ids = self._getrandbits(192).to_bytes(24, "big")
-        return ids[:16], ids[16:]
-
-    def span_id(self) -> bytes:
-        return self._getrandbits(64).to_bytes(8, "big")
+        self.getrandbits = random.Random(seed).getrandbits

@@ -54,6 +54,8 @@ _HOST = b"\r\nhost:"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 _TRACEPARENT = b"\r\ntraceparent:"
+_HOST_LEN = len(_HOST)
+_TRACEPARENT_HEADER_LEN = len(_TRACEPARENT)
 _OWS = b" \t"
 _CONTENT_LENGTH_LEN = len(_CONTENT_LENGTH)
 # Status-code tokens of 100..599 (codes outside take the slow path, which names the error).
@@ -192,17 +194,41 @@ def _path_of(target: str) -> str:
     return path or "/"
 
 
-def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
+RequestLines = dict[bytes, tuple[str, str, str, str]]
+REQUEST_LINE_CACHE_LIMIT = 4096
+
+
+def parse_request(data: bytes, total_len: int, lines: RequestLines | None = None) -> HttpRequestFacts:
     """Facts of the request whose first bytes are ``data`` and size is ``total_len``.
 
     A capture cut inside the target keeps the captured part; one cut before the
     version assumes HTTP/1.1. Raises ParseError on anything that is not a request.
+    ``lines`` remembers (method, target, path, version) of whole request lines
+    seen before: the same endpoints come back again and again.
     """
     line_end = data.find(_CRLF)
     if line_end < 0:
         # A capture cut between CR and LF still holds a whole request line.
         line_end = len(data) - 1 if data.endswith(b"\r") else -1
-    parts = (data if line_end < 0 else data[:line_end]).split(b" ")
+    elif lines is not None:
+        line = data[:line_end]
+        known = lines.get(line)
+        if known is None:
+            known = _request_line(line, line_end)
+            if len(lines) >= REQUEST_LINE_CACHE_LIMIT:
+                lines.clear()
+            lines[line] = known
+        method, target, path, version = known
+        return _request_headers(data, line_end, total_len, method, target, path, version)
+    method, target, path, version = _request_line(data if line_end < 0 else data[:line_end], line_end)
+    if line_end < 0:
+        return _new_tuple(HttpRequestFacts, (method, target, path, version, None, None, 0, None, -1, -1))
+    return _request_headers(data, line_end, total_len, method, target, path, version)
+
+
+def _request_line(line: bytes, line_end: int) -> tuple[str, str, str, str]:
+    """(method, target, path, version) of a request line (line_end -1: cut short)."""
+    parts = line.split(b" ")
     method = _METHOD_BY_TOKEN.get(parts[0])
     if method is None:
         raise ParseError("request line does not start with an HTTP method")
@@ -227,12 +253,36 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
     if not target.isprintable():
         raise ParseError("request target has control characters")
     path = target if target[0] == "/" and "?" not in target and "#" not in target else _path_of(target)
+    return method, target, path, version
 
-    if line_end < 0:
-        return _new_tuple(HttpRequestFacts, (method, target, path, version, None, None, 0, None, -1, -1))
-    raw, lowered, header_len = _header_block(data, line_end)
-    host = _header_value(raw, lowered, _HOST)
-    traceparent = _header_value(raw, lowered, _TRACEPARENT)
+
+def _request_headers(data: bytes, line_end: int, total_len: int, method: str, target: str, path: str,
+                     version: str) -> HttpRequestFacts:
+    """The request's facts once its line is known: what its header block says.
+
+    (Once per request: the header block helpers are inlined here.)
+    """
+    headers_end = data.find(_HEADERS_END, line_end)
+    if headers_end >= 0:
+        raw = data[line_end: headers_end + 2]
+        header_len = headers_end + 4
+    else:
+        last_line_end = data.rfind(_CRLF)
+        raw = data[line_end: last_line_end + 2] if last_line_end >= line_end else b""
+        header_len = -1
+    lowered = raw.lower()
+    found = lowered.find(_HOST)
+    if found >= 0:
+        found += _HOST_LEN
+        host: str | None = raw[found: raw.find(_CRLF, found)].strip(_OWS).decode("utf-8", "replace")
+    else:
+        host = None
+    found = lowered.find(_TRACEPARENT)
+    if found >= 0:
+        found += _TRACEPARENT_HEADER_LEN
+        traceparent: str | None = raw[found: raw.find(_CRLF, found)].strip(_OWS).decode("utf-8", "replace")
+    else:
+        traceparent = None
     start = lowered.find(_CONTENT_LENGTH)
     content_length = None if start < 0 else _content_length(raw, lowered, start)
     if content_length is not None:
@@ -246,16 +296,7 @@ def parse_request(data: bytes, total_len: int) -> HttpRequestFacts:
         body_size = 0  # a request without Content-Length or transfer coding has no body
         end = header_len
     return _new_tuple(HttpRequestFacts, (
-        method,
-        target,
-        path,
-        version,
-        None if host is None else _decode(host),
-        content_length,
-        body_size,
-        None if traceparent is None else _decode(traceparent),
-        header_len,
-        end,
+        method, target, path, version, host, content_length, body_size, traceparent, header_len, end,
     ))  # fmt: skip
 
 
@@ -395,7 +436,7 @@ def _framed_response(data: bytes, header_len: int, content_length: int,
 
 def parse_exchange(
     request: bytes, request_len: int, response: bytes, response_len: int,
-    kernel_header_len: int = -1, kernel_content_length: int = -1,
+    kernel_header_len: int = -1, kernel_content_length: int = -1, lines: RequestLines | None = None,
 ) -> list[HttpPair]:
     """Requests and responses of one exchange, paired in order.
 
@@ -404,7 +445,7 @@ def parse_exchange(
     its body size when the captured bytes do not; with both known, one
     request's response needs no more than its status line.
     """
-    first = parse_request(request, request_len)
+    first = parse_request(request, request_len, lines)
     end = first.end
     single = end < 0 or end >= len(request)
     head = first.method == "HEAD"
@@ -451,6 +492,7 @@ _NO_RESPONSE_ERRORS = {
     lib.OBI_END_CLOSE: "connection_closed",
     lib.OBI_END_TIMEOUT: "timeout",
 }
+_END_TIMEOUT: int = lib.OBI_END_TIMEOUT
 _TIMEOUT_STATUS = 408  # OBI reports a request unanswered past ebpf.http_request_timeout with it
 IgnoreMode = str  # "all", "traces", "metrics" (routes.ignore_mode)
 _EXCLUDE_BY_MODE = {"all": EXCLUDE_TRACES | EXCLUDE_METRICS, "traces": EXCLUDE_TRACES,
@@ -466,18 +508,20 @@ class Http1:
     def __init__(self, routes: RouteMatcher, ids: IdGenerator | None = None, stats: SpanStats | None = None,
                  ignore_mode: IgnoreMode = "all", request_timeout_ns: int = 0) -> None:
         self._routes = routes
-        self._ids = ids or IdGenerator()
+        self._getrandbits = (ids or IdGenerator()).getrandbits
         self.stats = stats or SpanStats()
         self._ignored_exclude = _EXCLUDE_BY_MODE[ignore_mode]
         self._request_timeout_ns = request_timeout_ns
         self._host_names: dict[str, str] = {}
+        self._lines: RequestLines = {}
 
     def detect(self, exchange: Exchange) -> bool:
         return exchange.kernel_http or looks_like_request(exchange.request)
 
     def parse(self, exchange: Exchange) -> list[HttpPair]:
         _, request, response, request_len, response_len, header_len, content_length, _, _ = exchange
-        return parse_exchange(request, request_len, response, response_len, header_len, content_length)
+        return parse_exchange(request, request_len, response, response_len, header_len, content_length,
+                              self._lines)
 
     def _host(self, host: str) -> str:
         name = self._host_names.get(host)
@@ -489,57 +533,58 @@ class Http1:
 
     def spans(self, facts: Sequence[HttpPair], exchange: Exchange, connection: Connection) -> list[HttpSpan]:
         spans: list[HttpSpan] = []
-        server = exchange.role == ROLE_SERVER
-        routes, ids, stats = self._routes, self._ids, self.stats
-        for pair in facts:
-            req, resp = pair
-            if req.header_len < 0 and exchange.request_len > len(exchange.request):
+        role, request, _, request_len, _, _, _, _, end_reason = exchange
+        service, start_ns, conn_end_ns, local_address, local_port, peer_address, peer_port = connection
+        server = role == ROLE_SERVER
+        routes, getrandbits, stats, host_names = self._routes, self._getrandbits, self.stats, self._host_names
+        for req, resp in facts:
+            method, _, path, version, host, _, request_size, traceparent, header_len, _ = req
+            if header_len < 0 and request_len > len(request):
                 stats.headers_truncated += 1
-            path = req.path
             exclude = 0
             if routes.has_ignored and routes.is_ignored(path):
                 exclude = self._ignored_exclude
                 stats.ignored_route += 1
                 if exclude == EXCLUDE_TRACES | EXCLUDE_METRICS:
                     continue
-            end_ns = connection.end_ns
+            end_ns = conn_end_ns
             if resp is None:
                 stats.unanswered += 1
                 status, response_size = 0, 0
-                error = _NO_RESPONSE_ERRORS.get(exchange.end_reason, "no_response")
-                if exchange.end_reason == lib.OBI_END_TIMEOUT and self._request_timeout_ns:
+                error = _NO_RESPONSE_ERRORS.get(end_reason, "no_response")
+                if end_reason == _END_TIMEOUT and self._request_timeout_ns:
                     status, error = _TIMEOUT_STATUS, ""
-                    end_ns = connection.start_ns + self._request_timeout_ns
+                    end_ns = start_ns + self._request_timeout_ns
             else:
-                status, response_size, error = resp.status_code, resp.body_size, ""
-            parent = parse_traceparent(req.traceparent) if req.traceparent else None
-            host = req.host
+                status, response_size, error = resp[1], resp[3], ""
+            parent = parse_traceparent(traceparent) if traceparent else None
+            server_address = (host_names.get(host) or self._host(host)) if host else None
             if server:
                 if parent is not None:
                     trace_id, parent_id, sampled = parent.trace_id, parent.parent_span_id, parent.sampled
-                    span_id = ids.span_id()
+                    span_id = getrandbits(64).to_bytes(8, "big")
                 else:
-                    (trace_id, span_id), parent_id, sampled = ids.root(), b"", True
+                    ids = getrandbits(192).to_bytes(24, "big")
+                    trace_id, span_id, parent_id, sampled = ids[:16], ids[16:], b"", True
+                # positional: HttpSpan's field order (a third of the cost of keywords)
                 spans.append(HttpSpan(
-                    connection.service, SPAN_KIND_SERVER, connection.start_ns, end_ns,
-                    trace_id, span_id, parent_id, sampled, exclude,
-                    req.method, path, routes.route_for(path), status, req.body_size, response_size, "http",
-                    req.version, self._host(host) if host else connection.local_address,
-                    connection.local_port, connection.peer_address, connection.peer_port, "", error,
+                    service, SPAN_KIND_SERVER, start_ns, end_ns, trace_id, span_id, parent_id, sampled,
+                    exclude, method, path, routes.route_for(path), status, request_size, response_size,
+                    "http",
+                    version, server_address or local_address, local_port, peer_address, peer_port, "", error,
                 ))  # fmt: skip
             else:
                 if parent is not None:
                     # the application wrote this request's context itself: it is the span's own
                     trace_id, span_id, sampled = parent.trace_id, parent.parent_span_id, parent.sampled
                 else:
-                    (trace_id, span_id), sampled = ids.root(), True
-                authority = host or f"{connection.peer_address}:{connection.peer_port}"
+                    ids = getrandbits(192).to_bytes(24, "big")
+                    trace_id, span_id, sampled = ids[:16], ids[16:], True
+                authority = host or f"{peer_address}:{peer_port}"
                 spans.append(HttpSpan(
-                    connection.service, SPAN_KIND_CLIENT, connection.start_ns, end_ns,
-                    trace_id, span_id, b"", sampled, exclude,
-                    req.method, path, routes.pattern_for(path), status, req.body_size, response_size, "http",
-                    req.version, self._host(host) if host else connection.peer_address,
-                    connection.peer_port, connection.local_address, connection.local_port,
+                    service, SPAN_KIND_CLIENT, start_ns, end_ns, trace_id, span_id, b"", sampled, exclude,
+                    method, path, routes.pattern_for(path), status, request_size, response_size, "http",
+                    version, server_address or peer_address, peer_port, local_address, local_port,
                     f"http://{authority}{path}", error,
                 ))  # fmt: skip
         return spans

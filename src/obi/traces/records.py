@@ -37,6 +37,8 @@ _new_tuple = tuple.__new__
 # What the span path reads of an exchange header; the other fields are skipped unread.
 _HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
     {"kind", "tid", "fd", "pad", "pad1", "pad2", "resp_start_ns"}))
+# An exchange record's length (obi_shim.h) and header in one unpack.
+_LENGTH_AND_HEADER = struct.Struct("=I" + _HEADER.format.removeprefix("="))
 
 
 def format_address(family: int, raw: bytes) -> str:
@@ -91,7 +93,7 @@ class RecordProcessor:
 
     def process(self, batch: bytes) -> list[Span]:
         """Spans for every exchange record in the batch (in order); failures are counted."""
-        unpack_exchange, unpack_process = _HEADER.unpack_from, PROCESS_LAYOUT.unpack_from
+        unpack_exchange, unpack_process = _LENGTH_AND_HEADER.unpack_from, PROCESS_LAYOUT.unpack_from
         identify, identity_for = self._protocols.identify, self._identity_for
         address = self._address
         by_family = self._addresses
@@ -104,10 +106,17 @@ class RecordProcessor:
         exchanges = unknown_process = parse_errors = 0
         try:
             while off < end:
-                (size,) = _RECORD_LENGTH(batch, off)
                 base = off + 4
-                off = base + size
                 kind = batch[base]
+                if kind == _RECORD_EXCHANGE:
+                    exchanges += 1
+                    (size, role, end_reason, flags, pid, family, local_port, peer_port, req_captured,
+                     resp_captured, start_ns, end_ns, req_len, resp_len, content_length, header_len,
+                     local_raw, peer_raw) = unpack_exchange(batch, off)
+                    off = base + size
+                else:
+                    (size,) = _RECORD_LENGTH(batch, off)
+                    off = base + size
                 if kind == _RECORD_PROCESS:
                     stats.process_events += 1
                     _, event, path_len, pid, parent, _, _ = unpack_process(batch, base)
@@ -118,10 +127,6 @@ class RecordProcessor:
                     continue
                 if kind != _RECORD_EXCHANGE:
                     continue
-                exchanges += 1
-                (role, end_reason, flags, pid, family, local_port, peer_port, req_captured, resp_captured,
-                 start_ns, end_ns, req_len, resp_len, content_length, header_len, local_raw,
-                 peer_raw) = unpack_exchange(batch, base)
                 if pid != last_pid:
                     last_pid, identity = pid, identity_for(pid)
                 if identity is None:
