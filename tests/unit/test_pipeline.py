@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from obi.config import load_config
 from obi.discovery.criteria import ProcessFacts
 from obi.discovery.selection import selection_from_config
+from obi.pipeline import inactive_settings
 
 
 def facts(exe: str, ports: tuple[int, ...] = (), pid: int = 100) -> ProcessFacts:
@@ -33,3 +36,15 @@ def test_deprecated_executable_path_is_a_regex() -> None:
     selection = selection_from_config(config)
     assert selection.matches(facts("/srv/goshop"))
     assert not selection.matches(facts("/srv/goshop.sh"))
+
+
+def test_settings_obi_does_not_act_on_yet_are_named(tmp_path: Path) -> None:
+    config_file = tmp_path / "obi.yml"
+    config_file.write_text("ebpf:\n  track_request_headers: true\n  http_request_timeout: 5s\n"
+                           "otel_metrics_export:\n  features: [application, network]\n")
+    config = load_config(str(config_file), {})
+    assert inactive_settings(config, kube_enabled=False) == [
+        "ebpf.track_request_headers",
+        "otel_metrics_export.features network: only application metrics",
+    ]
+    assert inactive_settings(load_config(None, {}), kube_enabled=False) == []

@@ -74,9 +74,10 @@ def test_a_fork_of_a_traced_process_is_its_parent_s_service() -> None:
     assert child.attributes["deployment.environment"] == "test"
     assert observer.tracked == [10, 11]
     assert kernel.pids == {10}  # the kernel traces the child already: nothing to add
-    # a fork of an unknown parent means nothing here
+    # a fork of a process nobody selected (traced at exec until decided): not traced either
+    kernel.pids.add(21)
     reg.on_kernel_event(lib.OBI_PROCESS_FORK, 21, 20, "")
-    assert reg.identity_for(21) is None
+    assert reg.identity_for(21) is None and 21 not in kernel.pids
 
 
 def test_an_exit_keeps_the_identity_for_a_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,12 @@ class ProcessRegistry:
         now = time.monotonic()
         if event == lib.OBI_PROCESS_FORK:
             origin = self._identities.get(parent)
-            if origin is None or (pid in self._identities and pid not in self._exited):
+            if origin is None:
+                # a child of a process traced only until user space decided (exec tracing):
+                # nobody selected it, so the kernel stops tracing it too
+                self._kernel.remove_pid(pid)
+                return
+            if pid in self._identities and pid not in self._exited:
                 return
             child = replace(origin, pid=pid, instance_id=_instance_id(origin.instance_id, pid),
                             attributes=dict(origin.attributes))
