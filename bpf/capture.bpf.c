@@ -146,7 +146,7 @@ struct slot_state {
 	__u8 phase;    /* enum phase */
 	__u8 framing;  /* enum framing */
 	__u8 interim;  /* the response so far is 1xx interim */
-	__u8 pad0;
+	__u8 status_only; /* the response in progress is captured as its status line only */
 	__u64 last_ns; /* last bytes moved */
 	__u64 expected;  /* FRAMING_LENGTH: resp_len at which the response is complete */
 	__u64 tail;      /* the last 8 response bytes (newest on top), for the chunked terminator */
@@ -691,7 +691,10 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 
 /* Frames the HTTP response that starts at src (the call's first buffer, room bytes of
  * it; n moved in all) for the exchange in slot idx. Sets framing, expected, interim,
- * and the record's length facts. A global function: verified once, on its own. */
+ * and the record's length facts. Returns 1 when the status line is all user space
+ * needs of it: the first final response of the exchange, framed by its Content-Length,
+ * and this call moves nothing past it (no pipelined response in the same bytes). A
+ * global function: verified once, on its own. */
 __noinline int frame_http_response(__u32 idx, __u64 src, __u64 room, __u64 n)
 {
 	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
@@ -768,7 +771,8 @@ __noinline int frame_http_response(__u32 idx, __u64 src, __u64 room, __u64 n)
 	} else {
 		s->st.framing = FRAMING_CLOSE;
 	}
-	return 0;
+	return s->st.segment == 0 && base == 0 && s->st.framing == FRAMING_LENGTH &&
+	       (s->ev.flags & OBI_FLAG_LENGTH_KNOWN) && status >= 200 && n <= s->st.expected;
 }
 
 /* Whether the response of s is complete by its framing, with the bytes moved so far. */
@@ -812,12 +816,18 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
 		}
 	}
 	if (fresh) {
+		s->st.status_only = 0;
 		if (s->ev.flags & OBI_FLAG_HTTP)
-			frame_http_response(c->slot, src, room, n);
+			s->st.status_only = frame_http_response(c->slot, src, room, n);
 		else
 			s->st.framing = FRAMING_UNKNOWN;
+		if (s->st.status_only) {
+			/* the kernel knows its length: user space needs its status line alone */
+			s->ev.flags |= OBI_FLAG_STATUS_ONLY;
+			capture_response(s, src, OBI_STATUS_CAPTURE);
+		}
 	}
-	if (!s->st.interim)
+	if (!s->st.interim && !s->st.status_only)
 		capture_response(s, src, n < room ? n : room);
 	s->ev.resp_len += n;
 	s->ev.end_ns = now;

@@ -36,6 +36,12 @@
 #define OBI_FLAG_ROLE_GUESSED 0x02 /* the connection was found mid-way: role from the first bytes */
 #define OBI_FLAG_LENGTH_KNOWN 0x04 /* resp_header_len and resp_content_length are valid */
 #define OBI_FLAG_CHUNKED 0x08      /* the final response uses chunked transfer coding */
+#define OBI_FLAG_STATUS_ONLY 0x10  /* the first response is captured as its first OBI_STATUS_CAPTURE
+				    * bytes (the kernel framed it by Content-Length: its length
+				    * facts are valid); responses pipelined after it follow whole */
+
+/* Bytes of a response captured when its status line is all user space needs. */
+#define OBI_STATUS_CAPTURE 16
 
 /* Process events (`event` of struct obi_process). */
 #define OBI_PROCESS_FORK 1 /* a traced process forked: the child is traced too */

@@ -143,19 +143,35 @@ static __always_inline long http1_line(struct http1_scan *s, __u8 *buf, __u32 li
 	return 0;
 }
 
-/* One step: load the next word, or look at the next line feed of this one. A global
- * function, so that the verifier checks it once rather than once per loop iteration. */
+/* Looks at the next line feed of the current word; 1 when the scan is over. */
+static __always_inline long http1_next_line(struct http1_scan *s, __u8 *buf)
+{
+	__u32 lf = s->word_off + http1_lowest_byte(s->nl_mask);
+
+	s->nl_mask &= s->nl_mask - 1;
+	if (lf >= s->avail || http1_byte(buf, lf) != '\n')
+		return 0; /* a carry artefact of the word trick, not a line feed */
+	if (s->te_line && lf >= s->te_line + 18) {
+		/* the Transfer-Encoding line ends here: is its last coding chunked? */
+		__u64 tail = http1_word(buf, lf - 8) | LOWER8;
+		if ((tail & 0x00ffffffffffffffULL) == W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
+			s->chunked = 1;
+		s->te_line = 0;
+	}
+	return http1_line(s, buf, lf + 1);
+}
+
+/* One step: up to HTTP1_WORDS_PER_STEP words and the lines they end (a header line is
+ * about four words). A global function, so that the verifier checks it once rather
+ * than once per loop iteration. */
 __noinline int http1_scan_step(struct http1_scan *s)
 {
 	__u8 *buf = http1_scratch();
-	__u32 lf;
 
 	if (!s || !buf)
 		return 1;
-
-	if (!s->nl_mask) {
-		/* most words hold no line feed: skip up to HTTP1_WORDS_PER_STEP of them at once */
-		for (int i = 0; i < HTTP1_WORDS_PER_STEP; i++) {
+	for (int i = 0; i < HTTP1_WORDS_PER_STEP; i++) {
+		if (!s->nl_mask) {
 			__u64 w, x;
 			__u32 pos = s->pos;
 
@@ -171,24 +187,18 @@ __noinline int http1_scan_step(struct http1_scan *s)
 			s->nl_mask = (x - ONES8) & ~x & HIGHS8;
 			s->word_off = pos;
 			s->pos = pos + 8;
-			if (s->nl_mask)
-				break;
+			if (!s->nl_mask)
+				continue;
 		}
-		if (!s->nl_mask)
+		/* two line feeds of a word here ("\r\n\r\n" has two); more wait for the next step */
+		if (http1_next_line(s, buf))
+			return 1;
+		if (s->nl_mask && http1_next_line(s, buf))
+			return 1;
+		if (s->nl_mask)
 			return 0;
 	}
-	lf = s->word_off + http1_lowest_byte(s->nl_mask);
-	s->nl_mask &= s->nl_mask - 1;
-	if (lf >= s->avail || http1_byte(buf, lf) != '\n')
-		return 0; /* a carry artefact of the word trick, not a line feed */
-	if (s->te_line && lf >= s->te_line + 18) {
-		/* the Transfer-Encoding line ends here: is its last coding chunked? */
-		__u64 tail = http1_word(buf, lf - 8) | LOWER8;
-		if ((tail & 0x00ffffffffffffffULL) == W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0))
-			s->chunked = 1;
-		s->te_line = 0;
-	}
-	return http1_line(s, buf, lf + 1);
+	return 0;
 }
 
 static long http1_step(__u32 index, void *ctx)

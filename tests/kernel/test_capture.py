@@ -26,6 +26,7 @@ from tests.support import bpf_link_ids, free_port, start_process, stop_process
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
 MODES = ["tracepoint", "raw_tracepoint"]
 SERVER, CLIENT = lib.OBI_ROLE_SERVER, lib.OBI_ROLE_CLIENT
+STATUS_CAPTURE: int = lib.OBI_STATUS_CAPTURE
 
 
 @pytest.fixture(autouse=True)
@@ -129,14 +130,15 @@ def test_server_keepalive_exchanges_end_at_their_framed_last_byte(
         local_port = conn.getsockname()[1]
     assert one["role"] == two["role"] == SERVER
     assert one["req"] == first and one["req_len"] == len(first)
-    assert one["resp"] == r1 and one["resp_len"] == len(r1)
+    # framed by their Content-Length: the status line is all user space needs of them
+    assert one["resp"] == r1[:STATUS_CAPTURE] and one["resp_len"] == len(r1)
     assert two["req"] == post and two["req_len"] == len(post)
-    assert two["resp"] == r2 and two["resp_len"] == len(r2)
+    assert two["resp"] == r2[:STATUS_CAPTURE] and two["resp_len"] == len(r2)
     assert one["end_reason"] == two["end_reason"] == lib.OBI_END_FRAMED
     for ev in (one, two):
         assert ev["pid"] == proc.pid
         assert ev["flags"] & lib.OBI_FLAG_HTTP and ev["flags"] & lib.OBI_FLAG_LENGTH_KNOWN
-        assert not ev["flags"] & lib.OBI_FLAG_ROLE_GUESSED
+        assert ev["flags"] & lib.OBI_FLAG_STATUS_ONLY and not ev["flags"] & lib.OBI_FLAG_ROLE_GUESSED
         assert ev["family"] == socket.AF_INET
         assert ev["local_port"] == port and ev["peer_port"] == local_port
         assert ev["local_addr"][:4] == ev["peer_addr"][:4] == socket.inet_aton("127.0.0.1")
@@ -170,6 +172,7 @@ def test_requests_read_in_pieces_and_responses_written_in_pieces(capture: Captur
     assert (two["req"], two["req_len"], two["resp"], two["resp_len"]) == (post, len(post), r2, len(r2))
     assert one["role"] == two["role"] == SERVER and one["end_ns"] < two["start_ns"]
     assert one["end_reason"] == two["end_reason"] == lib.OBI_END_READ  # the status line came cut: unframed
+    assert not (one["flags"] | two["flags"]) & lib.OBI_FLAG_STATUS_ONLY  # unframed: captured whole
 
 
 CLIENT_SCRIPT = textwrap.dedent("""
@@ -220,7 +223,7 @@ def test_client_exchanges_end_by_framing_without_waiting(
         assert ev["end_reason"] == lib.OBI_END_FRAMED
         assert ev["peer_port"] == port and ev["local_port"] != port
     assert plain["req"] == b"GET /plain HTTP/1.1\r\nHost: up\r\n\r\n"
-    assert plain["resp"].startswith(b"HTTP/1.1 200 OK\r\n") and plain["resp"].endswith(b"ok\n")
+    assert plain["resp"] == b"HTTP/1.1 200 OK\r\n"[:STATUS_CAPTURE] and plain["flags"] & lib.OBI_FLAG_STATUS_ONLY
     assert chunked["flags"] & lib.OBI_FLAG_CHUNKED and chunked["resp"].endswith(b"0\r\n\r\n")
     assert head["req"].startswith(b"HEAD ") and head["resp_content_length"] == 1234
     assert head["resp_len"] == head["resp_header_len"]
@@ -242,7 +245,10 @@ def test_pipelined_requests_stay_in_one_exchange(capture: Capture,
         records.wait(lambda r: False, timeout=0.2)
     (ev,) = records.exchanges()
     assert ev["req"] == requests
-    assert ev["resp"] == reply[: ev["resp_captured"]] and ev["resp_len"] == len(reply)
+    # the first response (written alone, framed) as its status line; those pipelined after it whole
+    one = len(reply) // 3
+    assert ev["flags"] & lib.OBI_FLAG_STATUS_ONLY and ev["resp_len"] == len(reply)
+    assert ev["resp"] == reply[:STATUS_CAPTURE] + reply[one:]
 
 
 def test_interim_100_continue_does_not_end_the_exchange(
@@ -292,7 +298,8 @@ def test_response_headers_longer_than_the_capture_keep_their_length(
         records = Records(capture)
         records.wait(lambda r: len(r.exchanges()) == 1)
     (ev,) = records.exchanges()
-    assert ev["resp_captured"] == 512 < ev["resp_len"] == len(reply)
+    assert ev["resp_captured"] == STATUS_CAPTURE and ev["flags"] & lib.OBI_FLAG_STATUS_ONLY
+    assert ev["resp_len"] == len(reply)
     assert ev["resp_content_length"] == 4 and ev["resp_header_len"] == len(reply) - 4
 
 
@@ -403,7 +410,8 @@ def test_fork_per_request_children_are_traced_from_their_first_request(capture: 
         (child, b"GET /f/%d HTTP/1.0\r\n\r\n" % i) for i, child in enumerate(children)]
     for ev in records.exchanges():
         assert ev["role"] == SERVER and not ev["flags"] & lib.OBI_FLAG_ROLE_GUESSED  # accepted by the parent
-        assert ev["resp"] == b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n" and ev["local_port"] == port
+        assert ev["resp"] == b"HTTP/1.0 200 OK\r\n"[:STATUS_CAPTURE] and ev["local_port"] == port
+        assert ev["resp_len"] == len(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
 
 
 def test_a_request_read_by_a_parent_and_answered_by_its_child_is_one_exchange(capture: Capture) -> None:
@@ -543,4 +551,6 @@ def test_sigkill_mid_response_is_emitted_as_exit(capture: Capture) -> None:
         proc.wait(5)
         records.wait(lambda r: len(r.exchanges()) == 1)
     (ev,) = records.exchanges()
-    assert ev["end_reason"] == lib.OBI_END_EXIT and ev["resp"].endswith(b"part")
+    sent = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"
+    assert ev["end_reason"] == lib.OBI_END_EXIT and ev["resp_len"] == len(sent)
+    assert ev["resp"] == sent[:STATUS_CAPTURE]

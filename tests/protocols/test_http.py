@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from obi.protocols.errors import ParseError
 from obi.protocols.http import (
     METHODS,
+    STATUS_CAPTURE,
     HttpRequestFacts,
     HttpResponseFacts,
     TraceParent,
@@ -500,6 +501,34 @@ def test_kernel_framing_fills_in_what_the_capture_cut() -> None:
     assert pair.response is not None and (pair.response.content_length, pair.response.body_size) == (615, 615)
     (pair,) = parse_exchange(CURL_GET, len(CURL_GET), cut, 1000, 385, -1)
     assert pair.response is not None and pair.response.body_size == 615  # bytes after the kernel's header end
+
+
+def test_a_status_only_capture_takes_its_size_from_the_kernel() -> None:
+    header_len = _header_len(NGINX_200)
+    (pair,) = parse_exchange(CURL_GET, len(CURL_GET), NGINX_200[:STATUS_CAPTURE], header_len + 615,
+                             header_len, 615, status_only=True)
+    assert pair.response is not None
+    assert (pair.response.status_code, pair.response.body_size, pair.response.header_len) == (
+        200, 615, header_len)
+    head = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"
+    (pair,) = parse_exchange(head, len(head), NGINX_200[:STATUS_CAPTURE], header_len, header_len, 615,
+                             status_only=True)
+    assert pair.response is not None and (pair.response.status_code, pair.response.body_size) == (200, 0)
+
+
+def test_responses_pipelined_after_a_status_only_one_are_parsed_whole() -> None:
+    requests = CURL_GET + POST_JSON + HTTP10_GET
+    header_len = _header_len(NGINX_200)
+    first = NGINX_200[:header_len] + b"x" * 615
+    captured = first[:STATUS_CAPTURE] + SERVER_ERROR_500 + PYTHON_HTTP_SERVER_200
+    total = len(first) + len(SERVER_ERROR_500) + len(PYTHON_HTTP_SERVER_200)
+    pairs = parse_exchange(requests, len(requests), captured, total, header_len, 615, status_only=True)
+    assert [(p.response.status_code, p.response.body_size) if p.response else None for p in pairs] == [
+        (200, 615), (500, 21), (200, 1043)]  # the last one's Content-Length, its body cut short
+    # what follows the status line is not a response: the first request keeps its answer
+    pairs = parse_exchange(requests, len(requests), first[:STATUS_CAPTURE] + b"garbage", total,
+                           header_len, 615, status_only=True)
+    assert [p.response.status_code if p.response else None for p in pairs] == [200, None, None]
 
 
 def test_a_request_without_response() -> None:

@@ -50,6 +50,8 @@ class Exchange(NamedTuple):
     response_header_len: int  # the kernel's HTTP/1.x framing of the response, -1 when unknown
     response_content_length: int  # -1 when unknown
     kernel_http: bool  # the kernel saw an HTTP/1.x request line
+    status_only: bool  # the first response is its status line alone (the kernel framed it by
+    #                    length); responses pipelined after it follow whole
     end_reason: int  # lib.OBI_END_*
 
 

@@ -8,6 +8,7 @@ per observed request; every malformed input raises ``ParseError`` and nothing el
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -46,6 +47,7 @@ _METHOD_BY_TOKEN: dict[bytes, str] = {m.encode("ascii"): m for m in METHODS}
 _VERSION_BY_TOKEN: dict[bytes, str] = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # Version assumed when the capture ends before the request line's version.
 _TRUNCATED_VERSION = "1.1"
+STATUS_CAPTURE: int = lib.OBI_STATUS_CAPTURE  # bytes of a status-only response capture
 
 _CRLF = b"\r\n"
 _HEADERS_END = b"\r\n\r\n"
@@ -437,25 +439,31 @@ def _framed_response(data: bytes, header_len: int, content_length: int,
 def parse_exchange(
     request: bytes, request_len: int, response: bytes, response_len: int,
     kernel_header_len: int = -1, kernel_content_length: int = -1, lines: RequestLines | None = None,
+    status_only: bool = False,
 ) -> list[HttpPair]:
     """Requests and responses of one exchange, paired in order.
 
     The kernel's framing of the final response (its header length and
     Content-Length, found beyond what was captured) gives the first response
     its body size when the captured bytes do not; with both known, one
-    request's response needs no more than its status line.
+    request's response needs no more than its status line. `status_only`: the
+    kernel captured no more of the first response than that (STATUS_CAPTURE
+    bytes), and whole any response pipelined after it.
     """
     first = parse_request(request, request_len, lines)
     end = first.end
     single = end < 0 or end >= len(request)
     head = first.method == "HEAD"
-    if single and kernel_content_length >= 0 and kernel_header_len > 0 and response:
+    if kernel_content_length >= 0 and kernel_header_len > 0 and response:
         framed = _framed_response(response, kernel_header_len, kernel_content_length, head)
-        if framed is not None:  # the common case: one request, a response the kernel framed
+        if framed is not None and single:  # the common case: one request, a response the kernel framed
             return [_new_tuple(HttpPair, (first, framed))]
     requests = [first] if single else _more_requests(first, request, request_len)
     if not response:
         return [_new_tuple(HttpPair, (req, None)) for req in requests]
+    pipelined = b""
+    if status_only:
+        response, pipelined = response[:STATUS_CAPTURE], response[STATUS_CAPTURE:]
     responses = _split_responses(response, response_len)
     if responses:
         found = responses[0]
@@ -468,6 +476,10 @@ def parse_exchange(
                                               body_size=kernel_content_length)
             elif found.header_len < 0 and kernel_header_len > 0:
                 responses[0] = found._replace(body_size=max(0, response_len - kernel_header_len))
+        if pipelined:
+            first_len = kernel_header_len + responses[0].body_size
+            with contextlib.suppress(ParseError):  # what follows is not a response: pair what we have
+                responses += _split_responses(pipelined, response_len - first_len)
     return [_new_tuple(HttpPair, (req, responses[i] if i < len(responses) else None))
             for i, req in enumerate(requests)]
 
@@ -519,9 +531,10 @@ class Http1:
         return exchange.kernel_http or looks_like_request(exchange.request)
 
     def parse(self, exchange: Exchange) -> list[HttpPair]:
-        _, request, response, request_len, response_len, header_len, content_length, _, _ = exchange
+        _, request, response, request_len, response_len, header_len, content_length, _, status_only, _ = (
+            exchange)
         return parse_exchange(request, request_len, response, response_len, header_len, content_length,
-                              self._lines)
+                              self._lines, status_only)
 
     def _host(self, host: str) -> str:
         name = self._host_names.get(host)
@@ -533,7 +546,7 @@ class Http1:
 
     def spans(self, facts: Sequence[HttpPair], exchange: Exchange, connection: Connection) -> list[HttpSpan]:
         spans: list[HttpSpan] = []
-        role, request, _, request_len, _, _, _, _, end_reason = exchange
+        role, request, _, request_len, _, _, _, _, _, end_reason = exchange
         service, start_ns, conn_end_ns, local_address, local_port, peer_address, peer_port = connection
         server = role == ROLE_SERVER
         routes, getrandbits, stats, host_names = self._routes, self._getrandbits, self.stats, self._host_names

@@ -31,6 +31,7 @@ UNKNOWN_PROTOCOL_PIDS_LIMIT = 4096
 _RECORD_LENGTH = struct.Struct("=I").unpack_from
 _FLAG_HTTP: int = lib.OBI_FLAG_HTTP
 _FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
+_FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
 _RECORD_EXCHANGE: int = lib.OBI_RECORD_EXCHANGE
 _RECORD_PROCESS: int = lib.OBI_RECORD_PROCESS
 _new_tuple = tuple.__new__
@@ -143,6 +144,7 @@ class RecordProcessor:
                     header_len or -1,
                     content_length if flags & _FLAG_LENGTH_KNOWN else -1,
                     bool(flags & _FLAG_HTTP),
+                    bool(flags & _FLAG_STATUS_ONLY),
                     end_reason,
                 ))  # fmt: skip
                 module = identify(exchange)
