@@ -6,9 +6,12 @@ on an absolute time:
      obi's CPU time per request; events lost; obi's peak RSS.
   2. a sustained paced load (default 5,000 requests/s for 30 s): events lost,
      spans built and exported against the requests wrk completed.
-Both runs also print the kernel side's cost: BPF run time per request of
-obi's programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt, most of it
-in nginx's own syscalls), and the bytes each ring record carried.
+A third run puts an nginx proxy in front and traces only the proxy: each of
+its requests is a server exchange and a client one upstream, both captured.
+The runs also print the kernel side's cost: BPF run time per request of
+obi's programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt): the part run
+in nginx's own syscalls, and apart from it the sweep obi runs from its own
+thread (already inside obi's CPU); and the bytes each ring record carried.
 obi's capture follows both roles of every connection of the process it
 traces (here nginx serves, so its exchanges are server ones). obi exports
 traces and metrics over OTLP/gRPC to a receiver in another process.
@@ -62,6 +65,19 @@ def bpf_stats() -> Any:
         path.write_text(before + "\n")
 
 
+# The proxy of the both-roles run: keep-alive to its upstream, as production proxies run.
+PROXY = """\
+    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
 def held_program_ids(pid: int) -> set[int]:
     """Ids of the BPF programs a process holds (its program and link fds, from /proc/PID/fdinfo)."""
     ids: set[int] = set()
@@ -90,10 +106,18 @@ def bpf_delta(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, in
     return {name: after[name][0] - before.get(name, (0, 0))[0] for name in after}
 
 
+# Programs obi runs itself (BPF_PROG_TEST_RUN from its own thread): their time is in the
+# application's context of no one, and already inside obi's CPU.
+OBI_CONTEXT_PROGRAMS = frozenset({"sweep"})
+
+
 def print_bpf(delta: dict[str, int], requests: int) -> None:
     per = {name: time_ns / max(requests, 1) for name, time_ns in delta.items() if time_ns}
-    parts = ", ".join(f"{name} {ns:.0f} ns" for name, ns in sorted(per.items(), key=lambda i: -i[1]))
-    print(f"  BPF time per request       {sum(per.values()) / 1000:10.2f} us  ({parts})")
+    app = {name: ns for name, ns in per.items() if name not in OBI_CONTEXT_PROGRAMS}
+    parts = ", ".join(f"{name} {ns:.0f} ns" for name, ns in sorted(app.items(), key=lambda i: -i[1]))
+    print(f"  BPF time per request       {sum(app.values()) / 1000:10.2f} us  in the application ({parts})")
+    own = sum(ns for name, ns in per.items() if name in OBI_CONTEXT_PROGRAMS)
+    print(f"  BPF sweep per request      {own / 1000:10.2f} us  in obi (part of obi CPU)")
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[int, float]:
@@ -175,6 +199,29 @@ def main() -> int:
             paced_rss = peak_rss_mib(agent.proc.pid)
             agent.stop()
             paced = stopped_stats(agent)
+
+            # Both roles at once: a second nginx proxies to the first; obi traces the proxy,
+            # whose every request is a server exchange and a client exchange upstream.
+            proxy, proxy_port = start_nginx(root / "proxy", PROXY, upstream=port)
+            try:
+                proxy_worker = nginx_worker(proxy.pid)
+                proxy_url = f"http://127.0.0.1:{proxy_port}/index.html"
+                wrk(proxy_url, 2, args.connections)
+                _, proxy_base_rps = wrk(proxy_url, args.seconds, args.connections)
+                agent = AgentProcess(agent_env(receiver_port, proxy_worker)).start()
+                assert agent.proc is not None
+                agent.wait_instrumented(proxy_worker)
+                with bpf_stats():
+                    cpu0 = cpu_seconds(agent.proc.pid)
+                    bpf0 = bpf_run_time(agent.agent_pid())
+                    proxy_done, proxy_rps = wrk(proxy_url, args.seconds, args.connections)
+                    proxy_bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
+                    time.sleep(2)
+                    proxy_cpu = cpu_seconds(agent.proc.pid) - cpu0
+                agent.stop()
+                proxied = stopped_stats(agent)
+            finally:
+                stop_process(proxy)
         finally:
             stop_process(receiver)
             stop_process(nginx)
@@ -205,6 +252,16 @@ def main() -> int:
     print_bpf(paced_bpf, paced_done)
     paced_bytes = paced.get("ring_bytes", 0) / max(paced.get("ring_records", 0), 1)
     print(f"  bytes per ring record      {paced_bytes:10.0f}")
+    print(f"proxy (nginx in front of nginx, obi tracing the proxy: server and client spans), "
+          f"{args.seconds}s x {args.connections} connections:")
+    print(f"  requests/s without obi     {proxy_base_rps:10.0f}")
+    print(f"  requests/s with obi        {proxy_rps:10.0f}")
+    print(f"  ratio with/without         {proxy_rps / proxy_base_rps:10.3f}")
+    print(f"  spans built / requests     {proxied['spans']:>10d} / {proxy_done}"
+          "  (2 per request: server, client)")
+    print(f"  events lost (kernel)       {proxied['events_lost']:10d}")
+    print(f"  obi CPU per request        {1e6 * proxy_cpu / max(proxy_done, 1):10.1f} us")
+    print_bpf(proxy_bpf, proxy_done)
     return 0
 
 
