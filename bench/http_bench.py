@@ -113,7 +113,7 @@ OBI_CONTEXT_PROGRAMS = frozenset({"sweep"})
 
 def print_bpf(delta: dict[str, int], requests: int) -> None:
     per = {name: time_ns / max(requests, 1) for name, time_ns in delta.items() if time_ns}
-    app = {name: ns for name, ns in per.items() if name not in OBI_CONTEXT_PROGRAMS}
+    app = {name: ns for name, ns in per.items() if name not in OBI_CONTEXT_PROGRAMS and ns >= 0.5}
     parts = ", ".join(f"{name} {ns:.0f} ns" for name, ns in sorted(app.items(), key=lambda i: -i[1]))
     print(f"  BPF time per request       {sum(app.values()) / 1000:10.2f} us  in the application ({parts})")
     own = sum(ns for name, ns in per.items() if name in OBI_CONTEXT_PROGRAMS)

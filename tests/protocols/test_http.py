@@ -546,3 +546,31 @@ def test_pipelined_sequences_keep_every_request_in_order(requests: list[bytes], 
     assert whole <= len(pairs) <= len(requests)
     expected = [parse_request(m, len(m)).method for m in requests[:whole]]
     assert [p.request.method for p in pairs[:whole]] == expected
+
+
+_FRAMED = [NGINX_200[: _header_len(NGINX_200)] + b"x" * 615, SERVER_ERROR_500]
+
+
+@_SWEEP
+@given(st.lists(st.sampled_from([CURL_GET, HTTP10_GET, TRACED_GET]), min_size=1, max_size=4),
+       st.lists(st.sampled_from(_FRAMED), min_size=1, max_size=4), st.data())
+def test_status_only_captures_pair_every_response_in_order(
+        requests: list[bytes], responses: list[bytes], data: st.DataObject) -> None:
+    """The kernel's status-only capture of the first response, then pipelined ones whole
+    (cut anywhere by the capture size): each response pairs with its own request."""
+    first = responses[0]
+    header_len = _header_len(first)
+    content_length = len(first) - header_len
+    captured = first[:STATUS_CAPTURE] + b"".join(responses[1:])
+    captured = captured[: data.draw(st.integers(min_value=STATUS_CAPTURE, max_value=len(captured)))]
+    joined = b"".join(requests)
+    pairs = parse_exchange(joined, len(joined), captured, sum(map(len, responses)), header_len,
+                           content_length, status_only=True)
+    assert [p.request.method for p in pairs] == ["GET"] * len(requests)
+    answered = [p.response for p in pairs if p.response is not None]
+    assert 1 <= len(answered) <= min(len(requests), len(responses))
+    assert all(p.response is not None for p in pairs[: len(answered)])  # answers come in order
+    for got, sent in zip(answered, responses, strict=False):
+        facts = parse_response(sent, len(sent))
+        assert got.status_code == facts.status_code and got.body_size >= 0
+    assert (answered[0].header_len, answered[0].body_size) == (header_len, content_length)

@@ -471,11 +471,13 @@ def parse_exchange(
             responses[0] = found._replace(body_size=0)
         elif found.content_length is None and found.status_code >= 200 and found.status_code not in (
                 _BODYLESS_STATUS):
+            header_len = found.header_len if found.header_len >= 0 else kernel_header_len
             if kernel_content_length >= 0:
                 responses[0] = found._replace(content_length=kernel_content_length,
-                                              body_size=kernel_content_length)
+                                              body_size=kernel_content_length, header_len=header_len)
             elif found.header_len < 0 and kernel_header_len > 0:
-                responses[0] = found._replace(body_size=max(0, response_len - kernel_header_len))
+                responses[0] = found._replace(body_size=max(0, response_len - kernel_header_len),
+                                              header_len=kernel_header_len)
         if pipelined:
             first_len = kernel_header_len + responses[0].body_size
             with contextlib.suppress(ParseError):  # what follows is not a response: pair what we have
