@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,52 @@ def stopped_stats(agent: AgentProcess) -> dict[str, Any]:
     return agent.wait_log(lambda e: e.get("event") == "agent_stopped", 5)
 
 
+@dataclass
+class Run:
+    """One wrk run with obi tracing `pid`: what wrk did and what obi cost."""
+
+    requests: int
+    rps: float
+    cpu: float  # obi's CPU seconds
+    rss: float  # obi's peak RSS, MiB
+    bpf: dict[str, int]  # BPF run time per program, ns
+    stats: dict[str, Any]  # agent_stopped
+
+    def print(self, seconds: int) -> None:
+        stats, per = self.stats, max(self.requests, 1)
+        print(f"  events lost (kernel)       {stats['events_lost']:10d}")
+        print(f"  obi CPU per request        {1e6 * self.cpu / per:10.1f} us"
+              f"  ({100 * self.cpu / seconds:.0f}% of one core)")
+        print(f"  spans exported             {stats['spans_exported']:10d}"
+              f"  (dropped at export queue: {stats['spans_export_dropped']})")
+        print(f"  obi peak RSS               {self.rss:10.1f} MiB")
+        print_bpf(self.bpf, self.requests)
+        ring_bytes = stats.get("ring_bytes", 0) / max(stats.get("ring_records", 0), 1)
+        print(f"  bytes per ring record      {ring_bytes:10.0f}")
+
+
+def traced_run(receiver_port: int, pid: int, url: str, seconds: int, connections: int,
+               script: Path | None = None) -> Run:
+    agent = AgentProcess(agent_env(receiver_port, pid)).start()
+    assert agent.proc is not None
+    agent.wait_instrumented(pid)
+    with bpf_stats():
+        cpu0 = cpu_seconds(agent.proc.pid)
+        bpf0 = bpf_run_time(agent.agent_pid())
+        done, rps = wrk(url, seconds, connections, script)
+        bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
+        time.sleep(2)  # let the agent finish the tail of the run
+        cpu = cpu_seconds(agent.proc.pid) - cpu0
+    rss = peak_rss_mib(agent.proc.pid)
+    agent.stop()
+    return Run(done, rps, cpu, rss, bpf, stopped_stats(agent))
+
+
+def untraced_rps(url: str, seconds: int, connections: int) -> float:
+    wrk(url, 2, connections)  # warm up
+    return wrk(url, seconds, connections)[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,6 +201,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=5000, help="paced run: requests per second")
     parser.add_argument("--rate-seconds", type=int, default=30, help="paced run: duration")
     args = parser.parse_args()
+    conns = 100  # paced: each connection pauses between requests
 
     with tempfile.TemporaryDirectory(prefix="obi-bench-") as tmp:
         root = Path(tmp)
@@ -164,62 +212,20 @@ def main() -> int:
         receiver = start_process([sys.executable, str(sink), str(receiver_port)], ready="ready")
         url = f"http://127.0.0.1:{port}/index.html"
         try:
-            wrk(url, 2, args.connections)  # warm up
-            _, base_rps = wrk(url, args.seconds, args.connections)
-
-            agent = AgentProcess(agent_env(receiver_port, worker)).start()
-            assert agent.proc is not None
-            agent.wait_instrumented(worker)
-            with bpf_stats():
-                cpu0 = cpu_seconds(agent.proc.pid)
-                bpf0 = bpf_run_time(agent.agent_pid())
-                obi_done, obi_rps = wrk(url, args.seconds, args.connections)
-                bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
-                time.sleep(2)  # let the agent finish the tail of the run
-                cpu = cpu_seconds(agent.proc.pid) - cpu0
-            rss = peak_rss_mib(agent.proc.pid)
-            agent.stop()
-            unthrottled = stopped_stats(agent)
-
-            # Paced: 100 connections, each pausing between requests so that the
-            # total is just above `rate`/s (the pause is whole milliseconds).
-            conns = 100
+            base_rps = untraced_rps(url, args.seconds, args.connections)
+            unthrottled = traced_run(receiver_port, worker, url, args.seconds, args.connections)
+            # the pause is whole milliseconds: the total is just above `rate`/s
             script = root / "pace.lua"
             script.write_text(f"function delay() return {max(1000 * conns // args.rate - 1, 0)} end\n")
-            agent = AgentProcess(agent_env(receiver_port, worker)).start()
-            assert agent.proc is not None
-            agent.wait_instrumented(worker)
-            with bpf_stats():
-                cpu0 = cpu_seconds(agent.proc.pid)
-                bpf0 = bpf_run_time(agent.agent_pid())
-                paced_done, paced_rps = wrk(url, args.rate_seconds, conns, script)
-                paced_bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
-                time.sleep(2)
-                paced_cpu = cpu_seconds(agent.proc.pid) - cpu0
-            paced_rss = peak_rss_mib(agent.proc.pid)
-            agent.stop()
-            paced = stopped_stats(agent)
-
+            paced = traced_run(receiver_port, worker, url, args.rate_seconds, conns, script)
             # Both roles at once: a second nginx proxies to the first; obi traces the proxy,
             # whose every request is a server exchange and a client exchange upstream.
             proxy, proxy_port = start_nginx(root / "proxy", PROXY, upstream=port)
             try:
                 proxy_worker = nginx_worker(proxy.pid)
                 proxy_url = f"http://127.0.0.1:{proxy_port}/index.html"
-                wrk(proxy_url, 2, args.connections)
-                _, proxy_base_rps = wrk(proxy_url, args.seconds, args.connections)
-                agent = AgentProcess(agent_env(receiver_port, proxy_worker)).start()
-                assert agent.proc is not None
-                agent.wait_instrumented(proxy_worker)
-                with bpf_stats():
-                    cpu0 = cpu_seconds(agent.proc.pid)
-                    bpf0 = bpf_run_time(agent.agent_pid())
-                    proxy_done, proxy_rps = wrk(proxy_url, args.seconds, args.connections)
-                    proxy_bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
-                    time.sleep(2)
-                    proxy_cpu = cpu_seconds(agent.proc.pid) - cpu0
-                agent.stop()
-                proxied = stopped_stats(agent)
+                proxy_base_rps = untraced_rps(proxy_url, args.seconds, args.connections)
+                proxied = traced_run(receiver_port, proxy_worker, proxy_url, args.seconds, args.connections)
             finally:
                 stop_process(proxy)
         finally:
@@ -229,39 +235,22 @@ def main() -> int:
     print("obi benchmark: nginx (1 worker) + wrk on loopback, 2 cores")
     print(f"unthrottled, {args.seconds}s x {args.connections} connections:")
     print(f"  requests/s without obi     {base_rps:10.0f}")
-    print(f"  requests/s with obi        {obi_rps:10.0f}")
-    print(f"  ratio with/without         {obi_rps / base_rps:10.3f}")
-    print(f"  obi CPU per request        {1e6 * cpu / max(obi_done, 1):10.1f} us")
-    print(f"  events lost (kernel)       {unthrottled['events_lost']:10d}")
-    print(f"  spans built / requests     {unthrottled['spans']:>10d} / {obi_done}")
-    print(f"  spans exported             {unthrottled['spans_exported']:10d}"
-          f"  (dropped at export queue: {unthrottled['spans_export_dropped']})")
-    print(f"  obi peak RSS               {rss:10.1f} MiB")
-    print_bpf(bpf, obi_done)
-    ring_bytes = unthrottled.get("ring_bytes", 0) / max(unthrottled.get("ring_records", 0), 1)
-    print(f"  bytes per ring record      {ring_bytes:10.0f}")
+    print(f"  requests/s with obi        {unthrottled.rps:10.0f}")
+    print(f"  ratio with/without         {unthrottled.rps / base_rps:10.3f}")
+    print(f"  spans built / requests     {unthrottled.stats['spans']:>10d} / {unthrottled.requests}")
+    unthrottled.print(args.seconds)
     print(f"paced, target {args.rate}/s for {args.rate_seconds}s ({conns} connections):")
-    print(f"  requests/s achieved        {paced_rps:10.0f}")
-    print(f"  events lost (kernel)       {paced['events_lost']:10d}")
-    print(f"  spans built / requests     {paced['spans']:>10d} / {paced_done}")
-    print(f"  spans exported             {paced['spans_exported']:10d}"
-          f"  (dropped at export queue: {paced['spans_export_dropped']})")
-    print(f"  obi CPU per request        {1e6 * paced_cpu / max(paced_done, 1):10.1f} us"
-          f"  ({100 * paced_cpu / args.rate_seconds:.0f}% of one core)")
-    print(f"  obi peak RSS               {paced_rss:10.1f} MiB")
-    print_bpf(paced_bpf, paced_done)
-    paced_bytes = paced.get("ring_bytes", 0) / max(paced.get("ring_records", 0), 1)
-    print(f"  bytes per ring record      {paced_bytes:10.0f}")
+    print(f"  requests/s achieved        {paced.rps:10.0f}")
+    print(f"  spans built / requests     {paced.stats['spans']:>10d} / {paced.requests}")
+    paced.print(args.rate_seconds)
     print(f"proxy (nginx in front of nginx, obi tracing the proxy: server and client spans), "
           f"{args.seconds}s x {args.connections} connections:")
     print(f"  requests/s without obi     {proxy_base_rps:10.0f}")
-    print(f"  requests/s with obi        {proxy_rps:10.0f}")
-    print(f"  ratio with/without         {proxy_rps / proxy_base_rps:10.3f}")
-    print(f"  spans built / requests     {proxied['spans']:>10d} / {proxy_done}"
+    print(f"  requests/s with obi        {proxied.rps:10.0f}")
+    print(f"  ratio with/without         {proxied.rps / proxy_base_rps:10.3f}")
+    print(f"  spans built / requests     {proxied.stats['spans']:>10d} / {proxied.requests}"
           "  (2 per request: server, client)")
-    print(f"  events lost (kernel)       {proxied['events_lost']:10d}")
-    print(f"  obi CPU per request        {1e6 * proxy_cpu / max(proxy_done, 1):10.1f} us")
-    print_bpf(proxy_bpf, proxy_done)
+    proxied.print(args.seconds)
     return 0
 
 
