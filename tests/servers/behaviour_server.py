@@ -22,9 +22,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import threading
 import time
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.servers.threaded import serve_forever
 
 
 def respond(conn: socket.socket, status: int, body: bytes, extra: bytes = b"") -> None:
@@ -96,18 +99,7 @@ def serve(conn: socket.socket) -> None:
 
 
 def main() -> None:
-    port = int(sys.argv[1])
-    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    srv = socket.socket(family, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((host, port))
-    srv.listen(64)
-    print("ready", flush=True)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
+    serve_forever(serve)
 
 if __name__ == "__main__":
     main()

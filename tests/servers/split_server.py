@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.servers.threaded import serve_forever
 
 
 def read_request(conn: socket.socket, step: int, turn: int) -> bytes | None:
@@ -70,16 +73,7 @@ def serve(conn: socket.socket) -> None:
 
 
 def main() -> None:
-    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
-    srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((host, int(sys.argv[1])))
-    srv.listen(64)
-    print("ready", flush=True)
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
+    serve_forever(serve)
 
 if __name__ == "__main__":
     main()
