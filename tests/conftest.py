@@ -4,6 +4,7 @@ and a run that executed none of them fails unless that was asked for."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -27,6 +28,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if any(item.get_closest_marker(m) for m in KERNEL_MARKERS) and os.geteuid() != 0:
         pytest.fail("kernel and end-to-end tests need root on these machines (a skip would hide them)")
+
+
+@pytest.fixture(autouse=True)
+def _no_agent_left_running() -> Iterator[None]:
+    """An agent a failing test did not stop is killed, so that it holds no BPF links
+    past its test."""
+    yield
+    from tests.e2e.agent import kill_leftovers
+
+    kill_leftovers()
 
 
 _kernel_outcomes: dict[str, int] = {"ran": 0}

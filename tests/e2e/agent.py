@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,13 +12,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from tests.support import bpf_link_ids
 
 
 class AgentProcess:
     """The agent with a clean OTEL_* environment plus `env`; logs parsed as JSON."""
+
+    running: ClassVar[set[AgentProcess]] = set()  # started and not stopped (see kill_leftovers)
 
     def __init__(self, env: Mapping[str, str], args: Sequence[str] = (),
                  command: Sequence[str] | None = None) -> None:
@@ -35,6 +38,7 @@ class AgentProcess:
         self.links_before = bpf_link_ids()
         self.proc = subprocess.Popen(self.command, env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        AgentProcess.running.add(self)
         threading.Thread(target=self._pump, args=(self.proc.stderr, True), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stdout, False), daemon=True).start()
         if wait_started:
@@ -104,6 +108,7 @@ class AgentProcess:
         Checked two ways: the links the agent held are gone, and no link appeared on
         the host since it started (the second only holds when nothing else runs BPF)."""
         assert self.proc is not None
+        AgentProcess.running.discard(self)
         held: set[int] = set()
         if self.proc.poll() is None:
             agent = self.agent_pid()
@@ -129,3 +134,20 @@ class AgentProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.stop()
+
+
+def kill_leftovers() -> list[int]:
+    """Kills the agents a test started and did not stop (it failed before stop());
+    returns their pids. Their BPF links go with them."""
+    killed: list[int] = []
+    for agent in list(AgentProcess.running):
+        AgentProcess.running.discard(agent)
+        proc = agent.proc
+        if proc is None or proc.poll() is not None:
+            continue
+        with contextlib.suppress(AssertionError, OSError):
+            os.kill(agent.agent_pid(), signal.SIGKILL)  # below a wrapper such as unshare
+        proc.kill()
+        proc.wait(10)
+        killed.append(proc.pid)
+    return killed
