@@ -184,9 +184,12 @@ struct {
 	__uint(max_entries, 16384);
 } pending_calls SEC(".maps");
 
-/* (pid, fd) -> what the fd is, resolved once from the fd table. */
+/* (pid, fd) -> what the fd is, resolved once from the fd table. A cache: an entry
+ * evicted is resolved again on the next call, so LRU: the descriptors of processes
+ * that exit (or exec, or close_range) without close() are never used again, and go
+ * first when it is full. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct obi_conn_key);
 	__type(value, struct fd_info);
 	__uint(max_entries, 65536);

@@ -56,7 +56,7 @@
 /* Slots of the `counters` per-CPU array. */
 #define OBI_COUNTER_EVENTS_LOST 0      /* ring buffer full */
 #define OBI_COUNTER_EXCHANGES 1        /* exchange records emitted */
-#define OBI_COUNTER_CONN_TABLE_FULL 2  /* connection not tracked: `fds` or `conns` full */
+#define OBI_COUNTER_CONN_TABLE_FULL 2  /* connection not tracked: `conns` full (`fds` is an LRU cache) */
 #define OBI_COUNTER_CALL_TABLE_FULL 3  /* syscall not followed: `pending_calls` full */
 #define OBI_COUNTER_SLOTS_FULL 4       /* exchange not captured: every slot in use */
 #define OBI_COUNTER_PID_FILTER_FULL 5  /* child or exec not traced: `pid_filter` full */

@@ -555,3 +555,43 @@ def test_sigkill_mid_response_is_emitted_as_exit(capture: Capture) -> None:
     sent = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart"
     assert ev["end_reason"] == lib.OBI_END_EXIT and ev["resp_len"] == len(sent)
     assert ev["resp"] == sent[:STATUS_CAPTURE]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_descriptors_of_exited_processes_do_not_fill_the_tables(mode: str) -> None:
+    """Children that exit with their connection and a file still open (no close()) leave
+    their descriptors behind in the fd table; with 150 of them in a table of 64, every
+    later connection is still tracked and nothing is counted as full."""
+    port = free_port()
+    proc = start_process([sys.executable, "-c", textwrap.dedent(f"""
+        import os, socket
+        srv = socket.create_server(("127.0.0.1", {port}))
+        print("ready", flush=True)
+        while True:
+            conn, _ = srv.accept()
+            conn.recv(1000)
+            if os.fork() == 0:
+                with open(os.devnull, "wb", buffering=0) as log:
+                    log.write(b"x")
+                    conn.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
+                    os._exit(0)  # the socket and the file close without close()
+            conn.close()
+            os.waitpid(-1, 0)
+        """)], ready="ready")
+    try:
+        with Capture(CaptureSettings(syscall_hooks=mode, ring_buffer_size=1 << 22,  # type: ignore[arg-type]
+                                     max_connections=64)) as capture:
+            capture.add_pid(proc.pid)
+            socket.create_connection(("127.0.0.1", port)).close()  # the accept begun before tracing
+            records = Records(capture)
+            for i in range(150):
+                with socket.create_connection(("127.0.0.1", port)) as conn:
+                    assert exchange_of(conn, b"GET /%d HTTP/1.0\r\n\r\n" % i, b"ok\n").endswith(b"ok\n")
+                records.drain()
+            records.wait(lambda r: len(r.exchanges()) >= 150)
+            counters = capture.counters()
+    finally:
+        stop_process(proc)
+    assert sorted(ev["req"] for ev in records.exchanges()) == sorted(
+        b"GET /%d HTTP/1.0\r\n\r\n" % i for i in range(150))
+    assert counters["conn_table_full"] == 0
