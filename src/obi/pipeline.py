@@ -325,7 +325,7 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
                                  wildcard_char=routes.wildcard_char)
     http = Http1(route_matcher, IdGenerator(), span_stats, ignore_mode=routes.ignore_mode,
                  request_timeout_ns=request_timeout_ns)
-    records = RecordProcessor(ProtocolRegistry([http], http=http), registry.identity_for,
+    records = RecordProcessor(ProtocolRegistry([http]), registry.identity_for,
                               registry.on_kernel_event)
     traces = config.otel_traces_export
     sampler_arg = None if traces.sampler.arg is None else str(traces.sampler.arg)

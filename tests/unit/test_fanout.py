@@ -29,7 +29,7 @@ class Exporter:
 def spans_for(mode: str) -> list[Span]:
     processes = Processes()
     module = Http1(RouteMatcher([], ignored_patterns=["/health"]), stats=SpanStats(), ignore_mode=mode)
-    records = RecordProcessor(ProtocolRegistry([module], http=module), processes.identities.get,
+    records = RecordProcessor(ProtocolRegistry([module]), processes.identities.get,
                               processes.on_process)
     return list(records.process(exchange(7, b"GET /health HTTP/1.1\r\n\r\n", OK)
                                 + exchange(7, b"GET /work HTTP/1.1\r\n\r\n", OK)))

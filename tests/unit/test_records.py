@@ -86,7 +86,7 @@ def processor(processes: Processes | None = None, **http: object) -> tuple[Recor
     stats = SpanStats()
     module = Http1(RouteMatcher(["/user/{id}"], unmatched="unset", ignored_patterns=["/health"]),
                    IdGenerator(), stats, **http)  # type: ignore[arg-type]
-    return RecordProcessor(ProtocolRegistry([module], http=module), processes.identities.get,
+    return RecordProcessor(ProtocolRegistry([module]), processes.identities.get,
                            processes.on_process), stats
 
 

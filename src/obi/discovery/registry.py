@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
@@ -45,10 +45,7 @@ class IdentityObserver(Protocol):
 @dataclass
 class RegistryStats:
     pid_filter_full: int = 0  # processes selected but not traced: the kernel's table is full
-    inherited: int = 0  # children traced because their parent is
-    exec_selected: int = 0  # processes selected at exec
     exec_dropped: int = 0  # traced processes that exec'd into something not selected
-    events: dict[str, int] = field(default_factory=dict)
 
 
 class ProcessRegistry:
@@ -102,14 +99,12 @@ class ProcessRegistry:
                 return
             child = replace(origin, pid=pid, instance_id=_instance_id(origin.instance_id, pid),
                             attributes=dict(origin.attributes))
-            self.stats.inherited += 1
             self._use(child)
             self._watcher.adopt(child)
             self._log.debug("process_inherited", pid=pid, parent=parent, service=child.service_name)
         elif event == lib.OBI_PROCESS_EXEC:
             identity = self._watcher.evaluate(pid, path)
             if identity is not None:
-                self.stats.exec_selected += 1
                 self._instrument(identity)
             elif parent == 1 or pid in self._identities:
                 # provisional (parent == 1) or traced before: what it became is not selected

@@ -14,16 +14,15 @@ import structlog
 from obi.capabilities import effective_capabilities
 from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
 from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
+from obi.ebpf.records import EXCHANGE_SIZE
 from obi.ebpf.ring import RingReader
 from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
 
 SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
 HookSet = Literal["tracepoint", "raw_tracepoint"]
 
-EXCHANGE_HEADER_SIZE: int = ffi.sizeof("struct obi_exchange")
-PROCESS_HEADER_SIZE: int = ffi.sizeof("struct obi_process")
 # The largest record: an exchange with both captures full (bpf/capture.bpf.c DATA_OFF_MAX).
-MAX_RECORD_SIZE: int = EXCHANGE_HEADER_SIZE + lib.OBI_REQ_CAPTURE_MAX + lib.OBI_RESP_CAPTURE_MAX
+MAX_RECORD_SIZE: int = EXCHANGE_SIZE + lib.OBI_REQ_CAPTURE_MAX + lib.OBI_RESP_CAPTURE_MAX
 # Program name prefixes of the two sets of syscall entry points; the rest load with either.
 PROGRAM_PREFIXES = {"tracepoint": "tp_", "raw_tracepoint": "raw_"}
 COMMON_PREFIXES = ("common_", "sweep")

@@ -17,15 +17,13 @@ __all__ = ["ProtocolRegistry"]
 
 
 class ProtocolRegistry:
-    """Finds the module for an exchange: the kernel's HTTP hint first, then each detector in order."""
+    """Finds the module for an exchange: each detector in order (HTTP/1.x first: it takes
+    what the kernel saw as HTTP at once)."""
 
-    def __init__(self, modules: Sequence[ProtocolModule], http: ProtocolModule | None = None) -> None:
+    def __init__(self, modules: Sequence[ProtocolModule]) -> None:
         self.modules = tuple(modules)
-        self._http = http
 
     def identify(self, exchange: Exchange) -> ProtocolModule | None:
-        if exchange.kernel_http and self._http is not None:
-            return self._http
         for module in self.modules:
             if module.detect(exchange):
                 return module

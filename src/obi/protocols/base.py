@@ -26,17 +26,13 @@ from typing import Any, NamedTuple, Protocol
 
 from obi.ebpf._libbpf import lib
 from obi.protocols.errors import ParseError
-from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, ServiceIdentity, Span
+from obi.traces.model import ServiceIdentity, Span
 
 __all__ = ["ROLE_CLIENT", "ROLE_SERVER", "Connection", "Exchange", "IdGenerator", "ParseError",
-           "ProtocolModule", "SpanStats", "kind_of_role"]
+           "ProtocolModule", "SpanStats"]
 
 ROLE_SERVER: int = lib.OBI_ROLE_SERVER
 ROLE_CLIENT: int = lib.OBI_ROLE_CLIENT
-
-
-def kind_of_role(role: int) -> int:
-    return SPAN_KIND_SERVER if role == ROLE_SERVER else SPAN_KIND_CLIENT
 
 
 class Exchange(NamedTuple):
@@ -73,7 +69,6 @@ class SpanStats:
 
     headers_truncated: int = 0  # header blocks longer than the capture: traceparent may be lost
     unanswered: int = 0  # requests the connection closed on (or timed out) without an answer
-    unpaired: int = 0  # responses or requests left over after pairing pipelined messages
     ignored_route: int = 0  # spans of routes.ignored_patterns, left out
 
 

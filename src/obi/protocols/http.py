@@ -176,10 +176,6 @@ def _is_version_prefix(token: bytes) -> bool:
     return any(version.startswith(token) for version in _VERSION_BY_TOKEN)
 
 
-def _decode(value: bytes) -> str:
-    return value.decode("utf-8", "replace")
-
-
 def _path_of(target: str) -> str:
     """The target's path without query or fragment (absolute-form reduced to its path)."""
     if target[0] != "/":

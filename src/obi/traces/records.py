@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from obi.ebpf._libbpf import lib
-from obi.ebpf.records import EXCHANGE_SIZE, PROCESS_LAYOUT, PROCESS_SIZE
+from obi.ebpf.records import EXCHANGE_SIZE, PROCESS_LAYOUT, PROCESS_SIZE, RECORD_EXCHANGE, RECORD_PROCESS
 from obi.ebpf.ring import struct_layout
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import Connection, Exchange
@@ -32,8 +32,6 @@ _RECORD_LENGTH = struct.Struct("=I").unpack_from
 _FLAG_HTTP: int = lib.OBI_FLAG_HTTP
 _FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
 _FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
-_RECORD_EXCHANGE: int = lib.OBI_RECORD_EXCHANGE
-_RECORD_PROCESS: int = lib.OBI_RECORD_PROCESS
 _new_tuple = tuple.__new__
 # What the span path reads of an exchange header; the other fields are skipped unread.
 _HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
@@ -109,7 +107,7 @@ class RecordProcessor:
             while off < end:
                 base = off + 4
                 kind = batch[base]
-                if kind == _RECORD_EXCHANGE:
+                if kind == RECORD_EXCHANGE:
                     exchanges += 1
                     (size, role, end_reason, flags, pid, family, local_port, peer_port, req_captured,
                      resp_captured, start_ns, end_ns, req_len, resp_len, content_length, header_len,
@@ -118,7 +116,7 @@ class RecordProcessor:
                 else:
                     (size,) = _RECORD_LENGTH(batch, off)
                     off = base + size
-                if kind == _RECORD_PROCESS:
+                if kind == RECORD_PROCESS:
                     stats.process_events += 1
                     _, event, path_len, pid, parent, _, _ = unpack_process(batch, base)
                     path_start = base + PROCESS_SIZE
@@ -126,7 +124,7 @@ class RecordProcessor:
                     self._on_process(event, pid, parent, path)
                     last_pid = None  # the process's identity may have changed
                     continue
-                if kind != _RECORD_EXCHANGE:
+                if kind != RECORD_EXCHANGE:
                     continue
                 if pid != last_pid:
                     last_pid, identity = pid, identity_for(pid)

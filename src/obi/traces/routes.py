@@ -225,7 +225,7 @@ class RouteMatcher:
         cached = self._routes.get(path, _MISS)
         if cached is not _MISS:
             return cached  # type: ignore[return-value]
-        route = _find(self._patterns, _tokens(path), 0)
+        route = self.pattern_for(path)
         if route is None:
             route = self._unmatched_route(path)
         if len(self._routes) >= CACHE_LIMIT:
