@@ -45,6 +45,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define EINPROGRESS 115
+#define MSG_PEEK 2
 #define PF_EXITING 0x00000004
 #define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
@@ -77,6 +78,7 @@ enum call_kind {
 	CALL_SENDFILE,  /* no buffer */
 	CALL_ACCEPT,
 	CALL_CONNECT,
+	CALL_PEEK,      /* recv(MSG_PEEK): the bytes stay in the socket, read again later */
 };
 
 enum conn_kind {
@@ -262,6 +264,45 @@ struct {
 	__uint(max_entries, 1);
 } sweep_ctl SEC(".maps");
 
+/* What one thread is doing with a TLS library (value of `tls_threads`, by host pid_tgid). */
+struct tls_thread {
+	__u64 ssl;      /* the SSL * of the call in progress (0: none) */
+	__u64 buf;      /* its buffer */
+	__u64 out;      /* SSL_read_ex / SSL_write_ex: where the byte count goes */
+	__u64 last_ssl; /* the last SSL * this thread passed to the library */
+	__s32 last_fd;  /* the last TLS socket this thread read ciphertext from (-1: none) */
+	__u32 op;       /* OBI_TLS_* of the call in progress */
+};
+
+/* Key of `tls_socks`: an SSL object of a process. */
+struct tls_key {
+	__u64 ssl;
+	__u32 pid;
+	__u32 pad;
+};
+
+/* Which socket an SSL object reads and writes. */
+struct tls_bind {
+	__u32 fd;
+	__u32 seen; /* 1: a syscall made inside one of its calls said so; 0: guessed from the
+		     * order of calls on the thread (TLS over memory BIOs, as in Node.js) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct tls_thread);
+	__uint(max_entries, 16384);
+} tls_threads SEC(".maps");
+
+/* SSL objects are freed with SSL_free (the entry goes) or forgotten (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct tls_key);
+	__type(value, struct tls_bind);
+	__uint(max_entries, 65536);
+} tls_socks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 24);
@@ -434,8 +475,8 @@ static __always_inline void mark_busy(__u32 idx, bool busy)
 		__sync_fetch_and_and(word, ~(1ULL << (idx & 63)));
 }
 
-/* Emits the exchange of slot idx and gives the slot back, unless another CPU is doing
- * so (a global function: one copy, verified once, whoever calls it). */
+/* Emits the exchange of slot idx (reason 0: drops it) and gives the slot back, unless
+ * another CPU is doing so (a global function: one copy, verified once, whoever calls it). */
 __noinline int end_slot(__u32 idx, __u32 reason)
 {
 	struct slot *s = slot_at(idx);
@@ -445,7 +486,8 @@ __noinline int end_slot(__u32 idx, __u32 reason)
 	if (!s || __sync_val_compare_and_swap(&s->st.busy, SLOT_BUSY, SLOT_ENDING) != SLOT_BUSY)
 		return 0;
 	sk = s->st.sk;
-	emit_exchange(s, s->st.phase == PHASE_COMPLETE ? OBI_END_FRAMED : reason);
+	if (reason)
+		emit_exchange(s, s->st.phase == PHASE_COMPLETE ? OBI_END_FRAMED : reason);
 	c = bpf_map_lookup_elem(&conns, &sk);
 	if (c) /* unless the connection has moved on to a new exchange meanwhile */
 		__sync_val_compare_and_swap(&c->slot, idx, NO_SLOT);
@@ -665,6 +707,10 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 	s->ev.role = c->role;
 	s->ev.end_reason = 0;
 	s->ev.flags = c->flags & OBI_FLAG_ROLE_GUESSED;
+	if (c->kind == CONN_TLS) {
+		s->ev.flags |= OBI_FLAG_TLS;
+		count(OBI_COUNTER_TLS_EXCHANGES);
+	}
 	s->ev.pid = key->pid;
 	s->ev.tid = (__u32)bpf_get_current_pid_tgid();
 	s->ev.fd = key->fd;
@@ -845,9 +891,26 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
 	return false;
 }
 
+/* The connection carries TLS: its ciphertext is not captured, the plaintext the TLS
+ * uprobes see is. The first time a process does this, user space is told, to find
+ * the TLS library it uses if the uprobes are not on it yet. */
+static __always_inline void mark_tls(struct conn *c, __u32 pid)
+{
+	struct obi_pid_info *info = bpf_map_lookup_elem(&pid_filter, &pid);
+
+	c->kind = CONN_TLS;
+	if (c->flags & OBI_FLAG_ROLE_GUESSED)
+		c->role = 0; /* the plaintext decides, not the ciphertext */
+	count(OBI_COUNTER_TLS_SKIPPED);
+	if (info && !(info->flags & OBI_PID_TLS_SEEN)) {
+		info->flags |= OBI_PID_TLS_SEEN;
+		emit_process(OBI_PROCESS_TLS, pid, 0, NULL);
+	}
+}
+
 /* Request bytes moved: into the exchange in flight, or a new one (the previous one ends). */
 static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key *key, __u64 sk,
-					     __u64 src, __u64 room, __u64 n)
+					     __u64 src, __u64 room, __u64 n, bool tls)
 {
 	struct slot *s = slot_at(c->slot);
 	__u64 len = n < room ? n : room;
@@ -859,10 +922,9 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 	if (!s) {
 		__u8 head[8] = {};
 
-		if (src && len >= 3 && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 &&
+		if (src && len >= 3 && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 && !tls &&
 		    looks_like_tls(head)) {
-			c->kind = CONN_TLS;
-			count(OBI_COUNTER_TLS_SKIPPED);
+			mark_tls(c, key->pid);
 			return;
 		}
 		s = start_exchange(c, key, sk);
@@ -878,9 +940,40 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 		s->ev.end_ns = s->st.last_ns;
 }
 
-/* Bytes moved by a finished call; `inbound` when they were read. */
+/* A syscall moved ciphertext on a TLS socket: which SSL object is it? A syscall made
+ * inside an SSL call says it for sure. Without one (TLS over memory BIOs: the
+ * application moves the ciphertext itself), the order of calls on the thread tells:
+ * ciphertext written right after an SSL call is that object's, and an SSL call right
+ * after ciphertext was read reads it (tls_return). */
+static __always_inline void tls_socket_used(__u32 pid, __u32 fd, bool inbound)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_thread *t = bpf_map_lookup_elem(&tls_threads, &id);
+	struct tls_key key = {.pid = pid};
+	struct tls_bind *b, fresh = {.fd = fd};
+
+	if (!t)
+		return; /* this thread never called the TLS library */
+	if (inbound)
+		t->last_fd = fd;
+	key.ssl = t->ssl ? t->ssl : t->last_ssl;
+	if (!key.ssl)
+		return;
+	b = bpf_map_lookup_elem(&tls_socks, &key);
+	if (t->ssl) {
+		if (!b || b->fd != fd || !b->seen) {
+			fresh.seen = 1;
+			bpf_map_update_elem(&tls_socks, &key, &fresh, BPF_ANY);
+		}
+	} else if (!b && !inbound) {
+		bpf_map_update_elem(&tls_socks, &key, &fresh, BPF_NOEXIST);
+	}
+}
+
+/* Bytes moved by a finished call; `inbound` when they were read; `tls` when they are
+ * TLS plaintext from the uprobes. */
 static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *call, __s64 ret,
-				     bool inbound)
+				     bool inbound, bool tls)
 {
 	struct obi_conn_key key = {.pid = pid, .fd = call->fd};
 	struct conn *c;
@@ -891,8 +984,21 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 	if (ret <= 0)
 		return;
 	c = conn_of(&key, gen, &sk);
-	if (!c || c->kind != CONN_TCP)
+	if (!c || c->kind == CONN_OTHER)
 		return;
+	if (!tls && c->kind == CONN_TLS) {
+		tls_socket_used(pid, call->fd, inbound);
+		return;
+	}
+	if (tls && c->kind == CONN_TCP) {
+		/* TLS that the ciphertext did not give away (found mid-way, or a handshake that
+		 * began with a short read): what was gathered of it is ciphertext, dropped */
+		c->kind = CONN_TLS;
+		if (c->slot != NO_SLOT)
+			end_exchange(c, 0);
+		if (c->flags & OBI_FLAG_ROLE_GUESSED)
+			c->role = 0;
+	}
 	if (call->kind != CALL_SENDFILE)
 		src = call_buffer(call, &room);
 	if (!c->role) {
@@ -905,7 +1011,9 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 	}
 	request = inbound == (c->role == OBI_ROLE_SERVER);
 	if (request) {
-		on_request_bytes(c, &key, sk, src, room, (__u64)ret);
+		on_request_bytes(c, &key, sk, src, room, (__u64)ret, tls);
+		if (!tls && c->kind == CONN_TLS) /* the ClientHello of a TLS connection */
+			tls_socket_used(pid, call->fd, inbound);
 		return;
 	}
 	s = slot_at(c->slot);
@@ -1003,7 +1111,7 @@ static __always_inline int enter_call(__u32 kind, __u64 fd, __u64 ptr, __u64 cou
 	__u64 id = bpf_get_current_pid_tgid();
 	struct pending_call call = {.kind = kind, .fd = (__u32)fd, .ptr = ptr, .count = count_arg};
 
-	if (!info)
+	if (!info || kind == CALL_PEEK)
 		return 0;
 	call.pid = pid;
 	call.gen = info->gen;
@@ -1014,14 +1122,16 @@ static __always_inline int enter_call(__u32 kind, __u64 fd, __u64 ptr, __u64 cou
 	return 0;
 }
 
+#define CALL_TLS 0x100 /* with a CALL_* kind in handle_bytes: TLS plaintext */
+
 /* Bytes moved by a read-like or write-like call (a global function: verified once). */
 __noinline int handle_bytes(__u64 pid_gen, __u64 kind_fd, __u64 ptr, __u64 count_arg, __s64 ret)
 {
-	__u32 kind = kind_fd >> 32;
+	__u32 kind = (kind_fd >> 32) & ~CALL_TLS;
 	struct pending_call call = {.kind = kind, .fd = (__u32)kind_fd, .ptr = ptr, .count = count_arg};
 
 	on_bytes(pid_gen >> 32, (__u32)pid_gen, &call, ret,
-		 kind == CALL_READ || kind == CALL_READV || kind == CALL_RECVMSG);
+		 kind == CALL_READ || kind == CALL_READV || kind == CALL_RECVMSG, (kind_fd >> 32) & CALL_TLS);
 	return 0;
 }
 
@@ -1060,9 +1170,9 @@ static __always_inline int exit_call(__s64 ret)
 	}
 
 TP_ENTER(read, CALL_READ, ctx->args[1], 0)
-TP_ENTER(recvfrom, CALL_READ, ctx->args[1], 0)
+TP_ENTER(recvfrom, ctx->args[3] & MSG_PEEK ? CALL_PEEK : CALL_READ, ctx->args[1], 0)
 TP_ENTER(readv, CALL_READV, ctx->args[1], ctx->args[2])
-TP_ENTER(recvmsg, CALL_RECVMSG, ctx->args[1], 0)
+TP_ENTER(recvmsg, ctx->args[2] & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, ctx->args[1], 0)
 TP_ENTER(write, CALL_WRITE, ctx->args[1], 0)
 TP_ENTER(sendto, CALL_WRITE, ctx->args[1], 0)
 TP_ENTER(writev, CALL_WRITEV, ctx->args[1], ctx->args[2])
@@ -1146,13 +1256,16 @@ int raw_sys_enter(struct bpf_raw_tracepoint_args *ctx)
 	arg1 = PT_REGS_PARM2_CORE_SYSCALL(regs);
 	switch (nr) {
 	case OBI_NR_read:
-	case OBI_NR_recvfrom:
 		return enter_call(CALL_READ, fd, arg1, 0);
+	case OBI_NR_recvfrom:
+		arg2 = PT_REGS_PARM4_CORE_SYSCALL(regs);
+		return enter_call(arg2 & MSG_PEEK ? CALL_PEEK : CALL_READ, fd, arg1, 0);
 	case OBI_NR_readv:
 		arg2 = PT_REGS_PARM3_CORE_SYSCALL(regs);
 		return enter_call(CALL_READV, fd, arg1, arg2);
 	case OBI_NR_recvmsg:
-		return enter_call(CALL_RECVMSG, fd, arg1, 0);
+		arg2 = PT_REGS_PARM3_CORE_SYSCALL(regs);
+		return enter_call(arg2 & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, fd, arg1, 0);
 	case OBI_NR_write:
 	case OBI_NR_sendto:
 		return enter_call(CALL_WRITE, fd, arg1, 0);
@@ -1284,6 +1397,140 @@ int common_sock_state(struct bpf_raw_tracepoint_args *ctx)
 	if (c->slot != NO_SLOT)
 		end_exchange(c, reason);
 	bpf_map_delete_elem(&conns, &sk);
+	return 0;
+}
+
+/* ---- TLS libraries (OpenSSL's API): uprobes on the library of traced processes ----
+ *
+ * The plaintext of SSL_read / SSL_write goes through the same exchanges as the bytes
+ * of syscalls, on the socket the SSL object uses (tls_socks); the ciphertext the
+ * syscalls move on that socket is not captured (CONN_TLS). User space attaches these
+ * programs to each TLS library file (or executable, for OpenSSL linked statically)
+ * that a traced process maps, whatever processes map it: the pid filter decides. */
+
+static __always_inline int tls_enter(__u32 op, __u64 ssl, __u64 buf, __u64 out)
+{
+	__u32 pid;
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_thread *t;
+
+	if (!ssl || !traced(&pid))
+		return 0;
+	t = bpf_map_lookup_elem(&tls_threads, &id);
+	if (!t) {
+		struct tls_thread fresh = {.last_fd = -1};
+
+		bpf_map_update_elem(&tls_threads, &id, &fresh, BPF_NOEXIST);
+		t = bpf_map_lookup_elem(&tls_threads, &id);
+		if (!t)
+			return 0;
+	}
+	t->ssl = ssl;
+	t->buf = buf;
+	t->out = out;
+	t->op = op;
+	t->last_ssl = ssl;
+	return 0;
+}
+
+/* int SSL_read(SSL *ssl, void *buf, int num) */
+SEC("uprobe")
+int tls_read_enter(struct pt_regs *ctx)
+{
+	return tls_enter(OBI_TLS_READ, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0);
+}
+
+/* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) */
+SEC("uprobe")
+int tls_read_ex_enter(struct pt_regs *ctx)
+{
+	return tls_enter(OBI_TLS_READ, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM4(ctx));
+}
+
+/* int SSL_write(SSL *ssl, const void *buf, int num) */
+SEC("uprobe")
+int tls_write_enter(struct pt_regs *ctx)
+{
+	return tls_enter(OBI_TLS_WRITE, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), 0);
+}
+
+/* int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written) */
+SEC("uprobe")
+int tls_write_ex_enter(struct pt_regs *ctx)
+{
+	return tls_enter(OBI_TLS_WRITE, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM4(ctx));
+}
+
+/* int SSL_do_handshake(SSL *ssl), int SSL_shutdown(SSL *ssl) */
+SEC("uprobe")
+int tls_handshake_enter(struct pt_regs *ctx)
+{
+	return tls_enter(OBI_TLS_HANDSHAKE, PT_REGS_PARM1(ctx), 0, 0);
+}
+
+/* The return of every call above: the plaintext moved, on the SSL object's socket. */
+SEC("uretprobe")
+int tls_return(struct pt_regs *ctx)
+{
+	__s64 ret = (__s32)PT_REGS_RC(ctx);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_thread *t = bpf_map_lookup_elem(&tls_threads, &id);
+	struct obi_pid_info *info;
+	struct tls_key key = {};
+	struct tls_bind *b;
+	__u64 buf, out, n = 0;
+	__u32 op, fd, pid;
+
+	if (!t || !t->ssl)
+		return 0;
+	key.ssl = t->ssl;
+	buf = t->buf;
+	out = t->out;
+	op = t->op;
+	t->ssl = 0;
+	info = traced(&pid);
+	if (!info)
+		return 0;
+	key.pid = pid;
+	b = bpf_map_lookup_elem(&tls_socks, &key);
+	if (b) {
+		fd = b->fd;
+	} else if (t->last_fd >= 0 && op != OBI_TLS_WRITE) {
+		/* the ciphertext this thread read last is what this call consumed */
+		struct tls_bind guess = {.fd = t->last_fd};
+
+		fd = guess.fd;
+		bpf_map_update_elem(&tls_socks, &key, &guess, BPF_NOEXIST);
+	} else {
+		if (op != OBI_TLS_HANDSHAKE && ret > 0)
+			count(OBI_COUNTER_TLS_UNBOUND);
+		return 0;
+	}
+	if (op == OBI_TLS_HANDSHAKE)
+		return 0;
+	if (out) {
+		/* the _ex calls return 1 and store the count */
+		if (ret != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)out))
+			return 0;
+	} else if (ret > 0) {
+		n = ret;
+	}
+	if (!n)
+		return 0;
+	handle_bytes((__u64)pid << 32 | info->gen,
+		     (__u64)((op == OBI_TLS_READ ? CALL_READ : CALL_WRITE) | CALL_TLS) << 32 | fd, buf, 0, n);
+	return 0;
+}
+
+/* void SSL_free(SSL *ssl): its address may come back as another connection's. */
+SEC("uprobe")
+int tls_free(struct pt_regs *ctx)
+{
+	struct tls_key key = {.ssl = PT_REGS_PARM1(ctx)};
+
+	if (!key.ssl || !traced(&key.pid))
+		return 0;
+	bpf_map_delete_elem(&tls_socks, &key);
 	return 0;
 }
 

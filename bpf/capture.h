@@ -39,6 +39,7 @@
 #define OBI_FLAG_STATUS_ONLY 0x10  /* the first response is captured as its first OBI_STATUS_CAPTURE
 				    * bytes (the kernel framed it by Content-Length: its length
 				    * facts are valid); responses pipelined after it follow whole */
+#define OBI_FLAG_TLS 0x20          /* the bytes are TLS plaintext (uprobes), not what the socket carried */
 
 /* Bytes of a response captured when its status line is all user space needs. */
 #define OBI_STATUS_CAPTURE 16
@@ -47,11 +48,13 @@
 #define OBI_PROCESS_FORK 1 /* a traced process forked: the child is traced too */
 #define OBI_PROCESS_EXEC 2 /* a traced (or, when asked, any) process called exec */
 #define OBI_PROCESS_EXIT 3 /* a traced process exited */
+#define OBI_PROCESS_TLS 4  /* a traced process spoke TLS on a socket for the first time: find its TLS library */
 
 /* Flags of a pid filter entry. */
 #define OBI_PID_SELECTED 0x01    /* user space selected this process */
 #define OBI_PID_INHERITED 0x02   /* the kernel added it: a child of a traced process */
 #define OBI_PID_PROVISIONAL 0x04 /* the kernel added it at exec, until user space decides */
+#define OBI_PID_TLS_SEEN 0x08    /* the kernel told user space that it speaks TLS (OBI_PROCESS_TLS) */
 
 /* Slots of the `counters` per-CPU array. */
 #define OBI_COUNTER_EVENTS_LOST 0      /* ring buffer full */
@@ -63,6 +66,8 @@
 #define OBI_COUNTER_ORPHAN_BYTES 6     /* a response with no request in flight */
 #define OBI_COUNTER_TLS_SKIPPED 7      /* connections left alone: TLS ciphertext */
 #define OBI_COUNTER_PROCESS_EVENTS_LOST 8 /* fork/exec/exit records the ring had no room for */
+#define OBI_COUNTER_TLS_UNBOUND 9      /* TLS plaintext dropped: its socket is not known */
+#define OBI_COUNTER_TLS_EXCHANGES 10   /* exchanges started from TLS plaintext */
 #define OBI_COUNTER_MAX 16
 
 /* Value of a pid filter entry, keyed by the process id in obi's pid namespace. */
@@ -113,6 +118,12 @@ struct obi_process {
 	__u32 pad;
 	__u64 ts_ns;   /* CLOCK_MONOTONIC */
 };
+
+/* TLS library calls the uprobes follow (`op` of a thread's TLS state). */
+#define OBI_TLS_READ 1
+#define OBI_TLS_WRITE 2
+#define OBI_TLS_HANDSHAKE 3 /* SSL_do_handshake, SSL_shutdown: no plaintext, but their syscalls
+			     * tell which socket the SSL object uses */
 
 /* Key of the file descriptor map. */
 struct obi_conn_key {

@@ -5,6 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <linux/perf_event.h>
 #include <linux/bpf.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
@@ -147,4 +150,74 @@ int obi_read_percpu_counters(int map_fd, uint64_t *out, uint32_t n)
 	}
 	free(per_cpu);
 	return 0;
+}
+
+int obi_set_attach_type(struct bpf_program *prog, uint32_t attach_type)
+{
+	return bpf_program__set_expected_attach_type(prog, (enum bpf_attach_type)attach_type);
+}
+
+/* BPF_LINK_CREATE for uprobe_multi, laid out as Linux 6.6's union bpf_attr (the
+ * libbpf and kernel headers of the build machine may predate it). */
+struct obi_uprobe_multi_attr {
+	uint32_t prog_fd;
+	uint32_t target_fd;
+	uint32_t attach_type;
+	uint32_t flags;
+	uint64_t path;
+	uint64_t offsets;
+	uint64_t ref_ctr_offsets;
+	uint64_t cookies;
+	uint32_t cnt;
+	uint32_t multi_flags;
+	uint32_t pid;
+	uint8_t rest[84]; /* zero up to the size the kernel is given */
+};
+
+#define OBI_BPF_TRACE_UPROBE_MULTI 48
+#define OBI_BPF_F_UPROBE_MULTI_RETURN 1
+#define OBI_BPF_PERF_EVENT 41
+
+int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, uint32_t cnt, int retprobe)
+{
+	struct obi_uprobe_multi_attr attr;
+	long fd;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.prog_fd = (uint32_t)prog_fd;
+	attr.attach_type = OBI_BPF_TRACE_UPROBE_MULTI;
+	attr.path = (uint64_t)(uintptr_t)path;
+	attr.offsets = (uint64_t)(uintptr_t)offsets;
+	attr.cnt = cnt;
+	attr.multi_flags = retprobe ? OBI_BPF_F_UPROBE_MULTI_RETURN : 0;
+	fd = syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
+	return fd < 0 ? -errno : (int)fd;
+}
+
+int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t offset, int retprobe_bit)
+{
+	struct perf_event_attr attr;
+	union bpf_attr link;
+	long pfd, fd;
+	int err;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.size = sizeof(attr);
+	attr.type = pmu_type;
+	if (retprobe_bit >= 0)
+		attr.config |= 1ULL << retprobe_bit;
+	attr.config1 = (uint64_t)(uintptr_t)path; /* uprobe_path */
+	attr.config2 = offset;                     /* probe_offset */
+	/* every process, as libbpf does: the programs filter by pid themselves */
+	pfd = syscall(__NR_perf_event_open, &attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC);
+	if (pfd < 0)
+		return -errno;
+	memset(&link, 0, sizeof(link));
+	link.link_create.prog_fd = (uint32_t)prog_fd;
+	link.link_create.target_fd = (uint32_t)pfd;
+	link.link_create.attach_type = OBI_BPF_PERF_EVENT;
+	fd = syscall(__NR_bpf, BPF_LINK_CREATE, &link, sizeof(link));
+	err = errno;
+	close((int)pfd); /* the link holds the event */
+	return fd < 0 ? -err : (int)fd;
 }

@@ -31,6 +31,7 @@ from obi.discovery.selection import selection_from_config, selects_at_exec
 from obi.discovery.watcher import ProcessWatcher
 from obi.ebpf.capture import Capture, CaptureSettings
 from obi.ebpf.drain import CaptureDrain, DrainSettings
+from obi.ebpf.tls import TlsProbes
 from obi.export.batch import (
     BatchingExporter,
     OtlpSender,
@@ -137,6 +138,7 @@ class Agent:
     metrics_exporter: PeriodicMetricsExporter | None
     kube: KubeMetadataSource | None
     log: structlog.typing.FilteringBoundLogger
+    tls: TlsProbes | None = None
 
     def internal_counters(self) -> dict[str, int | dict[int, int]]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
@@ -152,6 +154,8 @@ class Agent:
             + self.registry.stats.pid_filter_full,
             "obi.ebpf.responses.orphan": kernel.get("orphan_responses", 0),
             "obi.ebpf.connections.tls_skipped": kernel.get("tls_skipped", 0),
+            "obi.ebpf.tls.unbound": kernel.get("tls_unbound", 0),
+            "obi.ebpf.tls.exchanges": kernel.get("tls_exchanges", 0),
             "obi.pipeline.events.dropped": self.drain.queue.dropped_records,
             "obi.spans.built": records.spans,
             "obi.spans.unparsed": records.parse_errors,
@@ -266,6 +270,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         self.printer.close()
+        if self.tls is not None:
+            self.tls.close()
         self.capture.close()
         exporter, records, spans = self.trace_exporter, self.records.stats, self.span_stats
         self.log.info("agent_stopped", spans=records.spans,
@@ -317,7 +323,9 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         decorator = KubeDecorator(kube.store, config.attributes.kubernetes.cluster_name,
                                   service_overrides(config))
     watcher = ProcessWatcher(selection, kube_facts=decorator.kube_facts if decorator is not None else None)
-    registry = ProcessRegistry(capture, watcher, prepare=service_overrides(config), observer=decorator)
+    tls = TlsProbes(capture.uprobes, capture.collection) if capture.uprobes is not None else None
+    registry = ProcessRegistry(capture, watcher, prepare=service_overrides(config), observer=decorator,
+                               libraries=tls)
     routes = config.routes
     span_stats = SpanStats()
     route_matcher = RouteMatcher(patterns=list(routes.patterns), unmatched=routes.unmatched,
@@ -359,6 +367,7 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     agent = Agent(config=config, capture=capture, drain=drain, watcher=watcher, registry=registry,
                   records=records, span_stats=span_stats,
                   fanout=SpanFanout(sampler, metrics, printer, trace_exporter), printer=printer,
-                  trace_exporter=trace_exporter, metrics_exporter=metrics_exporter, kube=kube, log=log)
+                  trace_exporter=trace_exporter, metrics_exporter=metrics_exporter, kube=kube, log=log,
+                  tls=tls)
     agent_ref.append(agent)
     return agent

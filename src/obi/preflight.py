@@ -54,12 +54,18 @@ PROBE_TRACEPOINT_PROG = "tracepoint_program"
 PROBE_RAW_TRACEPOINT_PROG = "raw_tracepoint_program"
 PROBE_PERF_EVENT = "perf_event"
 PROBE_UPROBE = "uprobe"
+PROBE_UPROBE_MULTI = "uprobe_multi"
 PROBE_PACKET_SOCKET = "packet_socket"
 PROBE_SOCK_OPS_PROG = "sock_ops_program"
 
 # (bpf, perf_event_open) syscall numbers by machine.
 _SYSCALLS: Mapping[str, tuple[int, int]] = {"x86_64": (321, 298), "aarch64": (280, 241)}
-_BPF_MAP_CREATE, _BPF_PROG_LOAD = 0, 5
+_BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_LINK_CREATE = 0, 5, 28
+BPF_TRACE_UPROBE_MULTI = 48  # enum bpf_attach_type (Linux 6.6+)
+_BPF_F_UPROBE_MULTI_RETURN = 1
+# BPF_LINK_CREATE for uprobe_multi: prog_fd, target_fd, attach_type, flags, then path,
+# offsets, ref_ctr_offsets, cookies, cnt, flags, pid.
+_UPROBE_MULTI_ATTR = struct.Struct("=IIIIQQQQIII")
 _BPF_ATTR_SIZE = 128
 # union bpf_attr for BPF_PROG_LOAD up to attach_btf_id (include/uapi/linux/bpf.h): prog_type,
 # insn_cnt, insns, license, log_level, log_size, log_buf, kern_version, prog_flags, prog_name,
@@ -249,18 +255,32 @@ def _tracefs(facts: HostFacts) -> Feature:
                    cap_name("SYS_ADMIN"))
 
 
+# Why a uprobe perf event is refused without CAP_SYS_ADMIN although CAP_PERFMON is granted.
+PERF_UPROBE_CAUSE = ("perf_uprobe_event_init checks capable(CAP_SYS_ADMIN) (Linux 5.8 accepted "
+                     "CAP_PERFMON; \"perf: Revert to requiring CAP_SYS_ADMIN for uprobes\", 2025, "
+                     "took it back, stable kernels included)")
+
+
 def _uprobes(facts: HostFacts) -> Feature:
+    """TLS and Go uprobes: a uprobe_multi link (Linux 6.6+) needs CAP_BPF and CAP_PERFMON only;
+    the older uprobe perf events need CAP_SYS_ADMIN on current kernels."""
+    multi = facts.probe(PROBE_UPROBE_MULTI)
     probe = facts.probe(PROBE_UPROBE)
+    if multi.ok:
+        perf = "" if probe.ok else f"; {probe.detail}" + (
+            f" ({PERF_UPROBE_CAUSE}): not needed" if probe.errno == errno.EACCES else "")
+        return Feature(UPROBES, True, f"tried: {multi.detail}{perf}")
     if probe.ok:
-        return Feature(UPROBES, True, f"tried: {probe.detail}")
+        return Feature(UPROBES, True, f"tried: {probe.detail} ({multi.detail})")
     if probe.errno in (errno.EACCES, errno.EPERM):
         if facts.paranoid_blocks_perf:
             return Feature(UPROBES, False, f"{probe.detail}: {_paranoid_cause(facts)}",
                            cap_name("SYS_ADMIN"))
         if "SYS_ADMIN" not in facts.capabilities:
-            return Feature(UPROBES, False, f"{probe.detail}: this kernel wants CAP_SYS_ADMIN",
+            return Feature(UPROBES, False, f"{probe.detail}: {PERF_UPROBE_CAUSE}; {multi.detail} "
+                           "(uprobe_multi links need only CAP_BPF and CAP_PERFMON, from Linux 6.6)",
                            cap_name("SYS_ADMIN"))
-    return Feature(UPROBES, False, probe.detail)
+    return Feature(UPROBES, False, f"{probe.detail}; {multi.detail}")
 
 
 def _bpf_memory(facts: HostFacts) -> Feature:
@@ -409,8 +429,16 @@ class _Syscalls:
         return 0
 
     def bpf(self, cmd: int, attr: bytes) -> int:
+        return self._call(*self._bpf_args(cmd, attr))
+
+    def bpf_fd(self, cmd: int, attr: bytes) -> int:
+        """bpf(2) returning the fd it made (the caller closes it), or -errno."""
+        fd = int(self.libc.syscall(*self._bpf_args(cmd, attr)))
+        return fd if fd >= 0 else -ctypes.get_errno()
+
+    def _bpf_args(self, cmd: int, attr: bytes) -> tuple[Any, ...]:
         buf = ctypes.create_string_buffer(attr, _BPF_ATTR_SIZE)
-        return self._call(ctypes.c_long(self.bpf_nr), ctypes.c_long(cmd), buf, ctypes.c_long(_BPF_ATTR_SIZE))
+        return ctypes.c_long(self.bpf_nr), ctypes.c_long(cmd), buf, ctypes.c_long(_BPF_ATTR_SIZE)
 
     def perf_event_open(self, attr: bytes, pid: int, cpu: int) -> int:
         buf = ctypes.create_string_buffer(attr, _PERF_ATTR_SIZE)
@@ -507,6 +535,38 @@ def _probe_uprobe(calls: _Syscalls) -> Probe:
     return _outcome(calls.perf_event_open(attr, -1, 0), f"uprobe perf event on {Path(path).name}")
 
 
+def _probe_uprobe_multi(calls: _Syscalls) -> Probe:
+    """A trivial uprobe program on libc's getpid through a uprobe_multi link, detached at once."""
+    what = "uprobe_multi link"
+    insns = ctypes.create_string_buffer(_TRIVIAL_PROGRAM, len(_TRIVIAL_PROGRAM))
+    gpl = ctypes.create_string_buffer(b"GPL")
+    attr = _PROG_LOAD_ATTR.pack(KPROBE_PROGRAM.number, len(_TRIVIAL_PROGRAM) // 8, ctypes.addressof(insns),
+                                ctypes.addressof(gpl), 0, 0, 0, 0, 0, b"", 0, BPF_TRACE_UPROBE_MULTI,
+                                0, 0, 0, 0, 0, 0, 0, 0)
+    prog = calls.bpf_fd(_BPF_PROG_LOAD, attr)
+    if prog < 0:
+        return Probe.failed(-prog, f"{what} (program load)")
+    try:
+        path, offset = uprobe_target()
+        name = ctypes.create_string_buffer(path.encode())
+        offsets = (ctypes.c_uint64 * 1)(offset)
+        link = _UPROBE_MULTI_ATTR.pack(prog, 0, BPF_TRACE_UPROBE_MULTI, 0, ctypes.addressof(name),
+                                       ctypes.addressof(offsets), 0, 0, 1, 0, 0)
+        ret = calls.bpf(_BPF_LINK_CREATE, link)
+    except OSError as err:
+        return Probe(False, err.errno or errno.ENOENT, f"no uprobe target: {err.strerror}")
+    finally:
+        os.close(prog)
+    if ret == -errno.EINVAL:
+        return Probe(False, errno.EOPNOTSUPP, f"{what}: not in this kernel (Linux 6.6+)")
+    return _outcome(ret, f"{what} on {Path(path).name}")
+
+
+def probe_uprobe_modes() -> tuple[Probe, Probe]:
+    """(uprobe_multi link, uprobe perf event): how uprobes can be attached here."""
+    return _with_syscalls(_probe_uprobe_multi), _with_syscalls(_probe_uprobe)
+
+
 def _probe_packet_socket() -> Probe:
     try:
         socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0).close()
@@ -528,6 +588,7 @@ def run_probes() -> dict[str, Probe]:
             calls.perf_event_open(_perf_attr(_PERF_TYPE_SOFTWARE, _PERF_COUNT_SW_DUMMY), -1, 0),
             "system-wide perf event")),
         PROBE_UPROBE: _with_syscalls(_probe_uprobe),
+        PROBE_UPROBE_MULTI: _with_syscalls(_probe_uprobe_multi),
     }
 
 

@@ -4,15 +4,19 @@
 //
 // Usage: node http_client.mjs (http|fetch) METHOD URL BODY ...   ("-" for no body)
 import http from "node:http";
+import https from "node:https";
 import readline from "node:readline";
 
 const [api, ...rest] = process.argv.slice(2);
 const agent = new http.Agent({ keepAlive: true });
+// https URLs: Node's own OpenSSL; the test certificates are self-signed
+const tlsAgent = new https.Agent({ keepAlive: true, rejectUnauthorized: false });
 
 function viaHttp(method, url, body) {
   return new Promise((resolve, reject) => {
     const headers = body === "-" ? {} : { "Content-Length": Buffer.byteLength(body) };
-    const req = http.request(url, { method, agent, headers }, (res) => {
+    const tls = url.startsWith("https:");
+    const req = (tls ? https : http).request(url, { method, agent: tls ? tlsAgent : agent, headers }, (res) => {
       let size = 0;
       res.on("data", (chunk) => { size += chunk.length; });
       res.on("end", () => resolve([res.statusCode, size]));

@@ -81,28 +81,30 @@ class Client:
         stop_process(self.proc)
 
 
-def request_args(port: int) -> list[str]:
+def request_args(port: int, scheme: str = "http") -> list[str]:
     return [arg for method, path, body, _, _ in REQUESTS
-            for arg in (method, f"http://127.0.0.1:{port}{path}", body)]
+            for arg in (method, f"{scheme}://127.0.0.1:{port}{path}", body)]
 
 
 PYTHON_CLIENT = textwrap.dedent("""
-    import sys
+    import ssl, sys
     api, args = sys.argv[1], sys.argv[2:]
+    unverified = ssl._create_unverified_context()  # https: the tests' self-signed certificate
     print("ready", flush=True)
     sys.stdin.readline()
     if api == "requests":
-        import requests
+        import requests, urllib3
+        urllib3.disable_warnings()
         session = requests.Session()
         for method, url, body in zip(args[::3], args[1::3], args[2::3]):
-            r = session.request(method, url, data=None if body == "-" else body.encode())
+            r = session.request(method, url, data=None if body == "-" else body.encode(), verify=False)
             print(r.status_code, len(r.content), flush=True)
     else:
         import urllib.error, urllib.request
         for method, url, body in zip(args[::3], args[1::3], args[2::3]):
             req = urllib.request.Request(url, method=method, data=None if body == "-" else body.encode())
             try:
-                with urllib.request.urlopen(req) as r:
+                with urllib.request.urlopen(req, context=unverified) as r:
                     print(r.status, len(r.read()), flush=True)
             except urllib.error.HTTPError as err:
                 print(err.code, len(err.read()), flush=True)
@@ -111,12 +113,13 @@ PYTHON_CLIENT = textwrap.dedent("""
 """)
 
 
-def client_argv(kind: str, port: int, go_client: Path) -> list[str]:
-    args = request_args(port)
+def client_argv(kind: str, port: int, go_client: Path | None, scheme: str = "http") -> list[str]:
+    args = request_args(port, scheme)
     if kind in ("urllib", "requests"):
         return [sys.executable, "-c", PYTHON_CLIENT, kind, *args]
     if kind in ("node-http", "node-fetch"):
         return ["node", str(CLIENTS / "http_client.mjs"), kind.removeprefix("node-"), *args]
+    assert go_client is not None
     return [str(go_client), *args]
 
 
@@ -124,11 +127,52 @@ def client_spans(receiver: OtlpReceiver) -> list[tuple[dict[str, Any], Span]]:
     return [(r, s) for r, s in receiver.spans() if s.kind == Span.SPAN_KIND_CLIENT]
 
 
-@pytest.mark.parametrize("kind", ["urllib", "requests", "node-http", "node-fetch", "go"])
-def test_client_spans_of_real_clients(kind: str, upstream: int, go_client: Path, tmp_path: Path) -> None:
+def check_client_spans(receiver: OtlpReceiver, results: list[str], pid: int, upstream: int,
+                       scheme: str = "http") -> None:
+    """The exact CLIENT spans and http.client.* metrics of one client's REQUESTS."""
+    assert results == [f"{status} {size if 'chunked' not in path else 18}"
+                       for _, path, _, status, size in REQUESTS]
+    spans = client_spans(receiver)
+    assert len(spans) == len(REQUESTS)
+    for (method, path, body, status, size), (resource, span) in zip(REQUESTS, spans, strict=True):
+        assert resource["process.pid"] == pid
+        route = "/status/{code}" if path.startswith("/status/") else None
+        assert span.name == (f"{method} {route}" if route else method)
+        expected = {
+            "http.request.method": method,
+            "http.response.status_code": status,
+            "url.scheme": scheme,
+            "server.address": "127.0.0.1",
+            "server.port": upstream,
+            "url.full": f"{scheme}://127.0.0.1:{upstream}{path.partition('?')[0]}",
+            "http.request.body.size": 0 if body == "-" else len(body),
+            "http.response.body.size": size,
+        }
+        if route:
+            expected["http.route"] = route
+        assert attributes(span) == expected, path
+        error = Status.STATUS_CODE_ERROR if status >= 400 else Status.STATUS_CODE_UNSET
+        assert span.status.code == error, path
+        assert span.end_time_unix_nano > span.start_time_unix_nano
+        assert len(span.trace_id) == 16 and span.parent_span_id == b""
+    points = latest_points(receiver, "http.client.request.duration")
+    by_key = {(a["http.request.method"], a["http.response.status_code"], a.get("http.route")): p.count
+              for a, p in points}
+    assert by_key == {("GET", 200, None): 2, ("POST", 200, None): 1, ("GET", 404, "/status/{code}"): 1}
+    assert {(a["server.address"], a["server.port"]) for a, _ in points} == {("127.0.0.1", upstream)}
+    sizes = latest_points(receiver, "http.client.request.body.size")
+    assert sum(p.sum for _, p in sizes) == 5
+    responses = latest_points(receiver, "http.client.response.body.size")
+    assert sum(p.sum for _, p in responses) == sum(size for *_, size in REQUESTS)
+    assert not latest_points(receiver, "http.server.request.duration")
+
+
+def run_client(argv: list[str], tmp_path: Path) -> tuple[OtlpReceiver, list[str], int]:
+    """Runs a Client under the agent (selected by pid); returns the receiver, the client's
+    results and its pid, once every span and metric point of REQUESTS has arrived."""
     config = tmp_path / "obi.yml"
     config.write_text("routes:\n  patterns: [\"/status/{code}\"]\n")
-    client = Client(client_argv(kind, upstream, go_client))
+    client = Client(argv)
     try:
         with OtlpReceiver() as receiver:
             env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EXPORTER_OTLP_ENDPOINT":
@@ -145,41 +189,13 @@ def test_client_spans_of_real_clients(kind: str, upstream: int, go_client: Path,
                 assert agent.stop() == 0
     finally:
         client.close()
-    assert results == [f"{status} {size if 'chunked' not in path else 18}"
-                       for _, path, _, status, size in REQUESTS]
-    spans = client_spans(receiver)
-    assert len(spans) == len(REQUESTS)
-    for (method, path, body, status, size), (resource, span) in zip(REQUESTS, spans, strict=True):
-        assert resource["process.pid"] == client.proc.pid
-        route = "/status/{code}" if path.startswith("/status/") else None
-        assert span.name == (f"{method} {route}" if route else method)
-        expected = {
-            "http.request.method": method,
-            "http.response.status_code": status,
-            "url.scheme": "http",
-            "server.address": "127.0.0.1",
-            "server.port": upstream,
-            "url.full": f"http://127.0.0.1:{upstream}{path.partition('?')[0]}",
-            "http.request.body.size": 0 if body == "-" else len(body),
-            "http.response.body.size": size,
-        }
-        if route:
-            expected["http.route"] = route
-        assert attributes(span) == expected, (kind, path)
-        error = Status.STATUS_CODE_ERROR if status >= 400 else Status.STATUS_CODE_UNSET
-        assert span.status.code == error, (kind, path)
-        assert span.end_time_unix_nano > span.start_time_unix_nano
-        assert len(span.trace_id) == 16 and span.parent_span_id == b""
-    points = latest_points(receiver, "http.client.request.duration")
-    by_key = {(a["http.request.method"], a["http.response.status_code"], a.get("http.route")): p.count
-              for a, p in points}
-    assert by_key == {("GET", 200, None): 2, ("POST", 200, None): 1, ("GET", 404, "/status/{code}"): 1}
-    assert {(a["server.address"], a["server.port"]) for a, _ in points} == {("127.0.0.1", upstream)}
-    sizes = latest_points(receiver, "http.client.request.body.size")
-    assert sum(p.sum for _, p in sizes) == 5
-    responses = latest_points(receiver, "http.client.response.body.size")
-    assert sum(p.sum for _, p in responses) == sum(size for *_, size in REQUESTS)
-    assert not latest_points(receiver, "http.server.request.duration")
+    return receiver, results, client.proc.pid
+
+
+@pytest.mark.parametrize("kind", ["urllib", "requests", "node-http", "node-fetch", "go"])
+def test_client_spans_of_real_clients(kind: str, upstream: int, go_client: Path, tmp_path: Path) -> None:
+    receiver, results, pid = run_client(client_argv(kind, upstream, go_client), tmp_path)
+    check_client_spans(receiver, results, pid, upstream)
 
 
 def test_a_traceparent_the_application_writes_is_the_client_span(upstream: int) -> None:

@@ -1,11 +1,15 @@
 """The accept loop the test servers share: one thread per connection.
 
 The servers run as scripts (`python tests/servers/x.py PORT [HOST]`), so this
-is imported from their own directory."""
+is imported from their own directory. With TLS_CERT and TLS_KEY in the
+environment, every connection is TLS (Python's ssl module: OpenSSL's
+SSL_read_ex / SSL_write_ex), the handshake made on the connection's thread."""
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -19,7 +23,22 @@ def serve_forever(serve: Callable[[socket.socket], None]) -> None:
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, int(sys.argv[1])))
     srv.listen(64)
+    context = None
+    if os.environ.get("TLS_CERT"):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(os.environ["TLS_CERT"], os.environ["TLS_KEY"])
     print("ready", flush=True)
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        threading.Thread(target=_serve, args=(serve, conn, context), daemon=True).start()
+
+
+def _serve(serve: Callable[[socket.socket], None], conn: socket.socket,
+           context: ssl.SSLContext | None) -> None:
+    if context is not None:
+        try:
+            conn = context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()
+            return
+    serve(conn)

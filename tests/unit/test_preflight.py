@@ -26,6 +26,7 @@ from obi.preflight import (
     PROBE_SOCK_OPS_PROG,
     PROBE_TRACEPOINT_PROG,
     PROBE_UPROBE,
+    PROBE_UPROBE_MULTI,
     RAW_TRACEPOINT_PROGRAM,
     RAW_TRACEPOINTS,
     RING_BUFFER_MAP,
@@ -49,7 +50,7 @@ from obi.preflight import (
 
 UNPRIVILEGED = frozenset(REQUIRED_CAPABILITIES)
 ALL_PROBES = (PROBE_MAP, PROBE_RINGBUF, PROBE_TRACEPOINT_PROG, PROBE_RAW_TRACEPOINT_PROG, PROBE_PERF_EVENT,
-              PROBE_UPROBE, PROBE_PACKET_SOCKET, PROBE_SOCK_OPS_PROG)
+              PROBE_UPROBE, PROBE_UPROBE_MULTI, PROBE_PACKET_SOCKET, PROBE_SOCK_OPS_PROG)
 
 
 def probes(failed: Mapping[str, int]) -> dict[str, Probe]:
@@ -78,14 +79,16 @@ def test_privileged_host_has_everything_and_nothing_missing() -> None:
     preflight.enforce()
 
 
-def test_unprivileged_list_turns_off_tracefs_mount_and_uprobes_naming_sys_admin() -> None:
-    host = facts(UNPRIVILEGED, failed={PROBE_UPROBE: errno.EACCES})
+def test_unprivileged_list_before_uprobe_multi_turns_off_tracefs_mount_and_uprobes_naming_sys_admin() -> None:
+    host = facts(UNPRIVILEGED, release="6.1.0", failed={PROBE_UPROBE: errno.EACCES,
+                                                        PROBE_UPROBE_MULTI: errno.EOPNOTSUPP})
     rows = table(host)
     assert not rows[TRACEFS_MOUNT].available
     assert "raw tracepoints are used" in rows[TRACEFS_MOUNT].detail
     assert rows[TRACEFS_MOUNT].enabled_by == "CAP_SYS_ADMIN"
     assert not rows[UPROBES].available and rows[UPROBES].enabled_by == "CAP_SYS_ADMIN"
-    assert "Permission denied" in rows[UPROBES].detail
+    assert "Permission denied: perf_uprobe_event_init checks capable(CAP_SYS_ADMIN)" in rows[UPROBES].detail
+    assert "uprobe_multi links need only CAP_BPF and CAP_PERFMON, from Linux 6.6" in rows[UPROBES].detail
     assert rows[RAW_TRACEPOINTS].available
     assert all(rows[name].available for name in NEEDED_FOR.values())
     preflight = Preflight.from_facts(host)
@@ -96,13 +99,20 @@ def test_unprivileged_list_turns_off_tracefs_mount_and_uprobes_naming_sys_admin(
     assert missing["CAP_SYS_ADMIN"].disables == (TRACEFS_MOUNT, UPROBES)
 
 
+def test_uprobe_multi_links_give_uprobes_to_the_unprivileged_list() -> None:
+    row = table(facts(UNPRIVILEGED, failed={PROBE_UPROBE: errno.EACCES}))[UPROBES]
+    assert row.available and row.enabled_by is None
+    assert row.detail.startswith("tried: uprobe_multi; uprobe: Permission denied (perf_uprobe_event_init")
+    assert row.detail.endswith("): not needed")
+
+
 def test_tracefs_already_mounted_needs_no_sys_admin() -> None:
     rows = table(facts(UNPRIVILEGED, tracefs=True))
     assert rows[TRACEFS_MOUNT].available and rows[TRACEFS_MOUNT].enabled_by is None
 
 
 def test_uprobe_pmu_missing_is_not_a_capability_matter() -> None:
-    row = table(facts(failed={PROBE_UPROBE: errno.ENOENT}))[UPROBES]
+    row = table(facts(failed={PROBE_UPROBE: errno.ENOENT, PROBE_UPROBE_MULTI: errno.ENOENT}))[UPROBES]
     assert not row.available and row.enabled_by is None
 
 
@@ -147,8 +157,9 @@ def test_sys_admin_stands_in_for_bpf_perfmon_and_checkpoint_restore_only() -> No
 
 
 def test_paranoid_3_without_sys_admin_is_named_as_the_cause() -> None:
-    host = facts(UNPRIVILEGED, paranoid=3,
-                 failed={PROBE_PERF_EVENT: errno.EACCES, PROBE_UPROBE: errno.EACCES})
+    host = facts(UNPRIVILEGED, paranoid=3, release="6.1.0",
+                 failed={PROBE_PERF_EVENT: errno.EACCES, PROBE_UPROBE: errno.EACCES,
+                         PROBE_UPROBE_MULTI: errno.EOPNOTSUPP})
     rows = table(host)
     perf = rows[NEEDED_FOR["PERFMON"]]
     assert not perf.available and perf.enabled_by == "CAP_SYS_ADMIN"
@@ -196,7 +207,8 @@ def test_kernel_version_parsing() -> None:
 
 def test_logs_a_short_summary_the_table_at_debug_and_one_warning_per_missing_capability() -> None:
     host = facts(UNPRIVILEGED - {"NET_RAW"}, failed={
-        PROBE_PACKET_SOCKET: errno.EPERM, PROBE_UPROBE: errno.ENOENT, PROBE_SOCK_OPS_PROG: errno.EPERM})
+        PROBE_PACKET_SOCKET: errno.EPERM, PROBE_UPROBE: errno.ENOENT, PROBE_UPROBE_MULTI: errno.ENOENT,
+        PROBE_SOCK_OPS_PROG: errno.EPERM})
     with structlog.testing.capture_logs() as logs:
         Preflight.from_facts(host).log(structlog.get_logger().bind(component="preflight"))
     [summary] = [e for e in logs if e["event"] == "preflight"]
@@ -205,7 +217,9 @@ def test_logs_a_short_summary_the_table_at_debug_and_one_warning_per_missing_cap
         "features_available": "7/11",
         "unavailable": {NEEDED_FOR["NET_RAW"]: "grant CAP_NET_RAW", SOCK_OPS: "grant CAP_NET_ADMIN",
                         TRACEFS_MOUNT: "grant CAP_SYS_ADMIN",
-                        UPROBES: "uprobe: No such file or directory"},  # no capability would help
+                        # no capability would help
+                        UPROBES: "uprobe: No such file or directory; "
+                                 "uprobe_multi: No such file or directory"},
     }
     assert len(str(summary)) < 400
     [detail] = [e for e in logs if e["event"] == "preflight_detail"]

@@ -133,6 +133,20 @@ def test_a_client_exchange_becomes_one_exact_client_span() -> None:
     assert span.parent_span_id == b""
 
 
+def test_tls_plaintext_exchanges_are_https_spans() -> None:
+    records, _ = processor()
+    request = b"GET /user/7 HTTP/1.1\r\nHost: users.svc:8443\r\n\r\n"
+    (client,) = records.process(exchange(7, request, OK, role=lib.OBI_ROLE_CLIENT,
+                                         flags=lib.OBI_FLAG_HTTP | lib.OBI_FLAG_TLS))
+    assert isinstance(client, HttpSpan)
+    assert client.attributes()["url.scheme"] == "https"
+    assert client.attributes()["url.full"] == "https://users.svc:8443/user/7"
+    (server,) = records.process(exchange(7, REQUEST, RESPONSE, flags=lib.OBI_FLAG_HTTP | lib.OBI_FLAG_TLS))
+    assert isinstance(server, HttpSpan) and server.scheme == "https"
+    (plain,) = records.process(exchange(7, REQUEST, RESPONSE))
+    assert isinstance(plain, HttpSpan) and plain.scheme == "http"
+
+
 def test_a_client_request_carrying_traceparent_is_that_span() -> None:
     records, _ = processor()
     request = (b"GET /other HTTP/1.1\r\nHost: b\r\n"

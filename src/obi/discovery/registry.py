@@ -42,6 +42,16 @@ class IdentityObserver(Protocol):
     def forget(self, pid: int) -> None: ...
 
 
+class LibraryObserver(Protocol):
+    """Told which processes are instrumented, to keep uprobes on the libraries they map."""
+
+    def track(self, pid: int) -> None: ...
+
+    def forget(self, pid: int) -> None: ...
+
+    def speaks_tls(self, pid: int) -> None: ...
+
+
 @dataclass
 class RegistryStats:
     pid_filter_full: int = 0  # processes selected but not traced: the kernel's table is full
@@ -53,8 +63,9 @@ class ProcessRegistry:
 
     def __init__(self, kernel: PidFilter, watcher: ProcessWatcher,
                  prepare: Callable[[ServiceIdentity], None] = lambda identity: None,
-                 observer: IdentityObserver | None = None) -> None:
+                 observer: IdentityObserver | None = None, libraries: LibraryObserver | None = None) -> None:
         """`prepare` adjusts a new identity (obi's own service name overrides) before use."""
+        self._libraries = libraries
         self._kernel = kernel
         self._watcher = watcher
         self._prepare = prepare
@@ -114,6 +125,9 @@ class ProcessRegistry:
                 self._kernel.remove_pid(pid)
                 self._watcher.forget(pid)
                 self._gone(pid, now)
+        elif event == lib.OBI_PROCESS_TLS:
+            if self._libraries is not None and pid in self._identities and pid not in self._exited:
+                self._libraries.speaks_tls(pid)
         elif event == lib.OBI_PROCESS_EXIT:
             if pid in self._identities and pid not in self._exited:
                 self._log.info("process_forgotten", pid=pid, reason="exit")
@@ -148,11 +162,15 @@ class ProcessRegistry:
             self._observer.track(identity)
         self._exited.pop(identity.pid, None)
         self._identities[identity.pid] = identity
+        if self._libraries is not None:
+            self._libraries.track(identity.pid)
 
     def _gone(self, pid: int, now: float) -> None:
         if pid in self._identities and pid not in self._exited:
             if self._observer is not None:
                 self._observer.forget(pid)
+            if self._libraries is not None:
+                self._libraries.forget(pid)
             self._exited[pid] = now
 
     def _expire(self, now: float) -> None:

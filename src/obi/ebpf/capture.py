@@ -17,6 +17,8 @@ from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
 from obi.ebpf.records import EXCHANGE_SIZE
 from obi.ebpf.ring import RingReader
 from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
+from obi.ebpf.uprobes import UprobeAttacher, UprobeMode, choose_uprobe_mode
+from obi.preflight import BPF_TRACE_UPROBE_MULTI
 
 SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
 HookSet = Literal["tracepoint", "raw_tracepoint"]
@@ -28,6 +30,10 @@ PROGRAM_PREFIXES = {"tracepoint": "tp_", "raw_tracepoint": "raw_"}
 COMMON_PREFIXES = ("common_", "sweep")
 # Programs attached by hand (tp_exit, once per syscall) or run by user space (the sweep).
 MANUAL_PROGRAMS = frozenset({"tp_exit", "sweep"})
+# The TLS library uprobes (bpf/capture.bpf.c), attached per library file by obi.ebpf.tls.
+TLS_PREFIX = "tls_"
+TLS_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
+                          "tls_handshake_enter", "tls_return", "tls_free"})
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
 # Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
 DEFAULT_WAKEUP_LEN = 64
@@ -46,6 +52,7 @@ class CaptureSettings:
     max_connections: int = 65536  # tracked connections (and syscalls in flight)
     max_exchanges: int = 2048  # exchanges in flight, each with its capture buffer
     trace_execs: bool = False  # trace every exec'd process until user space decides
+    tls: bool = True  # load the TLS library uprobes (when this kernel lets obi attach uprobes)
 
 
 def _ring_buffers_supported() -> bool:
@@ -70,8 +77,11 @@ def pid_namespace() -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool) -> BpfObjectSpec:
-    """What to load for these settings; deterministic, no kernel objects."""
+def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
+               uprobes: str | None = None) -> BpfObjectSpec:
+    """What to load for these settings (`uprobes`: how the TLS programs will attach, None:
+    not at all); deterministic, no kernel objects."""
+    tls = (TLS_PREFIX,) if uprobes else ()
     dev, ino = pid_namespace()
     wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * TYPICAL_RECORD_SIZE
     return BpfObjectSpec(
@@ -95,9 +105,11 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool) ->
             "slots": settings.max_exchanges,
             "free_slots": settings.max_exchanges,
             "busy_words": (settings.max_exchanges + 63) // 64,
+            "tls_socks": settings.max_connections,
         },
-        program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES),
-        manual_programs=MANUAL_PROGRAMS,
+        program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES, *tls),
+        manual_programs=MANUAL_PROGRAMS | TLS_PROGRAMS,
+        attach_types=dict.fromkeys(TLS_PROGRAMS, BPF_TRACE_UPROBE_MULTI) if uprobes == "uprobe_multi" else {},
     )
 
 
@@ -112,6 +124,8 @@ COUNTER_NAMES: dict[str, int] = {
     "orphan_responses": lib.OBI_COUNTER_ORPHAN_BYTES,
     "tls_skipped": lib.OBI_COUNTER_TLS_SKIPPED,
     "process_events_lost": lib.OBI_COUNTER_PROCESS_EVENTS_LOST,
+    "tls_unbound": lib.OBI_COUNTER_TLS_UNBOUND,
+    "tls_exchanges": lib.OBI_COUNTER_TLS_EXCHANGES,
 }
 
 
@@ -142,7 +156,9 @@ class Capture:
             self._release_tracefs()
             raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
         self.http_framing = bpf_loop_supported()
-        self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing))
+        self.uprobe_mode = choose_uprobe_mode() if settings.tls else UprobeMode(None, "TLS capture off")
+        self.uprobes: UprobeAttacher | None = None
+        self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind))
         try:
             filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
                            "fill the free exchange slots")
@@ -156,6 +172,8 @@ class Capture:
             self._sweep_ctl_fd = self.collection.map_fd("sweep_ctl")
             self._sweep_fd = self.collection.program_fd("sweep")
             self.ring = RingReader(self.collection.map_fd("events"), MAX_RECORD_SIZE)
+            if self.uprobe_mode.kind is not None:
+                self.uprobes = UprobeAttacher(self.uprobe_mode.kind)
         except BaseException:
             self.collection.close()
             self._release_tracefs()
@@ -166,7 +184,9 @@ class Capture:
         self._ctl = ffi.new("struct obi_sweep_ctl *")
         self._rand = random.Random()
         self._log.info("capture_attached", hooks=hooks, detail=detail, programs=self.collection.link_count,
-                       http_framing="kernel" if self.http_framing else "off (no bpf_loop before Linux 5.17)")
+                       http_framing="kernel" if self.http_framing else "off (no bpf_loop before Linux 5.17)",
+                       tls=self.uprobe_mode.detail if self.uprobe_mode.kind
+                       else f"off: {self.uprobe_mode.detail}")
 
     def _attach_syscall_exits(self) -> None:
         """tp_exit on sys_exit_<name> for every tp_enter_<name> loaded."""

@@ -47,6 +47,8 @@ class BpfObjectSpec:
     program_prefixes: tuple[str, ...] = ()
     # Loaded programs that attach_all leaves alone (attached by hand, or run by user space).
     manual_programs: frozenset[str] = frozenset()
+    # Expected attach types to set before load, by program name (BPF_TRACE_UPROBE_MULTI).
+    attach_types: Mapping[str, int] = field(default_factory=dict)
 
 
 class BpfCollection:
@@ -72,6 +74,9 @@ class BpfCollection:
             check(lib.obi_set_rodata(self._obj, name.encode(), value, len(value)), f"set {name}")
         for name, entries in spec.max_entries.items():
             check(lib.bpf_map__set_max_entries(self._map(name), entries), f"size map {name}")
+        for prog_name, attach_type in spec.attach_types.items():
+            check(lib.obi_set_attach_type(self.program(prog_name), attach_type),
+                  f"attach type of {prog_name}")
         if spec.program_prefixes:
             selected = 0
             for prog_name, prog in self._programs():

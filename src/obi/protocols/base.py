@@ -49,6 +49,7 @@ class Exchange(NamedTuple):
     status_only: bool  # the first response is its status line alone (the kernel framed it by
     #                    length); responses pipelined after it follow whole
     end_reason: int  # lib.OBI_END_*
+    tls: bool  # the bytes are TLS plaintext (the TLS uprobes), not what the socket carried
 
 
 class Connection(NamedTuple):

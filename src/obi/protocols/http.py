@@ -529,7 +529,7 @@ class Http1:
         return exchange.kernel_http or looks_like_request(exchange.request)
 
     def parse(self, exchange: Exchange) -> list[HttpPair]:
-        _, request, response, request_len, response_len, header_len, content_length, _, status_only, _ = (
+        _, request, response, request_len, response_len, header_len, content_length, _, status_only, _, _ = (
             exchange)
         return parse_exchange(request, request_len, response, response_len, header_len, content_length,
                               self._lines, status_only)
@@ -544,7 +544,8 @@ class Http1:
 
     def spans(self, facts: Sequence[HttpPair], exchange: Exchange, connection: Connection) -> list[HttpSpan]:
         spans: list[HttpSpan] = []
-        role, request, _, request_len, _, _, _, _, _, end_reason = exchange
+        role, request, _, request_len, _, _, _, _, _, end_reason, tls = exchange
+        scheme = "https" if tls else "http"
         service, start_ns, conn_end_ns, local_address, local_port, peer_address, peer_port = connection
         server = role == ROLE_SERVER
         routes, getrandbits, stats, host_names = self._routes, self._getrandbits, self.stats, self._host_names
@@ -581,7 +582,7 @@ class Http1:
                 spans.append(HttpSpan(
                     service, SPAN_KIND_SERVER, start_ns, end_ns, trace_id, span_id, parent_id, sampled,
                     exclude, method, path, routes.route_for(path), status, request_size, response_size,
-                    "http",
+                    scheme,
                     version, server_address or local_address, local_port, peer_address, peer_port, "", error,
                 ))  # fmt: skip
             else:
@@ -594,8 +595,8 @@ class Http1:
                 authority = host or f"{peer_address}:{peer_port}"
                 spans.append(HttpSpan(
                     service, SPAN_KIND_CLIENT, start_ns, end_ns, trace_id, span_id, b"", sampled, exclude,
-                    method, path, routes.pattern_for(path), status, request_size, response_size, "http",
+                    method, path, routes.pattern_for(path), status, request_size, response_size, scheme,
                     version, server_address or peer_address, peer_port, local_address, local_port,
-                    f"http://{authority}{path}", error,
+                    f"{scheme}://{authority}{path}", error,
                 ))  # fmt: skip
         return spans

@@ -32,6 +32,7 @@ _RECORD_LENGTH = struct.Struct("=I").unpack_from
 _FLAG_HTTP: int = lib.OBI_FLAG_HTTP
 _FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
 _FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
+_FLAG_TLS: int = lib.OBI_FLAG_TLS
 _new_tuple = tuple.__new__
 # What the span path reads of an exchange header; the other fields are skipped unread.
 _HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
@@ -144,6 +145,7 @@ class RecordProcessor:
                     bool(flags & _FLAG_HTTP),
                     bool(flags & _FLAG_STATUS_ONLY),
                     end_reason,
+                    bool(flags & _FLAG_TLS),
                 ))  # fmt: skip
                 module = identify(exchange)
                 if module is None:

@@ -1,0 +1,164 @@
+"""Finding OpenSSL in files and keeping uprobes on exactly the files instrumented processes map."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from obi.ebpf.elf import ElfError, ElfFile
+from obi.ebpf.tls import (
+    DETACH_GRACE_S,
+    OPENSSL_FUNCTIONS,
+    OPENSSL_RETURN,
+    TlsProbes,
+    is_tls_candidate,
+    mapped_files,
+)
+
+LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+
+MAPS = """\
+55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 100 /usr/bin/python3.11
+55d0c0a01000-55d0c0a02000 r-xp 00001000 08:01 100 /usr/bin/python3.11
+7f00000000-7f00001000 r--p 00000000 08:01 200 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f00001000-7f00002000 r-xp 00001000 08:01 200 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f00003000-7f00004000 rw-p 00000000 00:00 0
+7f00005000-7f00006000 r-xp 00000000 08:01 300 /usr/lib/libgone.so (deleted)
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+"""
+
+
+def test_mapped_files_are_distinct_real_files() -> None:
+    files = mapped_files(MAPS)
+    assert [(m.key, m.path) for m in files] == [
+        (("08:01", 100), "/usr/bin/python3.11"),
+        (("08:01", 200), "/usr/lib/x86_64-linux-gnu/libssl.so.3")]
+
+
+def test_candidates_are_libssl_and_the_executable() -> None:
+    assert is_tls_candidate("/usr/lib/x86_64-linux-gnu/libssl.so.3", "/usr/bin/python3")
+    assert is_tls_candidate("/opt/lib/libssl.so.1.1", None)
+    assert is_tls_candidate("/usr/bin/node", "/usr/bin/node")
+    assert not is_tls_candidate("/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/usr/bin/node")
+
+
+def nm_offsets(path: Path, names: tuple[str, ...]) -> dict[str, int]:
+    """What binutils says: symbol addresses (nm) turned into file offsets (readelf's PT_LOADs)."""
+    loads = []
+    for line in subprocess.run(["readelf", "-lW", str(path)], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "LOAD":
+            loads.append((int(fields[2], 16), int(fields[4], 16), int(fields[1], 16)))
+    out = {}
+    for line in subprocess.run(["nm", "-D", "--defined-only", str(path)], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        value, _, name = line.split()
+        name = re.sub(r"@.*", "", name)
+        if name in names:
+            address = int(value, 16)
+            out[name] = next(address - vaddr + offset for vaddr, size, offset in loads
+                             if vaddr <= address < vaddr + size)
+    return out
+
+
+def test_function_offsets_agree_with_binutils() -> None:
+    with ElfFile(LIBSSL) as elf:
+        found = elf.function_offsets([*OPENSSL_FUNCTIONS, "no_such_function"])
+    assert found == nm_offsets(LIBSSL, OPENSSL_FUNCTIONS)
+    assert set(found) == set(OPENSSL_FUNCTIONS)
+
+
+def test_not_elf_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "text").write_text("hello")
+    with pytest.raises(ElfError, match="not an ELF file"):
+        ElfFile(tmp_path / "text")
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ElfError, match="empty"):
+        ElfFile(tmp_path / "empty")
+
+
+class FakeAttacher:
+    kind = "uprobe_multi"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, bool]] = []
+        self.open: set[int] = set()
+
+    def attach(self, prog_fd: int, path: str, offsets: list[int], retprobe: bool = False) -> list[int]:
+        assert os.path.exists(path)
+        self.calls.append((prog_fd, len(offsets), retprobe))
+        fd = os.open("/dev/null", os.O_RDONLY)  # a real fd: detach closes it
+        self.open.add(fd)
+        return [fd]
+
+
+class Programs:
+    def program_fd(self, name: str) -> int:
+        return 1000 + sorted({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
+                              "tls_handshake_enter", "tls_return", "tls_free"}).index(name)
+
+
+def fake_proc(tmp_path: Path, pid: int, maps: str, exe: str = "/usr/bin/python3.11") -> None:
+    base = tmp_path / str(pid)
+    base.mkdir()
+    (base / "maps").write_text(maps)
+    (base / "root").symlink_to("/")
+    (base / "exe").symlink_to(exe)
+
+
+def test_a_library_is_attached_once_for_every_process_and_detached_after_the_last(tmp_path: Path) -> None:
+    later: list[tuple[float, Callable[[], None]]] = []
+    attacher = FakeAttacher()
+    probes = TlsProbes(attacher, Programs(), proc=tmp_path,  # type: ignore[arg-type]
+                       schedule=lambda delay, call: later.append((delay, call)))
+    fake_proc(tmp_path, 10, MAPS)
+    fake_proc(tmp_path, 11, MAPS)
+    probes.track(10)
+    # one link per entry program (SSL_do_handshake and SSL_shutdown share one), one return link
+    assert len(attacher.calls) == 7
+    returns = [c for c in attacher.calls if c[2]]
+    assert returns == [(Programs().program_fd(OPENSSL_RETURN), 6, True)]
+    assert probes.attached_paths == [str(LIBSSL)]
+    probes.track(11)
+    assert len(attacher.calls) == 7  # the same file: nothing more
+    probes.forget(10)
+    probes.forget(11)
+    grace = [call for delay, call in later if delay == DETACH_GRACE_S]
+    assert len(grace) == 1 and probes.stats.libraries == 1  # after the last one only
+    fake_proc(tmp_path, 12, MAPS)
+    probes.track(12)  # a new process within the grace time keeps the file
+    for call in grace:
+        call()
+    assert probes.stats.libraries == 1
+    probes.forget(12)
+    for delay, call in later:
+        if delay == DETACH_GRACE_S:
+            call()
+    assert probes.stats.libraries == 0 and probes.attached_paths == []
+    for fd in attacher.open:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed: detached
+
+
+def test_executables_without_openssl_are_read_once_and_gone_processes_are_no_failure(tmp_path: Path) -> None:
+    attacher = FakeAttacher()
+    probes = TlsProbes(attacher, Programs(), proc=tmp_path, schedule=lambda d, c: None)  # type: ignore[arg-type]
+    exe_only = "55d0c0a00000-55d0c0a01000 r-xp 00000000 08:01 100 /usr/bin/ls\n"
+    fake_proc(tmp_path, 20, exe_only, exe="/usr/bin/ls")
+    probes.track(20)
+    assert attacher.calls == [] and probes.stats.attach_failures == 0
+    # a process gone between reading its maps and opening its file: tried again with the next one
+    (tmp_path / "21").mkdir()
+    (tmp_path / "21" / "maps").write_text(MAPS)
+    probes.track(21)
+    assert attacher.calls == []
+    fake_proc(tmp_path, 22, MAPS)
+    probes.track(22)
+    assert len(attacher.calls) == 7
+    probes.close()
