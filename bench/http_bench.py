@@ -8,6 +8,10 @@ on an absolute time:
      spans built and exported against the requests wrk completed.
 A third run puts an nginx proxy in front and traces only the proxy: each of
 its requests is a server exchange and a client one upstream, both captured.
+A fourth serves HTTPS (nginx with ssl, a certificate made by openssl): the
+spans come from OpenSSL's plaintext through uprobes, and the BPF time per
+request includes the uprobe programs (not the kernel's cost of each uprobe
+trap, which shows in the ratio).
 The runs also print the kernel side's cost: BPF run time per request of
 obi's programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt): the part run
 in nginx's own syscalls, and apart from it the sweep obi runs from its own
@@ -77,6 +81,20 @@ PROXY = """\
             proxy_set_header Connection "";
         }}
     }}"""
+TLS_SITE = """\
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {root}/www;
+    }}"""
+
+
+def make_certificate(root: Path) -> tuple[Path, Path]:
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
 
 
 def held_program_ids(pid: int) -> set[int]:
@@ -228,6 +246,15 @@ def main() -> int:
                 proxied = traced_run(receiver_port, proxy_worker, proxy_url, args.seconds, args.connections)
             finally:
                 stop_process(proxy)
+            cert, key = make_certificate(root)
+            tls, tls_port = start_nginx(root / "tls", TLS_SITE, cert=cert, key=key)
+            try:
+                tls_worker = nginx_worker(tls.pid)
+                tls_url = f"https://127.0.0.1:{tls_port}/index.html"
+                tls_base_rps = untraced_rps(tls_url, args.seconds, args.connections)
+                tls_run = traced_run(receiver_port, tls_worker, tls_url, args.seconds, args.connections)
+            finally:
+                stop_process(tls)
         finally:
             stop_process(receiver)
             stop_process(nginx)
@@ -251,6 +278,13 @@ def main() -> int:
     print(f"  spans built / requests     {proxied.stats['spans']:>10d} / {proxied.requests}"
           "  (2 per request: server, client)")
     proxied.print(args.seconds)
+    print(f"https (nginx with ssl, keep-alive; spans from OpenSSL's plaintext through uprobes), "
+          f"{args.seconds}s x {args.connections} connections:")
+    print(f"  requests/s without obi     {tls_base_rps:10.0f}")
+    print(f"  requests/s with obi        {tls_run.rps:10.0f}")
+    print(f"  ratio with/without         {tls_run.rps / tls_base_rps:10.3f}")
+    print(f"  spans built / requests     {tls_run.stats['spans']:>10d} / {tls_run.requests}")
+    tls_run.print(args.seconds)
     return 0
 
 

@@ -1534,6 +1534,417 @@ int tls_free(struct pt_regs *ctx)
 	return 0;
 }
 
+/* ---- Go net/http: uprobes on the functions of a Go binary ----------------------
+ *
+ * Go passes arguments in registers (ABIInternal, Go 1.17+) and keeps the current
+ * goroutine (runtime.g) in a register: a request belongs to a goroutine, not to a
+ * thread (a goroutine moves between threads). Returns are probed at each RET
+ * instruction of a function, never with uretprobes (Go moves goroutine stacks).
+ * Each probe's cookie indexes the binary's struct offsets in `go_offsets`.
+ */
+
+#if defined(__TARGET_ARCH_x86)
+#define GO_ARG1(x) ((x)->ax)
+#define GO_ARG2(x) ((x)->bx)
+#define GO_ARG3(x) ((x)->cx)
+#define GO_ARG4(x) ((x)->di)
+#define GO_G(x) ((x)->r14)
+#elif defined(__TARGET_ARCH_arm64)
+#define GO_ARG1(x) (((struct user_pt_regs *)(x))->regs[0])
+#define GO_ARG2(x) (((struct user_pt_regs *)(x))->regs[1])
+#define GO_ARG3(x) (((struct user_pt_regs *)(x))->regs[2])
+#define GO_ARG4(x) (((struct user_pt_regs *)(x))->regs[3])
+#define GO_G(x) (((struct user_pt_regs *)(x))->regs[28])
+#endif
+
+struct go_key {
+	__u64 g;
+	__u32 pid;
+	__u32 pad;
+};
+
+/* A server request in flight: the record, and what its end needs. */
+struct go_server {
+	struct obi_go_http ev;
+	__u64 rw;         /* the ResponseWriter's data pointer: *http.response (HTTP/1),
+			   * *http.http2responseWriter (HTTP/2) */
+	__u32 offsets;
+	__u32 status_set; /* the handler wrote its status: later ones do not count */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct obi_go_offsets);
+	__uint(max_entries, OBI_GO_OFFSET_SLOTS);
+} go_offsets SEC(".maps");
+
+/* goroutine -> the *http.conn it serves (net/http.(*conn).serve) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct go_key);
+	__type(value, __u64);
+	__uint(max_entries, 16384);
+} go_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct go_key);
+	__type(value, struct go_server);
+	__uint(max_entries, 8192);
+} go_servers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct go_key);
+	__type(value, struct obi_go_http);
+	__uint(max_entries, 8192);
+} go_clients SEC(".maps");
+
+/* goroutine -> the goroutine that started it (runtime.newproc1); g structs are reused,
+ * and a reused one is written again when it starts anew */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct go_key);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} go_parents SEC(".maps");
+
+/* thread -> callergp of the runtime.newproc1 it is in (it runs on the thread's g0) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(max_entries, 4096);
+} go_newproc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct go_server);
+	__uint(max_entries, 1);
+} go_scratch SEC(".maps");
+
+static __always_inline struct obi_go_offsets *go_offsets_of(struct pt_regs *ctx, __u32 *idx)
+{
+	*idx = (__u32)bpf_get_attach_cookie(ctx);
+	return bpf_map_lookup_elem(&go_offsets, idx);
+}
+
+static __always_inline __u64 go_read_u64(__u64 addr)
+{
+	__u64 v = 0;
+
+	if (addr)
+		bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* Copies a Go string (pointer, length at addr) into buf; returns the bytes copied. */
+static __always_inline __u32 go_string(__u64 addr, char *buf, __u32 size)
+{
+	struct {
+		__u64 ptr;
+		__s64 len;
+	} str = {};
+	__u32 n;
+
+	if (!addr || bpf_probe_read_user(&str, sizeof(str), (void *)addr) || str.len <= 0 || !str.ptr)
+		return 0;
+	n = str.len < size ? (__u32)str.len : size;
+	clamp_umax(n, size);
+	if (!n || bpf_probe_read_user(buf, n, (void *)str.ptr))
+		return 0;
+	return n;
+}
+
+static __always_inline void go_random_ids(__u8 *trace_id, __u8 *span_id)
+{
+	__u32 *t = (__u32 *)trace_id, *sp = (__u32 *)span_id;
+
+	if (trace_id) {
+		t[0] = bpf_get_prandom_u32();
+		t[1] = bpf_get_prandom_u32();
+		t[2] = bpf_get_prandom_u32();
+		t[3] = bpf_get_prandom_u32();
+	}
+	sp[0] = bpf_get_prandom_u32();
+	sp[1] = bpf_get_prandom_u32();
+}
+
+static __always_inline void go_emit(struct obi_go_http *ev)
+{
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag(sizeof(*ev))))
+		count(OBI_COUNTER_EVENTS_LOST);
+	else
+		count(OBI_COUNTER_EXCHANGES);
+}
+
+/* net/http.(*conn).serve(c *conn, ctx): the goroutine that serves one connection */
+SEC("uprobe")
+int go_conn_serve(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	__u64 c = GO_ARG1(ctx);
+
+	if (!traced(&key.pid))
+		return 0;
+	bpf_map_update_elem(&go_conns, &key, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_conn_serve_ret(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+
+	if (!traced(&key.pid))
+		return 0;
+	bpf_map_delete_elem(&go_conns, &key);
+	return 0;
+}
+
+/* The connection a handler's goroutine (or one of its starters) serves: its addresses. */
+static __always_inline void go_server_conn(struct go_key key, struct obi_go_offsets *off,
+					   struct obi_go_http *ev)
+{
+	__u64 *c = NULL, fd_ptr, conn_ptr;
+	__s64 fd = -1;
+	struct conn addr = {};
+
+	for (int i = 0; i < OBI_GO_PARENT_DEPTH && key.g; i++) {
+		__u64 *parent;
+
+		c = bpf_map_lookup_elem(&go_conns, &key);
+		if (c)
+			break;
+		parent = bpf_map_lookup_elem(&go_parents, &key);
+		key.g = parent ? *parent : 0;
+	}
+	if (!c)
+		return;
+	/* c.rwc is a net.Conn: a *tls.Conn once tlsState is set, else a *net.TCPConn */
+	conn_ptr = go_read_u64(*c + off->conn_rwc + 8);
+	if (go_read_u64(*c + off->conn_tls_state)) {
+		ev->flags |= OBI_GO_FLAG_TLS;
+		conn_ptr = go_read_u64(conn_ptr + off->tls_conn_conn + 8);
+	}
+	fd_ptr = go_read_u64(conn_ptr + off->tcp_conn_fd);
+	if (!fd_ptr || bpf_probe_read_user(&fd, sizeof(fd), (void *)(fd_ptr + off->netfd_pfd + off->pfd_sysfd)) ||
+	    fd < 0 || fd > 0xffffff)
+		return;
+	if (!read_socket((__u32)fd, &addr))
+		return;
+	ev->flags |= OBI_GO_FLAG_ADDR;
+	ev->family = addr.family;
+	ev->local_port = addr.local_port;
+	ev->peer_port = addr.peer_port;
+	__builtin_memcpy(ev->local_addr, addr.local_addr, 16);
+	__builtin_memcpy(ev->peer_addr, addr.peer_addr, 16);
+}
+
+/* net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request): every request
+ * a net/http server serves, HTTP/1 and HTTP/2 alike */
+SEC("uprobe")
+int go_serve_http(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct obi_go_offsets *off;
+	struct go_server *s;
+	__u64 req = GO_ARG4(ctx), url;
+	__u32 zero = 0, idx;
+
+	if (!traced(&key.pid) || !req)
+		return 0;
+	off = go_offsets_of(ctx, &idx);
+	s = bpf_map_lookup_elem(&go_scratch, &zero);
+	if (!off || !s)
+		return 0;
+	__builtin_memset(&s->ev, 0, sizeof(s->ev));
+	s->ev.kind = OBI_RECORD_GO_HTTP;
+	s->ev.role = OBI_ROLE_SERVER;
+	s->ev.pid = key.pid;
+	s->ev.goroutine = key.g;
+	s->ev.start_ns = bpf_ktime_get_ns();
+	s->ev.status = 200; /* a handler that writes nothing answers 200 */
+	s->ev.resp_len = 0;
+	s->rw = GO_ARG3(ctx);
+	s->offsets = idx;
+	s->status_set = 0;
+	s->ev.method_len = go_string(req + off->req_method, s->ev.method, OBI_GO_METHOD_MAX);
+	url = go_read_u64(req + off->req_url);
+	s->ev.path_len = go_string(url + off->url_path, s->ev.path, OBI_GO_PATH_MAX);
+	s->ev.host_len = go_string(req + off->req_host, s->ev.host, OBI_GO_HOST_MAX);
+	s->ev.proto_major = (__u8)go_read_u64(req + off->req_proto_major);
+	s->ev.req_len = (__s64)go_read_u64(req + off->req_content_length);
+	go_random_ids(s->ev.trace_id, s->ev.span_id);
+	go_server_conn(key, off, &s->ev);
+	bpf_map_update_elem(&go_servers, &key, s, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_serve_http_ret(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct obi_go_offsets *off;
+	struct go_server *s;
+
+	if (!traced(&key.pid))
+		return 0;
+	s = bpf_map_lookup_elem(&go_servers, &key);
+	if (!s)
+		return 0;
+	s->ev.end_ns = bpf_ktime_get_ns();
+	off = bpf_map_lookup_elem(&go_offsets, &s->offsets);
+	if (off && s->ev.proto_major == 2)
+		s->ev.resp_len = (__s64)go_read_u64(go_read_u64(s->rw + off->h2_rws) + off->h2_wrote_bytes);
+	else if (off)
+		s->ev.resp_len = (__s64)go_read_u64(s->rw + off->response_written);
+	go_emit(&s->ev);
+	bpf_map_delete_elem(&go_servers, &key);
+	return 0;
+}
+
+/* net/http.(*response).WriteHeader(w, code) (HTTP/1) and
+ * net/http.(*http2responseWriter).WriteHeader(w, code) (HTTP/2): the status. A handler
+ * that writes none answers 200; 1xx interim statuses do not count. */
+SEC("uprobe")
+int go_write_header(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct go_server *s;
+	__u64 code = GO_ARG2(ctx);
+
+	if (!traced(&key.pid))
+		return 0;
+	s = bpf_map_lookup_elem(&go_servers, &key);
+	if (!s || s->status_set || GO_ARG1(ctx) != s->rw || code < 200 || code > 999)
+		return 0; /* the first status written is the response's */
+	s->ev.status = (__u16)code;
+	s->status_set = 1;
+	return 0;
+}
+
+/* The server request a goroutine serves, or the one of the goroutine that started it. */
+static __always_inline struct go_server *go_serving(struct go_key key)
+{
+	for (int i = 0; i < OBI_GO_PARENT_DEPTH && key.g; i++) {
+		struct go_server *s = bpf_map_lookup_elem(&go_servers, &key);
+		__u64 *parent;
+
+		if (s)
+			return s;
+		parent = bpf_map_lookup_elem(&go_parents, &key);
+		key.g = parent ? *parent : 0;
+	}
+	return NULL;
+}
+
+/* net/http.(*Transport).roundTrip(t, req *Request) (*Response, error): a client call */
+SEC("uprobe")
+int go_round_trip(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct obi_go_offsets *off;
+	struct go_server *scratch, *parent;
+	struct obi_go_http *ev;
+	__u64 req = GO_ARG2(ctx), url;
+	__u32 zero = 0, idx;
+
+	if (!traced(&key.pid) || !req)
+		return 0;
+	off = go_offsets_of(ctx, &idx);
+	scratch = bpf_map_lookup_elem(&go_scratch, &zero);
+	if (!off || !scratch)
+		return 0;
+	ev = &scratch->ev;
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->kind = OBI_RECORD_GO_HTTP;
+	ev->role = OBI_ROLE_CLIENT;
+	ev->pid = key.pid;
+	ev->goroutine = key.g;
+	ev->start_ns = bpf_ktime_get_ns();
+	ev->pad1 = (__u16)idx; /* the offsets, for the return */
+	ev->method_len = go_string(req + off->req_method, ev->method, OBI_GO_METHOD_MAX);
+	url = go_read_u64(req + off->req_url);
+	ev->scheme_len = go_string(url + off->url_scheme, ev->scheme, OBI_GO_SCHEME_MAX);
+	ev->host_len = go_string(url + off->url_host, ev->host, OBI_GO_HOST_MAX);
+	ev->path_len = go_string(url + off->url_path, ev->path, OBI_GO_PATH_MAX);
+	ev->req_len = (__s64)go_read_u64(req + off->req_content_length);
+	if (ev->scheme_len == 5 && ev->scheme[4] == 's')
+		ev->flags |= OBI_GO_FLAG_TLS;
+	parent = go_serving(key);
+	if (parent) {
+		ev->flags |= OBI_GO_FLAG_PARENT;
+		__builtin_memcpy(ev->trace_id, parent->ev.trace_id, 16);
+		__builtin_memcpy(ev->parent_span_id, parent->ev.span_id, 8);
+		go_random_ids(NULL, ev->span_id);
+	} else {
+		go_random_ids(ev->trace_id, ev->span_id);
+	}
+	bpf_map_update_elem(&go_clients, &key, ev, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_round_trip_ret(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct obi_go_offsets *off;
+	struct obi_go_http *ev;
+	__u64 resp = GO_ARG1(ctx);
+	__u32 idx;
+
+	if (!traced(&key.pid))
+		return 0;
+	ev = bpf_map_lookup_elem(&go_clients, &key);
+	if (!ev)
+		return 0;
+	ev->end_ns = bpf_ktime_get_ns();
+	idx = ev->pad1;
+	ev->pad1 = 0;
+	off = bpf_map_lookup_elem(&go_offsets, &idx);
+	ev->resp_len = -1;
+	if (off && resp) {
+		ev->status = (__u16)go_read_u64(resp + off->resp_status_code);
+		ev->resp_len = (__s64)go_read_u64(resp + off->resp_content_length);
+	}
+	go_emit(ev);
+	bpf_map_delete_elem(&go_clients, &key);
+	return 0;
+}
+
+/* runtime.newproc1(fn, callergp *g, callerpc) *g: who started each goroutine */
+SEC("uprobe")
+int go_newproc1(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid(), caller = GO_ARG2(ctx);
+	__u32 pid;
+
+	if (!traced(&pid))
+		return 0;
+	bpf_map_update_elem(&go_newproc, &id, &caller, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_newproc1_ret(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u64 *caller = bpf_map_lookup_elem(&go_newproc, &id);
+	struct go_key key = {.g = GO_ARG1(ctx)};
+	__u32 pid;
+
+	if (!caller || !traced(&pid))
+		return 0;
+	key.pid = pid;
+	if (key.g)
+		bpf_map_update_elem(&go_parents, &key, caller, BPF_ANY);
+	bpf_map_delete_elem(&go_newproc, &id);
+	return 0;
+}
+
 /* ---- the sweep: user space runs it once per tick (BPF_PROG_TEST_RUN) ---- */
 
 const volatile __u32 slot_count = 2048; /* entries of `slots` */

@@ -11,6 +11,7 @@
 /* Record kinds (the first byte of every ring buffer record). */
 #define OBI_RECORD_EXCHANGE 1
 #define OBI_RECORD_PROCESS 2
+#define OBI_RECORD_GO_HTTP 3 /* a Go net/http request, from the Go uprobes (struct obi_go_http) */
 
 /* Largest request / response prefix a record can carry; the bytes actually
  * captured are set at load time (req_capture_len / resp_capture_len). */
@@ -124,6 +125,76 @@ struct obi_process {
 #define OBI_TLS_WRITE 2
 #define OBI_TLS_HANDSHAKE 3 /* SSL_do_handshake, SSL_shutdown: no plaintext, but their syscalls
 			     * tell which socket the SSL object uses */
+
+/* Go net/http (struct obi_go_http). */
+#define OBI_GO_METHOD_MAX 16
+#define OBI_GO_PATH_MAX 192
+#define OBI_GO_HOST_MAX 64
+#define OBI_GO_SCHEME_MAX 8
+#define OBI_GO_FLAG_TLS 0x01    /* served on a TLS connection, or an https:// call */
+#define OBI_GO_FLAG_PARENT 0x02 /* parent_span_id (and trace_id) come from the server request of the
+				 * goroutine, or of the goroutine that started it */
+#define OBI_GO_FLAG_ADDR 0x04   /* the addresses and ports are the connection's */
+#define OBI_GO_PARENT_DEPTH 4   /* goroutines walked up to find the request a call is made for */
+#define OBI_GO_OFFSET_SLOTS 64  /* Go binaries instrumented at once (entries of `go_offsets`) */
+
+/* Struct field offsets of one Go binary (the `go_offsets` array, indexed by the uprobe's
+ * cookie); user space reads them from the binary's DWARF or its Go version. */
+struct obi_go_offsets {
+	__u32 req_method;          /* net/http.Request.Method (string) */
+	__u32 req_url;             /* .URL (*url.URL) */
+	__u32 req_proto_major;     /* .ProtoMajor (int) */
+	__u32 req_content_length;  /* .ContentLength (int64) */
+	__u32 req_host;            /* .Host (string) */
+	__u32 url_scheme;          /* net/url.URL.Scheme (string) */
+	__u32 url_host;            /* .Host (string) */
+	__u32 url_path;            /* .Path (string) */
+	__u32 resp_status_code;    /* net/http.Response.StatusCode (int) */
+	__u32 resp_content_length; /* .ContentLength (int64) */
+	__u32 response_written;    /* net/http.response.written (int64) */
+	__u32 conn_rwc;            /* net/http.conn.rwc (net.Conn) */
+	__u32 conn_tls_state;      /* net/http.conn.tlsState (*tls.ConnectionState) */
+	__u32 tls_conn_conn;       /* crypto/tls.Conn.conn (net.Conn) */
+	__u32 tcp_conn_fd;         /* net.conn.fd (*netFD) */
+	__u32 netfd_pfd;           /* net.netFD.pfd (poll.FD) */
+	__u32 pfd_sysfd;           /* internal/poll.FD.Sysfd (int) */
+	__u32 h2_rws;              /* net/http.http2responseWriter.rws (*http2responseWriterState) */
+	__u32 h2_wrote_bytes;      /* net/http.http2responseWriterState.wroteBytes (int64) */
+	__u32 pad;
+};
+
+/* One Go net/http request: a handler served (server) or a Transport call (client). */
+struct obi_go_http {
+	__u8 kind;        /* OBI_RECORD_GO_HTTP */
+	__u8 role;        /* OBI_ROLE_SERVER or OBI_ROLE_CLIENT */
+	__u8 flags;       /* OBI_GO_FLAG_* */
+	__u8 proto_major; /* 1 or 2 (server) */
+	__u32 pid;
+	__u16 status;     /* 0: no response (a client call that failed) */
+	__u16 family;
+	__u16 local_port;
+	__u16 peer_port;
+	__u8 method_len;
+	__u8 scheme_len;
+	__u8 host_len;
+	__u8 pad;
+	__u16 path_len;
+	__u16 pad1;
+	__u64 start_ns;
+	__u64 end_ns;
+	__s64 req_len;    /* request body: Content-Length (-1: unknown) */
+	__s64 resp_len;   /* response body: the bytes the handler wrote (server), Content-Length (client; -1) */
+	__u64 goroutine;  /* the runtime.g of the handler or the caller */
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_span_id[8];
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
+	char method[OBI_GO_METHOD_MAX];
+	char scheme[OBI_GO_SCHEME_MAX];
+	char host[OBI_GO_HOST_MAX];
+	char path[OBI_GO_PATH_MAX];
+};
 
 /* Key of the file descriptor map. */
 struct obi_conn_key {

@@ -178,7 +178,8 @@ struct obi_uprobe_multi_attr {
 #define OBI_BPF_F_UPROBE_MULTI_RETURN 1
 #define OBI_BPF_PERF_EVENT 41
 
-int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, uint32_t cnt, int retprobe)
+int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, const uint64_t *cookies,
+		     uint32_t cnt, int retprobe)
 {
 	struct obi_uprobe_multi_attr attr;
 	long fd;
@@ -188,13 +189,15 @@ int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, uin
 	attr.attach_type = OBI_BPF_TRACE_UPROBE_MULTI;
 	attr.path = (uint64_t)(uintptr_t)path;
 	attr.offsets = (uint64_t)(uintptr_t)offsets;
+	attr.cookies = (uint64_t)(uintptr_t)cookies;
 	attr.cnt = cnt;
 	attr.multi_flags = retprobe ? OBI_BPF_F_UPROBE_MULTI_RETURN : 0;
 	fd = syscall(__NR_bpf, BPF_LINK_CREATE, &attr, sizeof(attr));
 	return fd < 0 ? -errno : (int)fd;
 }
 
-int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t offset, int retprobe_bit)
+int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t offset, int retprobe_bit,
+		    uint64_t cookie)
 {
 	struct perf_event_attr attr;
 	union bpf_attr link;
@@ -216,6 +219,7 @@ int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t o
 	link.link_create.prog_fd = (uint32_t)prog_fd;
 	link.link_create.target_fd = (uint32_t)pfd;
 	link.link_create.attach_type = OBI_BPF_PERF_EVENT;
+	link.link_create.perf_event.bpf_cookie = cookie;
 	fd = syscall(__NR_bpf, BPF_LINK_CREATE, &link, sizeof(link));
 	err = errno;
 	close((int)pfd); /* the link holds the event */

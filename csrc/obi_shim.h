@@ -42,10 +42,13 @@ int obi_read_percpu_counters(int map_fd, uint64_t *out, uint32_t n);
 int obi_set_attach_type(struct bpf_program *prog, uint32_t attach_type);
 
 /* Attaches a uprobe program at cnt offsets of the file at path with one uprobe_multi
- * link (Linux 6.6+; needs only CAP_BPF and CAP_PERFMON). Returns the link fd or -errno. */
-int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, uint32_t cnt, int retprobe);
+ * link (Linux 6.6+; needs only CAP_BPF and CAP_PERFMON), each with its cookie (cookies
+ * may be NULL). Returns the link fd or -errno. */
+int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, const uint64_t *cookies,
+		     uint32_t cnt, int retprobe);
 
 /* Attaches a uprobe program at one offset through a uprobe perf event (pmu_type from
  * /sys/bus/event_source/devices/uprobe/type; retprobe_bit from its format). Returns the
  * link fd (which holds the perf event) or -errno. */
-int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t offset, int retprobe_bit);
+int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t offset, int retprobe_bit,
+		    uint64_t cookie);

@@ -31,7 +31,9 @@ from obi.discovery.selection import selection_from_config, selects_at_exec
 from obi.discovery.watcher import ProcessWatcher
 from obi.ebpf.capture import Capture, CaptureSettings
 from obi.ebpf.drain import CaptureDrain, DrainSettings
-from obi.ebpf.tls import TlsProbes
+from obi.ebpf.goprobes import GoHttp
+from obi.ebpf.libraries import UprobeFiles
+from obi.ebpf.tls import OpenSsl
 from obi.export.batch import (
     BatchingExporter,
     OtlpSender,
@@ -46,6 +48,7 @@ from obi.export.metrics import RedMetrics
 from obi.export.printer import TracePrinter
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
+from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
 from obi.traces.model import ServiceIdentity
 from obi.traces.records import RecordProcessor
@@ -138,7 +141,7 @@ class Agent:
     metrics_exporter: PeriodicMetricsExporter | None
     kube: KubeMetadataSource | None
     log: structlog.typing.FilteringBoundLogger
-    tls: TlsProbes | None = None
+    uprobes: UprobeFiles | None = None
 
     def internal_counters(self) -> dict[str, int | dict[int, int]]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
@@ -270,8 +273,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         self.printer.close()
-        if self.tls is not None:
-            self.tls.close()
+        if self.uprobes is not None:
+            self.uprobes.close()
         self.capture.close()
         exporter, records, spans = self.trace_exporter, self.records.stats, self.span_stats
         self.log.info("agent_stopped", spans=records.spans,
@@ -279,6 +282,7 @@ class Agent:
                       spans_export_dropped=exporter.dropped if exporter else 0,
                       spans_export_failed=exporter.failed if exporter else 0,
                       parse_errors=records.parse_errors, unknown_process=records.unknown_process,
+                      go_requests=records.go_requests, go_duplicates=records.go_duplicates,
                       unknown_protocol=records.unknown_protocol, spans_without_response=spans.unanswered,
                       truncated_requests=spans.headers_truncated,
                       events_dropped=self.drain.queue.dropped_records,
@@ -323,9 +327,12 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         decorator = KubeDecorator(kube.store, config.attributes.kubernetes.cluster_name,
                                   service_overrides(config))
     watcher = ProcessWatcher(selection, kube_facts=decorator.kube_facts if decorator is not None else None)
-    tls = TlsProbes(capture.uprobes, capture.collection) if capture.uprobes is not None else None
+    uprobes: UprobeFiles | None = None
+    if capture.uprobes is not None:
+        uprobes = UprobeFiles([OpenSsl(capture.uprobes, capture.collection),
+                               GoHttp(capture.uprobes, capture.collection)])
     registry = ProcessRegistry(capture, watcher, prepare=service_overrides(config), observer=decorator,
-                               libraries=tls)
+                               libraries=uprobes)
     routes = config.routes
     span_stats = SpanStats()
     route_matcher = RouteMatcher(patterns=list(routes.patterns), unmatched=routes.unmatched,
@@ -333,8 +340,9 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
                                  wildcard_char=routes.wildcard_char)
     http = Http1(route_matcher, IdGenerator(), span_stats, ignore_mode=routes.ignore_mode,
                  request_timeout_ns=request_timeout_ns)
-    records = RecordProcessor(ProtocolRegistry([http]), registry.identity_for,
-                              registry.on_kernel_event)
+    go_http = GoHttpSpans(route_matcher, span_stats, ignore_mode=routes.ignore_mode)
+    records = RecordProcessor(ProtocolRegistry([http]), registry.identity_for, registry.on_kernel_event,
+                              go_http, uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
     traces = config.otel_traces_export
     sampler_arg = None if traces.sampler.arg is None else str(traces.sampler.arg)
     sampler = build_sampler(traces.sampler.name, sampler_arg)
@@ -368,6 +376,6 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
                   records=records, span_stats=span_stats,
                   fanout=SpanFanout(sampler, metrics, printer, trace_exporter), printer=printer,
                   trace_exporter=trace_exporter, metrics_exporter=metrics_exporter, kube=kube, log=log,
-                  tls=tls)
+                  uprobes=uprobes)
     agent_ref.append(agent)
     return agent

@@ -14,15 +14,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from obi.capabilities import REQUIRED_CAPABILITIES
 from tests.e2e.agent import AgentProcess
-from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, curl
+from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, curl, latest_points
+from tests.e2e.test_tls import CURL_CALLS, agent_env, check_server_spans, drive_with_curl, server_spans
 from tests.otlp_receiver import OtlpReceiver
-from tests.support import free_port, start_process, stop_process
+from tests.support import free_port, self_signed_certificate, start_process, stop_process
 
 UNPRIVILEGED = tuple(c.lower() for c in REQUIRED_CAPABILITIES)
 # A private mount namespace without tracefs (nor debugfs): nothing to find, and no right to mount.
@@ -105,13 +107,12 @@ def test_unprivileged_list_delivers_the_same_spans_as_privileged(
 
     # The preflight says, in one short line, what is off and which capability turns it on.
     summary = preflight_summary(agent)
-    assert summary["features_available"] == "8/11"
+    assert summary["features_available"] == "9/11"  # uprobes through uprobe_multi links
     assert summary["unavailable"] == {"sock_ops and sk_msg (context propagation)": "grant CAP_NET_ADMIN",
-                                      "tracefs mount": "grant CAP_SYS_ADMIN",
-                                      "uprobes": "grant CAP_SYS_ADMIN"}
+                                      "tracefs mount": "grant CAP_SYS_ADMIN"}
     assert not any(e.get("event") == "preflight_detail" for e in agent.logs)  # debug only
     warnings = {e["capability"]: e for e in agent.logs if e.get("event") == "capability_missing"}
-    assert warnings["CAP_SYS_ADMIN"]["disables"] == ["tracefs mount", "uprobes"]
+    assert warnings["CAP_SYS_ADMIN"]["disables"] == ["tracefs mount"]
     assert warnings["CAP_SYS_ADMIN"]["required"] is False
     assert not any(e["required"] for e in warnings.values())
     # The privileged agent has nothing missing but what the kernel itself lacks.
@@ -154,8 +155,8 @@ def test_enforced_with_every_required_capability_starts() -> None:
     assert agent.stop() == 0
 
 
-def uprobe_probe(capabilities: Iterable[str]) -> dict[str, Any]:
-    script = ("import json; from obi.preflight import run_probes; p = run_probes()['uprobe']; "
+def uprobe_probe(capabilities: Iterable[str], probe: str = "uprobe") -> dict[str, Any]:
+    script = (f"import json; from obi.preflight import run_probes; p = run_probes()[{probe!r}]; "
               "print(json.dumps({'ok': p.ok, 'errno': p.errno, 'detail': p.detail}))")
     done = subprocess.run([*with_caps(capabilities), sys.executable, "-c", script], capture_output=True,
                           text=True, timeout=30, env=clean_env(), check=True)
@@ -163,17 +164,54 @@ def uprobe_probe(capabilities: Iterable[str]) -> dict[str, Any]:
     return result
 
 
-def test_uprobe_probe_is_measured_by_trying() -> None:
+def test_uprobe_probes_are_measured_by_trying() -> None:
     refused = uprobe_probe(UNPRIVILEGED)
     assert refused["ok"] is False and refused["errno"] == 13, refused  # EACCES on this kernel
     assert uprobe_probe([*UNPRIVILEGED, "sys_admin"])["ok"] is True
+    assert uprobe_probe(UNPRIVILEGED, "uprobe_multi")["ok"] is True  # CAP_BPF and CAP_PERFMON suffice
 
 
 def test_doctor_shows_the_preflight_table() -> None:
     done = subprocess.run([*with_caps(UNPRIVILEGED), sys.executable, "-m", "obi.cli", "doctor"],
                           capture_output=True, text=True, timeout=60, env=clean_env())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "[NO] uprobes: uprobe perf event on " in done.stdout
-    assert "Permission denied: this kernel wants CAP_SYS_ADMIN -> grant CAP_SYS_ADMIN\n" in done.stdout
+    # uprobe perf events are refused, with the precise cause; uprobe_multi links are not
+    assert "[ok] uprobes: tried: uprobe_multi link on libc.so.6; uprobe perf event on " in done.stdout
+    assert ": Permission denied (perf_uprobe_event_init checks capable(CAP_SYS_ADMIN)" in done.stdout
     assert "[ok] BPF programs and maps: tried: array map, ring buffer\n" in done.stdout
     assert "missing capabilities       none\n" in done.stdout
+
+
+def test_tls_spans_under_the_unprivileged_list(tmp_path: Path) -> None:
+    """OpenSSL uprobes with the guide's list only: this kernel refuses uprobe perf events
+    without CAP_SYS_ADMIN, and accepts uprobe_multi links with CAP_BPF and CAP_PERFMON."""
+    wrapper = [*NO_TRACEFS, *with_caps(UNPRIVILEGED)]
+    doctor = subprocess.run([*wrapper, sys.executable, "-m", "obi.cli", "doctor"], capture_output=True,
+                            text=True, timeout=60, env=clean_env())
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+    [uprobes] = [line for line in doctor.stdout.splitlines() if line[5:].startswith("uprobes:")]
+    assert uprobes.startswith("[ok] uprobes: tried: uprobe_multi"), uprobes
+
+    cert, key = self_signed_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
+    port = free_port()
+    server = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready",
+                           env={**os.environ, "TLS_CERT": str(cert), "TLS_KEY": str(key)})
+    try:
+        with OtlpReceiver() as receiver:
+            agent = AgentProcess(agent_env(receiver, OTEL_EBPF_OPEN_PORT=str(port)),
+                                 command=[*wrapper, sys.executable, "-m", "obi.cli"]).start()
+            agent.wait_instrumented(server.pid)
+            attached = agent.wait_log(lambda e: e.get("event") == "tls_library_attached", 10)
+            drive_with_curl(port)
+            receiver.wait_for(lambda: len(server_spans(receiver)) >= len(CURL_CALLS), 15)
+            receiver.wait_for(lambda: sum(p.count for _, p in latest_points(
+                receiver, "http.server.request.duration")) >= len(CURL_CALLS), 15)
+            assert agent.stop() == 0
+    finally:
+        stop_process(server)
+    # Attached at the first try (uprobe perf events would be refused: no CAP_SYS_ADMIN).
+    assert attached["pid"] == server.pid, attached
+    assert not [e for e in agent.logs if "attach_failed" in str(e.get("event"))]
+    check_server_spans(receiver, port, server.pid)
+    last = next(e for e in agent.logs if e.get("event") == "agent_stopped")
+    assert (last["spans"], last["unknown_protocol"], last["tls_unbound"]) == (len(CURL_CALLS), 0, 0)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import struct
 import time
+from typing import Any
 
 import pytest
 
 from obi.ebpf._libbpf import ffi, lib
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
+from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
 from obi.traces import records as records_module
 from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan, ServiceIdentity
@@ -268,3 +270,80 @@ def test_root_span_ids_are_fresh_and_cleared_caches_stay_correct(monkeypatch: py
     assert [s.client_address for s in spans] == clients * 2
     assert all(len(s.trace_id) == 16 and len(s.span_id) == 8 and s.parent_span_id == b"" for s in spans)
     assert len({s.trace_id for s in spans}) == len({s.span_id for s in spans}) == 24
+
+
+def go_record(role: int, *, method: bytes = b"GET", path: bytes = b"/posts/7", host: bytes = b"",
+              scheme: bytes = b"", status: int = 200, flags: int = 0, proto_major: int = 1,
+              req_len: int = 0, resp_len: int = 5, pid: int = 7) -> tuple[bytes, Any]:
+    ev = ffi.new("struct obi_go_http *")
+    ev.kind = lib.OBI_RECORD_GO_HTTP
+    ev.role = role
+    ev.flags = flags
+    ev.proto_major = proto_major
+    ev.pid = pid
+    ev.status = status
+    ev.family = socket.AF_INET
+    ev.local_port = 8443
+    ev.peer_port = 51000
+    ffi.memmove(ev.local_addr, socket.inet_aton("10.1.2.3"), 4)
+    ffi.memmove(ev.peer_addr, socket.inet_aton("10.9.8.7"), 4)
+    for name, value in (("method", method), ("path", path), ("host", host), ("scheme", scheme)):
+        ffi.memmove(getattr(ev, name), value, len(value))
+        setattr(ev, f"{name}_len", len(value))
+    ev.start_ns = 1_000
+    ev.end_ns = 3_000
+    ev.req_len = req_len
+    ev.resp_len = resp_len
+    ffi.memmove(ev.trace_id, bytes(range(1, 17)), 16)
+    ffi.memmove(ev.span_id, bytes(range(21, 29)), 8)
+    ffi.memmove(ev.parent_span_id, bytes(range(31, 39)), 8)
+    return framed(bytes(ffi.buffer(ev))), ev
+
+
+def test_a_go_server_record_is_an_http_span_with_the_kernels_ids() -> None:
+    processes = Processes()
+    records = RecordProcessor(ProtocolRegistry([]), processes.identities.get, processes.on_process,
+                              GoHttpSpans(RouteMatcher(["/posts/{id}"], unmatched="unset")))
+    record, _ = go_record(lib.OBI_ROLE_SERVER, host=b"blog.local:8443", proto_major=2,
+                          flags=lib.OBI_GO_FLAG_TLS | lib.OBI_GO_FLAG_ADDR, status=404, req_len=-1)
+    (span,) = records.process(record)
+    assert isinstance(span, HttpSpan) and span.kind == SPAN_KIND_SERVER
+    assert span.name == "GET /posts/{id}"
+    assert span.attributes() == {
+        "http.request.method": "GET", "http.response.status_code": 404, "http.route": "/posts/{id}",
+        "url.scheme": "https", "server.address": "blog.local", "server.port": 8443,
+        "client.address": "10.9.8.7", "network.protocol.version": "2", "url.path": "/posts/7",
+        "http.request.body.size": 0, "http.response.body.size": 5}
+    assert (span.trace_id, span.span_id) == (bytes(range(1, 17)), bytes(range(21, 29)))
+    assert span.parent_span_id == b""
+    assert span.end_ns - span.start_ns == 2_000
+
+
+def test_a_go_client_record_is_a_client_span_child_of_the_request_served() -> None:
+    processes = Processes()
+    records = RecordProcessor(ProtocolRegistry([]), processes.identities.get, processes.on_process,
+                              GoHttpSpans(RouteMatcher([], unmatched="unset")))
+    record, _ = go_record(lib.OBI_ROLE_CLIENT, host=b"backend:9000", scheme=b"http", path=b"/plain",
+                          flags=lib.OBI_GO_FLAG_PARENT, resp_len=3)
+    (span,) = records.process(record)
+    assert isinstance(span, HttpSpan) and span.kind == SPAN_KIND_CLIENT
+    assert span.attributes()["url.full"] == "http://backend:9000/plain"
+    assert (span.server_address, span.server_port) == ("backend", 9000)
+    assert span.parent_span_id == bytes(range(31, 39)) and span.trace_id == bytes(range(1, 17))
+    failed, _ = go_record(lib.OBI_ROLE_CLIENT, host=b"down", scheme=b"https", status=0, resp_len=-1)
+    (span,) = records.process(failed)
+    assert isinstance(span, HttpSpan) and span.status_code == 0 and span.is_error
+    assert (span.server_address, span.server_port, span.parent_span_id) == ("down", 443, b"")
+
+
+def test_http_exchanges_of_go_processes_are_left_to_the_go_probes() -> None:
+    processes = Processes()
+    go_pids = {7}
+    records = RecordProcessor(ProtocolRegistry([Http1(RouteMatcher([], unmatched="unset"))]),
+                              processes.identities.get, processes.on_process,
+                              GoHttpSpans(RouteMatcher([], unmatched="unset")), go_pids)
+    record, _ = go_record(lib.OBI_ROLE_SERVER)
+    assert len(records.process(exchange(7, REQUEST, RESPONSE) + record)) == 1
+    assert (records.stats.go_duplicates, records.stats.go_requests) == (1, 1)
+    go_pids.clear()
+    assert len(records.process(exchange(7, REQUEST, RESPONSE))) == 1

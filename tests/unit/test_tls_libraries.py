@@ -11,22 +11,18 @@ from pathlib import Path
 import pytest
 
 from obi.ebpf.elf import ElfError, ElfFile
-from obi.ebpf.tls import (
-    DETACH_GRACE_S,
-    OPENSSL_FUNCTIONS,
-    OPENSSL_RETURN,
-    TlsProbes,
-    is_tls_candidate,
-    mapped_files,
-)
+from obi.ebpf.libraries import DETACH_GRACE_S, UprobeFiles, mapped_files
+from obi.ebpf.tls import OPENSSL_FUNCTIONS, OPENSSL_RETURN, OpenSsl, is_tls_candidate
 
 LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+_ST = os.stat(LIBSSL)
+DEV = f"{os.major(_ST.st_dev):02x}:{os.minor(_ST.st_dev):02x}"  # as /proc/PID/maps shows it
 
-MAPS = """\
+MAPS = f"""\
 55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 100 /usr/bin/python3.11
 55d0c0a01000-55d0c0a02000 r-xp 00001000 08:01 100 /usr/bin/python3.11
-7f00000000-7f00001000 r--p 00000000 08:01 200 /usr/lib/x86_64-linux-gnu/libssl.so.3
-7f00001000-7f00002000 r-xp 00001000 08:01 200 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f00000000-7f00001000 r--p 00000000 {DEV} {_ST.st_ino} {LIBSSL}
+7f00001000-7f00002000 r-xp 00001000 {DEV} {_ST.st_ino} {LIBSSL}
 7f00003000-7f00004000 rw-p 00000000 00:00 0
 7f00005000-7f00006000 r-xp 00000000 08:01 300 /usr/lib/libgone.so (deleted)
 7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
@@ -35,9 +31,10 @@ MAPS = """\
 
 def test_mapped_files_are_distinct_real_files() -> None:
     files = mapped_files(MAPS)
-    assert [(m.key, m.path) for m in files] == [
-        (("08:01", 100), "/usr/bin/python3.11"),
-        (("08:01", 200), "/usr/lib/x86_64-linux-gnu/libssl.so.3")]
+    assert [(m.key, m.path, m.span, m.deleted) for m in files] == [
+        (("08:01", 100), "/usr/bin/python3.11", "55d0c0a00000-55d0c0a01000", False),
+        ((DEV, _ST.st_ino), str(LIBSSL), "7f00000000-7f00001000", False),
+        (("08:01", 300), "/usr/lib/libgone.so", "7f00005000-7f00006000", True)]
 
 
 def test_candidates_are_libssl_and_the_executable() -> None:
@@ -90,7 +87,8 @@ class FakeAttacher:
         self.calls: list[tuple[int, int, bool]] = []
         self.open: set[int] = set()
 
-    def attach(self, prog_fd: int, path: str, offsets: list[int], retprobe: bool = False) -> list[int]:
+    def attach(self, prog_fd: int, path: str, offsets: list[int], retprobe: bool = False,
+               cookie: int = 0) -> list[int]:
         assert os.path.exists(path)
         self.calls.append((prog_fd, len(offsets), retprobe))
         fd = os.open("/dev/null", os.O_RDONLY)  # a real fd: detach closes it
@@ -99,6 +97,9 @@ class FakeAttacher:
 
 
 class Programs:
+    def map_fd(self, name: str) -> int:
+        raise AssertionError(name)
+
     def program_fd(self, name: str) -> int:
         return 1000 + sorted({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
                               "tls_handshake_enter", "tls_return", "tls_free"}).index(name)
@@ -115,8 +116,8 @@ def fake_proc(tmp_path: Path, pid: int, maps: str, exe: str = "/usr/bin/python3.
 def test_a_library_is_attached_once_for_every_process_and_detached_after_the_last(tmp_path: Path) -> None:
     later: list[tuple[float, Callable[[], None]]] = []
     attacher = FakeAttacher()
-    probes = TlsProbes(attacher, Programs(), proc=tmp_path,  # type: ignore[arg-type]
-                       schedule=lambda delay, call: later.append((delay, call)))
+    probes = UprobeFiles([OpenSsl(attacher, Programs())], proc=tmp_path,  # type: ignore[arg-type]
+                         schedule=lambda delay, call: later.append((delay, call)))
     fake_proc(tmp_path, 10, MAPS)
     fake_proc(tmp_path, 11, MAPS)
     probes.track(10)
@@ -125,22 +126,23 @@ def test_a_library_is_attached_once_for_every_process_and_detached_after_the_las
     returns = [c for c in attacher.calls if c[2]]
     assert returns == [(Programs().program_fd(OPENSSL_RETURN), 6, True)]
     assert probes.attached_paths == [str(LIBSSL)]
+    assert probes.pids_of("openssl") == {10}
     probes.track(11)
     assert len(attacher.calls) == 7  # the same file: nothing more
     probes.forget(10)
     probes.forget(11)
     grace = [call for delay, call in later if delay == DETACH_GRACE_S]
-    assert len(grace) == 1 and probes.stats.libraries == 1  # after the last one only
+    assert len(grace) == 1 and probes.stats.files == 1  # after the last one only
     fake_proc(tmp_path, 12, MAPS)
     probes.track(12)  # a new process within the grace time keeps the file
     for call in grace:
         call()
-    assert probes.stats.libraries == 1
+    assert probes.stats.files == 1
     probes.forget(12)
     for delay, call in later:
         if delay == DETACH_GRACE_S:
             call()
-    assert probes.stats.libraries == 0 and probes.attached_paths == []
+    assert probes.stats.files == 0 and probes.attached_paths == []
     for fd in attacher.open:
         with pytest.raises(OSError):
             os.fstat(fd)  # closed: detached
@@ -148,7 +150,8 @@ def test_a_library_is_attached_once_for_every_process_and_detached_after_the_las
 
 def test_executables_without_openssl_are_read_once_and_gone_processes_are_no_failure(tmp_path: Path) -> None:
     attacher = FakeAttacher()
-    probes = TlsProbes(attacher, Programs(), proc=tmp_path, schedule=lambda d, c: None)  # type: ignore[arg-type]
+    probes = UprobeFiles([OpenSsl(attacher, Programs())], proc=tmp_path,  # type: ignore[arg-type]
+                         schedule=lambda d, c: None)
     exe_only = "55d0c0a00000-55d0c0a01000 r-xp 00000000 08:01 100 /usr/bin/ls\n"
     fake_proc(tmp_path, 20, exe_only, exe="/usr/bin/ls")
     probes.track(20)

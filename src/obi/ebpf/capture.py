@@ -13,6 +13,7 @@ import structlog
 
 from obi.capabilities import effective_capabilities
 from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
+from obi.ebpf.goprobes import GO_PROGRAMS
 from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
 from obi.ebpf.records import EXCHANGE_SIZE
 from obi.ebpf.ring import RingReader
@@ -30,10 +31,11 @@ PROGRAM_PREFIXES = {"tracepoint": "tp_", "raw_tracepoint": "raw_"}
 COMMON_PREFIXES = ("common_", "sweep")
 # Programs attached by hand (tp_exit, once per syscall) or run by user space (the sweep).
 MANUAL_PROGRAMS = frozenset({"tp_exit", "sweep"})
-# The TLS library uprobes (bpf/capture.bpf.c), attached per library file by obi.ebpf.tls.
-TLS_PREFIX = "tls_"
-TLS_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
-                          "tls_handshake_enter", "tls_return", "tls_free"})
+# The uprobe programs (bpf/capture.bpf.c), attached per file by obi.ebpf.libraries: OpenSSL's
+# (obi.ebpf.tls) and Go's (obi.ebpf.goprobes).
+UPROBE_PREFIXES = ("tls_", "go_")
+UPROBE_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
+                             "tls_handshake_enter", "tls_return", "tls_free"}) | GO_PROGRAMS
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
 # Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
 DEFAULT_WAKEUP_LEN = 64
@@ -52,7 +54,7 @@ class CaptureSettings:
     max_connections: int = 65536  # tracked connections (and syscalls in flight)
     max_exchanges: int = 2048  # exchanges in flight, each with its capture buffer
     trace_execs: bool = False  # trace every exec'd process until user space decides
-    tls: bool = True  # load the TLS library uprobes (when this kernel lets obi attach uprobes)
+    uprobes: bool = True  # load the TLS and Go uprobes (when this kernel lets obi attach uprobes)
 
 
 def _ring_buffers_supported() -> bool:
@@ -79,9 +81,9 @@ def pid_namespace() -> tuple[int, int]:
 
 def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
                uprobes: str | None = None) -> BpfObjectSpec:
-    """What to load for these settings (`uprobes`: how the TLS programs will attach, None:
+    """What to load for these settings (`uprobes`: how the uprobe programs will attach, None:
     not at all); deterministic, no kernel objects."""
-    tls = (TLS_PREFIX,) if uprobes else ()
+    prefixes = UPROBE_PREFIXES if uprobes else ()
     dev, ino = pid_namespace()
     wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * TYPICAL_RECORD_SIZE
     return BpfObjectSpec(
@@ -107,9 +109,10 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
             "busy_words": (settings.max_exchanges + 63) // 64,
             "tls_socks": settings.max_connections,
         },
-        program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES, *tls),
-        manual_programs=MANUAL_PROGRAMS | TLS_PROGRAMS,
-        attach_types=dict.fromkeys(TLS_PROGRAMS, BPF_TRACE_UPROBE_MULTI) if uprobes == "uprobe_multi" else {},
+        program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES, *prefixes),
+        manual_programs=MANUAL_PROGRAMS | UPROBE_PROGRAMS,
+        attach_types=(dict.fromkeys(UPROBE_PROGRAMS, BPF_TRACE_UPROBE_MULTI) if uprobes == "uprobe_multi"
+                      else {}),
     )
 
 
@@ -156,7 +159,7 @@ class Capture:
             self._release_tracefs()
             raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
         self.http_framing = bpf_loop_supported()
-        self.uprobe_mode = choose_uprobe_mode() if settings.tls else UprobeMode(None, "TLS capture off")
+        self.uprobe_mode = choose_uprobe_mode() if settings.uprobes else UprobeMode(None, "uprobes off")
         self.uprobes: UprobeAttacher | None = None
         self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind))
         try:
@@ -185,8 +188,8 @@ class Capture:
         self._rand = random.Random()
         self._log.info("capture_attached", hooks=hooks, detail=detail, programs=self.collection.link_count,
                        http_framing="kernel" if self.http_framing else "off (no bpf_loop before Linux 5.17)",
-                       tls=self.uprobe_mode.detail if self.uprobe_mode.kind
-                       else f"off: {self.uprobe_mode.detail}")
+                       uprobes=self.uprobe_mode.detail if self.uprobe_mode.kind
+                       else f"off (no TLS plaintext, no Go): {self.uprobe_mode.detail}")
 
     def _attach_syscall_exits(self) -> None:
         """tp_exit on sys_exit_<name> for every tp_enter_<name> loaded."""

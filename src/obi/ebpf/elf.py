@@ -77,6 +77,11 @@ class ElfFile:
         end = self._map.find(b"\0", start)
         return self._map[start:end].decode("utf-8", "replace")
 
+    @property
+    def data(self) -> mmap.mmap:
+        """The whole file, mapped read-only; also a file object (read, seek) for other readers (DWARF)."""
+        return self._map
+
     def section(self, name: str) -> Section | None:
         return next((s for s in self.sections if s.name == name), None)
 

@@ -65,18 +65,22 @@ class UprobeAttacher:
                 raise BpfError(errno.ENOENT, f"no uprobe PMU ({_PMU}/type)") from err
             self._retbit = _retprobe_bit()
 
-    def attach(self, prog_fd: int, path: str, offsets: Sequence[int], retprobe: bool = False) -> list[int]:
-        """Links prog at every offset of path; all or none (raises BpfError)."""
+    def attach(self, prog_fd: int, path: str, offsets: Sequence[int], retprobe: bool = False,
+               cookie: int = 0) -> list[int]:
+        """Links prog at every offset of path, each with `cookie` (bpf_get_attach_cookie);
+        all or none (raises BpfError)."""
         encoded = path.encode()
         if self.kind == "uprobe_multi":
             array = ffi.new("uint64_t[]", list(offsets))
-            fd = lib.obi_uprobe_multi(prog_fd, encoded, array, len(offsets), int(retprobe))
+            cookies = ffi.new("uint64_t[]", [cookie] * len(offsets)) if cookie else ffi.NULL
+            fd = lib.obi_uprobe_multi(prog_fd, encoded, array, cookies, len(offsets), int(retprobe))
             if fd < 0:
                 raise BpfError(-fd, f"uprobe_multi link on {path}")
             return [fd]
         fds: list[int] = []
         for offset in offsets:
-            fd = lib.obi_uprobe_perf(prog_fd, self._pmu, encoded, offset, self._retbit if retprobe else -1)
+            fd = lib.obi_uprobe_perf(prog_fd, self._pmu, encoded, offset, self._retbit if retprobe else -1,
+                                     cookie)
             if fd < 0:
                 detach(fds)
                 raise BpfError(-fd, f"uprobe perf event on {path}+{offset:#x}")

@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from obi.ebpf._libbpf import lib
+from obi.ebpf._libbpf import ffi, lib
 from obi.ebpf.records import EXCHANGE_SIZE, PROCESS_LAYOUT, PROCESS_SIZE, RECORD_EXCHANGE, RECORD_PROCESS
 from obi.ebpf.ring import struct_layout
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import Connection, Exchange
 from obi.protocols.errors import ParseError
+from obi.protocols.gohttp import GO_HTTP_SIZE, GoHttpSpans
 from obi.traces.model import ServiceIdentity, Span
 
 _AF_INET = 2
@@ -34,6 +35,9 @@ _FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
 _FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
 _FLAG_TLS: int = lib.OBI_FLAG_TLS
 _new_tuple = tuple.__new__
+RECORD_GO_HTTP: int = lib.OBI_RECORD_GO_HTTP
+_GO_PID = struct.Struct("=I").unpack_from
+_GO_PID_OFFSET: int = ffi.offsetof("struct obi_go_http", "pid")
 # What the span path reads of an exchange header; the other fields are skipped unread.
 _HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
     {"kind", "tid", "fd", "pad", "pad1", "pad2", "resp_start_ns"}))
@@ -62,6 +66,8 @@ class RecordStats:
     # unknown-protocol exchanges per process (bounded: the busiest stay)
     unknown_protocol_by_pid: dict[int, int] = field(default_factory=dict)
     process_events: int = 0
+    go_requests: int = 0  # Go net/http records (spans from the Go uprobes)
+    go_duplicates: int = 0  # HTTP exchanges of processes whose HTTP the Go uprobes report, left out
 
 
 OnProcessEvent = Callable[[int, int, int, str], None]  # event, pid, parent, path
@@ -71,8 +77,13 @@ class RecordProcessor:
     """Turns drained batches into spans; process events go to `on_process` in order."""
 
     def __init__(self, protocols: ProtocolRegistry, identity_for: Callable[[int], ServiceIdentity | None],
-                 on_process: OnProcessEvent) -> None:
+                 on_process: OnProcessEvent, go_http: GoHttpSpans | None = None,
+                 go_http_pids: set[int] | frozenset[int] = frozenset()) -> None:
+        """`go_http_pids`: processes whose HTTP the Go uprobes report (a live set): the HTTP/1
+        exchanges the syscall or TLS capture also sees for them are left out."""
         self._protocols = protocols
+        self._go_http = go_http
+        self._go_http_pids = go_http_pids
         self._identity_for = identity_for
         self._on_process = on_process
         # printable addresses by their 16 raw bytes, one table per family
@@ -103,6 +114,8 @@ class RecordProcessor:
         off, end = 0, len(batch)
         last_pid: int | None = None
         identity: ServiceIdentity | None = None
+        go_http_pids = self._go_http_pids
+        go_pid = False  # last_pid's HTTP comes from the Go uprobes
         exchanges = unknown_process = parse_errors = 0
         try:
             while off < end:
@@ -125,12 +138,19 @@ class RecordProcessor:
                     self._on_process(event, pid, parent, path)
                     last_pid = None  # the process's identity may have changed
                     continue
+                if kind == RECORD_GO_HTTP:
+                    spans += self._go_record(batch, base, epoch_offset)
+                    continue
                 if kind != RECORD_EXCHANGE:
                     continue
                 if pid != last_pid:
                     last_pid, identity = pid, identity_for(pid)
+                    go_pid = pid in go_http_pids
                 if identity is None:
                     unknown_process += 1
+                    continue
+                if go_pid and flags & _FLAG_HTTP:
+                    stats.go_duplicates += 1
                     continue
                 req_start = base + EXCHANGE_SIZE
                 resp_start = req_start + req_captured
@@ -170,6 +190,19 @@ class RecordProcessor:
             stats.parse_errors += parse_errors
             stats.spans += len(spans)
         return spans
+
+    def _go_record(self, batch: bytes, base: int, epoch_offset: int) -> list[Span]:
+        stats = self.stats
+        stats.go_requests += 1
+        if self._go_http is None or base + GO_HTTP_SIZE > len(batch):
+            return []
+        (pid,) = _GO_PID(batch, base + _GO_PID_OFFSET)
+        identity = self._identity_for(pid)
+        if identity is None:
+            stats.unknown_process += 1
+            return []
+        span = self._go_http.span(batch, base, identity, epoch_offset, self._address)
+        return [span] if span is not None else []
 
     def _unknown_protocol(self, pid: int) -> None:
         stats = self.stats

@@ -1,0 +1,122 @@
+"""Go programs: net/http (server and client) and goroutine births, through uprobes.
+
+A Go binary says it is one in its build info; its functions are found in its
+symbol table, or in .gopclntab when it is stripped, and their RET instructions
+by disassembly (obi.ebpf.golang). The programs of bpf/capture.bpf.c read the
+program's own structures, at offsets from its DWARF or, stripped, from a table
+per Go version; each binary's offsets go to one slot of the `go_offsets` map,
+whose index is every probe's cookie.
+"""
+
+from __future__ import annotations
+
+from obi.ebpf._libbpf import BpfError, check, ffi, lib
+from obi.ebpf.libraries import NotMine, ProgramSource
+from obi.ebpf.uprobes import UprobeAttacher, detach
+
+# Go function -> (program at its entry, program at each of its RET instructions)
+GO_FUNCTIONS: dict[str, tuple[str, str | None]] = {
+    "net/http.serverHandler.ServeHTTP": ("go_serve_http", "go_serve_http_ret"),
+    "net/http.(*conn).serve": ("go_conn_serve", "go_conn_serve_ret"),
+    "net/http.(*response).WriteHeader": ("go_write_header", None),
+    # HTTP/2: bundled in net/http up to Go 1.26, its own package from 1.27
+    "net/http.(*http2responseWriter).WriteHeader": ("go_write_header", None),
+    "net/http/internal/http2.(*responseWriter).WriteHeader": ("go_write_header", None),
+    # ... whose interface wrapper (a pointer-shaped struct: the same pointer) inlines it
+    "net/http.http2ResponseWriter.WriteHeader": ("go_write_header", None),
+    "net/http.(*Transport).roundTrip": ("go_round_trip", "go_round_trip_ret"),
+    "runtime.newproc1": ("go_newproc1", "go_newproc1_ret"),
+}
+# Without one of these a Go binary has no HTTP for obi to see.
+NET_HTTP = frozenset({"net/http.serverHandler.ServeHTTP", "net/http.(*Transport).roundTrip"})
+# struct obi_go_offsets field -> the Go struct field whose offset it holds
+GO_FIELDS: dict[str, str] = {
+    "req_method": "net/http.Request.Method",
+    "req_url": "net/http.Request.URL",
+    "req_proto_major": "net/http.Request.ProtoMajor",
+    "req_content_length": "net/http.Request.ContentLength",
+    "req_host": "net/http.Request.Host",
+    "url_scheme": "net/url.URL.Scheme",
+    "url_host": "net/url.URL.Host",
+    "url_path": "net/url.URL.Path",
+    "resp_status_code": "net/http.Response.StatusCode",
+    "resp_content_length": "net/http.Response.ContentLength",
+    "response_written": "net/http.response.written",
+    "conn_rwc": "net/http.conn.rwc",
+    "conn_tls_state": "net/http.conn.tlsState",
+    "tls_conn_conn": "crypto/tls.Conn.conn",
+    "tcp_conn_fd": "net.conn.fd",
+    "netfd_pfd": "net.netFD.pfd",
+    "pfd_sysfd": "internal/poll.FD.Sysfd",
+}
+# The HTTP/2 server's response writer (h2_rws, h2_wrote_bytes), by the WriteHeader the binary has.
+H2_FIELDS: dict[str, tuple[str, str]] = {
+    "net/http.(*http2responseWriter).WriteHeader": (
+        "net/http.http2responseWriter.rws", "net/http.http2responseWriterState.wroteBytes"),
+    "net/http/internal/http2.(*responseWriter).WriteHeader": (
+        "net/http/internal/http2.responseWriter.rws",
+        "net/http/internal/http2.responseWriterState.wroteBytes"),
+}
+GO_PROGRAMS = frozenset(p for pair in GO_FUNCTIONS.values() for p in pair if p)
+GO_PREFIX = "go_"
+
+
+class GoHttp:
+    """The Go instrumenter (obi.ebpf.libraries.Instrumenter): the executable of a Go program."""
+
+    name = "go"
+    attached_event = "go_binary_attached"
+
+    def __init__(self, attacher: UprobeAttacher, programs: ProgramSource) -> None:
+        self._attacher = attacher
+        self._programs = programs
+        self._offsets_fd = programs.map_fd("go_offsets")
+        self._free = list(range(int(lib.OBI_GO_OFFSET_SLOTS) - 1, -1, -1))
+
+    def candidate(self, path: str, exe: str | None) -> bool:
+        return path == exe
+
+    def attach(self, path: str, shown: str) -> tuple[list[int], str, object]:
+        # capstone and pyelftools load only once a process needs them
+        from obi.ebpf.golang import GoError, go_version, inspect_go
+
+        try:
+            if go_version(path) is None:
+                raise NotMine(shown)
+            binary = inspect_go(path, GO_FUNCTIONS, GO_FIELDS.values())
+            if not NET_HTTP & binary.functions.keys():
+                raise NotMine(shown)
+            h2 = next((H2_FIELDS[name] for name in H2_FIELDS if name in binary.functions), None)
+            h2_offsets = inspect_go(path, (), h2).offsets if h2 else {}
+        except GoError as err:
+            raise ValueError(f"Go binary not instrumented: {err}") from err
+        if not self._free:
+            raise BpfError(28, f"more than {lib.OBI_GO_OFFSET_SLOTS} Go binaries at once")  # ENOSPC
+        slot = self._free.pop()
+        offsets = ffi.new("struct obi_go_offsets *")
+        for field, go_field in GO_FIELDS.items():
+            setattr(offsets, field, binary.offsets[go_field])
+        if h2:
+            offsets.h2_rws, offsets.h2_wrote_bytes = (h2_offsets[name] for name in h2)
+        key = ffi.new("uint32_t *", slot)
+        links: list[int] = []
+        try:
+            check(lib.bpf_map_update_elem(self._offsets_fd, key, offsets, 0), "set Go offsets")
+            for name, function in binary.functions.items():
+                entry, ret = GO_FUNCTIONS[name]
+                links += self._attacher.attach(self._programs.program_fd(entry), path, [function.entry],
+                                               cookie=slot)
+                if ret and function.returns:
+                    links += self._attacher.attach(self._programs.program_fd(ret), path,
+                                                   list(function.returns), cookie=slot)
+        except BaseException:
+            detach(links)
+            self._free.append(slot)
+            raise
+        functions = ", ".join(sorted(binary.functions))
+        what = f"{binary.version}, offsets from {binary.offsets_from}: {functions} ({self._attacher.kind})"
+        return links, what, slot
+
+    def release(self, token: object) -> None:
+        if isinstance(token, int):
+            self._free.append(token)

@@ -1,0 +1,110 @@
+"""The guide's own workload: a Go HTTPS server (goblog) and its Go client call, end to end.
+
+goblog (tests/apps/goblog) is built in the test with Debian's Go 1.19 and with a
+current Go, stripped and not, and selected both ways the guide does: by its open
+port (sidecar) and by the `*/goblog` executable glob (DaemonSet). curl calls it
+over HTTP/1.1 and over HTTP/2 (TLS, ALPN); one route calls a plain-http backend
+with Go's net/http client. Every span is exact: the server spans of both HTTP
+versions, and the client span as a child of the request it was made for, with
+no duplicate from the syscalls or the ciphertext.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from tests.e2e.agent import AgentProcess
+from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, latest_points
+from tests.e2e.test_tls import certificate, curl  # noqa: F401 - the fixture
+from tests.golang import build_go
+from tests.otlp_receiver import OtlpReceiver
+from tests.support import free_port, start_process, stop_process
+
+GOBLOG = Path(__file__).resolve().parents[1] / "apps" / "goblog" / "main.go"
+
+# (curl arguments, path, status, route, protocol version, response body size)
+CALLS: list[tuple[list[str], str, int, str, str, int]] = [
+    (["--http1.1"], "/posts/7", 200, "/posts/*", "1.1", 6),
+    (["--http2"], "/posts/8", 200, "/posts/*", "2", 6),
+    (["--http1.1"], "/missing", 404, "/missing", "1.1", 19),
+    (["--http2"], "/missing", 404, "/missing", "2", 19),
+    (["--http2"], "/api/backend", 200, "/api/backend", "2", 3),
+]
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[int]:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready")
+    yield port
+    stop_process(proc)
+
+
+def spans_of(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], Span]]:
+    return [(r, s) for r, s in receiver.spans() if s.kind == kind]
+
+
+@pytest.mark.parametrize(("toolchain", "stripped", "selection"),
+                         list(itertools.product(["debian", "current"], [False, True], ["port", "exe"])))
+def test_goblog_https_server_and_client_spans(toolchain: str, stripped: bool, selection: str, backend: int,
+                                              certificate: tuple[Path, Path]) -> None:  # noqa: F811
+    binary = build_go(GOBLOG, toolchain, stripped, "goblog")
+    cert, key = certificate
+    port = free_port()
+    app = start_process([str(binary), "-listen", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key),
+                         "-backend", f"http://127.0.0.1:{backend}"], ready="ready")
+    select = {"OTEL_EBPF_OPEN_PORT": str(port)} if selection == "port" else {
+        "OTEL_EBPF_AUTO_TARGET_EXE": "*/goblog"}
+    try:
+        with OtlpReceiver() as receiver, AgentProcess({
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                **FAST_EXPORT, **select}) as agent:
+            agent.wait_instrumented(app.pid)
+            attached = agent.wait_log(lambda e: e.get("event") == "go_binary_attached", 15)
+            for args, path, *_ in CALLS:
+                subprocess.run(["curl", "-sS", "-k", "-o", "/dev/null", "--max-time", "10", *args,
+                                f"https://127.0.0.1:{port}{path}"], check=True, timeout=15)
+            receiver.wait_for(lambda: len(receiver.spans()) >= len(CALLS) + 1, 15)
+            receiver.wait_for(lambda: sum(p.count for _, p in latest_points(
+                receiver, "http.server.request.duration")) >= len(CALLS), 15)
+            assert agent.stop() == 0
+            last = next(e for e in agent.logs if e.get("event") == "agent_stopped")
+    finally:
+        stop_process(app)
+    assert attached["pid"] == app.pid
+    assert ("table:" in attached["detail"]) == stripped, attached["detail"]
+    servers = spans_of(receiver, Span.SPAN_KIND_SERVER)
+    clients = spans_of(receiver, Span.SPAN_KIND_CLIENT)
+    assert len(servers) == len(CALLS) and len(clients) == 1, [attributes(s) for _, s in receiver.spans()]
+    for (_, path, status, route, version, size), (resource, span) in zip(CALLS, servers, strict=True):
+        assert resource["process.pid"] == app.pid and resource["service.name"] == "goblog"
+        assert span.name == f"GET {route}"
+        assert attributes(span) == {
+            "http.request.method": "GET", "http.response.status_code": status, "http.route": route,
+            "url.scheme": "https", "server.address": "127.0.0.1", "server.port": port,
+            "client.address": "127.0.0.1", "network.protocol.version": version, "url.path": path,
+            "http.request.body.size": 0, "http.response.body.size": size,
+        }, path
+    (_, client), (_, served) = clients[0], servers[-1]
+    assert attributes(client) == {
+        "http.request.method": "GET", "http.response.status_code": 200, "url.scheme": "http",
+        "server.address": "127.0.0.1", "server.port": backend,
+        "url.full": f"http://127.0.0.1:{backend}/plain", "http.request.body.size": 0,
+        "http.response.body.size": 3,
+    }
+    # the call goblog made for /api/backend is a child of that request, in its trace
+    assert (client.trace_id, client.parent_span_id) == (served.trace_id, served.span_id)
+    assert served.start_time_unix_nano <= client.start_time_unix_nano
+    assert client.end_time_unix_nano <= served.end_time_unix_nano
+    assert len({s.trace_id for _, s in servers}) == len(CALLS)
+    # nothing twice: the client's plaintext (syscalls) and the server's ciphertext gave no span
+    assert (last["spans"], last["unknown_protocol"], last["parse_errors"]) == (len(CALLS) + 1, 0, 0)
+    assert (last["go_requests"], last["go_duplicates"]) == (len(CALLS) + 1, 1)
