@@ -1915,6 +1915,93 @@ int go_round_trip_ret(struct pt_regs *ctx)
 	return 0;
 }
 
+/* crypto/tls.(*Conn).Read and .Write (c *Conn, b []byte) (int, error): the plaintext of
+ * Go's own TLS, into the same exchanges as syscall bytes (on c's socket). The goroutines
+ * of a net/http server connection are left out: the net/http probes report them. */
+struct go_tls_call {
+	__u64 conn;
+	__u64 buf;
+	__u32 kind; /* CALL_READ or CALL_WRITE */
+	__u32 offsets;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct go_key);
+	__type(value, struct go_tls_call);
+	__uint(max_entries, 16384);
+} go_tls_calls SEC(".maps");
+
+static __always_inline bool go_serves_http(struct go_key key)
+{
+	for (int i = 0; i < OBI_GO_PARENT_DEPTH && key.g; i++) {
+		__u64 *parent;
+
+		if (bpf_map_lookup_elem(&go_conns, &key))
+			return true;
+		parent = bpf_map_lookup_elem(&go_parents, &key);
+		key.g = parent ? *parent : 0;
+	}
+	return false;
+}
+
+static __always_inline int go_tls_enter(struct pt_regs *ctx, __u32 kind)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct go_tls_call call = {.conn = GO_ARG1(ctx), .buf = GO_ARG2(ctx), .kind = kind};
+
+	if (!traced(&key.pid) || go_serves_http(key))
+		return 0;
+	call.offsets = (__u32)bpf_get_attach_cookie(ctx);
+	bpf_map_update_elem(&go_tls_calls, &key, &call, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int go_tls_read(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, CALL_READ);
+}
+
+SEC("uprobe")
+int go_tls_write(struct pt_regs *ctx)
+{
+	return go_tls_enter(ctx, CALL_WRITE);
+}
+
+SEC("uprobe")
+int go_tls_ret(struct pt_regs *ctx)
+{
+	struct go_key key = {.g = GO_G(ctx)};
+	struct obi_pid_info *info = traced(&key.pid);
+	struct go_tls_call *call;
+	struct obi_go_offsets *off;
+	__s64 n = (__s64)GO_ARG1(ctx), fd = -1;
+	__u64 tcp, netfd, buf;
+	__u32 kind;
+
+	if (!info)
+		return 0;
+	call = bpf_map_lookup_elem(&go_tls_calls, &key);
+	if (!call)
+		return 0;
+	off = bpf_map_lookup_elem(&go_offsets, &call->offsets);
+	tcp = off ? go_read_u64(call->conn + off->tls_conn_conn + 8) : 0; /* c.conn: a net.Conn */
+	netfd = off ? go_read_u64(tcp + off->tcp_conn_fd) : 0;
+	buf = call->buf;
+	kind = call->kind;
+	bpf_map_delete_elem(&go_tls_calls, &key);
+	if (n <= 0 || !netfd || !off ||
+	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(netfd + off->netfd_pfd + off->pfd_sysfd)) || fd < 0 ||
+	    fd > 0xffffff) {
+		if (n > 0)
+			count(OBI_COUNTER_TLS_UNBOUND);
+		return 0;
+	}
+	handle_bytes((__u64)key.pid << 32 | info->gen, (__u64)(kind | CALL_TLS) << 32 | (__u32)fd, buf, 0, n);
+	return 0;
+}
+
 /* runtime.newproc1(fn, callergp *g, callerpc) *g: who started each goroutine */
 SEC("uprobe")
 int go_newproc1(struct pt_regs *ctx)

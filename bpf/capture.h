@@ -136,7 +136,7 @@ struct obi_process {
 				 * goroutine, or of the goroutine that started it */
 #define OBI_GO_FLAG_ADDR 0x04   /* the addresses and ports are the connection's */
 #define OBI_GO_PARENT_DEPTH 4   /* goroutines walked up to find the request a call is made for */
-#define OBI_GO_OFFSET_SLOTS 64  /* Go binaries instrumented at once (entries of `go_offsets`) */
+#define OBI_GO_OFFSET_SLOTS 256 /* Go binaries instrumented at once, two slots each (`go_offsets`) */
 
 /* Struct field offsets of one Go binary (the `go_offsets` array, indexed by the uprobe's
  * cookie); user space reads them from the binary's DWARF or its Go version. */

@@ -22,6 +22,7 @@ import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.e2e.agent import AgentProcess
+from tests.e2e.test_http_clients import Client
 from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, latest_points
 from tests.e2e.test_tls import certificate, curl  # noqa: F401 - the fixture
 from tests.golang import build_go
@@ -108,3 +109,40 @@ def test_goblog_https_server_and_client_spans(toolchain: str, stripped: bool, se
     # nothing twice: the client's plaintext (syscalls) and the server's ciphertext gave no span
     assert (last["spans"], last["unknown_protocol"], last["parse_errors"]) == (len(CALLS) + 1, 0, 0)
     assert (last["go_requests"], last["go_duplicates"]) == (len(CALLS) + 1, 1)
+
+
+GOTLS = Path(__file__).resolve().parents[1] / "apps" / "gotls" / "main.go"
+
+
+@pytest.mark.parametrize("toolchain", ["debian", "current"])
+def test_crypto_tls_plaintext_without_net_http(toolchain: str, certificate: tuple[Path, Path]) -> None:  # noqa: F811
+    """A Go server and a Go client that speak HTTP/1.1 by hand over crypto/tls (no net/http):
+    their spans come from crypto/tls's plaintext, through the same exchanges as syscall bytes."""
+    binary = build_go(GOTLS, toolchain, True, "gotls")
+    cert, key = certificate
+    port = free_port()
+    server = start_process([str(binary), "server", f"127.0.0.1:{port}", str(cert), str(key)], ready="ready")
+    client = Client([str(binary), "client", f"127.0.0.1:{port}", "/a", "/missing", "/b"])
+    try:
+        with OtlpReceiver() as receiver, AgentProcess({
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                "OTEL_EBPF_AUTO_TARGET_EXE": "*/gotls", **FAST_EXPORT}) as agent:
+            agent.wait_instrumented(server.pid)
+            agent.wait_instrumented(client.proc.pid)
+            agent.wait_log(lambda e: e.get("event") == "go_tls_attached", 15)
+            assert client.run() == ["200 3", "404 10", "200 3"]
+            receiver.wait_for(lambda: len(receiver.spans()) >= 6, 15)
+            assert agent.stop() == 0
+            last = next(e for e in agent.logs if e.get("event") == "agent_stopped")
+    finally:
+        client.close()
+        stop_process(server)
+    assert not any(e.get("event") == "go_binary_attached" for e in agent.logs)  # no net/http in it
+    servers = [s for r, s in spans_of(receiver, Span.SPAN_KIND_SERVER) if r["process.pid"] == server.pid]
+    clients = [s for r, s in spans_of(receiver, Span.SPAN_KIND_CLIENT) if r["process.pid"] == client.proc.pid]
+    assert [(attributes(s)["url.path"], attributes(s)["http.response.status_code"]) for s in servers] == [
+        ("/a", 200), ("/missing", 404), ("/b", 200)]
+    assert [attributes(s)["url.full"] for s in clients] == [
+        f"https://127.0.0.1:{port}{path}" for path in ("/a", "/missing", "/b")]
+    assert {attributes(s)["url.scheme"] for s in servers + clients} == {"https"}
+    assert (last["spans"], last["unknown_protocol"], last["tls_unbound"]) == (6, 0, 0)

@@ -10,12 +10,15 @@ whose index is every probe's cookie.
 
 from __future__ import annotations
 
+import errno
+from typing import Any
+
 from obi.ebpf._libbpf import BpfError, check, ffi, lib
 from obi.ebpf.libraries import NotMine, ProgramSource
 from obi.ebpf.uprobes import UprobeAttacher, detach
 
 # Go function -> (program at its entry, program at each of its RET instructions)
-GO_FUNCTIONS: dict[str, tuple[str, str | None]] = {
+GO_HTTP_FUNCTIONS: dict[str, tuple[str, str | None]] = {
     "net/http.serverHandler.ServeHTTP": ("go_serve_http", "go_serve_http_ret"),
     "net/http.(*conn).serve": ("go_conn_serve", "go_conn_serve_ret"),
     "net/http.(*response).WriteHeader": ("go_write_header", None),
@@ -29,6 +32,12 @@ GO_FUNCTIONS: dict[str, tuple[str, str | None]] = {
 }
 # Without one of these a Go binary has no HTTP for obi to see.
 NET_HTTP = frozenset({"net/http.serverHandler.ServeHTTP", "net/http.(*Transport).roundTrip"})
+# crypto/tls: the plaintext of every Go TLS connection but the ones net/http serves (their
+# requests come from the functions above), into the same exchanges as syscall bytes.
+GO_TLS_FUNCTIONS: dict[str, tuple[str, str | None]] = {
+    "crypto/tls.(*Conn).Read": ("go_tls_read", "go_tls_ret"),
+    "crypto/tls.(*Conn).Write": ("go_tls_write", "go_tls_ret"),
+}
 # struct obi_go_offsets field -> the Go struct field whose offset it holds
 GO_FIELDS: dict[str, str] = {
     "req_method": "net/http.Request.Method",
@@ -57,21 +66,40 @@ H2_FIELDS: dict[str, tuple[str, str]] = {
         "net/http/internal/http2.responseWriter.rws",
         "net/http/internal/http2.responseWriterState.wroteBytes"),
 }
-GO_PROGRAMS = frozenset(p for pair in GO_FUNCTIONS.values() for p in pair if p)
-GO_PREFIX = "go_"
+GO_PROGRAMS = frozenset(p for functions in (GO_HTTP_FUNCTIONS, GO_TLS_FUNCTIONS)
+                        for pair in functions.values() for p in pair if p)
 
 
-class GoHttp:
-    """The Go instrumenter (obi.ebpf.libraries.Instrumenter): the executable of a Go program."""
+class GoOffsetSlots:
+    """The `go_offsets` map: one slot of struct offsets per attached Go binary and family."""
 
-    name = "go"
-    attached_event = "go_binary_attached"
+    def __init__(self, programs: ProgramSource) -> None:
+        self._fd = programs.map_fd("go_offsets")
+        self._free = list(range(int(lib.OBI_GO_OFFSET_SLOTS) - 1, -1, -1))
 
-    def __init__(self, attacher: UprobeAttacher, programs: ProgramSource) -> None:
+    def take(self, offsets: Any) -> int:
+        if not self._free:
+            raise BpfError(errno.ENOSPC, f"more than {lib.OBI_GO_OFFSET_SLOTS} Go binaries at once")
+        slot = self._free.pop()
+        check(lib.bpf_map_update_elem(self._fd, ffi.new("uint32_t *", slot), offsets, 0), "set Go offsets")
+        return slot
+
+    def give(self, slot: int) -> None:
+        self._free.append(slot)
+
+
+class _GoProbes:
+    """A Go instrumenter (obi.ebpf.libraries.Instrumenter) for the executable of a Go program."""
+
+    name: str
+    attached_event: str
+    functions: dict[str, tuple[str, str | None]]
+    required: frozenset[str]  # the binary has none of these: not for this instrumenter
+
+    def __init__(self, attacher: UprobeAttacher, programs: ProgramSource, slots: GoOffsetSlots) -> None:
         self._attacher = attacher
         self._programs = programs
-        self._offsets_fd = programs.map_fd("go_offsets")
-        self._free = list(range(int(lib.OBI_GO_OFFSET_SLOTS) - 1, -1, -1))
+        self._slots = slots
 
     def candidate(self, path: str, exe: str | None) -> bool:
         return path == exe
@@ -83,27 +111,23 @@ class GoHttp:
         try:
             if go_version(path) is None:
                 raise NotMine(shown)
-            binary = inspect_go(path, GO_FUNCTIONS, GO_FIELDS.values())
-            if not NET_HTTP & binary.functions.keys():
+            binary = inspect_go(path, self.functions, GO_FIELDS.values())
+            if not self.required & binary.functions.keys():
                 raise NotMine(shown)
             h2 = next((H2_FIELDS[name] for name in H2_FIELDS if name in binary.functions), None)
             h2_offsets = inspect_go(path, (), h2).offsets if h2 else {}
         except GoError as err:
             raise ValueError(f"Go binary not instrumented: {err}") from err
-        if not self._free:
-            raise BpfError(28, f"more than {lib.OBI_GO_OFFSET_SLOTS} Go binaries at once")  # ENOSPC
-        slot = self._free.pop()
         offsets = ffi.new("struct obi_go_offsets *")
         for field, go_field in GO_FIELDS.items():
             setattr(offsets, field, binary.offsets[go_field])
         if h2:
             offsets.h2_rws, offsets.h2_wrote_bytes = (h2_offsets[name] for name in h2)
-        key = ffi.new("uint32_t *", slot)
+        slot = self._slots.take(offsets)
         links: list[int] = []
         try:
-            check(lib.bpf_map_update_elem(self._offsets_fd, key, offsets, 0), "set Go offsets")
             for name, function in binary.functions.items():
-                entry, ret = GO_FUNCTIONS[name]
+                entry, ret = self.functions[name]
                 links += self._attacher.attach(self._programs.program_fd(entry), path, [function.entry],
                                                cookie=slot)
                 if ret and function.returns:
@@ -111,7 +135,7 @@ class GoHttp:
                                                    list(function.returns), cookie=slot)
         except BaseException:
             detach(links)
-            self._free.append(slot)
+            self._slots.give(slot)
             raise
         functions = ", ".join(sorted(binary.functions))
         what = f"{binary.version}, offsets from {binary.offsets_from}: {functions} ({self._attacher.kind})"
@@ -119,4 +143,22 @@ class GoHttp:
 
     def release(self, token: object) -> None:
         if isinstance(token, int):
-            self._free.append(token)
+            self._slots.give(token)
+
+
+class GoHttp(_GoProbes):
+    """net/http servers and clients, and goroutine births (for parents)."""
+
+    name = "go_http"
+    attached_event = "go_binary_attached"
+    functions = GO_HTTP_FUNCTIONS
+    required = NET_HTTP
+
+
+class GoTls(_GoProbes):
+    """crypto/tls plaintext of the connections net/http does not serve."""
+
+    name = "go_tls"
+    attached_event = "go_tls_attached"
+    functions = GO_TLS_FUNCTIONS
+    required = frozenset(GO_TLS_FUNCTIONS)
