@@ -121,14 +121,16 @@ def test_a_library_is_attached_once_for_every_process_and_detached_after_the_las
     fake_proc(tmp_path, 10, MAPS)
     fake_proc(tmp_path, 11, MAPS)
     probes.track(10)
-    # one link per entry program (SSL_do_handshake and SSL_shutdown share one), one return link
-    assert len(attacher.calls) == 7
-    returns = [c for c in attacher.calls if c[2]]
-    assert returns == [(Programs().program_fd(OPENSSL_RETURN), 6, True)]
+    # one link per entry program (SSL_do_handshake and SSL_shutdown share one); the returns of
+    # SSL_read and SSL_write on instructions before their RET, the others as uretprobes
+    assert len(attacher.calls) == 8
+    returns = sorted(c for c in attacher.calls if c[0] == Programs().program_fd(OPENSSL_RETURN))
+    assert returns == [(Programs().program_fd(OPENSSL_RETURN), 2, False),
+                       (Programs().program_fd(OPENSSL_RETURN), 4, True)]
     assert probes.attached_paths == [str(LIBSSL)]
     assert probes.pids_of("openssl") == {10}
     probes.track(11)
-    assert len(attacher.calls) == 7  # the same file: nothing more
+    assert len(attacher.calls) == 8  # the same file: nothing more
     probes.forget(10)
     probes.forget(11)
     grace = [call for delay, call in later if delay == DETACH_GRACE_S]
@@ -163,5 +165,5 @@ def test_executables_without_openssl_are_read_once_and_gone_processes_are_no_fai
     assert attacher.calls == []
     fake_proc(tmp_path, 22, MAPS)
     probes.track(22)
-    assert len(attacher.calls) == 7
+    assert len(attacher.calls) == 8
     probes.close()

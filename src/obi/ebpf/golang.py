@@ -19,6 +19,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import IO, cast
 
@@ -55,6 +56,8 @@ class GoFunction:
     name: str  # as the Go toolchain spells it: "net/http.(*conn).serve"
     entry: int  # file offset of the first instruction
     returns: tuple[int, ...]  # file offsets of every RET instruction in the function
+    # bytes of code from the entry (stripped: up to the next function, alignment padding included)
+    size: int = dataclass_field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ def _functions(elf: ElfFile, names: list[str]) -> dict[str, GoFunction]:
         code = elf.data[entry:entry + end - start]
         returns = tuple(entry + insn.address for insn in disassembler.disasm(code, 0)
                         if insn.id == X86_INS_RET)
-        found[name] = GoFunction(name, entry, returns)
+        found[name] = GoFunction(name, entry, returns, len(code))
     return found
 
 

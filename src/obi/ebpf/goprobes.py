@@ -11,11 +11,15 @@ whose index is every probe's cookie.
 from __future__ import annotations
 
 import errno
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from obi.ebpf._libbpf import BpfError, check, ffi, lib
 from obi.ebpf.libraries import NotMine, ProgramSource
 from obi.ebpf.uprobes import UprobeAttacher, detach
+
+if TYPE_CHECKING:
+    from obi.ebpf.golang import GoFunction
 
 # Go function -> (program at its entry, program at each of its RET instructions)
 GO_HTTP_FUNCTIONS: dict[str, tuple[str, str | None]] = {
@@ -68,6 +72,29 @@ H2_FIELDS: dict[str, tuple[str, str]] = {
 }
 GO_PROGRAMS = frozenset(p for functions in (GO_HTTP_FUNCTIONS, GO_TLS_FUNCTIONS)
                         for pair in functions.values() for p in pair if p)
+
+
+# Go's register ABI: the argument registers and the goroutine (r14) the entry programs read;
+# the results (rax) and the goroutine the return programs read.
+ENTRY_REGISTERS = ("rax", "rbx", "rcx", "rdi", "rsi", "r8", "r9", "r10", "r11", "r14")
+RETURN_REGISTERS = ("rax", "r14")
+
+
+def _placements(path: str, functions: Iterable[GoFunction]) -> dict[str, tuple[int, list[int]]]:
+    """name -> (entry probe, return probes) as file offsets: on instructions the kernel
+    emulates where that is safe (obi.ebpf.x86), else the entry and every RET."""
+    from obi.ebpf.x86 import Function
+
+    placed = {}
+    with open(path, "rb") as f:
+        for function in functions:
+            f.seek(function.entry)
+            code = Function(f.read(function.size)) if function.size else None
+            moved = code.entry_probe(ENTRY_REGISTERS) if code else 0
+            returns = code.return_probes(RETURN_REGISTERS) if code and function.returns else None
+            placed[function.name] = (function.entry + moved, [function.entry + r for r in returns]
+                                     if returns is not None else list(function.returns))
+    return placed
 
 
 class GoOffsetSlots:
@@ -123,22 +150,26 @@ class _GoProbes:
             setattr(offsets, field, binary.offsets[go_field])
         if h2:
             offsets.h2_rws, offsets.h2_wrote_bytes = (h2_offsets[name] for name in h2)
+        placed = _placements(path, binary.functions.values())
         slot = self._slots.take(offsets)
         links: list[int] = []
         try:
-            for name, function in binary.functions.items():
+            for name, (entry_at, returns_at) in placed.items():
                 entry, ret = self.functions[name]
-                links += self._attacher.attach(self._programs.program_fd(entry), path, [function.entry],
+                links += self._attacher.attach(self._programs.program_fd(entry), path, [entry_at],
                                                cookie=slot)
-                if ret and function.returns:
-                    links += self._attacher.attach(self._programs.program_fd(ret), path,
-                                                   list(function.returns), cookie=slot)
+                if ret and returns_at:
+                    links += self._attacher.attach(self._programs.program_fd(ret), path, returns_at,
+                                                   cookie=slot)
         except BaseException:
             detach(links)
             self._slots.give(slot)
             raise
         functions = ", ".join(sorted(binary.functions))
-        what = f"{binary.version}, offsets from {binary.offsets_from}: {functions} ({self._attacher.kind})"
+        cheap = sum(entry != f.entry for f, (entry, _) in zip(binary.functions.values(), placed.values(),
+                                                               strict=True))
+        what = (f"{binary.version}, offsets from {binary.offsets_from}: {functions}; {cheap} of "
+                f"{len(placed)} entries off the entry ({self._attacher.kind})")
         return links, what, slot
 
     def release(self, token: object) -> None:

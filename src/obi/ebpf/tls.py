@@ -30,6 +30,34 @@ OPENSSL_FUNCTIONS = tuple(name for name, _ in OPENSSL_ENTRIES)
 REQUIRED = frozenset({"SSL_read", "SSL_write"})  # without these a file is not an OpenSSL
 
 
+# What the programs read: the entries SSL *, buf and the _ex count pointer; the return, rax.
+ENTRY_REGISTERS = ("rdi", "rsi", "rdx", "rcx")
+RETURN_REGISTERS = ("rax",)
+_EM_X86_64 = 62
+
+
+def _placements(elf: ElfFile) -> dict[str, tuple[int, int, list[int] | None]]:
+    """function -> (entry, entry probe, return probes or None for a uretprobe at the entry),
+    as file offsets (obi.ebpf.x86). The entry probe moves off the entry only when the returns
+    do too, or the function has no return probe: a uretprobe and an entry probe at the entry
+    share one trap."""
+    from obi.ebpf.x86 import Function  # capstone loads only once a process needs it
+
+    placed: dict[str, tuple[int, int, list[int] | None]] = {}
+    for name, (address, size) in elf.functions(OPENSSL_FUNCTIONS).items():
+        entry = elf.offset_of(address)
+        if entry is None:
+            continue
+        if elf.machine != _EM_X86_64 or not size:
+            placed[name] = (entry, entry, None)
+            continue
+        function = Function(bytes(elf.data[entry:entry + size]))
+        returns = None if name in NO_RETURN else function.return_probes(RETURN_REGISTERS)
+        moved = function.entry_probe(ENTRY_REGISTERS) if returns is not None or name in NO_RETURN else 0
+        placed[name] = (entry, entry + moved, [entry + r for r in returns] if returns is not None else None)
+    return placed
+
+
 def is_tls_candidate(path: str, exe: str | None) -> bool:
     """A file worth reading for OpenSSL's functions: a libssl, or the executable itself
     (Node.js and other binaries link OpenSSL statically)."""
@@ -52,24 +80,37 @@ class OpenSsl:
 
     def attach(self, path: str, shown: str) -> tuple[list[int], str, object]:
         with ElfFile(path) as elf:
-            offsets = elf.function_offsets(OPENSSL_FUNCTIONS)
-        if not offsets.keys() >= REQUIRED:
+            placed = _placements(elf)
+        if not placed.keys() >= REQUIRED:
             raise NotMine(shown)
         by_program: dict[str, list[int]] = {}
+        retprobes: list[int] = []  # uretprobes, at the entry
+        returns: list[int] = []  # plain uprobes on the last emulated instruction before a RET
         for function, program in OPENSSL_ENTRIES:
-            if function in offsets:
-                by_program.setdefault(program, []).append(offsets[function])
-        returns = [offsets[f] for f, _ in OPENSSL_ENTRIES if f in offsets and f not in NO_RETURN]
+            if function not in placed:
+                continue
+            entry, moved, at_returns = placed[function]
+            by_program.setdefault(program, []).append(moved)
+            if function not in NO_RETURN:
+                if at_returns is None:
+                    retprobes.append(entry)
+                else:
+                    returns += at_returns
         links: list[int] = []
         try:
             for program, at in by_program.items():
                 links += self._attacher.attach(self._programs.program_fd(program), path, at)
-            links += self._attacher.attach(self._programs.program_fd(OPENSSL_RETURN), path, returns,
-                                           retprobe=True)
+            return_fd = self._programs.program_fd(OPENSSL_RETURN)
+            if retprobes:
+                links += self._attacher.attach(return_fd, path, retprobes, retprobe=True)
+            if returns:
+                links += self._attacher.attach(return_fd, path, returns)
         except BaseException:
             detach(links)
             raise
-        return links, f"{', '.join(sorted(offsets))} ({self._attacher.kind})", None
+        cheap = sorted(f for f, (entry, moved, at) in placed.items() if at is not None or moved != entry)
+        return links, (f"{', '.join(sorted(placed))}; off the entry: {', '.join(cheap) or 'none'} "
+                       f"({self._attacher.kind})"), None
 
     def release(self, token: object) -> None:
         pass
