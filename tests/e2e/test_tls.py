@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from typing import Any
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from obi.ebpf.libraries import RESCAN_DELAYS_S
 from tests.e2e.agent import AgentProcess
-from tests.e2e.test_http_clients import check_client_spans, client_argv, run_client
+from tests.e2e.test_http_clients import Client, check_client_spans, client_argv, run_client
 from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, latest_points
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.nginx import nginx_worker, start_nginx
@@ -219,3 +221,45 @@ def test_curl_client_spans_from_its_first_request(tls_upstream: tuple[subprocess
     assert {attributes(s)["url.scheme"] for _, s in receiver.spans()} == {"https"}
     assert [attributes(s)["url.path"] for _, s in server_spans(receiver)] == [f"/plain/{i}" for i in range(3)]
     assert (last["spans"], last["unknown_protocol"], last["tls_unbound"]) == (6, 0, 0)
+
+
+LAZY_TLS_CLIENT = """
+import sys, time
+port = sys.argv[1]
+print("ready", flush=True)
+sys.stdin.readline()
+import ssl, urllib.request  # libssl is mapped only now, long after the process was instrumented
+context = ssl._create_unverified_context()
+for i in range(2):
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/plain/{i}", context=context) as r:
+        print(r.status, len(r.read()), flush=True)
+    time.sleep(0.5)
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_tls_library_loaded_late_is_attached_at_the_first_tls_connection(
+        tls_upstream: tuple[subprocess.Popen[str], int]) -> None:
+    """Python loads libssl at `import ssl`: here well after obi's scans of the new process. The
+    kernel tells obi when the process starts its first TLS connection (its ClientHello), obi
+    attaches then, and the next request is a span."""
+    _, port = tls_upstream
+    client = Client([sys.executable, "-c", LAZY_TLS_CLIENT, str(port)])
+    try:
+        with OtlpReceiver() as receiver, \
+                AgentProcess(agent_env(receiver, OTEL_EBPF_TARGET_PID=str(client.proc.pid))) as agent:
+            agent.wait_instrumented(client.proc.pid)
+            time.sleep(RESCAN_DELAYS_S[-1] + 0.5)  # past the rescans of a new process
+            assert not any(e.get("event") == "tls_library_attached" for e in agent.logs)
+            assert client.run() == ["200 3", "200 3"]
+            receiver.wait_for(lambda: any(attributes(s)["url.full"].endswith("/plain/1")
+                                          for _, s in receiver.spans()), 15)
+            stopped(agent)
+    finally:
+        client.close()
+    attached = next(e for e in agent.logs if e.get("event") == "tls_library_attached")
+    assert attached["pid"] == client.proc.pid
+    urls = [attributes(s)["url.full"] for _, s in receiver.spans()]
+    assert urls[-1] == f"https://127.0.0.1:{port}/plain/1"
+    assert set(urls) <= {f"https://127.0.0.1:{port}/plain/{i}" for i in range(2)}
