@@ -206,6 +206,19 @@ def traced_run(receiver_port: int, pid: int, url: str, seconds: int, connections
     return Run(done, rps, cpu, rss, bpf, stopped_stats(agent))
 
 
+def side_by_side(root: Path, site: str, scheme: str, receiver_port: int, args: argparse.Namespace,
+                 **values: object) -> tuple[float, Run]:
+    """Another nginx serving `site`: requests/s without obi, then a traced run (unthrottled)."""
+    nginx, port = start_nginx(root, site, **values)
+    try:
+        worker = nginx_worker(nginx.pid)
+        url = f"{scheme}://127.0.0.1:{port}/index.html"
+        return (untraced_rps(url, args.seconds, args.connections),
+                traced_run(receiver_port, worker, url, args.seconds, args.connections))
+    finally:
+        stop_process(nginx)
+
+
 def untraced_rps(url: str, seconds: int, connections: int) -> float:
     wrk(url, 2, connections)  # warm up
     return wrk(url, seconds, connections)[1]
@@ -238,23 +251,11 @@ def main() -> int:
             paced = traced_run(receiver_port, worker, url, args.rate_seconds, conns, script)
             # Both roles at once: a second nginx proxies to the first; obi traces the proxy,
             # whose every request is a server exchange and a client exchange upstream.
-            proxy, proxy_port = start_nginx(root / "proxy", PROXY, upstream=port)
-            try:
-                proxy_worker = nginx_worker(proxy.pid)
-                proxy_url = f"http://127.0.0.1:{proxy_port}/index.html"
-                proxy_base_rps = untraced_rps(proxy_url, args.seconds, args.connections)
-                proxied = traced_run(receiver_port, proxy_worker, proxy_url, args.seconds, args.connections)
-            finally:
-                stop_process(proxy)
+            proxy_base_rps, proxied = side_by_side(root / "proxy", PROXY, "http", receiver_port, args,
+                                                   upstream=port)
             cert, key = make_certificate(root)
-            tls, tls_port = start_nginx(root / "tls", TLS_SITE, cert=cert, key=key)
-            try:
-                tls_worker = nginx_worker(tls.pid)
-                tls_url = f"https://127.0.0.1:{tls_port}/index.html"
-                tls_base_rps = untraced_rps(tls_url, args.seconds, args.connections)
-                tls_run = traced_run(receiver_port, tls_worker, tls_url, args.seconds, args.connections)
-            finally:
-                stop_process(tls)
+            tls_base_rps, tls_run = side_by_side(root / "tls", TLS_SITE, "https", receiver_port, args,
+                                                 cert=cert, key=key)
         finally:
             stop_process(receiver)
             stop_process(nginx)

@@ -13,7 +13,7 @@ import pytest
 
 import tests.golang
 from tests.golang import GOAPPS, build_go, go_command
-from tests.support import free_port, start_process, stop_process
+from tests.support import free_port, self_signed_certificate, start_process, stop_process
 
 TESTS = Path(__file__).resolve().parents[1]
 GOBLOG = TESTS / "apps" / "goblog" / "main.go"
@@ -26,11 +26,7 @@ VARIANTS = [(toolchain, stripped) for toolchain in ("debian", "current") for str
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("goblog-tls")
-    cert, key = out / "cert.pem", out / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return cert, key
+    return self_signed_certificate(out / "cert.pem", out / "key.pem")
 
 
 @pytest.fixture(scope="module")
