@@ -49,6 +49,7 @@ enum bpf_prog_type {
 };
 enum bpf_func_id {
     BPF_FUNC_loop,
+    BPF_FUNC_get_attach_cookie,
     ...
 };
 enum bpf_map_type {

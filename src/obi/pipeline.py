@@ -32,7 +32,7 @@ from obi.discovery.watcher import ProcessWatcher
 from obi.ebpf.capture import Capture, CaptureSettings
 from obi.ebpf.drain import CaptureDrain, DrainSettings
 from obi.ebpf.goprobes import GoHttp, GoOffsetSlots, GoTls
-from obi.ebpf.libraries import UprobeFiles
+from obi.ebpf.libraries import Instrumenter, UprobeFiles
 from obi.ebpf.tls import OpenSsl
 from obi.export.batch import (
     BatchingExporter,
@@ -329,10 +329,12 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     watcher = ProcessWatcher(selection, kube_facts=decorator.kube_facts if decorator is not None else None)
     uprobes: UprobeFiles | None = None
     if capture.uprobes is not None:
-        slots = GoOffsetSlots(capture.collection)
-        uprobes = UprobeFiles([OpenSsl(capture.uprobes, capture.collection),
-                               GoHttp(capture.uprobes, capture.collection, slots),
-                               GoTls(capture.uprobes, capture.collection, slots)])
+        instrumenters: list[Instrumenter] = [OpenSsl(capture.uprobes, capture.collection)]
+        if capture.go:
+            slots = GoOffsetSlots(capture.collection)
+            instrumenters += [GoHttp(capture.uprobes, capture.collection, slots),
+                              GoTls(capture.uprobes, capture.collection, slots)]
+        uprobes = UprobeFiles(instrumenters)
     registry = ProcessRegistry(capture, watcher, prepare=service_overrides(config), observer=decorator,
                                libraries=uprobes)
     routes = config.routes

@@ -319,6 +319,42 @@ def test_a_first_read_of_two_bytes_still_makes_an_http_exchange(
     assert ev["req"] == request and ev["flags"] & lib.OBI_FLAG_HTTP
 
 
+PEEKING_SERVER = """
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(8)
+print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    with conn:
+        conn.recv(1, socket.MSG_PEEK)  # as nginx does on an ssl port, to tell TLS from plaintext
+        data = b""
+        while not data.endswith(b"\\r\\n\\r\\n"):
+            data += conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n")
+"""
+
+
+def test_bytes_peeked_are_not_bytes_moved(capture: Capture) -> None:
+    """recv(MSG_PEEK) leaves the bytes in the socket: the read after it moves them once."""
+    port = free_port()
+    proc = start_process([sys.executable, "-c", PEEKING_SERVER, str(port)], ready="ready")
+    try:
+        capture.add_pid(proc.pid)
+        request = b"GET /peeked HTTP/1.1\r\nHost: t\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            exchange_of(conn, request, b"ok\n")
+        records = Records(capture)
+        records.wait(lambda r: len(r.exchanges()) == 1)
+    finally:
+        stop_process(proc)
+    (ev,) = records.exchanges()
+    assert (ev["req"], ev["req_len"]) == (request, len(request))
+    assert ev["flags"] & lib.OBI_FLAG_HTTP
+
+
 def test_unframed_protocol_ends_on_next_request_or_idle(capture: Capture) -> None:
     """A line protocol the kernel knows nothing of: paired by direction, ended by
     the next request, and the last one by the idle time."""

@@ -57,6 +57,11 @@ class CaptureSettings:
     uprobes: bool = True  # load the TLS and Go uprobes (when this kernel lets obi attach uprobes)
 
 
+def _privileged() -> bool:
+    """libbpf's probes cannot tell a kernel's lack from a lack of privilege: ask only with it."""
+    return bool(effective_capabilities() & {"BPF", "SYS_ADMIN"})
+
+
 def _ring_buffers_supported() -> bool:
     """False only when the kernel lacks ring buffers; a lack of privilege is not that
     (libbpf's probe cannot tell them apart, so ask only when privileged)."""
@@ -79,11 +84,18 @@ def pid_namespace() -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def attach_cookie_supported() -> bool:
+    """Whether uprobe programs may call bpf_get_attach_cookie (Linux 5.15+): the Go programs
+    find their binary's struct offsets with it."""
+    return bool(lib.libbpf_probe_bpf_helper(lib.BPF_PROG_TYPE_KPROBE, lib.BPF_FUNC_get_attach_cookie,
+                                            ffi.NULL) == 1)
+
+
 def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
-               uprobes: str | None = None) -> BpfObjectSpec:
+               uprobes: str | None = None, go: bool = True) -> BpfObjectSpec:
     """What to load for these settings (`uprobes`: how the uprobe programs will attach, None:
-    not at all); deterministic, no kernel objects."""
-    prefixes = UPROBE_PREFIXES if uprobes else ()
+    not at all; `go`: the Go ones too); deterministic, no kernel objects."""
+    prefixes = tuple(p for p in UPROBE_PREFIXES if go or p != "go_") if uprobes else ()
     dev, ino = pid_namespace()
     wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * TYPICAL_RECORD_SIZE
     return BpfObjectSpec(
@@ -161,7 +173,10 @@ class Capture:
         self.http_framing = bpf_loop_supported()
         self.uprobe_mode = choose_uprobe_mode() if settings.uprobes else UprobeMode(None, "uprobes off")
         self.uprobes: UprobeAttacher | None = None
-        self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind))
+        # Go's programs need bpf_get_attach_cookie; without it they are left out (Go: no spans)
+        self.go = self.uprobe_mode.kind is not None and (not _privileged() or attach_cookie_supported())
+        self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind,
+                                                   self.go))
         try:
             filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
                            "fill the free exchange slots")
@@ -189,7 +204,9 @@ class Capture:
         self._log.info("capture_attached", hooks=hooks, detail=detail, programs=self.collection.link_count,
                        http_framing="kernel" if self.http_framing else "off (no bpf_loop before Linux 5.17)",
                        uprobes=self.uprobe_mode.detail if self.uprobe_mode.kind
-                       else f"off (no TLS plaintext, no Go): {self.uprobe_mode.detail}")
+                       else f"off (no TLS plaintext, no Go): {self.uprobe_mode.detail}",
+                       go="on" if self.go else "off (bpf_get_attach_cookie needs Linux 5.15)"
+                       if self.uprobe_mode.kind else "off")
 
     def _attach_syscall_exits(self) -> None:
         """tp_exit on sys_exit_<name> for every tp_enter_<name> loaded."""
