@@ -146,3 +146,29 @@ def test_crypto_tls_plaintext_without_net_http(toolchain: str, certificate: tupl
         f"https://127.0.0.1:{port}{path}" for path in ("/a", "/missing", "/b")]
     assert {attributes(s)["url.scheme"] for s in servers + clients} == {"https"}
     assert (last["spans"], last["unknown_protocol"], last["tls_unbound"]) == (6, 0, 0)
+
+
+def test_goblog_sidecar_in_a_shared_pid_namespace(certificate: tuple[Path, Path]) -> None:  # noqa: F811
+    """The guide's sidecar: goblog and obi in a pid namespace of their own (shareProcessNamespace),
+    goblog selected by its port 8443-like HTTPS port, seen as pid 2."""
+    binary = build_go(GOBLOG, "current", True, "goblog")
+    cert, key = certificate
+    port = free_port()
+    app = f"{binary} -listen 127.0.0.1:{port} -cert {cert} -key {key} >/dev/null"
+    with OtlpReceiver() as receiver:
+        agent = AgentProcess(
+            {"OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT},
+            command=["unshare", "--pid", "--fork", "--mount-proc", "bash", "-c",
+                     f"{app} & {sys.executable} -m obi.cli"])
+        with agent:
+            assert agent.wait_instrumented(2, 15)["pid"] == 2
+            agent.wait_log(lambda e: e.get("event") == "go_binary_attached", 15)
+            for version in ("--http1.1", "--http2"):
+                assert curl(version, f"https://127.0.0.1:{port}/posts/3") == "post 3"
+            receiver.wait_for_spans(2, timeout=15)
+            assert agent.stop() == 0
+    spans = receiver.spans()
+    assert [(r["process.pid"], r["service.name"]) for r, _ in spans] == [(2, "goblog")] * 2
+    assert [attributes(s)["network.protocol.version"] for _, s in spans] == ["1.1", "2"]
+    assert {attributes(s)["url.scheme"] for _, s in spans} == {"https"}
