@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -19,11 +20,17 @@ import structlog
 
 from obi.ebpf._libbpf import lib
 from obi.ebpf.capture import Capture, CaptureSettings
+from obi.ebpf.goprobes import GoHttp, GoOffsetSlots
+from obi.ebpf.libraries import UprobeFiles
 from obi.ebpf.records import RECORD_EXCHANGE, RECORD_PROCESS
+from obi.ebpf.tls import OpenSsl
+from obi.protocols.gohttp import GO_HTTP_FIELDS, GO_HTTP_LAYOUT
 from tests.capture_records import decode, traced_pids
-from tests.support import bpf_link_ids, free_port, start_process, stop_process
+from tests.golang import build_go
+from tests.support import bpf_link_ids, free_port, self_signed_certificate, start_process, stop_process
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
+GOBLOG = Path(__file__).resolve().parents[1] / "apps" / "goblog" / "main.go"
 MODES = ["tracepoint", "raw_tracepoint"]
 SERVER, CLIENT = lib.OBI_ROLE_SERVER, lib.OBI_ROLE_CLIENT
 STATUS_CAPTURE: int = lib.OBI_STATUS_CAPTURE
@@ -631,3 +638,74 @@ def test_descriptors_of_exited_processes_do_not_fill_the_tables(mode: str) -> No
     assert sorted(ev["req"] for ev in records.exchanges()) == sorted(
         b"GET /%d HTTP/1.0\r\n\r\n" % i for i in range(150))
     assert counters["conn_table_full"] == 0
+
+
+@pytest.mark.parametrize("mode", ["uprobe_multi", "perf_event"])
+def test_tls_plaintext_through_either_way_of_attaching_uprobes(mode: str, tmp_path: Path) -> None:
+    """OpenSSL's plaintext as exchanges flagged TLS, the ciphertext on the same connection
+    skipped, with uprobe_multi links (Linux 6.6+) and with uprobe perf events (older kernels)."""
+    cert, key = self_signed_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
+    port = free_port()
+    env = {**os.environ, "TLS_CERT": str(cert), "TLS_KEY": str(key)}
+    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready",
+                         env=env)
+    settings = CaptureSettings(syscall_hooks="raw_tracepoint", ring_buffer_size=1 << 22,
+                               uprobe_mode=mode)  # type: ignore[arg-type]
+    try:
+        with Capture(settings) as capture:
+            assert capture.uprobe_mode.kind == mode and capture.uprobes is not None
+            files = UprobeFiles([OpenSsl(capture.uprobes, capture.collection)])
+            try:
+                capture.add_pid(proc.pid)
+                files.track(proc.pid)
+                assert files.attached_paths
+                request = b"GET /plain HTTP/1.1\r\nHost: t\r\n\r\n"
+                context = ssl._create_unverified_context()
+                with socket.create_connection(("127.0.0.1", port)) as raw, \
+                        context.wrap_socket(raw) as conn:
+                    exchange_of(conn, request, b"ok\n")
+                records = Records(capture)
+                records.wait(lambda r: len(r.exchanges()) == 1, idle_ns=1)
+            finally:
+                files.close()
+    finally:
+        stop_process(proc)
+    (ev,) = records.exchanges()
+    assert ev["flags"] & lib.OBI_FLAG_TLS and ev["flags"] & lib.OBI_FLAG_HTTP
+    assert ev["req"] == request and ev["resp_len"] > 0
+    assert ev["role"] == lib.OBI_ROLE_SERVER and ev["local_port"] == port
+
+
+@pytest.mark.parametrize("mode", ["uprobe_multi", "perf_event"])
+def test_go_http2_request_through_either_way_of_attaching_uprobes(mode: str, tmp_path: Path) -> None:
+    """A stripped Go 1.19 HTTPS server (offsets from the table, passed by each probe's cookie):
+    one Go record for an HTTP/2 request, with its status and path, in both attach modes."""
+    cert, key = self_signed_certificate(tmp_path / "cert.pem", tmp_path / "key.pem")
+    binary = build_go(GOBLOG, "debian", True, "goblog")
+    port = free_port()
+    proc = start_process([str(binary), "-listen", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key)],
+                         ready="ready")
+    settings = CaptureSettings(syscall_hooks="raw_tracepoint", ring_buffer_size=1 << 22,
+                               uprobe_mode=mode)  # type: ignore[arg-type]
+    try:
+        with Capture(settings) as capture:
+            assert capture.uprobes is not None and capture.go
+            slots = GoOffsetSlots(capture.collection)
+            files = UprobeFiles([GoHttp(capture.uprobes, capture.collection, slots)])
+            try:
+                capture.add_pid(proc.pid)
+                files.track(proc.pid)
+                assert files.attached_paths == [str(binary)]
+                subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null",
+                                f"https://127.0.0.1:{port}/missing"], check=True, timeout=10)
+                records = Records(capture)
+                records.wait(lambda r: any(x["kind"] == lib.OBI_RECORD_GO_HTTP for x in r.all))
+            finally:
+                files.close()
+    finally:
+        stop_process(proc)
+    (raw,) = [r["raw"] for r in records.all if r["kind"] == lib.OBI_RECORD_GO_HTTP]
+    ev = dict(zip(GO_HTTP_FIELDS, GO_HTTP_LAYOUT.unpack_from(raw), strict=True))
+    assert (ev["role"], ev["status"], ev["proto_major"]) == (lib.OBI_ROLE_SERVER, 404, 2)
+    assert ev["path"][:ev["path_len"]] == b"/missing" and ev["local_port"] == port
+    assert ev["flags"] & lib.OBI_GO_FLAG_TLS and ev["flags"] & lib.OBI_GO_FLAG_ADDR

@@ -55,6 +55,9 @@ class CaptureSettings:
     max_exchanges: int = 2048  # exchanges in flight, each with its capture buffer
     trace_execs: bool = False  # trace every exec'd process until user space decides
     uprobes: bool = True  # load the TLS and Go uprobes (when this kernel lets obi attach uprobes)
+    # how to attach them: "auto" (uprobe_multi links where they work, else perf events), or one
+    # of the two (tests, and kernels where the first one found is not the one wanted)
+    uprobe_mode: Literal["auto", "uprobe_multi", "perf_event"] = "auto"
 
 
 def _privileged() -> bool:
@@ -171,7 +174,8 @@ class Capture:
             self._release_tracefs()
             raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
         self.http_framing = bpf_loop_supported()
-        self.uprobe_mode = choose_uprobe_mode() if settings.uprobes else UprobeMode(None, "uprobes off")
+        self.uprobe_mode = choose_uprobe_mode(settings.uprobe_mode) if settings.uprobes else UprobeMode(
+            None, "uprobes off")
         self.uprobes: UprobeAttacher | None = None
         # Go's programs need bpf_get_attach_cookie; without it they are left out (Go: no spans)
         self.go = self.uprobe_mode.kind is not None and (not _privileged() or attach_cookie_supported())

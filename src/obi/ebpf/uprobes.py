@@ -32,12 +32,12 @@ class UprobeMode:
     detail: str
 
 
-def choose_uprobe_mode() -> UprobeMode:
-    """Tries both ways on libc's getpid and keeps the first that works."""
+def choose_uprobe_mode(wanted: str = "auto") -> UprobeMode:
+    """Tries both ways on libc's getpid and keeps the first that works (or the one `wanted`)."""
     multi, perf = probe_uprobe_modes()
-    if multi.ok:
+    if multi.ok and wanted in ("auto", "uprobe_multi"):
         return UprobeMode("uprobe_multi", "uprobe_multi links (Linux 6.6+)")
-    if perf.ok:
+    if perf.ok and wanted in ("auto", "perf_event"):
         return UprobeMode("perf_event", f"uprobe perf events ({multi.detail})")
     cause = f" ({PERF_UPROBE_CAUSE}; grant CAP_SYS_ADMIN)" if perf.errno == errno.EACCES else ""
     return UprobeMode(None, f"{perf.detail}{cause}; {multi.detail}")
