@@ -154,6 +154,8 @@ struct slot_state {
 	__u64 tail;      /* the last 8 response bytes (newest on top), for the chunked terminator */
 	__u32 segment;   /* resp_len where the current (pipelined) response began */
 	__u32 pad;
+	struct obi_ids ids; /* with OBI_FLAG_IDS: appended to the record */
+	__u64 thread;       /* host pid_tgid of the thread that began it (a server's: `serving`) */
 };
 
 /* An exchange in flight: private state, then exactly the record that is emitted. */
@@ -455,7 +457,15 @@ static __always_inline void emit_exchange(struct slot *s, __u8 reason)
 	__u64 size = sizeof(s->ev) + (__u64)s->ev.req_captured + s->ev.resp_captured;
 
 	s->ev.end_reason = reason;
-	clamp_umax(size, sizeof(s->ev) + DATA_OFF_MAX);
+	if (s->ev.flags & OBI_FLAG_IDS) {
+		/* the ids go right after the captured bytes (the data area has room past them) */
+		__u32 off = (__u32)s->ev.req_captured + s->ev.resp_captured;
+
+		clamp_umax(off, DATA_OFF_MAX);
+		__builtin_memcpy(s->data + off, &s->st.ids, sizeof(s->st.ids));
+		size += sizeof(s->st.ids);
+	}
+	clamp_umax(size, sizeof(s->ev) + DATA_OFF_MAX + sizeof(struct obi_ids));
 	if (bpf_ringbuf_output(&events, &s->ev, size, wakeup_flag(size)))
 		count(OBI_COUNTER_EVENTS_LOST);
 	else
@@ -475,6 +485,21 @@ static __always_inline void mark_busy(__u32 idx, bool busy)
 		__sync_fetch_and_and(word, ~(1ULL << (idx & 63)));
 }
 
+/* The request a thread serves (value of `serving`). An event loop serves several at once:
+ * then which one a call is made for is not known, and none is its parent. */
+struct served {
+	__u32 slot;
+	__u32 inflight; /* server exchanges this thread began that have not ended */
+	__u64 start_ns; /* the exchange's, to tell it from a later one in the same slot */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64); /* host pid_tgid */
+	__type(value, struct served);
+	__uint(max_entries, 16384);
+} serving SEC(".maps");
+
 /* Emits the exchange of slot idx (reason 0: drops it) and gives the slot back, unless
  * another CPU is doing so (a global function: one copy, verified once, whoever calls it). */
 __noinline int end_slot(__u32 idx, __u32 reason)
@@ -486,6 +511,12 @@ __noinline int end_slot(__u32 idx, __u32 reason)
 	if (!s || __sync_val_compare_and_swap(&s->st.busy, SLOT_BUSY, SLOT_ENDING) != SLOT_BUSY)
 		return 0;
 	sk = s->st.sk;
+	if (s->ev.role == OBI_ROLE_SERVER) {
+		struct served *v = bpf_map_lookup_elem(&serving, &s->st.thread);
+
+		if (v && v->inflight)
+			__sync_fetch_and_add(&v->inflight, -1);
+	}
 	if (reason)
 		emit_exchange(s, s->st.phase == PHASE_COMPLETE ? OBI_END_FRAMED : reason);
 	c = bpf_map_lookup_elem(&conns, &sk);
@@ -732,6 +763,7 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 	__builtin_memcpy(s->ev.local_addr, c->local_addr, 16);
 	__builtin_memcpy(s->ev.peer_addr, c->peer_addr, 16);
 	s->st.last_ns = s->ev.start_ns;
+	s->st.thread = bpf_get_current_pid_tgid();
 	s->st.busy = SLOT_BUSY;
 	c->slot = idx;
 	mark_busy(idx, true);
@@ -891,6 +923,147 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
 	return false;
 }
 
+/* ---- the request a thread serves, and the calls it makes for it ------------------
+ *
+ * When a server exchange starts, the thread that read the request is serving it
+ * (`serving`, by thread). A client exchange started by that thread, or by a thread it
+ * created since, is a call made for that request: the kernel gives both their span
+ * ids then (the served request's only now, so a request that makes no call costs
+ * nothing more), and both records carry them (OBI_FLAG_IDS).
+ */
+
+#define TRACEPARENT_SCAN 1024 /* the first bytes of a request searched for its traceparent */
+
+static __always_inline int hex_nibble(__u8 c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+struct tp_scan {
+	__u32 n;  /* bytes copied into the scratch */
+	__s32 at; /* where the header's value starts (-1: not found) */
+};
+
+/* One word of the request (bpf_loop callback): a line that starts "traceparent:"? */
+static long traceparent_step(__u32 i, void *ctx)
+{
+	struct tp_scan *scan = ctx;
+	__u8 *buf = http1_scratch();
+	__u32 p = i * 8;
+	__u64 lf;
+
+	if (!buf || p + 8 > scan->n)
+		return 1;
+	clamp_umax(p, TRACEPARENT_SCAN - 8);
+	lf = *(__u64 *)(buf + p) ^ LFS8;
+	lf = (lf - ONES8) & ~lf & HIGHS8; /* the high bit of each byte that is a line feed */
+	for (int k = 0; k < 8 && lf; k++) {
+		__u32 q = p + ctz64(lf) / 8 + 1; /* the line after it */
+
+		lf &= lf - 1;
+		if (q + 64 > scan->n)
+			return 1;
+		clamp_umax(q, TRACEPARENT_SCAN - 64);
+		if ((*(__u64 *)(buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+		    (*(__u32 *)(buf + q + 8) | 0x20202020) == 0x3a746e65 /* "ent:" */) {
+			scan->at = q + 12 + (buf[q + 12] == ' ');
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The ids of the served request in slot idx: its traceparent's trace and parent span when
+ * its captured header has one ("traceparent: 00-<32 hex>-<16 hex>-.."), else a new trace;
+ * a new span id. A global function: verified once. */
+__noinline int served_ids(__u32 idx)
+{
+	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
+	struct tp_scan scan = {.at = -1};
+	__u8 *buf = http1_scratch();
+	__u8 raw[50] = {};
+	bool found = false;
+	__u32 *t;
+
+	if (!s || !buf)
+		return 0;
+	((__u32 *)s->st.ids.span_id)[0] = bpf_get_prandom_u32();
+	((__u32 *)s->st.ids.span_id)[1] = bpf_get_prandom_u32();
+	scan.n = s->ev.req_captured < TRACEPARENT_SCAN ? s->ev.req_captured : TRACEPARENT_SCAN;
+	if (use_bpf_loop && scan.n >= 64 && bpf_probe_read_kernel(buf, TRACEPARENT_SCAN, s->data) == 0)
+		bpf_loop(TRACEPARENT_SCAN / 8, traceparent_step, &scan, 0);
+	if (scan.at >= 0 && scan.at + 52 <= scan.n) {
+		__u32 at = scan.at;
+
+		clamp_umax(at, TRACEPARENT_SCAN - 52);
+		bpf_probe_read_kernel(raw, sizeof(raw), buf + at + 3);
+		found = buf[at] == '0' && buf[at + 1] == '0' && buf[at + 2] == '-' && raw[32] == '-';
+		for (int i = 0; i < 24 && found; i++) {
+			/* 32 hex digits of the trace id, a dash, 16 of the parent span id */
+			int o = i < 16 ? 2 * i : 2 * i + 1;
+			int hi = hex_nibble(raw[o]), lo = hex_nibble(raw[o + 1]);
+
+			if (hi < 0 || lo < 0)
+				found = false;
+			else if (i < 16)
+				s->st.ids.trace_id[i] = (__u8)(hi << 4 | lo);
+			else
+				s->st.ids.parent_span_id[i - 16] = (__u8)(hi << 4 | lo);
+		}
+	}
+	if (!found) {
+		t = (__u32 *)s->st.ids.trace_id;
+		t[0] = bpf_get_prandom_u32();
+		t[1] = bpf_get_prandom_u32();
+		t[2] = bpf_get_prandom_u32();
+		t[3] = bpf_get_prandom_u32();
+		__builtin_memset(s->st.ids.parent_span_id, 0, 8);
+	}
+	s->ev.flags |= OBI_FLAG_IDS;
+	return 0;
+}
+
+/* A server exchange started on this thread: the thread serves it now. */
+static __always_inline void serve_on_thread(__u32 idx, struct slot *s)
+{
+	struct served *v = bpf_map_lookup_elem(&serving, &s->st.thread);
+	struct served fresh = {.slot = idx, .inflight = 1, .start_ns = s->ev.start_ns};
+
+	if (!v) {
+		bpf_map_update_elem(&serving, &s->st.thread, &fresh, BPF_ANY);
+		return;
+	}
+	v->slot = idx;
+	v->start_ns = s->ev.start_ns;
+	__sync_fetch_and_add(&v->inflight, 1);
+}
+
+/* A client exchange started on this thread: a call made for the request it serves? */
+static __always_inline void link_to_served(struct slot *s)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct served *v = bpf_map_lookup_elem(&serving, &id);
+	struct slot *served;
+
+	if (!v || v->inflight != 1)
+		return; /* serving nothing, or several requests at once (an event loop) */
+	served = slot_at(v->slot);
+	if (!served || served->st.busy != SLOT_BUSY || served->ev.start_ns != v->start_ns ||
+	    served->ev.role != OBI_ROLE_SERVER || served->ev.pid != s->ev.pid)
+		return; /* that request is over */
+	if (!(served->ev.flags & OBI_FLAG_IDS))
+		served_ids(v->slot);
+	__builtin_memcpy(s->st.ids.trace_id, served->st.ids.trace_id, 16);
+	__builtin_memcpy(s->st.ids.parent_span_id, served->st.ids.span_id, 8);
+	((__u32 *)s->st.ids.span_id)[0] = bpf_get_prandom_u32();
+	((__u32 *)s->st.ids.span_id)[1] = bpf_get_prandom_u32();
+	s->ev.flags |= OBI_FLAG_IDS | OBI_FLAG_PARENT;
+}
+
 /* The connection carries TLS: its ciphertext is not captured, the plaintext the TLS
  * uprobes see is. The first time a process does this, user space is told, to find
  * the TLS library it uses if the uprobes are not on it yet. */
@@ -932,6 +1105,10 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 			return;
 		if (len >= 5 && http1_is_request(head))
 			s->ev.flags |= OBI_FLAG_HTTP;
+		if (c->role == OBI_ROLE_SERVER)
+			serve_on_thread(c->slot, s);
+		else
+			link_to_served(s);
 	}
 	capture_request(s, src, len);
 	s->ev.req_len += n;
@@ -1311,8 +1488,20 @@ int common_fork(struct bpf_raw_tracepoint_args *ctx)
 	struct obi_pid_info info = {};
 	__u32 parent, pid;
 
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
-		return 0; /* a new thread, not a new process */
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid)) {
+		/* a new thread: it works for the request its creator serves, if any */
+		__u64 id = bpf_get_current_pid_tgid();
+		struct served *v = bpf_map_lookup_elem(&serving, &id);
+
+		if (v) {
+			__u64 child_id = (__u64)BPF_CORE_READ(child, tgid) << 32 | BPF_CORE_READ(child, pid);
+			struct served copy = *v;
+
+			copy.inflight = copy.inflight == 1; /* it serves that one request, or none */
+			bpf_map_update_elem(&serving, &child_id, &copy, BPF_ANY);
+		}
+		return 0;
+	}
 	parent_info = traced(&parent);
 	if (!parent_info)
 		return 0;

@@ -41,6 +41,10 @@
 				    * bytes (the kernel framed it by Content-Length: its length
 				    * facts are valid); responses pipelined after it follow whole */
 #define OBI_FLAG_TLS 0x20          /* the bytes are TLS plaintext (uprobes), not what the socket carried */
+#define OBI_FLAG_IDS 0x40          /* the record ends with a struct obi_ids: the span's ids, set by the
+				    * kernel because a call was made while it was served */
+#define OBI_FLAG_PARENT 0x80       /* (client) obi_ids.parent_span_id is the span of the request the
+				    * calling thread, or the thread that started it, was serving */
 
 /* Bytes of a response captured when its status line is all user space needs. */
 #define OBI_STATUS_CAPTURE 16
@@ -194,6 +198,15 @@ struct obi_go_http {
 	char scheme[OBI_GO_SCHEME_MAX];
 	char host[OBI_GO_HOST_MAX];
 	char path[OBI_GO_PATH_MAX];
+};
+
+/* Span ids the kernel set (after the captured bytes of a record with OBI_FLAG_IDS). A served
+ * request's trace_id is its traceparent's, when it came with one (parent_span_id is then
+ * that traceparent's span), else random; a call's are its parent's trace and a new span. */
+struct obi_ids {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_span_id[8];
 };
 
 /* Key of the file descriptor map. */

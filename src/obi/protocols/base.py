@@ -50,6 +50,8 @@ class Exchange(NamedTuple):
     #                    length); responses pipelined after it follow whole
     end_reason: int  # lib.OBI_END_*
     tls: bool  # the bytes are TLS plaintext (the TLS uprobes), not what the socket carried
+    ids: bytes  # b"", or the span's ids from the kernel: trace id (16), span id (8), parent span
+    #             id (8, zeros: none); set when the request made calls, or is a call made for one
 
 
 class Connection(NamedTuple):

@@ -529,7 +529,7 @@ class Http1:
         return exchange.kernel_http or looks_like_request(exchange.request)
 
     def parse(self, exchange: Exchange) -> list[HttpPair]:
-        _, request, response, request_len, response_len, header_len, content_length, _, status_only, _, _ = (
+        _, request, response, request_len, response_len, header_len, content_length, _, status_only, *_ = (
             exchange)
         return parse_exchange(request, request_len, response, response_len, header_len, content_length,
                               self._lines, status_only)
@@ -544,7 +544,7 @@ class Http1:
 
     def spans(self, facts: Sequence[HttpPair], exchange: Exchange, connection: Connection) -> list[HttpSpan]:
         spans: list[HttpSpan] = []
-        role, request, _, request_len, _, _, _, _, _, end_reason, tls = exchange
+        role, request, _, request_len, _, _, _, _, _, end_reason, tls, kernel_ids = exchange
         scheme = "https" if tls else "http"
         service, start_ns, conn_end_ns, local_address, local_port, peer_address, peer_port = connection
         server = role == ROLE_SERVER
@@ -571,13 +571,23 @@ class Http1:
                 status, response_size, error = resp[1], resp[3], ""
             parent = parse_traceparent(traceparent) if traceparent else None
             server_address = (host_names.get(host) or self._host(host)) if host else None
+            if kernel_ids:
+                # the kernel's: this request made calls, or is a call made for a request served
+                trace_id, span_id, parent_id = kernel_ids[:16], kernel_ids[16:24], kernel_ids[24:32]
+                kernel_ids = b""  # a pipelined request after it is not the one the calls were for
+                if not any(parent_id):
+                    parent_id = b""
+            else:
+                trace_id = b""
             if server:
-                if parent is not None:
+                if trace_id:
+                    sampled = parent.sampled if parent is not None else True
+                elif parent is not None:
                     trace_id, parent_id, sampled = parent.trace_id, parent.parent_span_id, parent.sampled
                     span_id = getrandbits(64).to_bytes(8, "big")
                 else:
-                    ids = getrandbits(192).to_bytes(24, "big")
-                    trace_id, span_id, parent_id, sampled = ids[:16], ids[16:], b"", True
+                    fresh = getrandbits(192).to_bytes(24, "big")
+                    trace_id, span_id, parent_id, sampled = fresh[:16], fresh[16:], b"", True
                 # positional: HttpSpan's field order (a third of the cost of keywords)
                 spans.append(HttpSpan(
                     service, SPAN_KIND_SERVER, start_ns, end_ns, trace_id, span_id, parent_id, sampled,
@@ -588,15 +598,18 @@ class Http1:
             else:
                 if parent is not None:
                     # the application wrote this request's context itself: it is the span's own
-                    trace_id, span_id, sampled = parent.trace_id, parent.parent_span_id, parent.sampled
+                    trace_id, span_id, parent_id, sampled = (parent.trace_id, parent.parent_span_id, b"",
+                                                             parent.sampled)
+                elif trace_id:
+                    sampled = True
                 else:
-                    ids = getrandbits(192).to_bytes(24, "big")
-                    trace_id, span_id, sampled = ids[:16], ids[16:], True
+                    fresh = getrandbits(192).to_bytes(24, "big")
+                    trace_id, span_id, parent_id, sampled = fresh[:16], fresh[16:], b"", True
                 authority = host or f"{peer_address}:{peer_port}"
                 spans.append(HttpSpan(
-                    service, SPAN_KIND_CLIENT, start_ns, end_ns, trace_id, span_id, b"", sampled, exclude,
-                    method, path, routes.pattern_for(path), status, request_size, response_size, scheme,
-                    version, server_address or peer_address, peer_port, local_address, local_port,
+                    service, SPAN_KIND_CLIENT, start_ns, end_ns, trace_id, span_id, parent_id, sampled,
+                    exclude, method, path, routes.pattern_for(path), status, request_size, response_size,
+                    scheme, version, server_address or peer_address, peer_port, local_address, local_port,
                     f"{scheme}://{authority}{path}", error,
                 ))  # fmt: skip
         return spans

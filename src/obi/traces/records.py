@@ -34,6 +34,8 @@ _FLAG_HTTP: int = lib.OBI_FLAG_HTTP
 _FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
 _FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
 _FLAG_TLS: int = lib.OBI_FLAG_TLS
+_FLAG_IDS: int = lib.OBI_FLAG_IDS
+_IDS_SIZE: int = ffi.sizeof("struct obi_ids")
 _new_tuple = tuple.__new__
 RECORD_GO_HTTP: int = lib.OBI_RECORD_GO_HTTP
 _GO_PID = struct.Struct("=I").unpack_from
@@ -154,6 +156,7 @@ class RecordProcessor:
                     continue
                 req_start = base + EXCHANGE_SIZE
                 resp_start = req_start + req_captured
+                ids_start = resp_start + resp_captured
                 exchange = _new_tuple(Exchange, (
                     role,
                     batch[req_start:resp_start],
@@ -166,6 +169,7 @@ class RecordProcessor:
                     bool(flags & _FLAG_STATUS_ONLY),
                     end_reason,
                     bool(flags & _FLAG_TLS),
+                    batch[ids_start: ids_start + _IDS_SIZE] if flags & _FLAG_IDS else b"",
                 ))  # fmt: skip
                 module = identify(exchange)
                 if module is None:

@@ -1,0 +1,127 @@
+"""Calls a served request makes are its children: one trace, parent span ids, in-process.
+
+A thread-per-request Python server (http.server's ThreadingHTTPServer) calls a
+backend from the request's own thread, or from a thread that thread starts.
+The kernel ties the call to the request the thread serves and gives both their
+span ids, so the client span is the server span's child; an incoming
+traceparent makes the whole subtree part of that trace.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from tests.e2e.agent import AgentProcess
+from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, curl
+from tests.otlp_receiver import OtlpReceiver
+from tests.servers.nginx import nginx_worker, start_nginx
+from tests.support import free_port, start_process, stop_process
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[int]:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready")
+    yield port
+    stop_process(proc)
+
+
+def by_kind(receiver: OtlpReceiver) -> tuple[list[Span], list[Span]]:
+    spans = [s for _, s in receiver.spans()]
+    return ([s for s in spans if s.kind == Span.SPAN_KIND_SERVER],
+            [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT])
+
+
+def test_calls_are_children_of_the_request_their_thread_serves(backend: int) -> None:
+    port = free_port()
+    app = start_process([sys.executable, str(SERVERS / "calling_server.py"), str(port), str(backend)],
+                        ready="ready")
+    try:
+        with OtlpReceiver() as receiver, AgentProcess({
+                "OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}) as agent:
+            agent.wait_instrumented(app.pid)
+            base = f"http://127.0.0.1:{port}"
+            assert curl(f"{base}/call") == "ok\n"
+            assert curl(f"{base}/thread-call") == "ok\n"
+            assert curl("-H", f"traceparent: 00-{TRACE}-{PARENT}-01", f"{base}/call") == "ok\n"
+            assert curl(f"{base}/none", f"{base}/call") == "none\nok\n"  # keep-alive: two requests
+            receiver.wait_for(lambda: len(receiver.spans()) >= 9, 15)
+            assert agent.stop() == 0
+    finally:
+        stop_process(app)
+    servers, clients = by_kind(receiver)
+    paths: list[Any] = [attributes(s)["url.path"] for s in servers]
+    assert paths == ["/call", "/thread-call", "/call", "/none", "/call"]
+    assert [attributes(c)["url.full"] for c in clients] == [f"http://127.0.0.1:{backend}/plain"] * 4
+    callers = [s for s in servers if attributes(s)["url.path"] != "/none"]
+    for server, client in zip(callers, clients, strict=True):
+        assert client.trace_id == server.trace_id, attributes(server)["url.path"]
+        assert client.parent_span_id == server.span_id
+        assert client.span_id not in (server.span_id, b"")
+        assert server.start_time_unix_nano <= client.start_time_unix_nano
+        assert client.end_time_unix_nano <= server.end_time_unix_nano
+    # the request that came with a traceparent: its trace, its parent, for the whole subtree
+    assert (callers[2].trace_id.hex(), callers[2].parent_span_id.hex()) == (TRACE, PARENT)
+    assert [s.parent_span_id for i, s in enumerate(callers) if i != 2] == [b""] * 3
+    # nothing links what was not a call made for a request
+    none = servers[3]
+    assert none.trace_id not in {c.trace_id for c in clients} and none.parent_span_id == b""
+    assert len({s.trace_id for s in servers}) == len(servers)
+
+
+NGINX_PROXY = """\
+    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 4; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /api/ {{
+            proxy_pass http://backend/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+
+
+def test_an_event_loop_serving_several_requests_gives_no_wrong_parent(backend: int, tmp_path: Path) -> None:
+    """nginx serves many requests on one thread: a call is the child of the request served only
+    when that thread serves one request then; with several at once, it has no parent rather
+    than a wrong one."""
+    nginx, port = start_nginx(tmp_path, NGINX_PROXY, upstream=backend)
+    try:
+        with OtlpReceiver() as receiver, AgentProcess({
+                "OTEL_EBPF_AUTO_TARGET_EXE": "*/nginx", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}) as agent:
+            agent.wait_instrumented(nginx_worker(nginx.pid))
+            base = f"http://127.0.0.1:{port}/api"
+            assert curl(f"{base}/plain/alone") == "ok\n"
+            # one slow request in flight while others come and go on the same worker thread
+            slow = subprocess.Popen(["curl", "-s", f"{base}/chunked?n=3&gap=300"], stdout=subprocess.PIPE)
+            time.sleep(0.2)
+            for i in range(3):
+                assert curl(f"{base}/plain/{i}") == "ok\n"
+            assert slow.communicate(timeout=10)[0].count(b"data:") == 3
+            receiver.wait_for(lambda: len(receiver.spans()) >= 10, 15)
+            assert agent.stop() == 0
+    finally:
+        stop_process(nginx)
+    servers, clients = by_kind(receiver)
+    by_id = {s.span_id: attributes(s)["url.path"] for s in servers}
+    for client in clients:
+        if client.parent_span_id:
+            upstream_path = urlsplit(attributes(client)["url.full"]).path
+            assert by_id[client.parent_span_id] == "/api" + upstream_path
+    # the request alone on the thread is linked; the ones served beside the slow one are not
+    alone = next(c for c in clients if attributes(c)["url.full"].endswith("/plain/alone"))
+    assert by_id[alone.parent_span_id] == "/api/plain/alone"
