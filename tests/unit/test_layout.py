@@ -12,7 +12,8 @@ import pytest
 from obi.ebpf._libbpf import ffi
 from obi.ebpf.objects import object_path
 
-STRUCTS = ["obi_exchange", "obi_process", "obi_pid_info", "obi_conn_key", "obi_sweep_ctl"]
+STRUCTS = ["obi_exchange", "obi_process", "obi_pid_info", "obi_conn_key", "obi_sweep_ctl", "obi_go_http",
+           "obi_go_offsets", "obi_ids"]
 
 
 @cache
@@ -51,7 +52,7 @@ def test_struct_layout_matches_btf(name: str) -> None:
 
 def test_records_have_no_implicit_padding() -> None:
     """Every byte of a record is a named field: the kernel writes each, none is left to chance."""
-    for name in ("obi_exchange", "obi_process"):
+    for name in ("obi_exchange", "obi_process", "obi_go_http", "obi_ids"):
         ctype = ffi.typeof(f"struct {name}")
         covered = sum(ffi.sizeof(f.type) for _, f in ctype.fields)
         assert covered == ffi.sizeof(ctype), name
