@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.e2e.agent import AgentProcess
 from tests.e2e.test_http_clients import Client
-from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, latest_points
-from tests.e2e.test_tls import certificate, curl  # noqa: F401 - the fixture
+from tests.e2e.test_python_app import FAST_EXPORT, attributes, latest_points
+from tests.e2e.test_tls import curl
 from tests.golang import build_go
 from tests.otlp_receiver import OtlpReceiver
 from tests.support import free_port, start_process, stop_process
@@ -41,27 +40,19 @@ CALLS: list[tuple[list[str], str, int, str, str, int]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[int]:
-    port = free_port()
-    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready")
-    yield port
-    stop_process(proc)
-
-
 def spans_of(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], Span]]:
     return [(r, s) for r, s in receiver.spans() if s.kind == kind]
 
 
 @pytest.mark.parametrize(("toolchain", "stripped", "selection"),
                          list(itertools.product(["debian", "current"], [False, True], ["port", "exe"])))
-def test_goblog_https_server_and_client_spans(toolchain: str, stripped: bool, selection: str, backend: int,
-                                              certificate: tuple[Path, Path]) -> None:  # noqa: F811
+def test_goblog_https_server_and_client_spans(toolchain: str, stripped: bool, selection: str, upstream: int,
+                                              certificate: tuple[Path, Path]) -> None:
     binary = build_go(GOBLOG, toolchain, stripped, "goblog")
     cert, key = certificate
     port = free_port()
     app = start_process([str(binary), "-listen", f"127.0.0.1:{port}", "-cert", str(cert), "-key", str(key),
-                         "-backend", f"http://127.0.0.1:{backend}"], ready="ready")
+                         "-backend", f"http://127.0.0.1:{upstream}"], ready="ready")
     select = {"OTEL_EBPF_OPEN_PORT": str(port)} if selection == "port" else {
         "OTEL_EBPF_AUTO_TARGET_EXE": "*/goblog"}
     try:
@@ -97,8 +88,8 @@ def test_goblog_https_server_and_client_spans(toolchain: str, stripped: bool, se
     (_, client), (_, served) = clients[0], servers[-1]
     assert attributes(client) == {
         "http.request.method": "GET", "http.response.status_code": 200, "url.scheme": "http",
-        "server.address": "127.0.0.1", "server.port": backend,
-        "url.full": f"http://127.0.0.1:{backend}/plain", "http.request.body.size": 0,
+        "server.address": "127.0.0.1", "server.port": upstream,
+        "url.full": f"http://127.0.0.1:{upstream}/plain", "http.request.body.size": 0,
         "http.response.body.size": 3,
     }
     # the call goblog made for /api/backend is a child of that request, in its trace
@@ -115,7 +106,7 @@ GOTLS = Path(__file__).resolve().parents[1] / "apps" / "gotls" / "main.go"
 
 
 @pytest.mark.parametrize("toolchain", ["debian", "current"])
-def test_crypto_tls_plaintext_without_net_http(toolchain: str, certificate: tuple[Path, Path]) -> None:  # noqa: F811
+def test_crypto_tls_plaintext_without_net_http(toolchain: str, certificate: tuple[Path, Path]) -> None:
     """A Go server and a Go client that speak HTTP/1.1 by hand over crypto/tls (no net/http):
     their spans come from crypto/tls's plaintext, through the same exchanges as syscall bytes."""
     binary = build_go(GOTLS, toolchain, True, "gotls")
@@ -148,7 +139,7 @@ def test_crypto_tls_plaintext_without_net_http(toolchain: str, certificate: tupl
     assert (last["spans"], last["unknown_protocol"], last["tls_unbound"]) == (6, 0, 0)
 
 
-def test_goblog_sidecar_in_a_shared_pid_namespace(certificate: tuple[Path, Path]) -> None:  # noqa: F811
+def test_goblog_sidecar_in_a_shared_pid_namespace(certificate: tuple[Path, Path]) -> None:
     """The guide's sidecar: goblog and obi in a pid namespace of their own (shareProcessNamespace),
     goblog selected by its port 8443-like HTTPS port, seen as pid 2."""
     binary = build_go(GOBLOG, "current", True, "goblog")

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from tests.e2e.agent import AgentProcess
 from tests.e2e.test_python_app import FAST_EXPORT, attributes, latest_points
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.nginx import nginx_worker, start_nginx
-from tests.support import free_port, start_process, stop_process
+from tests.support import stop_process
 
 TESTS = Path(__file__).resolve().parents[1]
 CLIENTS = TESTS / "clients"
@@ -36,14 +35,6 @@ REQUESTS: list[tuple[str, str, str, int, int]] = [
     ("GET", "/status/404", "-", 404, 7),
     ("GET", "/chunked?n=2", "-", 200, 33),  # two "data: N\n\n" chunks and the last chunk
 ]
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
-    port = free_port()
-    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready")
-    yield port
-    stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.e2e.agent import AgentProcess
+from tests.e2e.test_http_clients import NGINX_PROXY
 from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, curl
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.nginx import nginx_worker, start_nginx
@@ -30,23 +29,15 @@ TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[int]:
-    port = free_port()
-    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(port)], ready="ready")
-    yield port
-    stop_process(proc)
-
-
 def by_kind(receiver: OtlpReceiver) -> tuple[list[Span], list[Span]]:
     spans = [s for _, s in receiver.spans()]
     return ([s for s in spans if s.kind == Span.SPAN_KIND_SERVER],
             [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT])
 
 
-def test_calls_are_children_of_the_request_their_thread_serves(backend: int) -> None:
+def test_calls_are_children_of_the_request_their_thread_serves(upstream: int) -> None:
     port = free_port()
-    app = start_process([sys.executable, str(SERVERS / "calling_server.py"), str(port), str(backend)],
+    app = start_process([sys.executable, str(SERVERS / "calling_server.py"), str(port), str(upstream)],
                         ready="ready")
     try:
         with OtlpReceiver() as receiver, AgentProcess({
@@ -65,7 +56,7 @@ def test_calls_are_children_of_the_request_their_thread_serves(backend: int) -> 
     servers, clients = by_kind(receiver)
     paths: list[Any] = [attributes(s)["url.path"] for s in servers]
     assert paths == ["/call", "/thread-call", "/call", "/none", "/call"]
-    assert [attributes(c)["url.full"] for c in clients] == [f"http://127.0.0.1:{backend}/plain"] * 4
+    assert [attributes(c)["url.full"] for c in clients] == [f"http://127.0.0.1:{upstream}/plain"] * 4
     callers = [s for s in servers if attributes(s)["url.path"] != "/none"]
     for server, client in zip(callers, clients, strict=True):
         assert client.trace_id == server.trace_id, attributes(server)["url.path"]
@@ -82,23 +73,11 @@ def test_calls_are_children_of_the_request_their_thread_serves(backend: int) -> 
     assert len({s.trace_id for s in servers}) == len(servers)
 
 
-NGINX_PROXY = """\
-    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 4; }}
-    server {{
-        listen 127.0.0.1:{port};
-        location /api/ {{
-            proxy_pass http://backend/;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}"""
-
-
-def test_an_event_loop_serving_several_requests_gives_no_wrong_parent(backend: int, tmp_path: Path) -> None:
+def test_an_event_loop_serving_several_requests_gives_no_wrong_parent(upstream: int, tmp_path: Path) -> None:
     """nginx serves many requests on one thread: a call is the child of the request served only
     when that thread serves one request then; with several at once, it has no parent rather
     than a wrong one."""
-    nginx, port = start_nginx(tmp_path, NGINX_PROXY, upstream=backend)
+    nginx, port = start_nginx(tmp_path, NGINX_PROXY, upstream=upstream)
     try:
         with OtlpReceiver() as receiver, AgentProcess({
                 "OTEL_EBPF_AUTO_TARGET_EXE": "*/nginx", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,

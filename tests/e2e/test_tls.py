@@ -27,16 +27,9 @@ from tests.e2e.test_http_clients import Client, check_client_spans, client_argv,
 from tests.e2e.test_python_app import FAST_EXPORT, SERVERS, attributes, latest_points
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.nginx import nginx_worker, start_nginx
-from tests.support import free_port, self_signed_certificate, start_process, stop_process
+from tests.support import free_port, start_process, stop_process
 
 HOST_LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made by openssl."""
-    out = tmp_path_factory.mktemp("tls")
-    return self_signed_certificate(out / "cert.pem", out / "key.pem")
 
 
 def tls_env(certificate: tuple[Path, Path]) -> dict[str, str]:

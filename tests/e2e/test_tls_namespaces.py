@@ -17,12 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import test_tls
 from tests.e2e.test_python_app import SERVERS
 from tests.e2e.test_tls import CURL_CALLS, HOST_LIBSSL, check_server_spans, serve_curl_calls, tls_env
 from tests.support import free_port, start_process, stop_process
-
-certificate = test_tls.certificate  # the same module-scoped fixture: a self-signed certificate
 
 
 def maps_device(st_dev: int) -> str:
