@@ -11,15 +11,17 @@ whose index is every probe's cookie.
 from __future__ import annotations
 
 import errno
+import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from obi.ebpf._libbpf import BpfError, check, ffi, lib
 from obi.ebpf.libraries import NotMine, ProgramSource
 from obi.ebpf.uprobes import UprobeAttacher, detach
 
 if TYPE_CHECKING:
-    from obi.ebpf.golang import GoFunction
+    from obi.ebpf.golang import GoBinary, GoFunction
 
 # Go function -> (program at its entry, program at each of its RET instructions)
 GO_HTTP_FUNCTIONS: dict[str, tuple[str, str | None]] = {
@@ -97,14 +99,45 @@ def _placements(path: str, functions: Iterable[GoFunction]) -> dict[str, tuple[i
     return placed
 
 
+ALL_GO_FUNCTIONS = {**GO_HTTP_FUNCTIONS, **GO_TLS_FUNCTIONS}
+_READ_CACHE = 8  # Go binaries whose reading is kept (each instrumenter of a file asks once)
+
+
+@dataclass(frozen=True)
+class GoRead:
+    """What obi needs of one Go binary: its functions, struct offsets, where to probe."""
+
+    binary: GoBinary
+    offsets: bytes  # a struct obi_go_offsets
+    placed: dict[str, tuple[int, list[int]]]  # function -> (entry probe, return probes)
+
+
 class GoOffsetSlots:
-    """The `go_offsets` map: one slot of struct offsets per attached Go binary and family."""
+    """The `go_offsets` map (one slot of struct offsets per attached Go binary and family), and
+    the reading of Go binaries, done once per file for every instrumenter that asks."""
 
     def __init__(self, programs: ProgramSource) -> None:
         self._fd = programs.map_fd("go_offsets")
         self._free = list(range(int(lib.OBI_GO_OFFSET_SLOTS) - 1, -1, -1))
+        self._read: dict[tuple[int, int, int], GoRead | str | None] = {}
 
-    def take(self, offsets: Any) -> int:
+    def read(self, path: str, shown: str) -> GoRead:
+        """The file at path as a Go binary; NotMine when it is not one, ValueError when obi
+        cannot instrument it."""
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        if key not in self._read:
+            if len(self._read) >= _READ_CACHE:
+                del self._read[next(iter(self._read))]
+            self._read[key] = _read_go(path)
+        found = self._read[key]
+        if found is None:
+            raise NotMine(shown)
+        if isinstance(found, str):
+            raise ValueError(f"Go binary not instrumented: {found}")
+        return found
+
+    def take(self, offsets: bytes) -> int:
         if not self._free:
             raise BpfError(errno.ENOSPC, f"more than {lib.OBI_GO_OFFSET_SLOTS} Go binaries at once")
         slot = self._free.pop()
@@ -113,6 +146,27 @@ class GoOffsetSlots:
 
     def give(self, slot: int) -> None:
         self._free.append(slot)
+
+
+def _read_go(path: str) -> GoRead | str | None:
+    """A Go binary read for every instrumenter; None: not Go; a string: why not instrumentable."""
+    # capstone and pyelftools load only once a process needs them
+    from obi.ebpf.golang import GoError, go_version, inspect_go
+
+    try:
+        if go_version(path) is None:
+            return None
+        binary = inspect_go(path, ALL_GO_FUNCTIONS, GO_FIELDS.values())
+        h2 = next((H2_FIELDS[name] for name in H2_FIELDS if name in binary.functions), None)
+        h2_offsets = inspect_go(path, (), h2).offsets if h2 else {}
+    except GoError as err:
+        return str(err)
+    offsets = ffi.new("struct obi_go_offsets *")
+    for field, go_field in GO_FIELDS.items():
+        setattr(offsets, field, binary.offsets[go_field])
+    if h2:
+        offsets.h2_rws, offsets.h2_wrote_bytes = (h2_offsets[name] for name in h2)
+    return GoRead(binary, bytes(ffi.buffer(offsets)), _placements(path, binary.functions.values()))
 
 
 class _GoProbes:
@@ -132,29 +186,16 @@ class _GoProbes:
         return path == exe
 
     def attach(self, path: str, shown: str) -> tuple[list[int], str, object]:
-        # capstone and pyelftools load only once a process needs them
-        from obi.ebpf.golang import GoError, go_version, inspect_go
-
-        try:
-            if go_version(path) is None:
-                raise NotMine(shown)
-            binary = inspect_go(path, self.functions, GO_FIELDS.values())
-            if not self.required & binary.functions.keys():
-                raise NotMine(shown)
-            h2 = next((H2_FIELDS[name] for name in H2_FIELDS if name in binary.functions), None)
-            h2_offsets = inspect_go(path, (), h2).offsets if h2 else {}
-        except GoError as err:
-            raise ValueError(f"Go binary not instrumented: {err}") from err
-        offsets = ffi.new("struct obi_go_offsets *")
-        for field, go_field in GO_FIELDS.items():
-            setattr(offsets, field, binary.offsets[go_field])
-        if h2:
-            offsets.h2_rws, offsets.h2_wrote_bytes = (h2_offsets[name] for name in h2)
-        placed = _placements(path, binary.functions.values())
-        slot = self._slots.take(offsets)
+        read = self._slots.read(path, shown)
+        binary = read.binary
+        mine = [name for name in binary.functions if name in self.functions]
+        if not self.required & set(mine):
+            raise NotMine(shown)
+        slot = self._slots.take(read.offsets)
         links: list[int] = []
         try:
-            for name, (entry_at, returns_at) in placed.items():
+            for name in mine:
+                entry_at, returns_at = read.placed[name]
                 entry, ret = self.functions[name]
                 links += self._attacher.attach(self._programs.program_fd(entry), path, [entry_at],
                                                cookie=slot)
@@ -165,11 +206,9 @@ class _GoProbes:
             detach(links)
             self._slots.give(slot)
             raise
-        functions = ", ".join(sorted(binary.functions))
-        cheap = sum(entry != f.entry for f, (entry, _) in zip(binary.functions.values(), placed.values(),
-                                                               strict=True))
-        what = (f"{binary.version}, offsets from {binary.offsets_from}: {functions}; {cheap} of "
-                f"{len(placed)} entries off the entry ({self._attacher.kind})")
+        cheap = sum(read.placed[name][0] != binary.functions[name].entry for name in mine)
+        what = (f"{binary.version}, offsets from {binary.offsets_from}: {', '.join(sorted(mine))}; "
+                f"{cheap} of {len(mine)} entries off the entry ({self._attacher.kind})")
         return links, what, slot
 
     def release(self, token: object) -> None:
