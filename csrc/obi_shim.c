@@ -21,12 +21,28 @@
 
 static int obi_print(enum libbpf_print_level level, const char *fmt, va_list ap)
 {
-	char msg[1024];
-	int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+	char small[1024], *msg = small;
+	va_list again;
+	int n;
 
-	if (n > 0 && msg[(size_t)n < sizeof(msg) ? (size_t)n - 1 : sizeof(msg) - 2] == '\n')
-		msg[(size_t)n < sizeof(msg) ? (size_t)n - 1 : sizeof(msg) - 2] = '\0';
+	/* most messages are short; a verifier log is not, and its end says why a load failed */
+	va_copy(again, ap);
+	n = vsnprintf(small, sizeof(small), fmt, ap);
+	if (n >= (int)sizeof(small)) {
+		msg = malloc((size_t)n + 1);
+		if (msg)
+			vsnprintf(msg, (size_t)n + 1, fmt, again);
+		else
+			msg = small;
+	}
+	va_end(again);
+	if (n > 0 && msg == small && n >= (int)sizeof(small))
+		n = sizeof(small) - 1;
+	if (n > 0 && msg[n - 1] == '\n')
+		msg[n - 1] = '\0';
 	obi_libbpf_log((int)level, msg);
+	if (msg != small)
+		free(msg);
 	return 0;
 }
 
