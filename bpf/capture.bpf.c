@@ -67,6 +67,7 @@ const volatile __u64 pidns_dev = 0;     /* obi's pid namespace; 0 = the host's *
 const volatile __u64 pidns_ino = 0;
 const volatile __u32 trace_execs = 0;   /* trace every exec'd process until user space decides */
 const volatile __u32 use_bpf_loop = 0;  /* the kernel has bpf_loop (HTTP/1.x framing) */
+const volatile __u32 propagate_headers = 0; /* traceparent headers in outgoing HTTP/1 requests */
 
 enum call_kind {
 	CALL_READ = 1,  /* buf, len */
@@ -153,9 +154,11 @@ struct slot_state {
 	__u64 expected;  /* FRAMING_LENGTH: resp_len at which the response is complete */
 	__u64 tail;      /* the last 8 response bytes (newest on top), for the chunked terminator */
 	__u32 segment;   /* resp_len where the current (pipelined) response began */
-	__u32 pad;
+	__u32 seq;       /* TCP sequence number of the request's first byte (0: TLS plaintext) */
 	struct obi_ids ids; /* with OBI_FLAG_IDS: appended to the record */
 	__u64 thread;       /* host pid_tgid of the thread that began it (a server's: `serving`) */
+	__u32 peer_pending; /* a server's: its caller's ids (`peers`) not looked for yet */
+	__u32 pad;
 };
 
 /* An exchange in flight: private state, then exactly the record that is emitted. */
@@ -167,7 +170,12 @@ struct slot {
 
 struct scratch {
 	__u8 buf[HTTP1_SCAN_BUF];
+	__u32 pos; /* a line scan's position: in a map, so the verifier does not follow its
+		    * value through every step of the loop (it cannot converge on a constant) */
+	__u32 pad;
 };
+
+
 
 struct process_record {
 	struct obi_process ev;
@@ -243,6 +251,13 @@ static __always_inline __u8 *http1_scratch(void)
 	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
 
 	return s ? s->buf : NULL;
+}
+
+static __always_inline struct scratch *scan_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
 struct {
@@ -734,6 +749,8 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 	s->st.expected = 0;
 	s->st.segment = 0;
 	s->st.tail = 0;
+	s->st.seq = 0;
+	s->st.peer_pending = 0;
 	s->ev.kind = OBI_RECORD_EXCHANGE;
 	s->ev.role = c->role;
 	s->ev.end_reason = 0;
@@ -867,6 +884,8 @@ static __always_inline bool response_complete(struct slot *s)
 	return false;
 }
 
+static __always_inline void link_to_peer(__u32 idx, struct slot *s);
+
 /* Response bytes moved: start or continue the response, capture, and see if it is complete.
  * Returns true when the exchange should end now (a client's complete response). */
 static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, struct pending_call *call,
@@ -879,6 +898,12 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
 		fresh = true;
 		s->st.phase = PHASE_RESPONSE;
 		s->ev.resp_start_ns = now;
+		if (s->st.peer_pending) {
+			/* the caller's ids, had its end not left them yet when the request was read */
+			s->st.peer_pending = 0;
+			if (!(s->ev.flags & OBI_FLAG_IDS))
+				link_to_peer(c->slot, s);
+		}
 		if (!(s->ev.flags & OBI_FLAG_HTTP) && s->ev.req_captured >= 5 && http1_is_request(s->data))
 			s->ev.flags |= OBI_FLAG_HTTP;
 	} else if (s->st.phase == PHASE_COMPLETE) {
@@ -932,6 +957,98 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
  * nothing more), and both records carry them (OBI_FLAG_IDS).
  */
 
+/* ---- the same call seen from both ends of a connection on this host ---------------
+ *
+ * A call's client exchange leaves its trace and span under the connection's addresses
+ * and the TCP sequence number of the request's first byte (`peers`). When the process
+ * at the other end is traced too, the server exchange that reads that byte takes them
+ * as its parent, whatever order the two ends run in: exact on a keep-alive connection.
+ * TLS plaintext has no sequence number of its own (0): there the first server
+ * exchange on the connection that looks takes the entry.
+ */
+struct peer_key {
+	__u8 client_addr[16];
+	__u8 server_addr[16];
+	__u16 client_port;
+	__u16 server_port;
+	__u32 seq;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct peer_key);
+	__type(value, struct obi_ids); /* the call's trace and span */
+	__uint(max_entries, 16384);
+} peers SEC(".maps");
+
+/* Ids a call's client exchange takes when it starts on this thread: the ones the
+ * traceparent header obi added to its request carries (sk_msg), or the Go call whose
+ * request this thread is writing (net/http.(*Request).write). */
+struct thread_ids {
+	__u64 sk;     /* the connection (0: whichever the thread writes next, for Go) */
+	__u64 ts_ns;  /* when they were made: older than THREAD_IDS_TTL_NS, unused */
+	__u32 seq;    /* sk's: the TCP sequence number of the request's first byte */
+	__u32 pad;
+	struct obi_ids ids;
+};
+
+#define THREAD_IDS_TTL_NS 100000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64); /* host pid_tgid */
+	__type(value, struct thread_ids);
+	__uint(max_entries, 16384);
+} thread_ids SEC(".maps");
+
+/* An address as both ends write it: the IPv4 peer of a dual-stack socket is
+ * ::ffff:a.b.c.d there and a.b.c.d on its own side. */
+static __always_inline void peer_addr(__u8 *dst, const __u8 *src)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, src, 16);
+	if (w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff)) {
+		w[0] = w[3];
+		w[3] = 0;
+		w[2] = 0;
+	}
+	__builtin_memcpy(dst, w, 16);
+}
+
+static __always_inline void peer_key_of(struct peer_key *k, struct slot *s)
+{
+	bool server = s->ev.role == OBI_ROLE_SERVER;
+
+	peer_addr(k->client_addr, server ? s->ev.peer_addr : s->ev.local_addr);
+	peer_addr(k->server_addr, server ? s->ev.local_addr : s->ev.peer_addr);
+	k->client_port = server ? s->ev.peer_port : s->ev.local_port;
+	k->server_port = server ? s->ev.local_port : s->ev.peer_port;
+	k->seq = s->st.seq;
+}
+
+/* The TCP sequence number after the last byte queued to send (sent) or read (!sent). */
+static __always_inline __u32 tcp_seq(__u64 sk, bool sent)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	return sent ? BPF_CORE_READ(tp, write_seq) : BPF_CORE_READ(tp, copied_seq);
+}
+
+static __always_inline void random_ids(struct obi_ids *ids, bool trace)
+{
+	if (trace) {
+		__u32 *t = (__u32 *)ids->trace_id;
+
+		t[0] = bpf_get_prandom_u32();
+		t[1] = bpf_get_prandom_u32();
+		t[2] = bpf_get_prandom_u32();
+		t[3] = bpf_get_prandom_u32();
+	}
+	((__u32 *)ids->span_id)[0] = bpf_get_prandom_u32();
+	((__u32 *)ids->span_id)[1] = bpf_get_prandom_u32();
+}
+
 #define TRACEPARENT_SCAN 1024 /* the first bytes of a request searched for its traceparent */
 
 static __always_inline int hex_nibble(__u8 c)
@@ -948,33 +1065,60 @@ struct tp_scan {
 	__s32 at; /* where the header's value starts (-1: not found) */
 };
 
-/* One word of the request (bpf_loop callback): a line that starts "traceparent:"? */
+/* One step of the search for a traceparent header (bpf_loop callback): the next line
+ * feed in the word at the scratch's pos, or the next word. One line feed per step, no
+ * inner loop: the verifier sees one simple path per step. */
 static long traceparent_step(__u32 i, void *ctx)
 {
 	struct tp_scan *scan = ctx;
-	__u8 *buf = http1_scratch();
-	__u32 p = i * 8;
+	struct scratch *sc = scan_scratch();
+	__u32 p, q;
 	__u64 lf;
 
-	if (!buf || p + 8 > scan->n)
+	if (!sc)
+		return 1;
+	p = sc->pos;
+	if (p + 8 > scan->n)
 		return 1;
 	clamp_umax(p, TRACEPARENT_SCAN - 8);
-	lf = *(__u64 *)(buf + p) ^ LFS8;
-	lf = (lf - ONES8) & ~lf & HIGHS8; /* the high bit of each byte that is a line feed */
-	for (int k = 0; k < 8 && lf; k++) {
-		__u32 q = p + ctz64(lf) / 8 + 1; /* the line after it */
-
-		lf &= lf - 1;
-		if (q + 64 > scan->n)
-			return 1;
-		clamp_umax(q, TRACEPARENT_SCAN - 64);
-		if ((*(__u64 *)(buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
-		    (*(__u32 *)(buf + q + 8) | 0x20202020) == 0x3a746e65 /* "ent:" */) {
-			scan->at = q + 12 + (buf[q + 12] == ' ');
-			return 1;
-		}
+	lf = *(__u64 *)(sc->buf + p) ^ LFS8;
+	lf = (lf - ONES8) & ~lf & HIGHS8; /* the lowest bit set is a line feed for sure */
+	if (!lf) {
+		sc->pos = p + 8;
+		return 0;
+	}
+	q = p + ctz64(lf) / 8 + 1; /* the line after it */
+	sc->pos = q;
+	if (q + 64 > scan->n)
+		return 1;
+	clamp_umax(q, TRACEPARENT_SCAN - 64);
+	if ((*(__u64 *)(sc->buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+	    (*(__u32 *)(sc->buf + q + 8) | 0x20202020) == 0x3a746e65 /* "ent:" */) {
+		scan->at = q + 12 + (sc->buf[q + 12] == ' ');
+		return 1;
 	}
 	return 0;
+}
+
+#define TRACEPARENT_STEPS (TRACEPARENT_SCAN / 8 + 128) /* words, and a line feed per line */
+
+/* "<32 hex>-<16 hex>" (a traceparent's value after its "00-"): its trace and span ids. */
+static __always_inline bool parse_traceparent(const __u8 *raw, __u8 *trace_id, __u8 *span_id)
+{
+	if (raw[32] != '-')
+		return false;
+	for (int i = 0; i < 24; i++) {
+		int o = i < 16 ? 2 * i : 2 * i + 1;
+		int hi = hex_nibble(raw[o]), lo = hex_nibble(raw[o + 1]);
+
+		if (hi < 0 || lo < 0)
+			return false;
+		if (i < 16)
+			trace_id[i] = (__u8)(hi << 4 | lo);
+		else
+			span_id[i - 16] = (__u8)(hi << 4 | lo);
+	}
+	return true;
 }
 
 /* The ids of the served request in slot idx: its traceparent's trace and parent span when
@@ -985,7 +1129,6 @@ __noinline int served_ids(__u32 idx)
 	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
 	struct tp_scan scan = {.at = -1};
 	__u8 *buf = http1_scratch();
-	__u8 raw[50] = {};
 	bool found = false;
 	__u32 *t;
 
@@ -994,25 +1137,33 @@ __noinline int served_ids(__u32 idx)
 	((__u32 *)s->st.ids.span_id)[0] = bpf_get_prandom_u32();
 	((__u32 *)s->st.ids.span_id)[1] = bpf_get_prandom_u32();
 	scan.n = s->ev.req_captured < TRACEPARENT_SCAN ? s->ev.req_captured : TRACEPARENT_SCAN;
-	if (use_bpf_loop && scan.n >= 64 && bpf_probe_read_kernel(buf, TRACEPARENT_SCAN, s->data) == 0)
-		bpf_loop(TRACEPARENT_SCAN / 8, traceparent_step, &scan, 0);
+	if (use_bpf_loop && scan.n >= 64 && bpf_probe_read_kernel(buf, TRACEPARENT_SCAN, s->data) == 0) {
+		struct scratch *sc = scan_scratch();
+
+		if (sc) {
+			sc->pos = 0;
+			bpf_loop(TRACEPARENT_STEPS, traceparent_step, &scan, 0);
+		}
+	}
 	if (scan.at >= 0 && scan.at + 52 <= scan.n) {
 		__u32 at = scan.at;
 
 		clamp_umax(at, TRACEPARENT_SCAN - 52);
-		bpf_probe_read_kernel(raw, sizeof(raw), buf + at + 3);
-		found = buf[at] == '0' && buf[at + 1] == '0' && buf[at + 2] == '-' && raw[32] == '-';
-		for (int i = 0; i < 24 && found; i++) {
-			/* 32 hex digits of the trace id, a dash, 16 of the parent span id */
-			int o = i < 16 ? 2 * i : 2 * i + 1;
-			int hi = hex_nibble(raw[o]), lo = hex_nibble(raw[o + 1]);
+		found = buf[at] == '0' && buf[at + 1] == '0' && buf[at + 2] == '-' &&
+			parse_traceparent(buf + at + 3, s->st.ids.trace_id, s->st.ids.parent_span_id);
+	}
+	if (!found) {
+		/* no traceparent: a traced caller on this host, by the connection? */
+		struct peer_key key = {};
+		struct obi_ids *caller;
 
-			if (hi < 0 || lo < 0)
-				found = false;
-			else if (i < 16)
-				s->st.ids.trace_id[i] = (__u8)(hi << 4 | lo);
-			else
-				s->st.ids.parent_span_id[i - 16] = (__u8)(hi << 4 | lo);
+		peer_key_of(&key, s);
+		caller = bpf_map_lookup_elem(&peers, &key);
+		if (caller) {
+			__builtin_memcpy(s->st.ids.trace_id, caller->trace_id, 16);
+			__builtin_memcpy(s->st.ids.parent_span_id, caller->span_id, 8);
+			bpf_map_delete_elem(&peers, &key);
+			found = true;
 		}
 	}
 	if (!found) {
@@ -1023,8 +1174,20 @@ __noinline int served_ids(__u32 idx)
 		t[3] = bpf_get_prandom_u32();
 		__builtin_memset(s->st.ids.parent_span_id, 0, 8);
 	}
+	s->st.peer_pending = 0;
 	s->ev.flags |= OBI_FLAG_IDS;
 	return 0;
+}
+
+/* A server exchange whose caller may be a traced client on this host: when that client
+ * left its ids (`peers`), the exchange takes its ids now, while they are there. */
+static __always_inline void link_to_peer(__u32 idx, struct slot *s)
+{
+	struct peer_key key = {};
+
+	peer_key_of(&key, s);
+	if (bpf_map_lookup_elem(&peers, &key))
+		served_ids(idx);
 }
 
 /* A server exchange started on this thread: the thread serves it now. */
@@ -1043,25 +1206,63 @@ static __always_inline void serve_on_thread(__u32 idx, struct slot *s)
 }
 
 /* A client exchange started on this thread: a call made for the request it serves? */
-static __always_inline void link_to_served(struct slot *s)
+/* The ids of a call this thread makes now: a child of the request it serves (true), or
+ * of nothing (false: a new trace). */
+static __always_inline struct slot *thread_served(__u32 pid)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct served *v = bpf_map_lookup_elem(&serving, &id);
-	struct slot *served;
+	struct slot *served = v && v->inflight == 1 ? slot_at(v->slot) : NULL;
 
-	if (!v || v->inflight != 1)
-		return; /* serving nothing, or several requests at once (an event loop) */
-	served = slot_at(v->slot);
+	/* serving nothing, several requests at once (an event loop), or one that is over */
 	if (!served || served->st.busy != SLOT_BUSY || served->ev.start_ns != v->start_ns ||
-	    served->ev.role != OBI_ROLE_SERVER || served->ev.pid != s->ev.pid)
-		return; /* that request is over */
+	    served->ev.role != OBI_ROLE_SERVER || served->ev.pid != pid)
+		return NULL;
 	if (!(served->ev.flags & OBI_FLAG_IDS))
 		served_ids(v->slot);
-	__builtin_memcpy(s->st.ids.trace_id, served->st.ids.trace_id, 16);
-	__builtin_memcpy(s->st.ids.parent_span_id, served->st.ids.span_id, 8);
-	((__u32 *)s->st.ids.span_id)[0] = bpf_get_prandom_u32();
-	((__u32 *)s->st.ids.span_id)[1] = bpf_get_prandom_u32();
-	s->ev.flags |= OBI_FLAG_IDS | OBI_FLAG_PARENT;
+	return served;
+}
+
+static __always_inline bool call_ids(__u32 pid, struct obi_ids *ids)
+{
+	struct slot *served = thread_served(pid);
+
+	if (!served) {
+		random_ids(ids, true);
+		__builtin_memset(ids->parent_span_id, 0, 8);
+		return false;
+	}
+	__builtin_memcpy(ids->trace_id, served->st.ids.trace_id, 16);
+	__builtin_memcpy(ids->parent_span_id, served->st.ids.span_id, 8);
+	random_ids(ids, false);
+	return true;
+}
+
+/* A client exchange started on this thread: its ids (the ones obi put in its traceparent,
+ * else a child of the request the thread serves, else a new trace), left for the server
+ * at the other end of the connection (`peers`). n: the bytes of the call that started it. */
+static __always_inline void client_ids(struct slot *s, __u64 sk, __u64 n, bool tls)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct thread_ids *t = bpf_map_lookup_elem(&thread_ids, &id);
+	struct peer_key key = {};
+
+	s->st.seq = tls ? 0 : tcp_seq(sk, true) - (__u32)n;
+	s->ev.flags |= OBI_FLAG_IDS;
+	if (t && (t->sk == sk || !t->sk) && s->ev.start_ns - t->ts_ns < THREAD_IDS_TTL_NS) {
+		s->st.ids = t->ids;
+		if (t->sk && !tls)
+			s->st.seq = t->seq; /* before the header obi added */
+		if (*(__u64 *)t->ids.parent_span_id)
+			s->ev.flags |= OBI_FLAG_PARENT;
+		bpf_map_delete_elem(&thread_ids, &id);
+		if (tls && t->sk)
+			return; /* left for the server already, when the SSL write began */
+	} else if (call_ids(s->ev.pid, &s->st.ids)) {
+		s->ev.flags |= OBI_FLAG_PARENT;
+	}
+	peer_key_of(&key, s);
+	bpf_map_update_elem(&peers, &key, &s->st.ids, BPF_ANY);
 }
 
 /* The connection carries TLS: its ciphertext is not captured, the plaintext the TLS
@@ -1105,12 +1306,18 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 			return;
 		if (len >= 5 && http1_is_request(head))
 			s->ev.flags |= OBI_FLAG_HTTP;
-		if (c->role == OBI_ROLE_SERVER)
+		capture_request(s, src, len);
+		if (c->role == OBI_ROLE_SERVER) {
 			serve_on_thread(c->slot, s);
-		else
-			link_to_served(s);
+			s->st.seq = tls ? 0 : tcp_seq(sk, false) - (__u32)n;
+			s->st.peer_pending = 1;
+			link_to_peer(c->slot, s);
+		} else {
+			client_ids(s, sk, n, tls);
+		}
+	} else {
+		capture_request(s, src, len);
 	}
-	capture_request(s, src, len);
 	s->ev.req_len += n;
 	s->st.last_ns = bpf_ktime_get_ns();
 	if (s->ev.resp_start_ns == 0)
@@ -1280,6 +1487,42 @@ static __always_inline int enter_close_range(void)
 	return 0;
 }
 
+/* ---- context propagation: a traceparent header in outgoing HTTP/1 requests -------
+ *
+ * A traced process's connection joins `msg_socks` when it is established (a cgroup
+ * sock_ops program), and an sk_msg program sees what the process sends on it. Into the
+ * first bytes of each HTTP/1 request, right after its request line, it inserts
+ * "Traceparent: 00-<trace>-<span>-01" with the ids the call's client exchange then takes
+ * (`thread_ids`). A request that has a traceparent already is left as it is.
+ */
+#define TP_HEADER_LEN 70 /* "Traceparent: 00-" 32 hex "-" 16 hex "-01\r\n" */
+#define MSG_SCAN 4096    /* the first bytes of a request searched for its request line's end */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__type(key, __u64); /* struct sock * */
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+} msg_socks SEC(".maps");
+
+/* sockets traced processes are connecting: into msg_socks once established */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, 16384);
+} connecting SEC(".maps");
+
+static __always_inline void mark_connecting(__u32 fd)
+{
+	struct conn scratch = {};
+	__u64 sk = read_socket(fd, &scratch);
+	__u32 one = 1;
+
+	if (sk)
+		bpf_map_update_elem(&connecting, &sk, &one, BPF_ANY);
+}
+
 /* Common enter path: remember the arguments until the syscall returns. */
 static __always_inline int enter_call(__u32 kind, __u64 fd, __u64 ptr, __u64 count_arg)
 {
@@ -1294,6 +1537,8 @@ static __always_inline int enter_call(__u32 kind, __u64 fd, __u64 ptr, __u64 cou
 	call.gen = info->gen;
 	if (kind == CALL_READ || kind == CALL_READV || kind == CALL_RECVMSG)
 		on_read_start(pid, info, (__u32)fd);
+	if (kind == CALL_CONNECT && propagate_headers)
+		mark_connecting((__u32)fd);
 	if (bpf_map_update_elem(&pending_calls, &id, &call, BPF_ANY))
 		count(OBI_COUNTER_CALL_TABLE_FULL);
 	return 0;
@@ -1597,6 +1842,43 @@ int common_sock_state(struct bpf_raw_tracepoint_args *ctx)
  * programs to each TLS library file (or executable, for OpenSSL linked statically)
  * that a traced process maps, whatever processes map it: the pid filter decides. */
 
+/* An SSL write is about to start a call (a client's, with no request under way on its
+ * socket): the call's ids are made now and left for the server at the other end, before
+ * the ciphertext leaves (a server, Go's above all, may read it and begin its handler
+ * before this write returns); its client exchange takes them when the write returns. */
+static __always_inline void tls_call_starts(__u32 pid, __u64 ssl)
+{
+	struct tls_key key = {.ssl = ssl, .pid = pid};
+	struct tls_bind *b = bpf_map_lookup_elem(&tls_socks, &key);
+	struct obi_conn_key ck = {.pid = pid};
+	struct fd_info *fi;
+	struct conn *c;
+	struct slot *s;
+	struct thread_ids t = {};
+	struct peer_key pk = {};
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!b)
+		return;
+	ck.fd = b->fd;
+	fi = bpf_map_lookup_elem(&fds, &ck);
+	c = fi && fi->sk ? bpf_map_lookup_elem(&conns, &fi->sk) : NULL;
+	if (!c || c->role != OBI_ROLE_CLIENT)
+		return;
+	s = slot_at(c->slot);
+	if (s && s->st.busy == SLOT_BUSY && s->st.phase == PHASE_REQUEST)
+		return; /* more of a request under way */
+	t.sk = fi->sk;
+	t.ts_ns = bpf_ktime_get_ns();
+	call_ids(pid, &t.ids);
+	bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
+	peer_addr(pk.client_addr, c->local_addr);
+	peer_addr(pk.server_addr, c->peer_addr);
+	pk.client_port = c->local_port;
+	pk.server_port = c->peer_port;
+	bpf_map_update_elem(&peers, &pk, &t.ids, BPF_ANY);
+}
+
 static __always_inline int tls_enter(__u32 op, __u64 ssl, __u64 buf, __u64 out)
 {
 	__u32 pid;
@@ -1619,6 +1901,8 @@ static __always_inline int tls_enter(__u32 op, __u64 ssl, __u64 buf, __u64 out)
 	t->out = out;
 	t->op = op;
 	t->last_ssl = ssl;
+	if (op == OBI_TLS_WRITE)
+		tls_call_starts(pid, ssl);
 	return 0;
 }
 
@@ -1759,6 +2043,8 @@ struct go_server {
 			   * *http.http2responseWriter (HTTP/2) */
 	__u32 offsets;
 	__u32 status_set; /* the handler wrote its status: later ones do not count */
+	__u32 peer_pending; /* its caller's ids (`peers`, over TLS) not there yet when it began */
+	__u32 pad;
 };
 
 struct {
@@ -1893,11 +2179,12 @@ int go_conn_serve_ret(struct pt_regs *ctx)
 	return 0;
 }
 
-/* The connection a handler's goroutine (or one of its starters) serves: its addresses. */
-static __always_inline void go_server_conn(struct go_key key, struct obi_go_offsets *off,
-					   struct obi_go_http *ev)
+/* The connection a handler's goroutine (or one of its starters) serves: its addresses.
+ * Returns its struct sock * (0: not found). */
+static __always_inline __u64 go_server_conn(struct go_key key, struct obi_go_offsets *off,
+					    struct obi_go_http *ev)
 {
-	__u64 *c = NULL, fd_ptr, conn_ptr;
+	__u64 *c = NULL, fd_ptr, conn_ptr, sk;
 	__s64 fd = -1;
 	struct conn addr = {};
 
@@ -1911,7 +2198,7 @@ static __always_inline void go_server_conn(struct go_key key, struct obi_go_offs
 		key.g = parent ? *parent : 0;
 	}
 	if (!c)
-		return;
+		return 0;
 	/* c.rwc is a net.Conn: a *tls.Conn once tlsState is set, else a *net.TCPConn */
 	conn_ptr = go_read_u64(*c + off->conn_rwc + 8);
 	if (go_read_u64(*c + off->conn_tls_state)) {
@@ -1921,15 +2208,67 @@ static __always_inline void go_server_conn(struct go_key key, struct obi_go_offs
 	fd_ptr = go_read_u64(conn_ptr + off->tcp_conn_fd);
 	if (!fd_ptr || bpf_probe_read_user(&fd, sizeof(fd), (void *)(fd_ptr + off->netfd_pfd + off->pfd_sysfd)) ||
 	    fd < 0 || fd > 0xffffff)
-		return;
-	if (!read_socket((__u32)fd, &addr))
-		return;
+		return 0;
+	sk = read_socket((__u32)fd, &addr);
+	if (!sk)
+		return 0;
 	ev->flags |= OBI_GO_FLAG_ADDR;
 	ev->family = addr.family;
 	ev->local_port = addr.local_port;
 	ev->peer_port = addr.peer_port;
 	__builtin_memcpy(ev->local_addr, addr.local_addr, 16);
 	__builtin_memcpy(ev->peer_addr, addr.peer_addr, 16);
+	return sk;
+}
+
+/* The ids of a Go server request: those of the exchange the syscalls (or TLS uprobes)
+ * captured for it on its connection (its traceparent, or its traced caller on this
+ * host), else, over Go's own TLS (no such exchange), its traced caller's by the
+ * connection; else a new trace. HTTP/2 (many requests on one connection): a new trace. */
+/* The ids a traced caller on this host left for a request over Go's own TLS (by the
+ * connection: TLS plaintext has no sequence number), taken once. */
+static __always_inline bool go_peer_ids(struct obi_go_http *ev)
+{
+	struct peer_key key = {};
+	struct obi_ids *caller;
+
+	peer_addr(key.client_addr, ev->peer_addr);
+	peer_addr(key.server_addr, ev->local_addr);
+	key.client_port = ev->peer_port;
+	key.server_port = ev->local_port;
+	caller = bpf_map_lookup_elem(&peers, &key);
+	if (!caller)
+		return false;
+	__builtin_memcpy(ev->trace_id, caller->trace_id, 16);
+	__builtin_memcpy(ev->parent_span_id, caller->span_id, 8);
+	ev->flags |= OBI_GO_FLAG_PARENT;
+	bpf_map_delete_elem(&peers, &key);
+	return true;
+}
+
+/* Returns true when the caller's ids may still come (go_peer_ids, later). */
+static __always_inline bool go_server_ids(struct obi_go_http *ev, __u64 sk)
+{
+	struct conn *c = sk ? bpf_map_lookup_elem(&conns, &sk) : NULL;
+	__u32 idx = c ? c->slot : NO_SLOT;
+	struct slot *s = slot_at(idx);
+
+	go_random_ids(ev->trace_id, ev->span_id);
+	if (!sk || ev->proto_major != 1)
+		return false;
+	if (s && s->st.busy == SLOT_BUSY && s->ev.role == OBI_ROLE_SERVER && s->ev.pid == ev->pid) {
+		if (!(s->ev.flags & OBI_FLAG_IDS))
+			served_ids(idx);
+		__builtin_memcpy(ev->trace_id, s->st.ids.trace_id, 16);
+		__builtin_memcpy(ev->span_id, s->st.ids.span_id, 8);
+		__builtin_memcpy(ev->parent_span_id, s->st.ids.parent_span_id, 8);
+		if (*(__u64 *)ev->parent_span_id)
+			ev->flags |= OBI_GO_FLAG_PARENT;
+		return false;
+	}
+	/* the caller's end may leave them only after this handler began (its SSL_write returns
+	 * after Go read the request): looked for again before a call and at the end */
+	return (ev->flags & OBI_GO_FLAG_TLS) && !go_peer_ids(ev);
 }
 
 /* net/http.serverHandler.ServeHTTP(sh, rw ResponseWriter, req *Request): every request
@@ -1966,8 +2305,7 @@ int go_serve_http(struct pt_regs *ctx)
 	s->ev.host_len = go_string(req + off->req_host, s->ev.host, OBI_GO_HOST_MAX);
 	s->ev.proto_major = (__u8)go_read_u64(req + off->req_proto_major);
 	s->ev.req_len = (__s64)go_read_u64(req + off->req_content_length);
-	go_random_ids(s->ev.trace_id, s->ev.span_id);
-	go_server_conn(key, off, &s->ev);
+	s->peer_pending = go_server_ids(&s->ev, go_server_conn(key, off, &s->ev));
 	bpf_map_update_elem(&go_servers, &key, s, BPF_ANY);
 	return 0;
 }
@@ -1985,6 +2323,8 @@ int go_serve_http_ret(struct pt_regs *ctx)
 	if (!s)
 		return 0;
 	s->ev.end_ns = bpf_ktime_get_ns();
+	if (s->peer_pending)
+		go_peer_ids(&s->ev);
 	off = bpf_map_lookup_elem(&go_offsets, &s->offsets);
 	if (off && s->ev.proto_major == 2)
 		s->ev.resp_len = (__s64)go_read_u64(go_read_u64(s->rw + off->h2_rws) + off->h2_wrote_bytes);
@@ -2030,6 +2370,20 @@ static __always_inline struct go_server *go_serving(struct go_key key)
 	return NULL;
 }
 
+/* A Go call's ids by its *http.Request, for the goroutine that writes the request */
+struct go_req_key {
+	__u64 req;
+	__u32 pid;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct go_req_key);
+	__type(value, struct obi_ids);
+	__uint(max_entries, 8192);
+} go_reqs SEC(".maps");
+
 /* net/http.(*Transport).roundTrip(t, req *Request) (*Response, error): a client call */
 SEC("uprobe")
 int go_round_trip(struct pt_regs *ctx)
@@ -2064,6 +2418,8 @@ int go_round_trip(struct pt_regs *ctx)
 	if (ev->scheme_len == 5 && ev->scheme[4] == 's')
 		ev->flags |= OBI_GO_FLAG_TLS;
 	parent = go_serving(key);
+	if (parent && parent->peer_pending && go_peer_ids(&parent->ev))
+		parent->peer_pending = 0;
 	if (parent) {
 		ev->flags |= OBI_GO_FLAG_PARENT;
 		__builtin_memcpy(ev->trace_id, parent->ev.trace_id, 16);
@@ -2073,6 +2429,37 @@ int go_round_trip(struct pt_regs *ctx)
 		go_random_ids(ev->trace_id, ev->span_id);
 	}
 	bpf_map_update_elem(&go_clients, &key, ev, BPF_ANY);
+	{
+		struct go_req_key rk = {.req = req, .pid = key.pid};
+		struct obi_ids ids = {};
+
+		__builtin_memcpy(ids.trace_id, ev->trace_id, 16);
+		__builtin_memcpy(ids.span_id, ev->span_id, 8);
+		__builtin_memcpy(ids.parent_span_id, ev->parent_span_id, 8);
+		bpf_map_update_elem(&go_reqs, &rk, &ids, BPF_ANY);
+	}
+	return 0;
+}
+
+/* net/http.(*Request).write(r, w io.Writer, ...): an HTTP/1 request going out, on the
+ * connection's writing goroutine; the bytes this thread writes next are that call's
+ * (`thread_ids`): its traceparent header, and its ids for the server at the other end. */
+SEC("uprobe")
+int go_request_write(struct pt_regs *ctx)
+{
+	struct go_req_key rk = {.req = GO_ARG1(ctx)};
+	struct thread_ids t = {};
+	struct obi_ids *ids;
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (!traced(&rk.pid))
+		return 0;
+	ids = bpf_map_lookup_elem(&go_reqs, &rk);
+	if (!ids)
+		return 0;
+	t.ts_ns = bpf_ktime_get_ns();
+	t.ids = *ids;
+	bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
 	return 0;
 }
 
@@ -2228,6 +2615,236 @@ const volatile __u32 slot_count = 2048; /* entries of `slots` */
 #define SWEEP_WINDOW 256 /* slots per run without bpf_loop (the cursor rotates) */
 
 /* One slot (a global function: verified once, not once per loop iteration). */
+SEC("sockops")
+int propagation_sockops(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *bsk = skops->sk;
+	struct tcp_sock *tp;
+	__u64 key;
+
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || !bsk)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 1;
+	key = (__u64)tp;
+	if (!bpf_map_lookup_elem(&connecting, &key))
+		return 1;
+	bpf_map_delete_elem(&connecting, &key);
+	bpf_sock_hash_update(skops, &msg_socks, &key, BPF_NOEXIST);
+	return 1;
+}
+
+struct msg_scan {
+	__u32 n;        /* bytes in the scratch */
+	__s32 line_end; /* the request line's line feed (-1: not in them) */
+	__u32 has_tp;   /* a traceparent header among them */
+	__u32 tp_at;    /* ... where its value starts */
+};
+
+/* One step over the request (bpf_loop callback): its next line feed, up to the blank line
+ * (one line feed per step, like traceparent_step). */
+static long msg_scan_step(__u32 i, void *ctx)
+{
+	struct msg_scan *scan = ctx;
+	struct scratch *sc = scan_scratch();
+	__u32 p, q;
+	__u64 lf;
+
+	if (!sc)
+		return 1;
+	p = sc->pos;
+	if (p >= scan->n)
+		return 1;
+	clamp_umax(p, MSG_SCAN);
+	lf = *(__u64 *)(sc->buf + p) ^ LFS8;
+	lf = (lf - ONES8) & ~lf & HIGHS8; /* the lowest bit set is a line feed for sure */
+	if (!lf) {
+		sc->pos = p + 8;
+		return 0;
+	}
+	q = p + ctz64(lf) / 8;
+	if (q >= scan->n)
+		return 1; /* past what was copied: not this request's */
+	if (scan->line_end < 0)
+		scan->line_end = q;
+	q += 1;
+	sc->pos = q;
+	clamp_umax(q, MSG_SCAN);
+	if (q >= scan->n || sc->buf[q] == '\r' || sc->buf[q] == '\n')
+		return 1; /* the end of what is here, or of the header block */
+	if (q + 12 <= scan->n &&
+	    (*(__u64 *)(sc->buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+	    (*(__u32 *)(sc->buf + q + 8) | 0x20202020) == 0x3a746e65 /* "ent:" */) {
+		scan->has_tp = 1;
+		scan->tp_at = q + 12 + (sc->buf[(q + 12) & (MSG_SCAN - 1)] == ' ');
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u8 hex_digit(__u8 v)
+{
+	return v < 10 ? '0' + v : 'a' + v - 10;
+}
+
+/* Whether words 8-byte words at a and b are equal. */
+static __always_inline bool same_bytes(const __u8 *a, const __u8 *b, int words)
+{
+	for (int i = 0; i < words; i++) {
+		__u64 x, y;
+
+		__builtin_memcpy(&x, a + 8 * i, 8);
+		__builtin_memcpy(&y, b + 8 * i, 8);
+		if (x != y)
+			return false;
+	}
+	return true;
+}
+
+/* A request that has a traceparent already. A proxy forwarding the one of the request it
+ * serves: obi writes its call's span over the parent id, in place (one header still). An
+ * application's own (an OpenTelemetry SDK's): it stays, and the call's client span is the
+ * one it names. Either way the call's client exchange takes those ids (thread_ids). */
+static __always_inline int kept_traceparent(struct sk_msg_md *msg, struct scratch *sc, struct msg_scan *scan,
+					    struct thread_ids *t, __u32 pid, __u64 id)
+{
+	struct slot *served;
+	__u32 at = scan->tp_at;
+	void *data, *data_end;
+
+	if (at + 55 > scan->n)
+		return SK_PASS;
+	clamp_umax(at, MSG_SCAN - 64);
+	if (sc->buf[at] != '0' || sc->buf[at + 1] != '0' || sc->buf[at + 2] != '-' ||
+	    !parse_traceparent(sc->buf + at + 3, t->ids.trace_id, t->ids.span_id))
+		return SK_PASS;
+	t->seq = tcp_seq(t->sk, true);
+	served = thread_served(pid);
+	if (served && same_bytes(served->st.ids.trace_id, t->ids.trace_id, 2)) {
+		__builtin_memcpy(t->ids.parent_span_id, served->st.ids.span_id, 8);
+		if (same_bytes(served->st.ids.parent_span_id, t->ids.span_id, 1)) {
+			/* the served request's own traceparent, forwarded: this call is a new span */
+			__u8 *hex = sc->buf + MSG_SCAN;
+
+			random_ids(&t->ids, false);
+			for (int i = 0; i < 8; i++) {
+				hex[2 * i] = hex_digit(t->ids.span_id[i] >> 4);
+				hex[2 * i + 1] = hex_digit(t->ids.span_id[i] & 15);
+			}
+			at += 36; /* "00-" 32 hex "-" */
+			if (bpf_msg_pull_data(msg, at, at + 16, 0))
+				return SK_PASS;
+			data = (void *)(long)msg->data;
+			data_end = (void *)(long)msg->data_end;
+			if (data + 16 > data_end)
+				return SK_PASS;
+			__builtin_memcpy(data, hex, 16);
+			count(OBI_COUNTER_TRACEPARENT_ADDED);
+		}
+	}
+	bpf_map_update_elem(&thread_ids, &id, t, BPF_ANY);
+	return SK_PASS;
+}
+
+SEC("sk_msg")
+int propagation_msg(struct sk_msg_md *msg)
+{
+	__u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns(), sk;
+	struct msg_scan scan = {.line_end = -1};
+	struct thread_ids t = {}, *pending;
+	struct tcp_sock *tp;
+	struct conn *c;
+	struct slot *s;
+	struct scratch *sc;
+	__u8 *hdr;
+	void *data, *data_end;
+	__u32 pid, at, n = msg->size;
+
+	if (!traced(&pid) || n < 16 || !msg->sk)
+		return SK_PASS;
+	tp = bpf_skc_to_tcp_sock(msg->sk);
+	if (!tp)
+		return SK_PASS;
+	sk = (__u64)tp;
+	pending = bpf_map_lookup_elem(&thread_ids, &id);
+	if (pending && now - pending->ts_ns >= THREAD_IDS_TTL_NS)
+		pending = NULL;
+	if (pending && pending->sk == sk)
+		return SK_PASS; /* the rest of a request this call already gave a header */
+	c = bpf_map_lookup_elem(&conns, &sk);
+	if (!c || c->kind != CONN_TCP || c->role != OBI_ROLE_CLIENT)
+		return SK_PASS;
+	s = slot_at(c->slot);
+	if (s && s->st.busy == SLOT_BUSY && s->st.phase == PHASE_REQUEST)
+		return SK_PASS; /* more of a request under way: its body */
+	if (n > MSG_SCAN)
+		n = MSG_SCAN;
+	if (bpf_msg_pull_data(msg, 0, n, 0))
+		return SK_PASS;
+	data = (void *)(long)msg->data;
+	data_end = (void *)(long)msg->data_end;
+	if (data + 16 > data_end || !http1_is_request(data))
+		return SK_PASS;
+	sc = scan_scratch();
+	if (!sc)
+		return SK_PASS;
+	scan.n = data_end - data;
+	clamp_umax(scan.n, MSG_SCAN);
+	if (!use_bpf_loop || bpf_probe_read_kernel(sc->buf, scan.n, data))
+		return SK_PASS;
+	sc->pos = 0;
+	bpf_loop(MSG_SCAN / 8 + 256, msg_scan_step, &scan, 0);
+	t.sk = sk;
+	t.ts_ns = now;
+	if (scan.has_tp)
+		return kept_traceparent(msg, sc, &scan, &t, pid, id);
+	if (scan.line_end < 0) {
+		count(OBI_COUNTER_TRACEPARENT_SKIPPED);
+		return SK_PASS;
+	}
+	if (pending && !pending->sk)
+		t.ids = pending->ids; /* Go: the call whose request this thread writes */
+	else
+		call_ids(pid, &t.ids);
+	t.sk = sk;
+	t.ts_ns = now;
+	t.seq = BPF_CORE_READ(tp, write_seq);
+	hdr = sc->buf + MSG_SCAN; /* past the request's copy: room for the header's text */
+	for (int i = 0; i < 16; i++) {
+		hdr[16 + 2 * i] = hex_digit(t.ids.trace_id[i] >> 4);
+		hdr[17 + 2 * i] = hex_digit(t.ids.trace_id[i] & 15);
+	}
+	for (int i = 0; i < 8; i++) {
+		hdr[49 + 2 * i] = hex_digit(t.ids.span_id[i] >> 4);
+		hdr[50 + 2 * i] = hex_digit(t.ids.span_id[i] & 15);
+	}
+	__builtin_memcpy(hdr, "Traceparent: 00-", 16);
+	hdr[48] = '-';
+	__builtin_memcpy(hdr + 65, "-01\r\n", 5);
+	at = scan.line_end + 1;
+	clamp_umax(at, MSG_SCAN);
+	if (bpf_msg_push_data(msg, at, TP_HEADER_LEN, 0)) {
+		count(OBI_COUNTER_TRACEPARENT_SKIPPED);
+		return SK_PASS;
+	}
+	if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0))
+		goto undo;
+	data = (void *)(long)msg->data;
+	data_end = (void *)(long)msg->data_end;
+	if (data + TP_HEADER_LEN > data_end)
+		goto undo;
+	__builtin_memcpy(data, hdr, TP_HEADER_LEN);
+	bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
+	count(OBI_COUNTER_TRACEPARENT_ADDED);
+	return SK_PASS;
+undo:
+	/* the room made could not be written: take it out again, send the request as it was */
+	bpf_msg_pop_data(msg, at, TP_HEADER_LEN, 0);
+	count(OBI_COUNTER_TRACEPARENT_SKIPPED);
+	return SK_PASS;
+}
+
 __noinline int sweep_slot(__u32 idx, __u64 now, __u64 idle_ns, __u64 request_timeout_ns, __u32 flush)
 {
 	struct slot *s = bpf_map_lookup_elem(&slots, &idx);

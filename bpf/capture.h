@@ -73,6 +73,9 @@
 #define OBI_COUNTER_PROCESS_EVENTS_LOST 8 /* fork/exec/exit records the ring had no room for */
 #define OBI_COUNTER_TLS_UNBOUND 9      /* TLS plaintext dropped: its socket is not known */
 #define OBI_COUNTER_TLS_EXCHANGES 10   /* exchanges started from TLS plaintext */
+#define OBI_COUNTER_TRACEPARENT_ADDED 11   /* outgoing requests obi gave a traceparent header */
+#define OBI_COUNTER_TRACEPARENT_SKIPPED 12 /* ... that could not get one (request line too long,
+					    * no memory) */
 #define OBI_COUNTER_MAX 16
 
 /* Value of a pid filter entry, keyed by the process id in obi's pid namespace. */

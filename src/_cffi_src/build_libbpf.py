@@ -52,6 +52,10 @@ enum bpf_func_id {
     BPF_FUNC_get_attach_cookie,
     ...
 };
+enum bpf_attach_type {
+    BPF_SK_MSG_VERDICT,
+    ...
+};
 enum bpf_map_type {
     BPF_MAP_TYPE_HASH,
     BPF_MAP_TYPE_RINGBUF,
@@ -73,11 +77,15 @@ struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
 struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category,
                                                 const char *tp_name);
 
+struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int cgroup_fd);
+int bpf_prog_attach(int prog_fd, int attachable_fd, enum bpf_attach_type type, unsigned int flags);
+
 int bpf_link__fd(const struct bpf_link *link);
 int bpf_link__destroy(struct bpf_link *link);
 
 int bpf_map__fd(const struct bpf_map *map);
 int bpf_map__set_max_entries(struct bpf_map *map, uint32_t max_entries);
+int bpf_map__set_autocreate(struct bpf_map *map, bool autocreate);
 uint32_t bpf_map__max_entries(const struct bpf_map *map);
 uint32_t bpf_map__value_size(const struct bpf_map *map);
 

@@ -15,6 +15,8 @@ one read are answered in order. One thread per connection.
   /die               the process exits at once, the request unanswered
   /echo              200 whose body is the request body
   /headers           200 whose body lists the request's header names, one per line
+  /traceparent[...]  200 whose body is every traceparent header the request had, one per line
+                     ("none" without one)
 """
 
 from __future__ import annotations
@@ -50,9 +52,12 @@ def serve(conn: socket.socket) -> None:
             lines = head.split(b"\r\n")
             method, target, _ = lines[0].split(b" ", 2)
             headers = {}
+            traceparents = []
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 headers[name.strip().lower()] = value.strip()
+                if name.strip().lower() == b"traceparent":
+                    traceparents.append(value.strip())
             length = int(headers.get(b"content-length", b"0"))
             url = urlsplit(target.decode())
             path, query = url.path, parse_qs(url.query)
@@ -90,6 +95,8 @@ def serve(conn: socket.socket) -> None:
                 os._exit(3)
             elif path == "/echo":
                 respond(conn, 200, body)
+            elif path.startswith("/traceparent"):
+                respond(conn, 200, b"".join(v + b"\n" for v in traceparents) or b"none\n")
             elif path == "/headers":
                 respond(conn, 200, b"".join(name + b"\n" for name in headers))
             elif method == b"HEAD":

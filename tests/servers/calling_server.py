@@ -1,15 +1,17 @@
 """A thread-per-request HTTP server whose requests call another service.
 
-Usage: calling_server.py PORT BACKEND_PORT   (prints "ready" when listening)
+Usage: calling_server.py PORT BACKEND_PORT [NEXT_URL]   (prints "ready" when listening)
 
   /call          GET http://127.0.0.1:BACKEND/plain from the request's thread
   /thread-call   the same from a thread the request's thread starts (and joins)
+  /next          GET NEXT_URL (https: any certificate) and answer its body
   /none          answers without calling anything
 """
 
 from __future__ import annotations
 
 import http.server
+import ssl
 import sys
 import threading
 import urllib.request
@@ -17,6 +19,14 @@ import urllib.request
 
 def call_backend() -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[2]}/plain") as response:
+        return bytes(response.read())
+
+
+UNVERIFIED = ssl._create_unverified_context()
+
+
+def call_next() -> bytes:
+    with urllib.request.urlopen(sys.argv[3], context=UNVERIFIED) as response:
         return bytes(response.read())
 
 
@@ -32,6 +42,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             worker.start()
             worker.join()
             body = result[0]
+        elif self.path == "/next":
+            body = call_next()
         else:
             body = b"none\n"
         self.send_response(200)

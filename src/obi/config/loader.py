@@ -19,6 +19,7 @@ from obi.config.model import (
     AttributesConfig,
     Config,
     ConfigError,
+    ContextPropagation,
     DiscoveryConfig,
     EbpfConfig,
     Headers,
@@ -58,6 +59,7 @@ LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 TRACE_PRINTERS: tuple[TracePrinterMode, ...] = tuple(TracePrinterMode)
 ROUTE_IGNORE_MODES: tuple[RouteIgnoreMode, ...] = get_args(RouteIgnoreMode)
 SYSCALL_HOOKS: tuple[SyscallHooks, ...] = get_args(SyscallHooks)
+CONTEXT_PROPAGATION: tuple[ContextPropagation, ...] = get_args(ContextPropagation)
 KUBE_ENABLE: tuple[KubeEnable, ...] = get_args(KubeEnable)
 METRICS_FEATURES: tuple[MetricsFeature, ...] = get_args(MetricsFeature)
 
@@ -701,6 +703,12 @@ def _ebpf(node: _Node, env: _Environment) -> EbpfConfig:
             env.parse("OTEL_EBPF_BPF_HTTP_REQUEST_TIMEOUT", values.parse_duration),
             node.duration("http_request_timeout"),
             default=defaults.http_request_timeout,
+        ),
+        context_propagation=_pick(
+            env.parse("OTEL_EBPF_BPF_CONTEXT_PROPAGATION",
+                      lambda t: _choice(t, CONTEXT_PROPAGATION, "context propagation")),
+            node.choice("context_propagation", CONTEXT_PROPAGATION, "context propagation"),
+            default=defaults.context_propagation,
         ),
         syscall_hooks=_pick(
             env.parse("OTEL_EBPF_BPF_SYSCALL_HOOKS", lambda t: _choice(t, SYSCALL_HOOKS, "hook type")),

@@ -27,6 +27,8 @@ LogFormat = Literal["text", "json"]
 OtlpProtocolSetting = OtlpProtocol | Literal[""]
 RouteIgnoreMode = Literal["all", "traces", "metrics"]
 SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
+# OBI's ebpf.context_propagation; "ip" is its deprecated name of "tcp".
+ContextPropagation = Literal["disabled", "headers", "tcp", "all", "ip"]
 KubeEnable = Literal["true", "false", "autodetect"]
 MetricsFeature = Literal[
     "application",
@@ -226,6 +228,8 @@ class EbpfConfig:
     track_request_headers: bool = False
     # An HTTP request unanswered this long is reported with status 408 (OBI); 0: never.
     http_request_timeout: float = 0.0
+    # Trace context on the wire: "headers" adds a traceparent to outgoing HTTP/1 requests.
+    context_propagation: ContextPropagation = "disabled"
     # obi-only keys below.
     syscall_hooks: SyscallHooks = "auto"
     ring_buffer_size: int = 16 * 1024 * 1024

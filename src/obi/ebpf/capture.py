@@ -6,6 +6,7 @@ import errno
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -36,6 +37,10 @@ MANUAL_PROGRAMS = frozenset({"tp_exit", "sweep"})
 UPROBE_PREFIXES = ("tls_", "go_")
 UPROBE_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
                              "tls_handshake_enter", "tls_return", "tls_free"}) | GO_PROGRAMS
+# The header propagation programs: a cgroup sock_ops program and an sk_msg verdict.
+PROPAGATION_PREFIX = "propagation_"
+PROPAGATION_PROGRAMS = frozenset({"propagation_sockops", "propagation_msg"})
+MOUNTS = "/proc/self/mounts"
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
 # Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
 DEFAULT_WAKEUP_LEN = 64
@@ -58,6 +63,8 @@ class CaptureSettings:
     # how to attach them: "auto" (uprobe_multi links where they work, else perf events), or one
     # of the two (tests, and kernels where the first one found is not the one wanted)
     uprobe_mode: Literal["auto", "uprobe_multi", "perf_event"] = "auto"
+    # add a traceparent header to the outgoing HTTP/1 requests of traced processes
+    propagate_headers: bool = False
 
 
 def _privileged() -> bool:
@@ -94,11 +101,38 @@ def attach_cookie_supported() -> bool:
                                             ffi.NULL) == 1)
 
 
+def cgroup2_root(mounts: str = MOUNTS) -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+    hybrid hosts), or None: every process is in it, whatever v1 hierarchies there are too."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    found = [fields[1] for fields in (line.split() for line in lines)
+             if len(fields) > 2 and fields[2] == "cgroup2"]
+    return min(found, key=len) if found else None
+
+
+def propagation_blocker() -> str | None:
+    """Why the traceparent header programs cannot run here (None: they can): they attach to
+    the cgroup v2 root, and a sockhash and a cgroup attachment need CAP_NET_ADMIN."""
+    if cgroup2_root() is None:
+        return "no cgroup v2 hierarchy is mounted"
+    if "NET_ADMIN" not in effective_capabilities():
+        return "CAP_NET_ADMIN is missing"
+    if not bpf_loop_supported():
+        return "the kernel lacks bpf_loop (Linux 5.17+)"
+    return None
+
+
 def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
-               uprobes: str | None = None, go: bool = True) -> BpfObjectSpec:
+               uprobes: str | None = None, go: bool = True, headers: bool = False) -> BpfObjectSpec:
     """What to load for these settings (`uprobes`: how the uprobe programs will attach, None:
-    not at all; `go`: the Go ones too); deterministic, no kernel objects."""
+    not at all; `go`: the Go ones too; `headers`: the traceparent header programs);
+    deterministic, no kernel objects."""
     prefixes = tuple(p for p in UPROBE_PREFIXES if go or p != "go_") if uprobes else ()
+    if headers:
+        prefixes += (PROPAGATION_PREFIX,)
     dev, ino = pid_namespace()
     wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * TYPICAL_RECORD_SIZE
     return BpfObjectSpec(
@@ -111,6 +145,7 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
             "pidns_ino": u64(ino),
             "trace_execs": u32(int(settings.trace_execs)),
             "use_bpf_loop": u32(int(use_bpf_loop)),
+            "propagate_headers": u32(int(headers)),
             "slot_count": u32(settings.max_exchanges),
         },
         max_entries={
@@ -125,7 +160,8 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
             "tls_socks": settings.max_connections,
         },
         program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES, *prefixes),
-        manual_programs=MANUAL_PROGRAMS | UPROBE_PROGRAMS,
+        manual_programs=MANUAL_PROGRAMS | UPROBE_PROGRAMS | PROPAGATION_PROGRAMS,
+        skipped_maps=frozenset() if headers else frozenset({"msg_socks"}),
         attach_types=(dict.fromkeys(UPROBE_PROGRAMS, BPF_TRACE_UPROBE_MULTI) if uprobes == "uprobe_multi"
                       else {}),
     )
@@ -144,6 +180,8 @@ COUNTER_NAMES: dict[str, int] = {
     "process_events_lost": lib.OBI_COUNTER_PROCESS_EVENTS_LOST,
     "tls_unbound": lib.OBI_COUNTER_TLS_UNBOUND,
     "tls_exchanges": lib.OBI_COUNTER_TLS_EXCHANGES,
+    "traceparent_added": lib.OBI_COUNTER_TRACEPARENT_ADDED,
+    "traceparent_skipped": lib.OBI_COUNTER_TRACEPARENT_SKIPPED,
 }
 
 
@@ -179,8 +217,13 @@ class Capture:
         self.uprobes: UprobeAttacher | None = None
         # Go's programs need bpf_get_attach_cookie; without it they are left out (Go: no spans)
         self.go = self.uprobe_mode.kind is not None and (not _privileged() or attach_cookie_supported())
+        # traceparent headers: "on", or why not
+        self.headers = "off (ebpf.context_propagation)"
+        if settings.propagate_headers:
+            blocker = propagation_blocker()
+            self.headers = f"off: {blocker}" if blocker else "on"
         self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind,
-                                                   self.go))
+                                                   self.go, self.headers == "on"))
         try:
             filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
                            "fill the free exchange slots")
@@ -189,6 +232,8 @@ class Capture:
             self.collection.attach_all()
             if hooks == "tracepoint":
                 self._attach_syscall_exits()
+            if self.headers == "on":
+                self._attach_propagation()
             self._pid_filter_fd = self.collection.map_fd("pid_filter")
             self._counters_fd = self.collection.map_fd("counters")
             self._sweep_ctl_fd = self.collection.map_fd("sweep_ctl")
@@ -210,7 +255,21 @@ class Capture:
                        uprobes=self.uprobe_mode.detail if self.uprobe_mode.kind
                        else f"off (no TLS plaintext, no Go): {self.uprobe_mode.detail}",
                        go="on" if self.go else "off (bpf_get_attach_cookie needs Linux 5.15)"
-                       if self.uprobe_mode.kind else "off")
+                       if self.uprobe_mode.kind else "off", context_propagation=self.headers)
+        if settings.propagate_headers and self.headers != "on":
+            self._log.warning("context_propagation_unavailable", wanted="headers",
+                              reason=self.headers.removeprefix("off: "),
+                              effect="outgoing requests carry no traceparent; calls between traced "
+                                     "processes on this host are still linked")
+
+    def _attach_propagation(self) -> None:
+        """The sock_ops program on the cgroup v2 root (a link: gone with obi, even killed), and the
+        sk_msg verdict on the sockhash it fills (held by the map, which goes with obi)."""
+        try:
+            self.collection.attach_cgroup("propagation_sockops", cgroup2_root() or "/sys/fs/cgroup")
+            self.collection.attach_to_map("propagation_msg", "msg_socks", lib.BPF_SK_MSG_VERDICT)
+        except BpfError as err:
+            self.headers = f"off: {err}"
 
     def _attach_syscall_exits(self) -> None:
         """tp_exit on sys_exit_<name> for every tp_enter_<name> loaded."""

@@ -34,6 +34,8 @@ GO_HTTP_FUNCTIONS: dict[str, tuple[str, str | None]] = {
     # ... whose interface wrapper (a pointer-shaped struct: the same pointer) inlines it
     "net/http.http2ResponseWriter.WriteHeader": ("go_write_header", None),
     "net/http.(*Transport).roundTrip": ("go_round_trip", "go_round_trip_ret"),
+    # an HTTP/1 request written on its connection's goroutine: the call it is (thread_ids)
+    "net/http.(*Request).write": ("go_request_write", None),
     "runtime.newproc1": ("go_newproc1", "go_newproc1_ret"),
 }
 # Without one of these a Go binary has no HTTP for obi to see.

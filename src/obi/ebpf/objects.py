@@ -7,6 +7,7 @@ object and the links it attached, and releases them on `close()`.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class BpfObjectSpec:
     manual_programs: frozenset[str] = frozenset()
     # Expected attach types to set before load, by program name (BPF_TRACE_UPROBE_MULTI).
     attach_types: Mapping[str, int] = field(default_factory=dict)
+    # Maps not created (only programs left unloaded use them, and creating them may need
+    # a privilege obi lacks: a sockhash needs CAP_NET_ADMIN).
+    skipped_maps: frozenset[str] = frozenset()
 
 
 class BpfCollection:
@@ -74,6 +78,8 @@ class BpfCollection:
             check(lib.obi_set_rodata(self._obj, name.encode(), value, len(value)), f"set {name}")
         for name, entries in spec.max_entries.items():
             check(lib.bpf_map__set_max_entries(self._map(name), entries), f"size map {name}")
+        for name in spec.skipped_maps:
+            check(lib.bpf_map__set_autocreate(self._map(name), False), f"leave map {name} out")
         for prog_name, attach_type in spec.attach_types.items():
             check(lib.obi_set_attach_type(self.program(prog_name), attach_type),
                   f"attach type of {prog_name}")
@@ -133,6 +139,23 @@ class BpfCollection:
         if link == ffi.NULL:
             raise BpfError(ffi.errno, f"attach {name} to {category}/{tracepoint}")
         self._links.append(link)
+
+    def attach_cgroup(self, name: str, cgroup: str) -> None:
+        """Attaches a loaded program to a cgroup with a link: it goes when obi does, killed or not."""
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            link = lib.bpf_program__attach_cgroup(self.program(name), fd)
+            if link == ffi.NULL:
+                raise BpfError(ffi.errno, f"attach {name} to cgroup {cgroup}")
+        finally:
+            os.close(fd)
+        self._links.append(link)
+
+    def attach_to_map(self, name: str, map_name: str, attach_type: int) -> None:
+        """Attaches a loaded program to a map (an sk_msg verdict on a sockhash): the map holds
+        it, and both go when the object closes."""
+        check(lib.bpf_prog_attach(self.program_fd(name), self.map_fd(map_name), attach_type, 0),
+              f"attach {name} to map {map_name}")
 
     @property
     def link_count(self) -> int:

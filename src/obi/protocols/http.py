@@ -596,12 +596,14 @@ class Http1:
                     version, server_address or local_address, local_port, peer_address, peer_port, "", error,
                 ))  # fmt: skip
             else:
-                if parent is not None:
+                if parent is not None and not (trace_id and (parent_id or parent.trace_id == trace_id)):
                     # the application wrote this request's context itself: it is the span's own
                     trace_id, span_id, parent_id, sampled = (parent.trace_id, parent.parent_span_id, b"",
                                                              parent.sampled)
                 elif trace_id:
-                    sampled = True
+                    # the kernel's: a call made for the request served (a proxy forwarding that
+                    # request's traceparent included), or the span the traceparent it kept names
+                    sampled = parent.sampled if parent is not None else True
                 else:
                     fresh = getrandbits(192).to_bytes(24, "big")
                     trace_id, span_id, parent_id, sampled = fresh[:16], fresh[16:], b"", True

@@ -8,7 +8,8 @@
 //	/             200, a small HTML page
 //	/posts/N      200, text "post N" (N a non-negative integer; anything else 404)
 //	/missing      404
-//	/api/backend  an outgoing GET to BACKEND + "/plain": the upstream's status and body
+//	/api/backend  an outgoing GET to BACKEND + "/plain" (or + the path in ?path=): the
+//	              upstream's status and body
 //	/slow         200 after 50 ms
 //
 // Prints "ready" on stdout once listening, then serves forever. HTTP/2 is negotiated
@@ -80,7 +81,11 @@ func main() {
 			http.Error(w, "no backend configured", http.StatusServiceUnavailable)
 			return
 		}
-		resp, err := client.Get(strings.TrimRight(*backend, "/") + "/plain")
+		path := r.URL.Query().Get("path")
+		if !strings.HasPrefix(path, "/") {
+			path = "/plain"
+		}
+		resp, err := client.Get(strings.TrimRight(*backend, "/") + path)
 		if err != nil {
 			http.Error(w, "backend: "+err.Error(), http.StatusBadGateway)
 			return
