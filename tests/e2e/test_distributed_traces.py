@@ -12,12 +12,18 @@ there the connection joins the two ends.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
@@ -28,7 +34,7 @@ from tests.e2e.test_python_app import FAST_EXPORT, attributes
 from tests.golang import build_go
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.nginx import nginx_worker, start_nginx
-from tests.support import free_port, start_process, stop_process
+from tests.support import bpf_link_ids, free_port, start_process, stop_process
 
 GOBLOG = Path(__file__).resolve().parents[1] / "apps" / "goblog" / "main.go"
 NGINX_TO_APP = """\
@@ -156,3 +162,107 @@ def test_disabled_the_connection_still_joins_the_chain(chain: Chain) -> None:
     for trace in traces.values():
         check_one_trace(chain, trace)
     assert agent.logs[-1]["traceparent_added"] == 0
+
+
+CLIENT_APP = Path(__file__).resolve().parents[1] / "clients" / "raw_http_client.py"
+SPLIT_BODY = b"split body\n"
+OWN_TRACE, OWN_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+# case -> the backend paths its requests ask for
+CASES = {"plain": ["/traceparent/plain"], "own": ["/traceparent/own"], "long-line": ["/traceparent/long"],
+         "big-body": ["/traceparent/big"], "split": ["/traceparent/split"],
+         "keep-alive": ["/traceparent/first", "/traceparent/second"]}
+
+
+def test_headers_what_goes_on_the_wire(tmp_path: Path) -> None:
+    """Requests written the ways real clients write them get exactly one traceparent, the
+    client span's, and arrive otherwise intact: one write or many, a request line longer
+    than 1 KiB, a body of many TCP segments, the header block split across writes, two
+    requests on a keep-alive connection; an application's own traceparent stays as it is."""
+    ports = {"backend": free_port(), "client": free_port()}
+    backend = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(ports["backend"])],
+                            ready="ready")
+    client = subprocess.Popen([sys.executable, str(CLIENT_APP), str(ports["client"]), str(ports["backend"])],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    results: dict[str, list[str]] = {}
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        config = tmp_path / "obi.yml"
+        selected = f"{ports['backend']},{ports['client']}"
+        config.write_text(f"discovery:\n  instrument:\n    - open_ports: {selected}\n"
+                          "ebpf:\n  context_propagation: headers\n")
+        with OtlpReceiver() as receiver, AgentProcess({
+                "OTEL_EBPF_CONFIG_PATH": str(config), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}) as agent:
+            agent.wait_instrumented(backend.pid)
+            agent.wait_instrumented(client.pid)
+            for case in CASES:
+                client.stdin.write(case + "\n")
+                client.stdin.flush()
+                results[case] = json.loads(client.stdout.readline())
+            receiver.wait_for(lambda: len(receiver.spans()) >= 14, 20)
+            assert agent.stop() == 0
+    finally:
+        stop_process(client)
+        stop_process(backend)
+    clients = {urlsplit(attributes(s)["url.full"]).path: s for r, s in receiver.spans()
+               if s.kind == CLIENT and r["process.pid"] == client.pid}
+    servers = {attributes(s)["url.path"]: s for r, s in receiver.spans()
+               if s.kind == SERVER and r["process.pid"] == backend.pid}
+    assert sorted(clients) == sorted(servers) == sorted(p for paths in CASES.values() for p in paths)
+    for case, paths in CASES.items():
+        for path, seen in zip(paths, results[case], strict=True):
+            span, served = clients[path], servers[path]
+            lines = seen.splitlines()
+            trace, span_id = ((OWN_TRACE, OWN_SPAN) if case == "own"
+                              else (span.trace_id.hex(), span.span_id.hex()))
+            # exactly one traceparent, the client span's (the application's own, kept, for "own")
+            assert lines[0] == f"00-{trace}-{span_id}-01", (case, seen)
+            assert (span.trace_id.hex(), span.span_id.hex()) == (trace, span_id)
+            assert (served.trace_id, served.parent_span_id) == (span.trace_id, span.span_id), case
+            if case == "big-body":
+                body = bytes(range(256)) * 1024
+                assert lines[1:] == [f"body {len(body)} {hashlib.sha256(body).hexdigest()}"]
+            elif case == "split":
+                assert lines[1:] == [f"body 11 {hashlib.sha256(SPLIT_BODY).hexdigest()}"]
+            else:
+                assert lines[1:] == []
+    assert clients["/traceparent/first"].span_id != clients["/traceparent/second"].span_id
+    assert agent.logs[-1]["traceparent_added"] == 6 and agent.logs[-1]["traceparent_skipped"] == 0
+
+
+def test_headers_detached_when_obi_is_killed(tmp_path: Path) -> None:
+    """The sock_ops program is on the cgroup through a link and the sk_msg program is held by
+    a map of obi's: SIGKILL leaves neither behind, and connections made afterwards carry
+    nothing obi added."""
+    backend_port = free_port()
+    backend = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(backend_port)],
+                            ready="ready")
+    try:
+        with AgentProcess({"OTEL_EBPF_OPEN_PORT": str(backend_port),
+                           "OTEL_EBPF_BPF_CONTEXT_PROPAGATION": "headers"}) as agent:
+            started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 10)
+            assert started["context_propagation"] == "on"
+            ours = bpf_link_ids() - agent.links_before
+            programs = bpf_programs()
+            assert {"propagation_sockops", "propagation_msg"} <= set(programs.values())
+            os.kill(agent.agent_pid(), signal.SIGKILL)
+            assert agent.proc is not None
+            agent.proc.wait(10)
+            deadline = time.monotonic() + 10
+            while (ours & bpf_link_ids() or {"propagation_sockops", "propagation_msg"} & set(
+                    bpf_programs().values())) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert not ours & bpf_link_ids()
+        assert not {"propagation_sockops", "propagation_msg"} & set(bpf_programs().values())
+        seen = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{backend_port}/traceparent"],
+                              capture_output=True, text=True, check=True).stdout
+        assert seen == "none\n"
+    finally:
+        stop_process(backend)
+
+
+def bpf_programs() -> dict[int, str]:
+    """Id -> name of every BPF program on the host (bpftool)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
+    return {int(p["id"]): p.get("name", "") for p in json.loads(out or "[]")}

@@ -16,11 +16,12 @@ one read are answered in order. One thread per connection.
   /echo              200 whose body is the request body
   /headers           200 whose body lists the request's header names, one per line
   /traceparent[...]  200 whose body is every traceparent header the request had, one per line
-                     ("none" without one)
+                     ("none" without one), then "body LENGTH SHA256" when it had a body
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -96,7 +97,10 @@ def serve(conn: socket.socket) -> None:
             elif path == "/echo":
                 respond(conn, 200, body)
             elif path.startswith("/traceparent"):
-                respond(conn, 200, b"".join(v + b"\n" for v in traceparents) or b"none\n")
+                seen = b"".join(v + b"\n" for v in traceparents) or b"none\n"
+                if body:
+                    seen += b"body %d %s\n" % (len(body), hashlib.sha256(body).hexdigest().encode())
+                respond(conn, 200, seen)
             elif path == "/headers":
                 respond(conn, 200, b"".join(name + b"\n" for name in headers))
             elif method == b"HEAD":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from obi.ebpf.capture import UPROBE_PROGRAMS, CaptureSettings, build_spec
+from pathlib import Path
+
+from obi.ebpf.capture import PROPAGATION_PROGRAMS, UPROBE_PROGRAMS, CaptureSettings, build_spec, cgroup2_root
 from obi.ebpf.goprobes import GO_PROGRAMS
 from obi.preflight import BPF_TRACE_UPROBE_MULTI
 
@@ -26,3 +28,26 @@ def test_without_attach_cookies_the_go_programs_are_left_out() -> None:
     spec = build_spec(CaptureSettings(), "tracepoint", True, "perf_event", go=False)
     assert "tls_" in spec.program_prefixes and "go_" not in spec.program_prefixes
     assert GO_PROGRAMS and all(p.startswith("go_") for p in GO_PROGRAMS)
+
+
+def test_the_header_programs_and_their_sockhash_exist_only_with_header_propagation() -> None:
+    off = build_spec(CaptureSettings(), "tracepoint", True)
+    assert off.skipped_maps == {"msg_socks"}  # a sockhash needs CAP_NET_ADMIN: not created
+    assert not any(p.startswith("propagation_") for p in off.program_prefixes)
+    assert off.rodata["propagate_headers"] == b"\0\0\0\0"
+    on = build_spec(CaptureSettings(propagate_headers=True), "tracepoint", True, headers=True)
+    assert on.skipped_maps == frozenset() and "propagation_" in on.program_prefixes
+    assert on.manual_programs >= PROPAGATION_PROGRAMS
+    assert on.rodata["propagate_headers"] == b"\1\0\0\0"
+
+
+def test_the_cgroup_v2_hierarchy_is_found_on_unified_and_hybrid_hosts(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n")
+    assert cgroup2_root(str(mounts)) == "/sys/fs/cgroup"
+    mounts.write_text("tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+                      "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n")
+    assert cgroup2_root(str(mounts)) == "/sys/fs/cgroup/unified"
+    mounts.write_text("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n")
+    assert cgroup2_root(str(mounts)) is None
+    assert cgroup2_root(str(tmp_path / "absent")) is None

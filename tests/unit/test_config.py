@@ -170,6 +170,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.otel_metrics_export.buckets.duration_histogram[-1] == 10
     assert config.routes.unmatched == "heuristic"
     assert config.ebpf.syscall_hooks == "auto"
+    assert config.ebpf.context_propagation == "disabled"  # OBI's default
     assert config.ebpf.ring_buffer_size == 16 * 1024 * 1024
     assert config.ebpf.request_capture_bytes == 4096
     assert config.ebpf.response_capture_bytes == 512
@@ -412,6 +413,21 @@ attributes:
     assert (kube.enable, kube.kubeconfig_path, kube.cluster_name) == ("true", "/k", "c1")
     assert kube.informers_sync_timeout == 60.0 and kube.meta_restrict_local_node
     assert not config.prometheus_export.enabled
+
+
+@pytest.mark.parametrize("value", ["disabled", "headers", "tcp", "all", "ip", "HEADERS"])
+def test_context_propagation_takes_obis_values(tmp_path: Path, value: str) -> None:
+    config = load_yaml(tmp_path, f"ebpf:\n  context_propagation: {value}\n")
+    assert config.ebpf.context_propagation == value.lower()
+    env = load_yaml(tmp_path, "ebpf:\n  context_propagation: disabled\n",
+                    OTEL_EBPF_BPF_CONTEXT_PROPAGATION=value)
+    assert env.ebpf.context_propagation == value.lower()
+
+
+def test_an_unknown_context_propagation_says_what_is_accepted(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r'context_propagation: unknown context propagation "sometimes" '
+                                          r"\(accepted: disabled, headers, tcp, all, ip\)"):
+        load_yaml(tmp_path, "ebpf:\n  context_propagation: sometimes\n")
 
 
 def test_prometheus_exporter_is_refused_not_ignored(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def framed(record: bytes) -> bytes:
 def exchange(pid: int, req: bytes, resp: bytes, *, role: int = lib.OBI_ROLE_SERVER,
              family: int = socket.AF_INET, req_len: int | None = None, resp_len: int | None = None,
              end_reason: int = lib.OBI_END_FRAMED, flags: int = lib.OBI_FLAG_HTTP,
-             header_len: int = 0, content_length: int = 0) -> bytes:
+             header_len: int = 0, content_length: int = 0, ids: bytes = b"") -> bytes:
     ev = ffi.new("struct obi_exchange *")
     ev.kind = lib.OBI_RECORD_EXCHANGE
     ev.role = role
@@ -57,7 +57,9 @@ def exchange(pid: int, req: bytes, resp: bytes, *, role: int = lib.OBI_ROLE_SERV
     ev.resp_captured = len(resp)
     ev.resp_header_len = header_len
     ev.resp_content_length = content_length
-    return framed(bytes(ffi.buffer(ev)) + req + resp)
+    if ids:  # the kernel's span ids, after the captured bytes
+        ev.flags |= lib.OBI_FLAG_IDS | (lib.OBI_FLAG_PARENT if any(ids[24:]) else 0)
+    return framed(bytes(ffi.buffer(ev)) + req + resp + ids)
 
 
 def process_event(event: int, pid: int, parent: int = 0, path: bytes = b"") -> bytes:
@@ -159,6 +161,42 @@ def test_a_client_request_carrying_traceparent_is_that_span() -> None:
     assert span.parent_span_id == b"" and not span.sampled
     assert isinstance(span, HttpSpan) and span.route is None and span.name == "GET"
     assert span.url_full == "http://b/other"
+
+
+TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+CALLER_SPAN = bytes.fromhex("b7ad6b7169203331")
+
+
+def test_a_proxy_forwarding_the_traceparent_it_was_served_is_a_call_of_that_request() -> None:
+    """nginx forwards the traceparent of the request it serves: the kernel made the call a
+    child of that request (and wrote its own span over the forwarded parent id on the wire),
+    so its ids win over the captured header, which is the caller's."""
+    records, _ = processor()
+    request = (b"GET /up HTTP/1.1\r\nHost: b\r\n"
+               b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
+    kernel = TRACE + bytes.fromhex("1111111111111111") + bytes.fromhex("2222222222222222")
+    (span,) = records.process(exchange(7, request, OK, role=lib.OBI_ROLE_CLIENT, ids=kernel))
+    assert (span.trace_id, span.span_id, span.parent_span_id) == (TRACE, kernel[16:24], kernel[24:])
+    assert span.sampled
+
+
+def test_a_client_span_without_a_parent_takes_the_kernels_ids_unless_the_application_wrote_its_own() -> None:
+    records, _ = processor()
+    kernel = bytes(range(16)) + bytes(range(16, 24)) + bytes(8)
+    (span,) = records.process(exchange(7, b"GET /a HTTP/1.1\r\nHost: b\r\n\r\n", OK,
+                                       role=lib.OBI_ROLE_CLIENT, ids=kernel))
+    assert (span.trace_id, span.span_id, span.parent_span_id) == (kernel[:16], kernel[16:24], b"")
+    own = (b"GET /b HTTP/1.1\r\nHost: b\r\n"
+           b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
+    (span,) = records.process(exchange(7, own, OK, role=lib.OBI_ROLE_CLIENT, ids=kernel))
+    assert (span.trace_id, span.span_id, span.parent_span_id) == (TRACE, CALLER_SPAN, b"")
+
+
+def test_a_server_span_linked_to_its_caller_by_the_kernel() -> None:
+    records, _ = processor()
+    kernel = TRACE + bytes.fromhex("3333333333333333") + CALLER_SPAN
+    (span,) = records.process(exchange(7, REQUEST, RESPONSE, ids=kernel))
+    assert (span.trace_id, span.span_id, span.parent_span_id) == (TRACE, kernel[16:24], CALLER_SPAN)
 
 
 def test_pipelined_requests_give_one_span_each() -> None:
