@@ -155,6 +155,7 @@ class HostFacts:
     memlock_limit: int = resource.RLIM_INFINITY  # soft limit in bytes
     memlock_raised: bool = False
     tracefs_mounted: bool = False
+    cgroup2: str | None = None  # where the cgroup v2 hierarchy is mounted
     probes: Mapping[str, Probe] = field(default_factory=dict)
 
     @property
@@ -283,6 +284,20 @@ def _uprobes(facts: HostFacts) -> Feature:
     return Feature(UPROBES, False, f"{probe.detail}; {multi.detail}")
 
 
+def _context_propagation(facts: HostFacts) -> Feature:
+    """traceparent headers (ebpf.context_propagation): sock_ops on the cgroup v2 hierarchy and
+    an sk_msg verdict on a sockhash, both needing CAP_NET_ADMIN."""
+    feature = _tried(facts, SOCK_OPS, (PROBE_SOCK_OPS_PROG,), ("NET_ADMIN", "BPF"))
+    if not feature.available:
+        return feature
+    if not facts.has("NET_ADMIN"):
+        return Feature(SOCK_OPS, False, "CAP_NET_ADMIN missing: a sockhash and a cgroup attachment "
+                       "are refused", cap_name("NET_ADMIN"))
+    if facts.cgroup2 is None:
+        return Feature(SOCK_OPS, False, "no cgroup v2 hierarchy is mounted: nothing to attach sock_ops to")
+    return Feature(SOCK_OPS, True, f"{feature.detail}; cgroup v2 at {facts.cgroup2}")
+
+
 def _bpf_memory(facts: HostFacts) -> Feature:
     if facts.kernel >= MEMCG_ACCOUNTING_KERNEL:
         return Feature(BPF_MEMORY, True, "charged to the memory cgroup (Linux 5.11+)")
@@ -306,7 +321,7 @@ def feature_table(facts: HostFacts) -> tuple[Feature, ...]:
         _by_capability(facts, "DAC_READ_SEARCH", "reading files and /proc entries of other users"),
         _by_capability(facts, "CHECKPOINT_RESTORE", "/proc/PID/map_files"),
         _tried(facts, NEEDED_FOR["NET_RAW"], (PROBE_PACKET_SOCKET,), ("NET_RAW",)),
-        _tried(facts, SOCK_OPS, (PROBE_SOCK_OPS_PROG,), ("NET_ADMIN", "BPF")),
+        _context_propagation(facts),
         _tracefs(facts),
         _uprobes(facts),
         _bpf_memory(facts),
@@ -402,6 +417,18 @@ def lockdown_mode(path: str = "/sys/kernel/security/lockdown") -> str:
         return "unknown"
     found = re.search(r"\[(\w+)\]", text)
     return found[1] if found else text.strip()
+
+
+def cgroup2_root(mounts: str = "/proc/self/mounts") -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
+    hybrid hosts), or None: every process is in it, whatever v1 hierarchies there are too."""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    found = [fields[1] for fields in (line.split() for line in lines)
+             if len(fields) > 2 and fields[2] == "cgroup2"]
+    return min(found, key=len) if found else None
 
 
 def tracefs_mounted() -> bool:
@@ -621,6 +648,7 @@ def gather_host_facts() -> HostFacts:
         memlock_limit=resource.getrlimit(resource.RLIMIT_MEMLOCK)[0],
         memlock_raised=raised,
         tracefs_mounted=tracefs_mounted(),
+        cgroup2=cgroup2_root(),
         probes=run_probes(),
     )
 

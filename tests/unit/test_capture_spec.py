@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obi.ebpf.capture import PROPAGATION_PROGRAMS, UPROBE_PROGRAMS, CaptureSettings, build_spec, cgroup2_root
+from obi.ebpf.capture import PROPAGATION_PROGRAMS, UPROBE_PROGRAMS, CaptureSettings, build_spec
 from obi.ebpf.goprobes import GO_PROGRAMS
-from obi.preflight import BPF_TRACE_UPROBE_MULTI
+from obi.preflight import BPF_TRACE_UPROBE_MULTI, cgroup2_root
 
 
 def test_uprobe_programs_load_only_when_uprobes_can_attach() -> None:

@@ -61,11 +61,12 @@ def probes(failed: Mapping[str, int]) -> dict[str, Probe]:
 
 def facts(capabilities: frozenset[str] = UNPRIVILEGED | {"SYS_ADMIN"}, release: str = "6.18.0",
           paranoid: int = 2, tracefs: bool = False, memlock: int = 8 << 20, raised: bool = False,
-          failed: Mapping[str, int] | None = None) -> HostFacts:
+          failed: Mapping[str, int] | None = None, cgroup2: str | None = "/sys/fs/cgroup") -> HostFacts:
     """Facts of a host; the probes named in `failed` fail with the given errno."""
     return HostFacts(capabilities=capabilities, kernel_release=release, perf_event_paranoid=paranoid,
                      unprivileged_bpf_disabled=2, lockdown="integrity", memlock_limit=memlock,
-                     memlock_raised=raised, tracefs_mounted=tracefs, probes=probes(failed or {}))
+                     memlock_raised=raised, tracefs_mounted=tracefs, cgroup2=cgroup2,
+                     probes=probes(failed or {}))
 
 
 def table(host: HostFacts) -> dict[str, Feature]:
@@ -283,3 +284,13 @@ def test_lockdown_mode(tmp_path: Path, text: str, mode: str) -> None:
     (tmp_path / "lockdown").write_text(text)
     assert lockdown_mode(str(tmp_path / "lockdown")) == mode
     assert lockdown_mode(str(tmp_path / "missing")) == "unknown"
+
+
+def test_context_propagation_needs_net_admin_and_a_cgroup_v2_hierarchy() -> None:
+    granted = UNPRIVILEGED | {"NET_ADMIN"}
+    assert table(facts(capabilities=granted))[SOCK_OPS].available
+    assert "cgroup v2 at /sys/fs/cgroup" in table(facts(capabilities=granted))[SOCK_OPS].detail
+    without = table(facts(capabilities=granted, cgroup2=None))[SOCK_OPS]
+    assert not without.available and "no cgroup v2 hierarchy" in without.detail
+    unprivileged = table(facts(capabilities=UNPRIVILEGED - {"NET_ADMIN"}))[SOCK_OPS]
+    assert not unprivileged.available and unprivileged.enabled_by == "CAP_NET_ADMIN"

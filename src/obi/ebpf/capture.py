@@ -6,7 +6,6 @@ import errno
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -20,7 +19,7 @@ from obi.ebpf.records import EXCHANGE_SIZE
 from obi.ebpf.ring import RingReader
 from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
 from obi.ebpf.uprobes import UprobeAttacher, UprobeMode, choose_uprobe_mode
-from obi.preflight import BPF_TRACE_UPROBE_MULTI
+from obi.preflight import BPF_TRACE_UPROBE_MULTI, cgroup2_root
 
 SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
 HookSet = Literal["tracepoint", "raw_tracepoint"]
@@ -40,7 +39,6 @@ UPROBE_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_e
 # The header propagation programs: a cgroup sock_ops program and an sk_msg verdict.
 PROPAGATION_PREFIX = "propagation_"
 PROPAGATION_PROGRAMS = frozenset({"propagation_sockops", "propagation_msg"})
-MOUNTS = "/proc/self/mounts"
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
 # Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
 DEFAULT_WAKEUP_LEN = 64
@@ -99,18 +97,6 @@ def attach_cookie_supported() -> bool:
     find their binary's struct offsets with it."""
     return bool(lib.libbpf_probe_bpf_helper(lib.BPF_PROG_TYPE_KPROBE, lib.BPF_FUNC_get_attach_cookie,
                                             ffi.NULL) == 1)
-
-
-def cgroup2_root(mounts: str = MOUNTS) -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on
-    hybrid hosts), or None: every process is in it, whatever v1 hierarchies there are too."""
-    try:
-        lines = Path(mounts).read_text().splitlines()
-    except OSError:
-        return None
-    found = [fields[1] for fields in (line.split() for line in lines)
-             if len(fields) > 2 and fields[2] == "cgroup2"]
-    return min(found, key=len) if found else None
 
 
 def propagation_blocker() -> str | None:
