@@ -104,3 +104,49 @@ def test_an_event_loop_serving_several_requests_gives_no_wrong_parent(upstream: 
     # the request alone on the thread is linked; the ones served beside the slow one are not
     alone = next(c for c in clients if attributes(c)["url.full"].endswith("/plain/alone"))
     assert by_id[alone.parent_span_id] == "/api/plain/alone"
+
+
+FLASK_APP = """
+import urllib.request
+from flask import Flask
+
+app = Flask(__name__)
+BACKEND = open("backend_port").read().strip()
+
+
+@app.route("/orders/<int:order>")
+def order(order):
+    with urllib.request.urlopen(f"http://127.0.0.1:{BACKEND}/plain") as response:
+        return f"order {order}: " + response.read().decode()
+"""
+
+
+def test_gunicorn_sync_workers_running_flask(upstream: int, tmp_path: Path) -> None:
+    """gunicorn's sync workers serve one request at a time on one thread: a Flask view's call
+    is the child of the request it serves, in each worker."""
+    (tmp_path / "flask_app.py").write_text(FLASK_APP)
+    (tmp_path / "backend_port").write_text(str(upstream))
+    port = free_port()
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    app = start_process([gunicorn, "--chdir", str(tmp_path), "--workers", "2", "--bind", f"127.0.0.1:{port}",
+                         "flask_app:app"], port=port)
+    try:
+        with OtlpReceiver() as receiver, AgentProcess({
+                "OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}) as agent:
+            agent.wait_instrumented(app.pid)
+            for i in range(6):
+                assert curl(f"http://127.0.0.1:{port}/orders/{i}") == f"order {i}: ok\n"
+            receiver.wait_for(lambda: len(receiver.spans()) >= 12, 15)
+            assert agent.stop() == 0
+    finally:
+        stop_process(app)
+    servers, clients = by_kind(receiver)
+    assert sorted(attributes(s)["url.path"] for s in servers) == [f"/orders/{i}" for i in range(6)]
+    by_span = {s.span_id: s for s in servers}
+    assert len(clients) == 6
+    for client in clients:
+        server = by_span[client.parent_span_id]
+        assert client.trace_id == server.trace_id
+        assert server.start_time_unix_nano <= client.start_time_unix_nano <= server.end_time_unix_nano
+    assert len({c.parent_span_id for c in clients}) == 6
