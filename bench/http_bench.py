@@ -8,7 +8,11 @@ on an absolute time:
      spans built and exported against the requests wrk completed.
 A third run puts an nginx proxy in front and traces only the proxy: each of
 its requests is a server exchange and a client one upstream, both captured.
-A fourth serves HTTPS (nginx with ssl, a certificate made by openssl): the
+The proxy is then run again, new (its upstream connections opened while obi
+runs), with ebpf.context_propagation=headers: every upstream request gets a
+traceparent header from obi's sk_msg program; against the proxy run without
+headers, what adding them costs.
+A last one serves HTTPS (nginx with ssl, a certificate made by openssl): the
 spans come from OpenSSL's plaintext through uprobes, and the BPF time per
 request includes the uprobe programs (not the kernel's cost of each uprobe
 trap, which shows in the ratio).
@@ -190,8 +194,8 @@ class Run:
 
 
 def traced_run(receiver_port: int, pid: int, url: str, seconds: int, connections: int,
-               script: Path | None = None) -> Run:
-    agent = AgentProcess(agent_env(receiver_port, pid)).start()
+               script: Path | None = None, env: dict[str, str] | None = None) -> Run:
+    agent = AgentProcess({**agent_env(receiver_port, pid), **(env or {})}).start()
     assert agent.proc is not None
     agent.wait_instrumented(pid)
     with bpf_stats():
@@ -215,6 +219,18 @@ def side_by_side(root: Path, site: str, scheme: str, receiver_port: int, args: a
         url = f"{scheme}://127.0.0.1:{port}/index.html"
         return (untraced_rps(url, args.seconds, args.connections),
                 traced_run(receiver_port, worker, url, args.seconds, args.connections))
+    finally:
+        stop_process(nginx)
+
+
+def headers_run(root: Path, receiver_port: int, args: argparse.Namespace, upstream: int) -> Run:
+    """A new proxy nginx traced with traceparent headers on, from before its first request (the
+    sock_ops program sees connections as they are established)."""
+    nginx, port = start_nginx(root, PROXY, upstream=upstream)
+    try:
+        url = f"http://127.0.0.1:{port}/index.html"
+        return traced_run(receiver_port, nginx_worker(nginx.pid), url, args.seconds, args.connections,
+                          env={"OTEL_EBPF_BPF_CONTEXT_PROPAGATION": "headers"})
     finally:
         stop_process(nginx)
 
@@ -253,6 +269,7 @@ def main() -> int:
             # whose every request is a server exchange and a client exchange upstream.
             proxy_base_rps, proxied = side_by_side(root / "proxy", PROXY, "http", receiver_port, args,
                                                    upstream=port)
+            with_headers = headers_run(root / "headers", receiver_port, args, port)
             cert, key = make_certificate(root)
             tls_base_rps, tls_run = side_by_side(root / "tls", TLS_SITE, "https", receiver_port, args,
                                                  cert=cert, key=key)
@@ -279,6 +296,14 @@ def main() -> int:
     print(f"  spans built / requests     {proxied.stats['spans']:>10d} / {proxied.requests}"
           "  (2 per request: server, client)")
     proxied.print(args.seconds)
+    print(f"proxy with traceparent headers (ebpf.context_propagation=headers, a new proxy), "
+          f"{args.seconds}s x {args.connections} connections:")
+    print(f"  requests/s with obi        {with_headers.rps:10.0f}")
+    print(f"  ratio with/without obi     {with_headers.rps / proxy_base_rps:10.3f}")
+    print(f"  ratio headers on/off       {with_headers.rps / proxied.rps:10.3f}")
+    added = with_headers.stats["traceparent_added"]
+    print(f"  headers added / requests   {added:>10d} / {with_headers.requests}")
+    with_headers.print(args.seconds)
     print(f"https (nginx with ssl, keep-alive; spans from OpenSSL's plaintext through uprobes), "
           f"{args.seconds}s x {args.connections} connections:")
     print(f"  requests/s without obi     {tls_base_rps:10.0f}")

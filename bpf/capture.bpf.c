@@ -1497,6 +1497,7 @@ static __always_inline int enter_close_range(void)
  */
 #define TP_HEADER_LEN 70 /* "Traceparent: 00-" 32 hex "-" 16 hex "-01\r\n" */
 #define MSG_SCAN 4096    /* the first bytes of a request searched for its request line's end */
+#define MSG_JOIN 16384   /* the first bytes of a request made one piece again after the insertion */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -2828,13 +2829,27 @@ int propagation_msg(struct sk_msg_md *msg)
 		count(OBI_COUNTER_TRACEPARENT_SKIPPED);
 		return SK_PASS;
 	}
-	if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0))
-		goto undo;
-	data = (void *)(long)msg->data;
-	data_end = (void *)(long)msg->data_end;
-	if (data + TP_HEADER_LEN > data_end)
-		goto undo;
-	__builtin_memcpy(data, hdr, TP_HEADER_LEN);
+	/* One piece again: the kernel sends each piece of a message on its own, and a small
+	 * piece after another small one unacknowledged waits for the ACK (Nagle, Minshall):
+	 * the peer's delayed ACK would hold the rest of the request for 40 ms. */
+	n = msg->size;
+	if (n > MSG_JOIN)
+		n = MSG_JOIN;
+	if (bpf_msg_pull_data(msg, 0, n, 0) == 0) {
+		data = (void *)(long)msg->data;
+		data_end = (void *)(long)msg->data_end;
+		if (data + at + TP_HEADER_LEN > data_end)
+			goto undo;
+		__builtin_memcpy(data + at, hdr, TP_HEADER_LEN);
+	} else {
+		if (bpf_msg_pull_data(msg, at, at + TP_HEADER_LEN, 0))
+			goto undo;
+		data = (void *)(long)msg->data;
+		data_end = (void *)(long)msg->data_end;
+		if (data + TP_HEADER_LEN > data_end)
+			goto undo;
+		__builtin_memcpy(data, hdr, TP_HEADER_LEN);
+	}
 	bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
 	count(OBI_COUNTER_TRACEPARENT_ADDED);
 	return SK_PASS;
