@@ -154,7 +154,7 @@ struct slot_state {
 	__u64 expected;  /* FRAMING_LENGTH: resp_len at which the response is complete */
 	__u64 tail;      /* the last 8 response bytes (newest on top), for the chunked terminator */
 	__u32 segment;   /* resp_len where the current (pipelined) response began */
-	__u32 seq;       /* TCP sequence number of the request's first byte (0: TLS plaintext) */
+	__u32 seq;       /* a client's: the TCP sequence number of its request's first byte (0: TLS) */
 	struct obi_ids ids; /* with OBI_FLAG_IDS: appended to the record */
 	__u64 thread;       /* host pid_tgid of the thread that began it (a server's: `serving`) */
 	__u32 peer_pending; /* a server's: its caller's ids (`peers`) not looked for yet */
@@ -899,7 +899,7 @@ static __always_inline bool on_response_bytes(struct conn *c, struct slot *s, st
 		s->st.phase = PHASE_RESPONSE;
 		s->ev.resp_start_ns = now;
 		if (s->st.peer_pending) {
-			/* the caller's ids, had its end not left them yet when the request was read */
+			/* the caller's ids, left by its end when it sent the request */
 			s->st.peer_pending = 0;
 			if (!(s->ev.flags & OBI_FLAG_IDS))
 				link_to_peer(c->slot, s);
@@ -976,10 +976,47 @@ struct peer_key {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU); /* one LRU list per CPU: no shared lock per call */
 	__type(key, struct peer_key);
 	__type(value, struct obi_ids); /* the call's trace and span */
 	__uint(max_entries, 16384);
 } peers SEC(".maps");
+
+/* Server ports traced calls were made to (a bit per port): a server whose port has
+ * none (called by untraced clients only, as most are) does not look for its caller. */
+struct port_bits {
+	__u64 words[1024];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct port_bits);
+	__uint(max_entries, 1);
+} called_ports SEC(".maps");
+
+static __always_inline __u64 *port_word(__u16 port)
+{
+	__u32 zero = 0;
+	struct port_bits *bits = bpf_map_lookup_elem(&called_ports, &zero);
+
+	return bits ? &bits->words[(port >> 6) & 1023] : NULL;
+}
+
+static __always_inline void mark_called(__u16 port)
+{
+	__u64 *word = port_word(port), bit = 1ULL << (port & 63);
+
+	if (word && !(*word & bit))
+		__sync_fetch_and_or(word, bit);
+}
+
+static __always_inline bool was_called(__u16 port)
+{
+	__u64 *word = port_word(port);
+
+	return word && (*word & (1ULL << (port & 63)));
+}
 
 /* Ids a call's client exchange takes when it starts on this thread: the ones the
  * traceparent header obi added to its request carries (sk_msg), or the Go call whose
@@ -1016,6 +1053,17 @@ static __always_inline void peer_addr(__u8 *dst, const __u8 *src)
 	__builtin_memcpy(dst, w, 16);
 }
 
+/* The TCP sequence number after the last byte queued to send (sent) or read (!sent). */
+static __always_inline __u32 tcp_seq(__u64 sk, bool sent)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	return sent ? BPF_CORE_READ(tp, write_seq) : BPF_CORE_READ(tp, copied_seq);
+}
+
+/* The `peers` key of an exchange. A server's sequence number is found only when it is
+ * needed (most requests never look): the bytes read since the request began are the
+ * exchange's. */
 static __always_inline void peer_key_of(struct peer_key *k, struct slot *s)
 {
 	bool server = s->ev.role == OBI_ROLE_SERVER;
@@ -1024,15 +1072,12 @@ static __always_inline void peer_key_of(struct peer_key *k, struct slot *s)
 	peer_addr(k->server_addr, server ? s->ev.local_addr : s->ev.peer_addr);
 	k->client_port = server ? s->ev.peer_port : s->ev.local_port;
 	k->server_port = server ? s->ev.local_port : s->ev.peer_port;
-	k->seq = s->st.seq;
-}
-
-/* The TCP sequence number after the last byte queued to send (sent) or read (!sent). */
-static __always_inline __u32 tcp_seq(__u64 sk, bool sent)
-{
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-
-	return sent ? BPF_CORE_READ(tp, write_seq) : BPF_CORE_READ(tp, copied_seq);
+	if (!server)
+		k->seq = s->st.seq;
+	else if (s->ev.flags & OBI_FLAG_TLS)
+		k->seq = 0;
+	else
+		k->seq = tcp_seq(s->st.sk, false) - (__u32)s->ev.req_len;
 }
 
 static __always_inline void random_ids(struct obi_ids *ids, bool trace)
@@ -1158,7 +1203,7 @@ __noinline int served_ids(__u32 idx)
 		struct obi_ids *caller;
 
 		peer_key_of(&key, s);
-		caller = bpf_map_lookup_elem(&peers, &key);
+		caller = was_called(s->ev.local_port) ? bpf_map_lookup_elem(&peers, &key) : NULL;
 		if (caller) {
 			__builtin_memcpy(s->st.ids.trace_id, caller->trace_id, 16);
 			__builtin_memcpy(s->st.ids.parent_span_id, caller->span_id, 8);
@@ -1185,6 +1230,8 @@ static __always_inline void link_to_peer(__u32 idx, struct slot *s)
 {
 	struct peer_key key = {};
 
+	if (!was_called(s->ev.local_port))
+		return;
 	peer_key_of(&key, s);
 	if (bpf_map_lookup_elem(&peers, &key))
 		served_ids(idx);
@@ -1263,6 +1310,7 @@ static __always_inline void client_ids(struct slot *s, __u64 sk, __u64 n, bool t
 	}
 	peer_key_of(&key, s);
 	bpf_map_update_elem(&peers, &key, &s->st.ids, BPF_ANY);
+	mark_called(s->ev.peer_port);
 }
 
 /* The connection carries TLS: its ciphertext is not captured, the plaintext the TLS
@@ -1309,9 +1357,7 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 		capture_request(s, src, len);
 		if (c->role == OBI_ROLE_SERVER) {
 			serve_on_thread(c->slot, s);
-			s->st.seq = tls ? 0 : tcp_seq(sk, false) - (__u32)n;
-			s->st.peer_pending = 1;
-			link_to_peer(c->slot, s);
+			s->st.peer_pending = 1; /* its caller's ids: looked for when it answers, or calls */
 		} else {
 			client_ids(s, sk, n, tls);
 		}
@@ -1878,6 +1924,7 @@ static __always_inline void tls_call_starts(__u32 pid, __u64 ssl)
 	pk.client_port = c->local_port;
 	pk.server_port = c->peer_port;
 	bpf_map_update_elem(&peers, &pk, &t.ids, BPF_ANY);
+	mark_called(c->peer_port);
 }
 
 static __always_inline int tls_enter(__u32 op, __u64 ssl, __u64 buf, __u64 out)
