@@ -150,6 +150,40 @@ def test_headers_one_trace_down_the_chain(chain: Chain) -> None:
     assert attributes(ordered[4])["url.full"].startswith("https://")
 
 
+@pytest.mark.parametrize("propagation", ["headers", "disabled"])
+def test_obi_on_some_hops_gives_consistent_traces(chain: Chain, propagation: str) -> None:
+    """obi on nginx and goblog only: each traced hop's server and client spans are one trace and
+    parent and child; the untraced Python app in between (which forwards no traceparent)
+    breaks the chain there, and nothing claims a parent it does not have."""
+    config = chain.tmp / "obi.yml"
+    traced = f"{chain.ports['nginx']},{chain.ports['goblog']}"
+    config.write_text(f"discovery:\n  instrument:\n    - open_ports: {traced}\n"
+                      f"ebpf:\n  context_propagation: {propagation}\n")
+    with OtlpReceiver() as receiver, AgentProcess({
+            "OTEL_EBPF_CONFIG_PATH": str(config), "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}) as agent:
+        agent.wait_instrumented(chain.pids["nginx"])
+        agent.wait_instrumented(chain.pids["goblog"])
+        agent.wait_log(lambda e: e.get("event") == "go_binary_attached", 15)
+        echoed = subprocess.run(["curl", "-sS", "--max-time", "10", chain.url], capture_output=True,
+                                text=True, timeout=20, check=True).stdout
+        receiver.wait_for(lambda: len(receiver.spans()) >= 4, 20)
+        assert agent.stop() == 0
+    spans = receiver.spans()
+    hop_of = {pid: name for name, pid in chain.pids.items()}
+    by_hop = {(hop_of[r["process.pid"]], s.kind): s for r, s in spans}
+    assert sorted(by_hop) == sorted([("nginx", SERVER), ("nginx", CLIENT), ("goblog", SERVER),
+                                     ("goblog", CLIENT)]), describe(chain, spans)
+    for hop in ("nginx", "goblog"):
+        server, client = by_hop[(hop, SERVER)], by_hop[(hop, CLIENT)]
+        assert server.parent_span_id == b"", hop  # its caller is not traced
+        assert (client.trace_id, client.parent_span_id) == (server.trace_id, server.span_id), hop
+    assert by_hop[("nginx", SERVER)].trace_id != by_hop[("goblog", SERVER)].trace_id
+    goblog_client = by_hop[("goblog", CLIENT)]
+    assert echoed == (f"00-{goblog_client.trace_id.hex()}-{goblog_client.span_id.hex()}-01\n"
+                      if propagation == "headers" else "none\n")
+
+
 def test_disabled_the_connection_still_joins_the_chain(chain: Chain) -> None:
     """Propagation disabled (OBI's default): nothing is added on the wire, and each call's two
     ends on this host are joined by their connection, keep-alive connections included."""
