@@ -68,6 +68,7 @@ const volatile __u64 pidns_ino = 0;
 const volatile __u32 trace_execs = 0;   /* trace every exec'd process until user space decides */
 const volatile __u32 use_bpf_loop = 0;  /* the kernel has bpf_loop (HTTP/1.x framing) */
 const volatile __u32 propagate_headers = 0; /* traceparent headers in outgoing HTTP/1 requests */
+const volatile __u32 propagate_tcp = 0;     /* the context in a TCP option of each request's first packet */
 
 enum call_kind {
 	CALL_READ = 1,  /* buf, len */
@@ -1038,6 +1039,61 @@ struct {
 	__uint(max_entries, 16384);
 } thread_ids SEC(".maps");
 
+/* ---- the context in a TCP header option (ebpf.context_propagation: tcp, all) ------
+ *
+ * The first packet of each request a traced process sends on a connection (TLS too,
+ * where no header can be written) carries its call's trace and span in an experimental
+ * TCP option (kind 254, RFC 6994, obi's 2-byte magic): kind, length, magic, 16 + 8 bytes.
+ * The receiving end, traced by obi on its own host, keeps the last one that came on the
+ * connection; its server exchange takes it as its parent. */
+#define TCP_OPT_KIND 254
+#define TCP_OPT_MAGIC0 0x0b
+#define TCP_OPT_MAGIC1 0x1e
+#define TCP_OPT_LEN 28
+
+struct tcp_ctx {
+	struct obi_ids ids; /* the trace and span (parent_span_id unused) */
+	__u32 pending;      /* (to send) the next data packet carries it */
+	__u32 pad;
+};
+
+/* struct sock * -> the context its next request's first packet carries */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct tcp_ctx);
+	__uint(max_entries, 16384);
+} tcp_ctx_out SEC(".maps");
+
+/* struct sock * -> the context that came with the last request on it */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct tcp_ctx);
+	__uint(max_entries, 16384);
+} tcp_ctx_in SEC(".maps");
+
+static __always_inline void tcp_ctx_send(__u64 sk, struct obi_ids *ids)
+{
+	struct tcp_ctx out = {.ids = *ids, .pending = 1};
+
+	if (propagate_tcp)
+		bpf_map_update_elem(&tcp_ctx_out, &sk, &out, BPF_ANY);
+}
+
+/* The caller's context that came in a TCP option on a server's connection, taken once. */
+static __always_inline bool tcp_ctx_take(__u64 sk, __u8 *trace_id, __u8 *parent_span_id)
+{
+	struct tcp_ctx *in = propagate_tcp ? bpf_map_lookup_elem(&tcp_ctx_in, &sk) : NULL;
+
+	if (!in)
+		return false;
+	__builtin_memcpy(trace_id, in->ids.trace_id, 16);
+	__builtin_memcpy(parent_span_id, in->ids.span_id, 8);
+	bpf_map_delete_elem(&tcp_ctx_in, &sk);
+	return true;
+}
+
 /* An address as both ends write it: the IPv4 peer of a dual-stack socket is
  * ::ffff:a.b.c.d there and a.b.c.d on its own side. */
 static __always_inline void peer_addr(__u8 *dst, const __u8 *src)
@@ -1197,8 +1253,10 @@ __noinline int served_ids(__u32 idx)
 		found = buf[at] == '0' && buf[at + 1] == '0' && buf[at + 2] == '-' &&
 			parse_traceparent(buf + at + 3, s->st.ids.trace_id, s->st.ids.parent_span_id);
 	}
+	if (!found) /* no traceparent: the caller's context in a TCP option? */
+		found = tcp_ctx_take(s->st.sk, s->st.ids.trace_id, s->st.ids.parent_span_id);
 	if (!found) {
-		/* no traceparent: a traced caller on this host, by the connection? */
+		/* a traced caller on this host, by the connection? */
 		struct peer_key key = {};
 		struct obi_ids *caller;
 
@@ -1584,7 +1642,7 @@ static __always_inline int enter_call(__u32 kind, __u64 fd, __u64 ptr, __u64 cou
 	call.gen = info->gen;
 	if (kind == CALL_READ || kind == CALL_READV || kind == CALL_RECVMSG)
 		on_read_start(pid, info, (__u32)fd);
-	if (kind == CALL_CONNECT && propagate_headers)
+	if (kind == CALL_CONNECT && (propagate_headers || propagate_tcp))
 		mark_connecting((__u32)fd);
 	if (bpf_map_update_elem(&pending_calls, &id, &call, BPF_ANY))
 		count(OBI_COUNTER_CALL_TABLE_FULL);
@@ -1925,6 +1983,7 @@ static __always_inline void tls_call_starts(__u32 pid, __u64 ssl)
 	pk.server_port = c->peer_port;
 	bpf_map_update_elem(&peers, &pk, &t.ids, BPF_ANY);
 	mark_called(c->peer_port);
+	tcp_ctx_send(fi->sk, &t.ids);
 }
 
 static __always_inline int tls_enter(__u32 op, __u64 ssl, __u64 buf, __u64 out)
@@ -2314,6 +2373,10 @@ static __always_inline bool go_server_ids(struct obi_go_http *ev, __u64 sk)
 			ev->flags |= OBI_GO_FLAG_PARENT;
 		return false;
 	}
+	if (tcp_ctx_take(sk, ev->trace_id, ev->parent_span_id)) {
+		ev->flags |= OBI_GO_FLAG_PARENT;
+		return false;
+	}
 	/* the caller's end may leave them only after this handler began (its SSL_write returns
 	 * after Go read the request): looked for again before a call and at the end */
 	return (ev->flags & OBI_GO_FLAG_TLS) && !go_peer_ids(ev);
@@ -2668,18 +2731,64 @@ int propagation_sockops(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *bsk = skops->sk;
 	struct tcp_sock *tp;
+	struct tcp_ctx *ctx;
+	__u8 opt[TCP_OPT_LEN] = {TCP_OPT_KIND, 4, TCP_OPT_MAGIC0, TCP_OPT_MAGIC1};
 	__u64 key;
 
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || !bsk)
+	if (!bsk)
 		return 1;
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 1;
 	key = (__u64)tp;
-	if (!bpf_map_lookup_elem(&connecting, &key))
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		/* a connection a traced process opened: its requests are followed */
+		if (!bpf_map_lookup_elem(&connecting, &key))
+			return 1;
+		bpf_map_delete_elem(&connecting, &key);
+		bpf_sock_hash_update(skops, &msg_socks, &key, BPF_NOEXIST);
+		if (propagate_tcp)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							 BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 		return 1;
-	bpf_map_delete_elem(&connecting, &key);
-	bpf_sock_hash_update(skops, &msg_socks, &key, BPF_NOEXIST);
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* any accepted connection: called back only for packets with an option the
+		 * kernel does not know (ours), so the rest cost nothing */
+		if (propagate_tcp)
+			bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+							 BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG);
+		return 1;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		/* no packet (the MSS being computed): the room is kept, so a full-size first
+		 * packet with the option still fits the path */
+		ctx = bpf_map_lookup_elem(&tcp_ctx_out, &key);
+		if (!skops->skb_tcp_flags || (ctx && ctx->pending && skops->skb_len))
+			bpf_reserve_hdr_opt(skops, TCP_OPT_LEN, 0);
+		return 1;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		ctx = bpf_map_lookup_elem(&tcp_ctx_out, &key);
+		if (!ctx || !ctx->pending || !skops->skb_len)
+			return 1;
+		opt[1] = TCP_OPT_LEN;
+		__builtin_memcpy(opt + 4, ctx->ids.trace_id, 16);
+		__builtin_memcpy(opt + 20, ctx->ids.span_id, 8);
+		if (bpf_store_hdr_opt(skops, opt, TCP_OPT_LEN, 0) == 0) {
+			ctx->pending = 0;
+			count(OBI_COUNTER_TCP_CONTEXT_SENT);
+		}
+		return 1;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		if (bpf_load_hdr_opt(skops, opt, TCP_OPT_LEN, 0) == TCP_OPT_LEN && opt[1] == TCP_OPT_LEN) {
+			struct tcp_ctx in = {};
+
+			__builtin_memcpy(in.ids.trace_id, opt + 4, 16);
+			__builtin_memcpy(in.ids.span_id, opt + 20, 8);
+			bpf_map_update_elem(&tcp_ctx_in, &key, &in, BPF_ANY);
+			count(OBI_COUNTER_TCP_CONTEXT_RECEIVED);
+		}
+		return 1;
+	}
 	return 1;
 }
 
@@ -2762,16 +2871,16 @@ static __always_inline int kept_traceparent(struct sk_msg_md *msg, struct scratc
 	void *data, *data_end;
 
 	if (at + 55 > scan->n)
-		return SK_PASS;
+		return 0;
 	clamp_umax(at, MSG_SCAN - 64);
 	if (sc->buf[at] != '0' || sc->buf[at + 1] != '0' || sc->buf[at + 2] != '-' ||
 	    !parse_traceparent(sc->buf + at + 3, t->ids.trace_id, t->ids.span_id))
-		return SK_PASS;
+		return 0;
 	t->seq = tcp_seq(t->sk, true);
 	served = thread_served(pid);
 	if (served && same_bytes(served->st.ids.trace_id, t->ids.trace_id, 2)) {
 		__builtin_memcpy(t->ids.parent_span_id, served->st.ids.span_id, 8);
-		if (same_bytes(served->st.ids.parent_span_id, t->ids.span_id, 1)) {
+		if (propagate_headers && same_bytes(served->st.ids.parent_span_id, t->ids.span_id, 1)) {
 			/* the served request's own traceparent, forwarded: this call is a new span */
 			__u8 *hex = sc->buf + MSG_SCAN;
 
@@ -2782,17 +2891,17 @@ static __always_inline int kept_traceparent(struct sk_msg_md *msg, struct scratc
 			}
 			at += 36; /* "00-" 32 hex "-" */
 			if (bpf_msg_pull_data(msg, at, at + 16, 0))
-				return SK_PASS;
+				return 0;
 			data = (void *)(long)msg->data;
 			data_end = (void *)(long)msg->data_end;
 			if (data + 16 > data_end)
-				return SK_PASS;
+				return 0;
 			__builtin_memcpy(data, hex, 16);
 			count(OBI_COUNTER_TRACEPARENT_ADDED);
 		}
 	}
 	bpf_map_update_elem(&thread_ids, &id, t, BPF_ANY);
-	return SK_PASS;
+	return 1;
 }
 
 SEC("sk_msg")
@@ -2845,8 +2954,11 @@ int propagation_msg(struct sk_msg_md *msg)
 	bpf_loop(MSG_SCAN / 8 + 256, msg_scan_step, &scan, 0);
 	t.sk = sk;
 	t.ts_ns = now;
-	if (scan.has_tp)
-		return kept_traceparent(msg, sc, &scan, &t, pid, id);
+	if (scan.has_tp) {
+		if (kept_traceparent(msg, sc, &scan, &t, pid, id))
+			tcp_ctx_send(sk, &t.ids);
+		return SK_PASS;
+	}
 	if (scan.line_end < 0) {
 		count(OBI_COUNTER_TRACEPARENT_SKIPPED);
 		return SK_PASS;
@@ -2858,6 +2970,12 @@ int propagation_msg(struct sk_msg_md *msg)
 	t.sk = sk;
 	t.ts_ns = now;
 	t.seq = BPF_CORE_READ(tp, write_seq);
+	tcp_ctx_send(sk, &t.ids);
+	if (!propagate_headers) {
+		/* the context goes in a TCP option only (ebpf.context_propagation: tcp) */
+		bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
+		return SK_PASS;
+	}
 	hdr = sc->buf + MSG_SCAN; /* past the request's copy: room for the header's text */
 	for (int i = 0; i < 16; i++) {
 		hdr[16 + 2 * i] = hex_digit(t.ids.trace_id[i] >> 4);

@@ -76,6 +76,8 @@
 #define OBI_COUNTER_TRACEPARENT_ADDED 11   /* outgoing requests obi gave a traceparent header */
 #define OBI_COUNTER_TRACEPARENT_SKIPPED 12 /* ... that could not get one (request line too long,
 					    * no memory) */
+#define OBI_COUNTER_TCP_CONTEXT_SENT 13     /* requests whose first packet carried the context option */
+#define OBI_COUNTER_TCP_CONTEXT_RECEIVED 14 /* packets that came with one */
 #define OBI_COUNTER_MAX 16
 
 /* Value of a pid filter entry, keyed by the process id in obi's pid namespace. */

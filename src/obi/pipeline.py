@@ -299,11 +299,6 @@ def build_agent(config: Config) -> Agent:
     if ebpf.context_propagation == "ip":
         log.warning("deprecated_setting", setting="ebpf.context_propagation", value="ip",
                     replacement="tcp")
-    if ebpf.context_propagation in ("tcp", "ip", "all"):
-        log.warning("context_propagation_partial", setting="ebpf.context_propagation",
-                    value=ebpf.context_propagation,
-                    detail="obi does not write the context into TCP options yet: TLS calls are linked "
-                           "only when both ends run on this host")
     capture = Capture(CaptureSettings(
         syscall_hooks=ebpf.syscall_hooks,
         request_capture_bytes=ebpf.request_capture_bytes,
@@ -315,6 +310,7 @@ def build_agent(config: Config) -> Agent:
         max_exchanges=ebpf.max_inflight_requests,
         trace_execs=selects_at_exec(selection),
         propagate_headers=ebpf.context_propagation in ("headers", "all"),
+        propagate_tcp=ebpf.context_propagation in ("tcp", "ip", "all"),
     ))
     try:
         return _build_stages(config, capture, kube, selection, log)

@@ -145,7 +145,7 @@ def test_headers_one_trace_down_the_chain(chain: Chain) -> None:
     # the backend's handler read, on the wire, the traceparent obi wrote into goblog's request
     assert echoed == [f"00-{goblog_client.trace_id.hex()}-{goblog_client.span_id.hex()}-01\n"]
     started = next(e for e in agent.logs if e.get("event") == "capture_attached")
-    assert started["context_propagation"] == "on"
+    assert started["context_propagation"] == "headers"
     assert agent.logs[-1]["traceparent_added"] >= 3  # curl, nginx and goblog's plaintext requests
     assert attributes(ordered[4])["url.full"].startswith("https://")
 
@@ -170,8 +170,8 @@ def test_obi_on_some_hops_gives_consistent_traces(chain: Chain, propagation: str
         receiver.wait_for(lambda: len(receiver.spans()) >= 4, 20)
         assert agent.stop() == 0
     spans = receiver.spans()
-    hop_of = {pid: name for name, pid in chain.pids.items()}
-    by_hop = {(hop_of[r["process.pid"]], s.kind): s for r, s in spans}
+    hop_of: dict[Any, str] = {pid: name for name, pid in chain.pids.items()}
+    by_hop = {(hop_of.get(r["process.pid"], "?"), s.kind): s for r, s in spans}
     assert sorted(by_hop) == sorted([("nginx", SERVER), ("nginx", CLIENT), ("goblog", SERVER),
                                      ("goblog", CLIENT)]), describe(chain, spans)
     for hop in ("nginx", "goblog"):
@@ -276,7 +276,7 @@ def test_headers_detached_when_obi_is_killed(tmp_path: Path) -> None:
         with AgentProcess({"OTEL_EBPF_OPEN_PORT": str(backend_port),
                            "OTEL_EBPF_BPF_CONTEXT_PROPAGATION": "headers"}) as agent:
             started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 10)
-            assert started["context_propagation"] == "on"
+            assert started["context_propagation"] == "headers"
             ours = bpf_link_ids() - agent.links_before
             programs = bpf_programs()
             assert {"propagation_sockops", "propagation_msg"} <= set(programs.values())
@@ -300,3 +300,48 @@ def bpf_programs() -> dict[int, str]:
     """Id -> name of every BPF program on the host (bpftool)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
     return {int(p["id"]): p.get("name", "") for p in json.loads(out or "[]")}
+
+
+def test_tcp_option_carries_a_tls_call_between_two_obis(chain: Chain) -> None:
+    """ebpf.context_propagation=tcp across two obi agents, as on two hosts: one traces the
+    Python app, the other goblog, each with maps of its own, so the TLS call between them
+    can only be joined by what travels on the wire: the TCP option on the request's first
+    packet. goblog's server span is the child of the app's client span."""
+    agents, receiver = [], OtlpReceiver().__enter__()
+    try:
+        for hop in ("app", "goblog"):
+            config = chain.tmp / f"obi-{hop}.yml"
+            config.write_text(f"discovery:\n  instrument:\n    - open_ports: {chain.ports[hop]}\n"
+                              "ebpf:\n  context_propagation: tcp\n")
+            agent = AgentProcess({"OTEL_EBPF_CONFIG_PATH": str(config),
+                                  "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+                                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}).start()
+            agents.append(agent)
+            agent.wait_instrumented(chain.pids[hop])
+            started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 10)
+            assert started["context_propagation"] == "tcp"
+        agents[1].wait_log(lambda e: e.get("event") == "go_binary_attached", 15)
+        for _ in range(2):
+            subprocess.run(["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{chain.ports['app']}/next"],
+                           capture_output=True, text=True, timeout=20, check=True)
+        receiver.wait_for(lambda: len(receiver.spans()) >= 8, 20)
+        for agent in reversed(agents):  # the last one started first: each sees only its own links go
+            assert agent.stop() == 0
+    finally:
+        for agent in reversed(agents):
+            if agent.proc is not None and agent.proc.poll() is None:
+                agent.stop()
+        receiver.__exit__(None, None, None)
+    spans = receiver.spans()
+    hop_of: dict[Any, str] = {pid: name for name, pid in chain.pids.items()}
+    got = sorted(((hop_of.get(r["process.pid"], "?"), s) for r, s in spans),
+                 key=lambda p: p[1].start_time_unix_nano)
+    app_clients = [s for hop, s in got if (hop, s.kind) == ("app", CLIENT)]
+    goblog_servers = [s for hop, s in got if (hop, s.kind) == ("goblog", SERVER)]
+    assert len(app_clients) == len(goblog_servers) == 2, describe(chain, spans)
+    for client, server in zip(app_clients, goblog_servers, strict=True):
+        assert attributes(client)["url.full"].startswith("https://")
+        assert (server.trace_id, server.parent_span_id) == (client.trace_id, client.span_id), (
+            describe(chain, spans))
+    app_stats, goblog_stats = agents[0].logs[-1], agents[1].logs[-1]
+    assert app_stats["tcp_context_sent"] >= 2 and goblog_stats["tcp_context_received"] >= 2

@@ -39,6 +39,10 @@ def test_the_header_programs_and_their_sockhash_exist_only_with_header_propagati
     assert on.skipped_maps == frozenset() and "propagation_" in on.program_prefixes
     assert on.manual_programs >= PROPAGATION_PROGRAMS
     assert on.rodata["propagate_headers"] == b"\1\0\0\0"
+    assert on.rodata["propagate_tcp"] == b"\0\0\0\0"
+    tcp = build_spec(CaptureSettings(propagate_tcp=True), "tracepoint", True, tcp=True)
+    assert tcp.skipped_maps == frozenset() and "propagation_" in tcp.program_prefixes
+    assert (tcp.rodata["propagate_headers"], tcp.rodata["propagate_tcp"]) == (b"\0\0\0\0", b"\1\0\0\0")
 
 
 def test_the_cgroup_v2_hierarchy_is_found_on_unified_and_hybrid_hosts(tmp_path: Path) -> None:

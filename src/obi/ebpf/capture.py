@@ -63,6 +63,8 @@ class CaptureSettings:
     uprobe_mode: Literal["auto", "uprobe_multi", "perf_event"] = "auto"
     # add a traceparent header to the outgoing HTTP/1 requests of traced processes
     propagate_headers: bool = False
+    # put the context in a TCP option of each request's first packet (TLS included)
+    propagate_tcp: bool = False
 
 
 def _privileged() -> bool:
@@ -112,12 +114,13 @@ def propagation_blocker() -> str | None:
 
 
 def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
-               uprobes: str | None = None, go: bool = True, headers: bool = False) -> BpfObjectSpec:
+               uprobes: str | None = None, go: bool = True, headers: bool = False,
+               tcp: bool = False) -> BpfObjectSpec:
     """What to load for these settings (`uprobes`: how the uprobe programs will attach, None:
-    not at all; `go`: the Go ones too; `headers`: the traceparent header programs);
-    deterministic, no kernel objects."""
+    not at all; `go`: the Go ones too; `headers`, `tcp`: the propagation programs, adding
+    headers, TCP options); deterministic, no kernel objects."""
     prefixes = tuple(p for p in UPROBE_PREFIXES if go or p != "go_") if uprobes else ()
-    if headers:
+    if headers or tcp:
         prefixes += (PROPAGATION_PREFIX,)
     dev, ino = pid_namespace()
     wakeup_bytes = (settings.wakeup_len or DEFAULT_WAKEUP_LEN) * TYPICAL_RECORD_SIZE
@@ -132,6 +135,7 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
             "trace_execs": u32(int(settings.trace_execs)),
             "use_bpf_loop": u32(int(use_bpf_loop)),
             "propagate_headers": u32(int(headers)),
+            "propagate_tcp": u32(int(tcp)),
             "slot_count": u32(settings.max_exchanges),
         },
         max_entries={
@@ -147,7 +151,7 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
         },
         program_prefixes=(PROGRAM_PREFIXES[hooks], *COMMON_PREFIXES, *prefixes),
         manual_programs=MANUAL_PROGRAMS | UPROBE_PROGRAMS | PROPAGATION_PROGRAMS,
-        skipped_maps=frozenset() if headers else frozenset({"msg_socks"}),
+        skipped_maps=frozenset() if headers or tcp else frozenset({"msg_socks"}),
         attach_types=(dict.fromkeys(UPROBE_PROGRAMS, BPF_TRACE_UPROBE_MULTI) if uprobes == "uprobe_multi"
                       else {}),
     )
@@ -168,6 +172,8 @@ COUNTER_NAMES: dict[str, int] = {
     "tls_exchanges": lib.OBI_COUNTER_TLS_EXCHANGES,
     "traceparent_added": lib.OBI_COUNTER_TRACEPARENT_ADDED,
     "traceparent_skipped": lib.OBI_COUNTER_TRACEPARENT_SKIPPED,
+    "tcp_context_sent": lib.OBI_COUNTER_TCP_CONTEXT_SENT,
+    "tcp_context_received": lib.OBI_COUNTER_TCP_CONTEXT_RECEIVED,
 }
 
 
@@ -203,13 +209,17 @@ class Capture:
         self.uprobes: UprobeAttacher | None = None
         # Go's programs need bpf_get_attach_cookie; without it they are left out (Go: no spans)
         self.go = self.uprobe_mode.kind is not None and (not _privileged() or attach_cookie_supported())
-        # traceparent headers: "on", or why not
-        self.headers = "off (ebpf.context_propagation)"
-        if settings.propagate_headers:
-            blocker = propagation_blocker()
-            self.headers = f"off: {blocker}" if blocker else "on"
+        # context on the wire: "headers", "tcp", "headers+tcp", or why not
+        wanted = "+".join(w for w, on in (("headers", settings.propagate_headers),
+                                          ("tcp", settings.propagate_tcp)) if on)
+        self.propagation = wanted or "off (ebpf.context_propagation)"
+        blocker = propagation_blocker() if wanted else None
+        if blocker:
+            self.propagation = f"off: {blocker}"
+        on = bool(wanted) and not blocker
         self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind,
-                                                   self.go, self.headers == "on"))
+                                                   self.go, on and settings.propagate_headers,
+                                                   on and settings.propagate_tcp))
         try:
             filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
                            "fill the free exchange slots")
@@ -218,7 +228,7 @@ class Capture:
             self.collection.attach_all()
             if hooks == "tracepoint":
                 self._attach_syscall_exits()
-            if self.headers == "on":
+            if on:
                 self._attach_propagation()
             self._pid_filter_fd = self.collection.map_fd("pid_filter")
             self._counters_fd = self.collection.map_fd("counters")
@@ -241,11 +251,11 @@ class Capture:
                        uprobes=self.uprobe_mode.detail if self.uprobe_mode.kind
                        else f"off (no TLS plaintext, no Go): {self.uprobe_mode.detail}",
                        go="on" if self.go else "off (bpf_get_attach_cookie needs Linux 5.15)"
-                       if self.uprobe_mode.kind else "off", context_propagation=self.headers)
-        if settings.propagate_headers and self.headers != "on":
-            self._log.warning("context_propagation_unavailable", wanted="headers",
-                              reason=self.headers.removeprefix("off: "),
-                              effect="outgoing requests carry no traceparent; calls between traced "
+                       if self.uprobe_mode.kind else "off", context_propagation=self.propagation)
+        if wanted and self.propagation != wanted:
+            self._log.warning("context_propagation_unavailable", wanted=wanted,
+                              reason=self.propagation.removeprefix("off: "),
+                              effect="outgoing requests carry no trace context; calls between traced "
                                      "processes on this host are still linked")
 
     def _attach_propagation(self) -> None:
@@ -255,7 +265,7 @@ class Capture:
             self.collection.attach_cgroup("propagation_sockops", cgroup2_root() or "/sys/fs/cgroup")
             self.collection.attach_to_map("propagation_msg", "msg_socks", lib.BPF_SK_MSG_VERDICT)
         except BpfError as err:
-            self.headers = f"off: {err}"
+            self.propagation = f"off: {err}"
 
     def _attach_syscall_exits(self) -> None:
         """tp_exit on sys_exit_<name> for every tp_enter_<name> loaded."""
