@@ -1313,24 +1313,69 @@ static __always_inline void serve_on_thread(__u32 idx, struct slot *s)
 /* A client exchange started on this thread: a call made for the request it serves? */
 /* The ids of a call this thread makes now: a child of the request it serves (true), or
  * of nothing (false: a new trace). */
-static __always_inline struct slot *thread_served(__u32 pid)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct served *v = bpf_map_lookup_elem(&serving, &id);
-	struct slot *served = v && v->inflight == 1 ? slot_at(v->slot) : NULL;
+/* nginx: the request an upstream call is made for (value of `nginx_current`, by thread, while
+ * ngx_http_upstream_init runs; and of `upstream_for`, by the upstream connection it opened). */
+struct upstream_of {
+	__u32 slot;
+	__u32 pad;
+	__u64 start_ns; /* the server exchange's */
+	__u64 at_ns;    /* when ngx_http_upstream_init began (a missed return goes stale) */
+};
 
-	/* serving nothing, several requests at once (an event loop), or one that is over */
-	if (!served || served->st.busy != SLOT_BUSY || served->ev.start_ns != v->start_ns ||
+#define NGINX_CALL_NS 10000000ULL /* ngx_http_upstream_init runs for much less than this */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64); /* host pid_tgid */
+	__type(value, struct upstream_of);
+	__uint(max_entries, 4096);
+} nginx_current SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct upstream_of);
+	__uint(max_entries, 16384);
+} upstream_for SEC(".maps");
+
+/* The server exchange of slot idx, if it is still the one that began at start_ns in pid. */
+static __always_inline struct slot *served_slot(__u32 idx, __u64 start_ns, __u32 pid)
+{
+	struct slot *served = slot_at(idx);
+
+	if (!served || served->st.busy != SLOT_BUSY || served->ev.start_ns != start_ns ||
 	    served->ev.role != OBI_ROLE_SERVER || served->ev.pid != pid)
-		return NULL;
+		return NULL; /* that request is over */
 	if (!(served->ev.flags & OBI_FLAG_IDS))
-		served_ids(v->slot);
+		served_ids(idx);
 	return served;
 }
 
-static __always_inline bool call_ids(__u32 pid, struct obi_ids *ids)
+/* The request a call on connection sk is made for: the one nginx is starting its upstream
+ * for on this thread, or opened sk for; else the one request the thread serves. */
+static __always_inline struct slot *call_parent(__u32 pid, __u64 sk)
 {
-	struct slot *served = thread_served(pid);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct upstream_of *u = bpf_map_lookup_elem(&nginx_current, &id);
+	struct served *v;
+
+	if (u && bpf_ktime_get_ns() - u->at_ns < NGINX_CALL_NS)
+		return served_slot(u->slot, u->start_ns, pid);
+	u = sk ? bpf_map_lookup_elem(&upstream_for, &sk) : NULL;
+	if (u) {
+		struct upstream_of found = *u;
+
+		bpf_map_delete_elem(&upstream_for, &sk); /* its later requests are other requests' */
+		return served_slot(found.slot, found.start_ns, pid);
+	}
+	v = bpf_map_lookup_elem(&serving, &id);
+	/* serving nothing, or several requests at once (an event loop) */
+	return v && v->inflight == 1 ? served_slot(v->slot, v->start_ns, pid) : NULL;
+}
+
+static __always_inline bool call_ids(__u32 pid, __u64 sk, struct obi_ids *ids)
+{
+	struct slot *served = call_parent(pid, sk);
 
 	if (!served) {
 		random_ids(ids, true);
@@ -1363,7 +1408,7 @@ static __always_inline void client_ids(struct slot *s, __u64 sk, __u64 n, bool t
 		bpf_map_delete_elem(&thread_ids, &id);
 		if (tls && t->sk)
 			return; /* left for the server already, when the SSL write began */
-	} else if (call_ids(s->ev.pid, &s->st.ids)) {
+	} else if (call_ids(s->ev.pid, sk, &s->st.ids)) {
 		s->ev.flags |= OBI_FLAG_PARENT;
 	}
 	peer_key_of(&key, s);
@@ -1527,8 +1572,14 @@ static __always_inline void on_connect_done(__u32 pid, __u32 gen, __u32 fd, __s6
 	struct obi_conn_key key = {.pid = pid, .fd = fd};
 	__u64 sk;
 
-	if (ret == 0 || ret == -EINPROGRESS)
+	if (ret == 0 || ret == -EINPROGRESS) {
+		__u64 id = bpf_get_current_pid_tgid();
+		struct upstream_of *u = bpf_map_lookup_elem(&nginx_current, &id);
+
 		track(&key, gen, OBI_ROLE_CLIENT, &sk);
+		if (u && sk) /* nginx opening an upstream connection for the request it starts */
+			bpf_map_update_elem(&upstream_for, &sk, u, BPF_ANY);
+	}
 }
 
 /* A server about to read again: a response it finished writing is over. */
@@ -1975,7 +2026,7 @@ static __always_inline void tls_call_starts(__u32 pid, __u64 ssl)
 		return; /* more of a request under way */
 	t.sk = fi->sk;
 	t.ts_ns = bpf_ktime_get_ns();
-	call_ids(pid, &t.ids);
+	call_ids(pid, fi->sk, &t.ids);
 	bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
 	peer_addr(pk.client_addr, c->local_addr);
 	peer_addr(pk.server_addr, c->peer_addr);
@@ -2111,6 +2162,51 @@ int tls_free(struct pt_regs *ctx)
 	if (!key.ssl || !traced(&key.pid))
 		return 0;
 	bpf_map_delete_elem(&tls_socks, &key);
+	return 0;
+}
+
+/* ---- nginx: which request an upstream call is made for ---------------------------
+ *
+ * nginx serves many requests on one thread, so the thread alone does not tell which one
+ * a call upstream is for. ngx_http_upstream_init(r) starts the upstream of request r: r's
+ * client connection (r->connection->fd) is the server exchange it serves. While it runs,
+ * an upstream request it writes (on a kept-alive connection) is that request's call, and a
+ * connection it opens is that request's for the request written on it later. */
+#define NGX_REQUEST_CONNECTION 8 /* ngx_http_request_t.connection (after uint32_t signature) */
+#define NGX_CONNECTION_FD 24     /* ngx_connection_t.fd (after data, read, write) */
+
+SEC("uprobe")
+int nginx_upstream_init(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid(), r = PT_REGS_PARM1(ctx), c = 0, sk;
+	struct obi_conn_key key = {};
+	struct upstream_of u = {};
+	struct obi_pid_info *info = traced(&key.pid);
+	struct conn *downstream;
+	struct slot *s;
+	__s32 fd = -1;
+
+	if (!info || !r || bpf_probe_read_user(&c, sizeof(c), (void *)(r + NGX_REQUEST_CONNECTION)) || !c ||
+	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(c + NGX_CONNECTION_FD)) || fd < 0)
+		return 0;
+	key.fd = (__u32)fd;
+	downstream = lookup_conn(&key, info->gen, &sk);
+	s = downstream && downstream->role == OBI_ROLE_SERVER ? slot_at(downstream->slot) : NULL;
+	if (!s || s->st.busy != SLOT_BUSY)
+		return 0;
+	u.slot = downstream->slot;
+	u.start_ns = s->ev.start_ns;
+	u.at_ns = bpf_ktime_get_ns();
+	bpf_map_update_elem(&nginx_current, &id, &u, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int nginx_upstream_init_ret(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&nginx_current, &id);
 	return 0;
 }
 
@@ -2877,7 +2973,7 @@ static __always_inline int kept_traceparent(struct sk_msg_md *msg, struct scratc
 	    !parse_traceparent(sc->buf + at + 3, t->ids.trace_id, t->ids.span_id))
 		return 0;
 	t->seq = tcp_seq(t->sk, true);
-	served = thread_served(pid);
+	served = call_parent(pid, t->sk);
 	if (served && same_bytes(served->st.ids.trace_id, t->ids.trace_id, 2)) {
 		__builtin_memcpy(t->ids.parent_span_id, served->st.ids.span_id, 8);
 		if (propagate_headers && same_bytes(served->st.ids.parent_span_id, t->ids.span_id, 1)) {
@@ -2966,7 +3062,7 @@ int propagation_msg(struct sk_msg_md *msg)
 	if (pending && !pending->sk)
 		t.ids = pending->ids; /* Go: the call whose request this thread writes */
 	else
-		call_ids(pid, &t.ids);
+		call_ids(pid, sk, &t.ids);
 	t.sk = sk;
 	t.ts_ns = now;
 	t.seq = BPF_CORE_READ(tp, write_seq);

@@ -33,6 +33,7 @@ from obi.ebpf.capture import Capture, CaptureSettings
 from obi.ebpf.drain import CaptureDrain, DrainSettings
 from obi.ebpf.goprobes import GoHttp, GoOffsetSlots, GoTls
 from obi.ebpf.libraries import Instrumenter, UprobeFiles
+from obi.ebpf.nginx import Nginx
 from obi.ebpf.tls import OpenSsl
 from obi.export.batch import (
     BatchingExporter,
@@ -334,7 +335,8 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     watcher = ProcessWatcher(selection, kube_facts=decorator.kube_facts if decorator is not None else None)
     uprobes: UprobeFiles | None = None
     if capture.uprobes is not None:
-        instrumenters: list[Instrumenter] = [OpenSsl(capture.uprobes, capture.collection)]
+        instrumenters: list[Instrumenter] = [OpenSsl(capture.uprobes, capture.collection),
+                                             Nginx(capture.uprobes, capture.collection)]
         if capture.go:
             slots = GoOffsetSlots(capture.collection)
             instrumenters += [GoHttp(capture.uprobes, capture.collection, slots),

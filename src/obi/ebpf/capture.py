@@ -14,6 +14,7 @@ import structlog
 from obi.capabilities import effective_capabilities
 from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
 from obi.ebpf.goprobes import GO_PROGRAMS
+from obi.ebpf.nginx import NGINX_PROGRAMS
 from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
 from obi.ebpf.records import EXCHANGE_SIZE
 from obi.ebpf.ring import RingReader
@@ -33,9 +34,9 @@ COMMON_PREFIXES = ("common_", "sweep")
 MANUAL_PROGRAMS = frozenset({"tp_exit", "sweep"})
 # The uprobe programs (bpf/capture.bpf.c), attached per file by obi.ebpf.libraries: OpenSSL's
 # (obi.ebpf.tls) and Go's (obi.ebpf.goprobes).
-UPROBE_PREFIXES = ("tls_", "go_")
+UPROBE_PREFIXES = ("tls_", "go_", "nginx_")
 UPROBE_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_enter", "tls_write_ex_enter",
-                             "tls_handshake_enter", "tls_return", "tls_free"}) | GO_PROGRAMS
+                             "tls_handshake_enter", "tls_return", "tls_free"}) | GO_PROGRAMS | NGINX_PROGRAMS
 # The header propagation programs: a cgroup sock_ops program and an sk_msg verdict.
 PROPAGATION_PREFIX = "propagation_"
 PROPAGATION_PROGRAMS = frozenset({"propagation_sockops", "propagation_msg"})
