@@ -1313,27 +1313,17 @@ static __always_inline void serve_on_thread(__u32 idx, struct slot *s)
 /* A client exchange started on this thread: a call made for the request it serves? */
 /* The ids of a call this thread makes now: a child of the request it serves (true), or
  * of nothing (false: a new trace). */
-/* nginx: the request an upstream call is made for (value of `nginx_current`, by thread, while
- * ngx_http_upstream_init runs; and of `upstream_for`, by the upstream connection it opened). */
+/* nginx: the request an upstream connection's next request is written for (`upstream_for`,
+ * by the upstream connection's struct sock *), set by ngx_chain_writer's uprobe. */
 struct upstream_of {
 	__u32 slot;
 	__u32 pad;
 	__u64 start_ns; /* the server exchange's */
-	__u64 at_ns;    /* when ngx_http_upstream_init began (a missed return goes stale) */
 };
-
-#define NGINX_CALL_NS 10000000ULL /* ngx_http_upstream_init runs for much less than this */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, __u64); /* host pid_tgid */
-	__type(value, struct upstream_of);
-	__uint(max_entries, 4096);
-} nginx_current SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, __u64); /* struct sock * */
+	__type(key, __u64);
 	__type(value, struct upstream_of);
 	__uint(max_entries, 16384);
 } upstream_for SEC(".maps");
@@ -1351,17 +1341,14 @@ static __always_inline struct slot *served_slot(__u32 idx, __u64 start_ns, __u32
 	return served;
 }
 
-/* The request a call on connection sk is made for: the one nginx is starting its upstream
- * for on this thread, or opened sk for; else the one request the thread serves. */
+/* The request a call on connection sk is made for: the one nginx is writing sk's request
+ * for; else the one request the thread serves. */
 static __always_inline struct slot *call_parent(__u32 pid, __u64 sk)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct upstream_of *u = bpf_map_lookup_elem(&nginx_current, &id);
+	struct upstream_of *u = sk ? bpf_map_lookup_elem(&upstream_for, &sk) : NULL;
 	struct served *v;
 
-	if (u && bpf_ktime_get_ns() - u->at_ns < NGINX_CALL_NS)
-		return served_slot(u->slot, u->start_ns, pid);
-	u = sk ? bpf_map_lookup_elem(&upstream_for, &sk) : NULL;
 	if (u) {
 		struct upstream_of found = *u;
 
@@ -1572,14 +1559,8 @@ static __always_inline void on_connect_done(__u32 pid, __u32 gen, __u32 fd, __s6
 	struct obi_conn_key key = {.pid = pid, .fd = fd};
 	__u64 sk;
 
-	if (ret == 0 || ret == -EINPROGRESS) {
-		__u64 id = bpf_get_current_pid_tgid();
-		struct upstream_of *u = bpf_map_lookup_elem(&nginx_current, &id);
-
+	if (ret == 0 || ret == -EINPROGRESS)
 		track(&key, gen, OBI_ROLE_CLIENT, &sk);
-		if (u && sk) /* nginx opening an upstream connection for the request it starts */
-			bpf_map_update_elem(&upstream_for, &sk, u, BPF_ANY);
-	}
 }
 
 /* A server about to read again: a response it finished writing is over. */
@@ -2168,45 +2149,55 @@ int tls_free(struct pt_regs *ctx)
 /* ---- nginx: which request an upstream call is made for ---------------------------
  *
  * nginx serves many requests on one thread, so the thread alone does not tell which one
- * a call upstream is for. ngx_http_upstream_init(r) starts the upstream of request r: r's
- * client connection (r->connection->fd) is the server exchange it serves. While it runs,
- * an upstream request it writes (on a kept-alive connection) is that request's call, and a
- * connection it opens is that request's for the request written on it later. */
-#define NGX_REQUEST_CONNECTION 8 /* ngx_http_request_t.connection (after uint32_t signature) */
+ * a call upstream is for. Every upstream module writes its request with
+ * ngx_chain_writer(ctx, in), and ctx names the upstream connection, whose data is the
+ * request it is written for (ngx_http_upstream_connect sets it, for new and kept-alive
+ * connections alike): its client connection is the server exchange the call is made for.
+ * An entry probe only: the write syscalls that follow on that connection start the call. */
+#define NGX_WRITER_CONNECTION 16 /* ngx_chain_writer_ctx_t.connection (after out, last) */
+#define NGX_CONNECTION_DATA 0    /* ngx_connection_t.data: an upstream connection's request */
 #define NGX_CONNECTION_FD 24     /* ngx_connection_t.fd (after data, read, write) */
+#define NGX_REQUEST_CONNECTION 8 /* ngx_http_request_t.connection (after uint32_t signature) */
 
-SEC("uprobe")
-int nginx_upstream_init(struct pt_regs *ctx)
+static __always_inline __s32 ngx_fd(__u64 c)
 {
-	__u64 id = bpf_get_current_pid_tgid(), r = PT_REGS_PARM1(ctx), c = 0, sk;
-	struct obi_conn_key key = {};
-	struct upstream_of u = {};
-	struct obi_pid_info *info = traced(&key.pid);
-	struct conn *downstream;
-	struct slot *s;
 	__s32 fd = -1;
 
-	if (!info || !r || bpf_probe_read_user(&c, sizeof(c), (void *)(r + NGX_REQUEST_CONNECTION)) || !c ||
-	    bpf_probe_read_user(&fd, sizeof(fd), (void *)(c + NGX_CONNECTION_FD)) || fd < 0)
-		return 0;
-	key.fd = (__u32)fd;
-	downstream = lookup_conn(&key, info->gen, &sk);
-	s = downstream && downstream->role == OBI_ROLE_SERVER ? slot_at(downstream->slot) : NULL;
-	if (!s || s->st.busy != SLOT_BUSY)
-		return 0;
-	u.slot = downstream->slot;
-	u.start_ns = s->ev.start_ns;
-	u.at_ns = bpf_ktime_get_ns();
-	bpf_map_update_elem(&nginx_current, &id, &u, BPF_ANY);
-	return 0;
+	if (!c || bpf_probe_read_user(&fd, sizeof(fd), (void *)(c + NGX_CONNECTION_FD)))
+		return -1;
+	return fd;
 }
 
 SEC("uprobe")
-int nginx_upstream_init_ret(struct pt_regs *ctx)
+int nginx_chain_writer(struct pt_regs *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 up = 0, r = 0, down = 0, up_sk, down_sk;
+	struct obi_conn_key key = {};
+	struct obi_pid_info *info = traced(&key.pid);
+	struct upstream_of u = {};
+	struct conn *c;
+	struct slot *s;
+	__s32 up_fd, down_fd;
 
-	bpf_map_delete_elem(&nginx_current, &id);
+	if (!info || bpf_probe_read_user(&up, sizeof(up), (void *)(PT_REGS_PARM1(ctx) + NGX_WRITER_CONNECTION)) ||
+	    !up || bpf_probe_read_user(&r, sizeof(r), (void *)(up + NGX_CONNECTION_DATA)) || !r ||
+	    bpf_probe_read_user(&down, sizeof(down), (void *)(r + NGX_REQUEST_CONNECTION)))
+		return 0;
+	up_fd = ngx_fd(up);
+	down_fd = ngx_fd(down);
+	if (up_fd < 0 || down_fd < 0)
+		return 0;
+	key.fd = (__u32)down_fd;
+	c = lookup_conn(&key, info->gen, &down_sk);
+	s = c && c->role == OBI_ROLE_SERVER ? slot_at(c->slot) : NULL;
+	if (!s || s->st.busy != SLOT_BUSY)
+		return 0;
+	u.slot = c->slot;
+	u.start_ns = s->ev.start_ns;
+	key.fd = (__u32)up_fd;
+	c = lookup_conn(&key, info->gen, &up_sk);
+	if (c && c->role != OBI_ROLE_SERVER) /* a client one, or one found mid-way */
+		bpf_map_update_elem(&upstream_for, &up_sk, &u, BPF_ANY);
 	return 0;
 }
 

@@ -76,7 +76,7 @@ def test_calls_are_children_of_the_request_their_thread_serves(upstream: int) ->
 def test_nginx_proxying_many_requests_at_once_links_each_call_to_its_request(upstream: int,
                                                                             tmp_path: Path) -> None:
     """nginx serves many requests on one thread: the thread does not say which one a call
-    upstream is for, ngx_http_upstream_init does (a uprobe on nginx's exported function). Each
+    upstream is for, ngx_chain_writer's context does (a uprobe on nginx's exported function). Each
     upstream call is the child of the request it proxies, over new and kept-alive upstream
     connections, with a slow request in flight and twenty more at once beside it."""
     nginx, port = start_nginx(tmp_path, NGINX_PROXY, upstream=upstream)

@@ -2,23 +2,25 @@
 
 nginx serves many requests on each worker thread, so the thread alone does not say which
 request a proxied call belongs to. nginx exports its functions (for dynamic modules), and
-`ngx_http_upstream_init(r)` starts the upstream of request `r`: the programs of
-bpf/capture.bpf.c on its entry and return tie the upstream connection and request to the
-server exchange of `r`'s client connection. Any executable that exports the function
-(nginx, OpenResty, Angie) is instrumented.
+every upstream module (proxy, fastcgi, uwsgi, scgi, grpc) writes its request with
+`ngx_chain_writer(ctx, in)`, whose `ctx` names the upstream connection and, through it,
+the request it is written for. The program of bpf/capture.bpf.c on its entry ties the
+upstream connection's next request to the server exchange of that request's client
+connection. Any executable that exports the function (nginx, OpenResty, Angie) is
+instrumented; an entry probe only (on x86-64 the entry is a `push`, which the kernel
+emulates: a cheap probe).
 """
 
 from __future__ import annotations
 
 from obi.ebpf.elf import ElfFile
 from obi.ebpf.libraries import NotMine, ProgramSource
-from obi.ebpf.uprobes import UprobeAttacher, detach
+from obi.ebpf.uprobes import UprobeAttacher
 
-UPSTREAM_INIT = "ngx_http_upstream_init"
-ENTRY_PROGRAM, RETURN_PROGRAM = "nginx_upstream_init", "nginx_upstream_init_ret"
-NGINX_PROGRAMS = frozenset({ENTRY_PROGRAM, RETURN_PROGRAM})
-ENTRY_REGISTERS = ("rdi",)  # r
-_EM_X86_64 = 62
+CHAIN_WRITER = "ngx_chain_writer"
+PROGRAM = "nginx_chain_writer"
+NGINX_PROGRAMS = frozenset({PROGRAM})
+REQUIRED = (CHAIN_WRITER, "ngx_http_upstream_init")  # an nginx with an HTTP upstream
 
 
 class Nginx:
@@ -35,34 +37,13 @@ class Nginx:
         return path == exe
 
     def attach(self, path: str, shown: str) -> tuple[list[int], str, object]:
-        from obi.ebpf.x86 import Function  # capstone loads only once a process needs it
-
         with ElfFile(path) as elf:
-            found = elf.functions((UPSTREAM_INIT,)).get(UPSTREAM_INIT)
-            entry = elf.offset_of(found[0]) if found else None
-            if entry is None or found is None:
-                raise NotMine(shown)
-            returns: list[int] | None = None
-            moved = entry
-            if elf.machine == _EM_X86_64 and found[1]:
-                function = Function(bytes(elf.data[entry:entry + found[1]]))
-                at = function.return_probes(())
-                if at is not None:  # probes off the entry are cheap only if the return's are too
-                    returns = [entry + r for r in at]
-                    moved = entry + function.entry_probe(ENTRY_REGISTERS)
-        links: list[int] = []
-        try:
-            links += self._attacher.attach(self._programs.program_fd(ENTRY_PROGRAM), path, [moved])
-            if returns is None:
-                links += self._attacher.attach(self._programs.program_fd(RETURN_PROGRAM), path, [entry],
-                                               retprobe=True)
-            else:
-                links += self._attacher.attach(self._programs.program_fd(RETURN_PROGRAM), path, returns)
-        except BaseException:
-            detach(links)
-            raise
-        where = "off the entry" if returns is not None else "entry and uretprobe"
-        return links, f"{UPSTREAM_INIT} ({where}, {self._attacher.kind})", None
+            found = elf.functions(REQUIRED)
+            entry = elf.offset_of(found[CHAIN_WRITER][0]) if found.keys() >= set(REQUIRED) else None
+        if entry is None:
+            raise NotMine(shown)
+        links = self._attacher.attach(self._programs.program_fd(PROGRAM), path, [entry])
+        return links, f"{CHAIN_WRITER} ({self._attacher.kind})", None
 
     def release(self, token: object) -> None:
         pass
