@@ -215,3 +215,33 @@ def test_tls_spans_under_the_unprivileged_list(tmp_path: Path) -> None:
     check_server_spans(receiver, port, server.pid)
     last = next(e for e in agent.logs if e.get("event") == "agent_stopped")
     assert (last["spans"], last["unknown_protocol"], last["tls_unbound"]) == (len(CURL_CALLS), 0, 0)
+
+
+@pytest.mark.parametrize("extra", [(), ("net_admin",)])
+def test_context_propagation_needs_net_admin_and_says_so(extra: tuple[str, ...]) -> None:
+    """Propagation asked for under the guide's list: without CAP_NET_ADMIN obi says, in one
+    line, that it runs without it and why, and still traces; with it, headers and the TCP
+    option are on."""
+    backend = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "behaviour_server.py"), str(backend)], ready="ready")
+    try:
+        env = {"OTEL_EBPF_OPEN_PORT": str(backend), "OTEL_EBPF_BPF_CONTEXT_PROPAGATION": "all",
+               "OTEL_EBPF_TRACE_PRINTER": "counter"}
+        agent = AgentProcess(env, command=[*with_caps([*UNPRIVILEGED, *extra]), sys.executable, "-m",
+                                           "obi.cli"]).start()
+        try:
+            agent.wait_instrumented(proc.pid)
+            attached = agent.wait_log(lambda e: e.get("event") == "capture_attached", 10)
+            assert curl(f"http://127.0.0.1:{backend}/plain") == "ok\n"
+        finally:
+            assert agent.stop() == 0
+    finally:
+        stop_process(proc)
+    unavailable = [e for e in agent.logs if e.get("event") == "context_propagation_unavailable"]
+    if extra:
+        assert attached["context_propagation"] == "headers+tcp" and unavailable == []
+    else:
+        assert attached["context_propagation"] == "off: CAP_NET_ADMIN is missing"
+        assert [(e["level"], e["wanted"], e["reason"]) for e in unavailable] == [
+            ("warning", "headers+tcp", "CAP_NET_ADMIN is missing")]
+    assert agent.logs[-1]["spans"] == 1
