@@ -309,10 +309,10 @@ def test_tcp_option_carries_a_tls_call_between_two_obis(chain: Chain) -> None:
     packet. goblog's server span is the child of the app's client span."""
     agents, receiver = [], OtlpReceiver().__enter__()
     try:
-        for hop in ("app", "goblog"):
+        for hop, mode in (("app", "tcp"), ("goblog", "ip")):  # "ip": OBI's deprecated name of tcp
             config = chain.tmp / f"obi-{hop}.yml"
             config.write_text(f"discovery:\n  instrument:\n    - open_ports: {chain.ports[hop]}\n"
-                              "ebpf:\n  context_propagation: tcp\n")
+                              f"ebpf:\n  context_propagation: {mode}\n")
             agent = AgentProcess({"OTEL_EBPF_CONFIG_PATH": str(config),
                                   "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
                                   "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", **FAST_EXPORT}).start()
@@ -343,5 +343,8 @@ def test_tcp_option_carries_a_tls_call_between_two_obis(chain: Chain) -> None:
         assert attributes(client)["url.full"].startswith("https://")
         assert (server.trace_id, server.parent_span_id) == (client.trace_id, client.span_id), (
             describe(chain, spans))
+    deprecated = [e for e in agents[1].logs if e.get("event") == "deprecated_setting"]
+    assert [(e["level"], e["value"], e["replacement"]) for e in deprecated] == [("warning", "ip", "tcp")]
+    assert not any(e.get("event") == "deprecated_setting" for e in agents[0].logs)
     app_stats, goblog_stats = agents[0].logs[-1], agents[1].logs[-1]
     assert app_stats["tcp_context_sent"] >= 2 and goblog_stats["tcp_context_received"] >= 2
