@@ -1161,17 +1161,21 @@ static __always_inline int hex_nibble(__u8 c)
 	return -1;
 }
 
-struct tp_scan {
-	__u32 n;  /* bytes copied into the scratch */
-	__s32 at; /* where the header's value starts (-1: not found) */
+/* What a scan of the first lines of a request found (bpf_loop over line_scan_step). */
+struct line_scan {
+	__u32 n;        /* bytes copied into the scratch */
+	__s32 first_lf; /* the request line's line feed (-1: not in them) */
+	__s32 tp_at;    /* where a traceparent header's value starts (-1: none in them) */
+	__u32 pad;
 };
 
-/* One step of the search for a traceparent header (bpf_loop callback): the next line
- * feed in the word at the scratch's pos, or the next word. One line feed per step, no
- * inner loop: the verifier sees one simple path per step. */
-static long traceparent_step(__u32 i, void *ctx)
+/* One step over a request's header block in the scratch (bpf_loop callback): the next line
+ * feed in the word at the scratch's pos, or the next word, up to the blank line; stops at
+ * a traceparent line. One line feed a step, no inner loop: the verifier sees one simple
+ * path a step, whatever program calls it. */
+static long line_scan_step(__u32 i, void *ctx)
 {
-	struct tp_scan *scan = ctx;
+	struct line_scan *scan = ctx;
 	struct scratch *sc = scan_scratch();
 	__u32 p, q;
 	__u64 lf;
@@ -1179,23 +1183,29 @@ static long traceparent_step(__u32 i, void *ctx)
 	if (!sc)
 		return 1;
 	p = sc->pos;
-	if (p + 8 > scan->n)
+	if (p >= scan->n)
 		return 1;
-	clamp_umax(p, TRACEPARENT_SCAN - 8);
+	clamp_umax(p, HTTP1_SCAN_MAX);
 	lf = *(__u64 *)(sc->buf + p) ^ LFS8;
 	lf = (lf - ONES8) & ~lf & HIGHS8; /* the lowest bit set is a line feed for sure */
 	if (!lf) {
 		sc->pos = p + 8;
 		return 0;
 	}
-	q = p + ctz64(lf) / 8 + 1; /* the line after it */
+	q = p + ctz64(lf) / 8;
+	if (q >= scan->n)
+		return 1; /* past what was copied */
+	if (scan->first_lf < 0)
+		scan->first_lf = q;
+	q += 1; /* the line after it */
 	sc->pos = q;
-	if (q + 64 > scan->n)
-		return 1;
-	clamp_umax(q, TRACEPARENT_SCAN - 64);
-	if ((*(__u64 *)(sc->buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
+	clamp_umax(q, HTTP1_SCAN_MAX);
+	if (q >= scan->n || sc->buf[q] == '\r' || sc->buf[q] == '\n')
+		return 1; /* the end of what is here, or of the header block */
+	if (q + 12 <= scan->n &&
+	    (*(__u64 *)(sc->buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
 	    (*(__u32 *)(sc->buf + q + 8) | 0x20202020) == 0x3a746e65 /* "ent:" */) {
-		scan->at = q + 12 + (sc->buf[q + 12] == ' ');
+		scan->tp_at = q + 12 + (sc->buf[(q + 12) & (HTTP1_SCAN_MAX - 1)] == ' ');
 		return 1;
 	}
 	return 0;
@@ -1228,7 +1238,7 @@ static __always_inline bool parse_traceparent(const __u8 *raw, __u8 *trace_id, _
 __noinline int served_ids(__u32 idx)
 {
 	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
-	struct tp_scan scan = {.at = -1};
+	struct line_scan scan = {.first_lf = -1, .tp_at = -1};
 	__u8 *buf = http1_scratch();
 	bool found = false;
 	__u32 *t;
@@ -1243,11 +1253,11 @@ __noinline int served_ids(__u32 idx)
 
 		if (sc) {
 			sc->pos = 0;
-			bpf_loop(TRACEPARENT_STEPS, traceparent_step, &scan, 0);
+			bpf_loop(TRACEPARENT_STEPS, line_scan_step, &scan, 0);
 		}
 	}
-	if (scan.at >= 0 && scan.at + 52 <= scan.n) {
-		__u32 at = scan.at;
+	if (scan.tp_at >= 0 && scan.tp_at + 52 <= scan.n) {
+		__u32 at = scan.tp_at;
 
 		clamp_umax(at, TRACEPARENT_SCAN - 52);
 		found = buf[at] == '0' && buf[at + 1] == '0' && buf[at + 2] == '-' &&
@@ -2879,54 +2889,6 @@ int propagation_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-struct msg_scan {
-	__u32 n;        /* bytes in the scratch */
-	__s32 line_end; /* the request line's line feed (-1: not in them) */
-	__u32 has_tp;   /* a traceparent header among them */
-	__u32 tp_at;    /* ... where its value starts */
-};
-
-/* One step over the request (bpf_loop callback): its next line feed, up to the blank line
- * (one line feed per step, like traceparent_step). */
-static long msg_scan_step(__u32 i, void *ctx)
-{
-	struct msg_scan *scan = ctx;
-	struct scratch *sc = scan_scratch();
-	__u32 p, q;
-	__u64 lf;
-
-	if (!sc)
-		return 1;
-	p = sc->pos;
-	if (p >= scan->n)
-		return 1;
-	clamp_umax(p, MSG_SCAN);
-	lf = *(__u64 *)(sc->buf + p) ^ LFS8;
-	lf = (lf - ONES8) & ~lf & HIGHS8; /* the lowest bit set is a line feed for sure */
-	if (!lf) {
-		sc->pos = p + 8;
-		return 0;
-	}
-	q = p + ctz64(lf) / 8;
-	if (q >= scan->n)
-		return 1; /* past what was copied: not this request's */
-	if (scan->line_end < 0)
-		scan->line_end = q;
-	q += 1;
-	sc->pos = q;
-	clamp_umax(q, MSG_SCAN);
-	if (q >= scan->n || sc->buf[q] == '\r' || sc->buf[q] == '\n')
-		return 1; /* the end of what is here, or of the header block */
-	if (q + 12 <= scan->n &&
-	    (*(__u64 *)(sc->buf + q) | LOWER8) == W8('t', 'r', 'a', 'c', 'e', 'p', 'a', 'r') &&
-	    (*(__u32 *)(sc->buf + q + 8) | 0x20202020) == 0x3a746e65 /* "ent:" */) {
-		scan->has_tp = 1;
-		scan->tp_at = q + 12 + (sc->buf[(q + 12) & (MSG_SCAN - 1)] == ' ');
-		return 1;
-	}
-	return 0;
-}
-
 static __always_inline __u8 hex_digit(__u8 v)
 {
 	return v < 10 ? '0' + v : 'a' + v - 10;
@@ -2950,7 +2912,7 @@ static __always_inline bool same_bytes(const __u8 *a, const __u8 *b, int words)
  * serves: obi writes its call's span over the parent id, in place (one header still). An
  * application's own (an OpenTelemetry SDK's): it stays, and the call's client span is the
  * one it names. Either way the call's client exchange takes those ids (thread_ids). */
-static __always_inline int kept_traceparent(struct sk_msg_md *msg, struct scratch *sc, struct msg_scan *scan,
+static __always_inline int kept_traceparent(struct sk_msg_md *msg, struct scratch *sc, struct line_scan *scan,
 					    struct thread_ids *t, __u32 pid, __u64 id)
 {
 	struct slot *served;
@@ -2995,7 +2957,7 @@ SEC("sk_msg")
 int propagation_msg(struct sk_msg_md *msg)
 {
 	__u64 id = bpf_get_current_pid_tgid(), now = bpf_ktime_get_ns(), sk;
-	struct msg_scan scan = {.line_end = -1};
+	struct line_scan scan = {.first_lf = -1, .tp_at = -1};
 	struct thread_ids t = {}, *pending;
 	struct tcp_sock *tp;
 	struct conn *c;
@@ -3038,15 +3000,15 @@ int propagation_msg(struct sk_msg_md *msg)
 	if (!use_bpf_loop || bpf_probe_read_kernel(sc->buf, scan.n, data))
 		return SK_PASS;
 	sc->pos = 0;
-	bpf_loop(MSG_SCAN / 8 + 256, msg_scan_step, &scan, 0);
+	bpf_loop(MSG_SCAN / 8 + 256, line_scan_step, &scan, 0);
 	t.sk = sk;
 	t.ts_ns = now;
-	if (scan.has_tp) {
+	if (scan.tp_at >= 0) {
 		if (kept_traceparent(msg, sc, &scan, &t, pid, id))
 			tcp_ctx_send(sk, &t.ids);
 		return SK_PASS;
 	}
-	if (scan.line_end < 0) {
+	if (scan.first_lf < 0) {
 		count(OBI_COUNTER_TRACEPARENT_SKIPPED);
 		return SK_PASS;
 	}
@@ -3075,7 +3037,7 @@ int propagation_msg(struct sk_msg_md *msg)
 	__builtin_memcpy(hdr, "Traceparent: 00-", 16);
 	hdr[48] = '-';
 	__builtin_memcpy(hdr + 65, "-01\r\n", 5);
-	at = scan.line_end + 1;
+	at = scan.first_lf + 1;
 	clamp_umax(at, MSG_SCAN);
 	if (bpf_msg_push_data(msg, at, TP_HEADER_LEN, 0)) {
 		count(OBI_COUNTER_TRACEPARENT_SKIPPED);
