@@ -1,0 +1,202 @@
+"""Redis (RESP2 and RESP3): the commands of an exchange and their replies, pure.
+
+A client writes commands as arrays of bulk strings (`*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n`)
+or, by hand, inline (`PING\\r\\n`); a pipelining client writes several before it reads
+their replies, which come back in order, one value each. The captures are prefixes: what
+is cut off is known to be, and a reply past the capture is neither an answer nor an
+error, only "not seen".
+
+`parse_commands` and `parse_replies` raise ParseError, and nothing else, for bytes that are
+not RESP; nesting is bounded.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from obi.protocols.errors import ParseError
+
+__all__ = [
+    "RedisCommand",
+    "RedisReply",
+    "looks_like_redis",
+    "parse_commands",
+    "parse_exchange",
+    "parse_replies",
+]
+
+MAX_DEPTH = 8  # nested aggregates followed; deeper replies are refused (ParseError)
+MAX_LENGTH = 512 * 1024 * 1024  # Redis's own limit on a bulk string (proto-max-bulk-len default)
+MAX_ITEMS = 1 << 20  # elements of one aggregate
+_CRLF = b"\r\n"
+_AGGREGATES = {ord("*"): 1, ord("%"): 2, ord("~"): 1, ord(">"): 1, ord("|"): 2}  # RESP3: map/attr x2
+_BLOBS = frozenset(b"$!=")  # bulk string, blob error, verbatim string: a length, then the bytes
+_LINES = frozenset(b"+-:,#_(")  # one line: simple string, error, integer, double, boolean, null, big number
+
+
+class RedisCommand(NamedTuple):
+    name: str  # upper case ("GET"), or "" when the capture ends inside the name
+    args: int  # arguments after the name (as the array says, when cut off)
+    db: int | None  # SELECT's index
+
+
+class RedisReply(NamedTuple):
+    error: str | None  # an error reply's prefix ("ERR", "WRONGTYPE"), else None
+
+
+class _Truncated(Exception):
+    """The capture ends inside this value (internal: turns into a shorter result)."""
+
+
+def looks_like_redis(request: bytes) -> bool:
+    """A RESP command array: `*` and a digit (inline commands are not claimed on their own)."""
+    return len(request) >= 4 and request[0] == 0x2A and 0x31 <= request[1] <= 0x39
+
+
+def _line(data: bytes, at: int) -> tuple[bytes, int]:
+    end = data.find(_CRLF, at)
+    if end < 0:
+        if len(data) - at > 64 * 1024:
+            raise ParseError("RESP line without an end")
+        raise _Truncated
+    return data[at:end], end + 2
+
+
+def _int(text: bytes, low: int, high: int) -> int:
+    digits = text[1:] if text[:1] == b"-" else text
+    if not digits or len(text) > 20 or not digits.isdigit() or not digits.isascii():
+        raise ParseError(f"RESP length {text[:20]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise ParseError(f"RESP length {value} out of range")
+    return value
+
+
+def _skip(data: bytes, at: int, depth: int = 0) -> int:
+    """Where the value at `at` ends; _Truncated when the capture ends inside it."""
+    if at >= len(data):
+        raise _Truncated
+    kind = data[at]
+    if kind in _LINES:
+        return _line(data, at + 1)[1]
+    if kind in _BLOBS:
+        text, at = _line(data, at + 1)
+        length = _int(text, -1, MAX_LENGTH)
+        if length < 0:
+            return at  # RESP2 null bulk string
+        if at + length + 2 > len(data):
+            raise _Truncated
+        if data[at + length:at + length + 2] != _CRLF:
+            raise ParseError("RESP bulk string without its CRLF")
+        return at + length + 2
+    per_item = _AGGREGATES.get(kind)
+    if per_item is None:
+        raise ParseError(f"RESP type byte {kind:#x}")
+    if depth >= MAX_DEPTH:
+        raise ParseError("RESP nested too deep")
+    text, at = _line(data, at + 1)
+    count = _int(text, -1, MAX_ITEMS)
+    for _ in range(max(count, 0) * per_item):
+        at = _skip(data, at, depth + 1)
+    if kind == ord("|"):  # an attribute precedes the value it describes
+        return _skip(data, at, depth + 1)
+    return at
+
+
+def parse_commands(data: bytes) -> list[RedisCommand]:
+    """The commands of a request capture, in order; the last one may be cut off."""
+    commands: list[RedisCommand] = []
+    at = 0
+    while at < len(data):
+        if data[at] != 0x2A:  # inline: words on one line
+            try:
+                line, at = _line(data, at)
+            except _Truncated:
+                words = data[at:].split()
+                if not words or not words[0].isalnum():
+                    raise ParseError("not a Redis command") from None
+                commands.append(RedisCommand("", 0, None))  # cut off: what it is, unknown
+                break
+            words = line.split()
+            if not words or not words[0].isalnum():
+                raise ParseError("not a Redis command")
+            commands.append(_command(words[0], len(words) - 1, words[1] if len(words) > 1 else None))
+            continue
+        try:
+            text, at = _line(data, at + 1)
+        except _Truncated:
+            break
+        count = _int(text, 1, MAX_ITEMS)
+        args: list[bytes] = []
+        cut = False  # the capture ends inside this command
+        for i in range(count):
+            if at >= len(data):
+                cut = True
+                break
+            if data[at] != ord("$"):
+                raise ParseError("a Redis command's argument is not a bulk string")
+            try:
+                text, start = _line(data, at + 1)
+            except _Truncated:
+                cut = True
+                break
+            length = _int(text, 0, MAX_LENGTH)
+            at = start + length + 2
+            if i < 2:  # the name and the first argument; b"" when the capture cuts them
+                args.append(data[start:start + length] if start + length <= len(data) else b"")
+            if at > len(data):
+                cut = True
+                break
+            if data[at - 2:at] != _CRLF:
+                raise ParseError("a Redis argument without its CRLF")
+        name = args[0] if args else b""
+        if name and not name.replace(b"_", b"").replace(b"-", b"").isalnum():
+            raise ParseError("not a Redis command name")
+        commands.append(_command(name, count - 1, args[1] if len(args) > 1 else None))
+        if cut:
+            break
+    return commands
+
+
+def _command(name: bytes, args: int, first: bytes | None) -> RedisCommand:
+    upper = name.decode("ascii", "replace").upper()
+    db = None
+    if upper == "SELECT" and first is not None and first.isdigit() and len(first) < 6:
+        db = int(first)
+    return RedisCommand(upper, args, db)
+
+
+def parse_replies(data: bytes) -> list[RedisReply]:
+    """The replies of a response capture, in order, as many as it holds whole."""
+    replies: list[RedisReply] = []
+    at = 0
+    while at < len(data):
+        kind = data[at]
+        if kind == ord(">"):  # RESP3 push (pub/sub message): not a reply to a command
+            try:
+                at = _skip(data, at)
+            except _Truncated:
+                break
+            continue
+        try:
+            end = _skip(data, at)
+        except _Truncated:
+            break
+        error = None
+        if kind == ord("-"):
+            error = data[at + 1:end - 2].split(b" ", 1)[0].decode("ascii", "replace") or "ERR"
+        elif kind == ord("!"):
+            body = data[data.index(_CRLF, at) + 2:end - 2]
+            error = body.split(b" ", 1)[0].decode("ascii", "replace") or "ERR"
+        replies.append(RedisReply(error))
+        at = end
+    return replies
+
+
+def parse_exchange(request: bytes, response: bytes) -> list[tuple[RedisCommand, RedisReply | None]]:
+    """Each command with its reply (None: not in the capture), pipelined commands included."""
+    commands = parse_commands(request)
+    if not commands:
+        raise ParseError("no Redis command")
+    replies = parse_replies(response)
+    return [(c, replies[i] if i < len(replies) else None) for i, c in enumerate(commands)]
