@@ -1120,34 +1120,49 @@ static __always_inline __u32 tcp_seq(__u64 sk, bool sent)
 /* The `peers` key of an exchange. A server's sequence number is found only when it is
  * needed (most requests never look): the bytes read since the request began are the
  * exchange's. */
+/* The `peers` key of a call from the client's address and port to the server's. */
+static __always_inline void set_peer_key(struct peer_key *k, const __u8 *client, const __u8 *server,
+					 __u16 client_port, __u16 server_port, __u32 seq)
+{
+	peer_addr(k->client_addr, client);
+	peer_addr(k->server_addr, server);
+	k->client_port = client_port;
+	k->server_port = server_port;
+	k->seq = seq;
+}
+
+/* A call's ids, left for the server at the other end of its connection. */
+static __always_inline void leave_for_server(struct peer_key *k, struct obi_ids *ids)
+{
+	bpf_map_update_elem(&peers, k, ids, BPF_ANY);
+	mark_called(k->server_port);
+}
+
 static __always_inline void peer_key_of(struct peer_key *k, struct slot *s)
 {
-	bool server = s->ev.role == OBI_ROLE_SERVER;
+	__u32 seq;
 
-	peer_addr(k->client_addr, server ? s->ev.peer_addr : s->ev.local_addr);
-	peer_addr(k->server_addr, server ? s->ev.local_addr : s->ev.peer_addr);
-	k->client_port = server ? s->ev.peer_port : s->ev.local_port;
-	k->server_port = server ? s->ev.local_port : s->ev.peer_port;
-	if (!server)
-		k->seq = s->st.seq;
-	else if (s->ev.flags & OBI_FLAG_TLS)
-		k->seq = 0;
-	else
-		k->seq = tcp_seq(s->st.sk, false) - (__u32)s->ev.req_len;
+	if (s->ev.role != OBI_ROLE_SERVER) {
+		set_peer_key(k, s->ev.local_addr, s->ev.peer_addr, s->ev.local_port, s->ev.peer_port,
+			     s->st.seq);
+		return;
+	}
+	seq = s->ev.flags & OBI_FLAG_TLS ? 0 : tcp_seq(s->st.sk, false) - (__u32)s->ev.req_len;
+	set_peer_key(k, s->ev.peer_addr, s->ev.local_addr, s->ev.peer_port, s->ev.local_port, seq);
+}
+
+/* Random ids: a trace id (16 bytes, words = 4) or a span id (8 bytes, words = 2). */
+static __always_inline void random_bytes(__u8 *dst, int words)
+{
+	for (int i = 0; i < words; i++)
+		((__u32 *)dst)[i] = bpf_get_prandom_u32();
 }
 
 static __always_inline void random_ids(struct obi_ids *ids, bool trace)
 {
-	if (trace) {
-		__u32 *t = (__u32 *)ids->trace_id;
-
-		t[0] = bpf_get_prandom_u32();
-		t[1] = bpf_get_prandom_u32();
-		t[2] = bpf_get_prandom_u32();
-		t[3] = bpf_get_prandom_u32();
-	}
-	((__u32 *)ids->span_id)[0] = bpf_get_prandom_u32();
-	((__u32 *)ids->span_id)[1] = bpf_get_prandom_u32();
+	if (trace)
+		random_bytes(ids->trace_id, 4);
+	random_bytes(ids->span_id, 2);
 }
 
 #define TRACEPARENT_SCAN 1024 /* the first bytes of a request searched for its traceparent */
@@ -1241,12 +1256,10 @@ __noinline int served_ids(__u32 idx)
 	struct line_scan scan = {.first_lf = -1, .tp_at = -1};
 	__u8 *buf = http1_scratch();
 	bool found = false;
-	__u32 *t;
 
 	if (!s || !buf)
 		return 0;
-	((__u32 *)s->st.ids.span_id)[0] = bpf_get_prandom_u32();
-	((__u32 *)s->st.ids.span_id)[1] = bpf_get_prandom_u32();
+	random_bytes(s->st.ids.span_id, 2);
 	scan.n = s->ev.req_captured < TRACEPARENT_SCAN ? s->ev.req_captured : TRACEPARENT_SCAN;
 	if (use_bpf_loop && scan.n >= 64 && bpf_probe_read_kernel(buf, TRACEPARENT_SCAN, s->data) == 0) {
 		struct scratch *sc = scan_scratch();
@@ -1280,11 +1293,7 @@ __noinline int served_ids(__u32 idx)
 		}
 	}
 	if (!found) {
-		t = (__u32 *)s->st.ids.trace_id;
-		t[0] = bpf_get_prandom_u32();
-		t[1] = bpf_get_prandom_u32();
-		t[2] = bpf_get_prandom_u32();
-		t[3] = bpf_get_prandom_u32();
+		random_bytes(s->st.ids.trace_id, 4);
 		__builtin_memset(s->st.ids.parent_span_id, 0, 8);
 	}
 	s->st.peer_pending = 0;
@@ -1409,8 +1418,7 @@ static __always_inline void client_ids(struct slot *s, __u64 sk, __u64 n, bool t
 		s->ev.flags |= OBI_FLAG_PARENT;
 	}
 	peer_key_of(&key, s);
-	bpf_map_update_elem(&peers, &key, &s->st.ids, BPF_ANY);
-	mark_called(s->ev.peer_port);
+	leave_for_server(&key, &s->st.ids);
 }
 
 /* The connection carries TLS: its ciphertext is not captured, the plaintext the TLS
@@ -2019,12 +2027,8 @@ static __always_inline void tls_call_starts(__u32 pid, __u64 ssl)
 	t.ts_ns = bpf_ktime_get_ns();
 	call_ids(pid, fi->sk, &t.ids);
 	bpf_map_update_elem(&thread_ids, &id, &t, BPF_ANY);
-	peer_addr(pk.client_addr, c->local_addr);
-	peer_addr(pk.server_addr, c->peer_addr);
-	pk.client_port = c->local_port;
-	pk.server_port = c->peer_port;
-	bpf_map_update_elem(&peers, &pk, &t.ids, BPF_ANY);
-	mark_called(c->peer_port);
+	set_peer_key(&pk, c->local_addr, c->peer_addr, c->local_port, c->peer_port, 0);
+	leave_for_server(&pk, &t.ids);
 	tcp_ctx_send(fi->sk, &t.ids);
 }
 
@@ -2337,20 +2341,6 @@ static __always_inline __u32 go_string(__u64 addr, char *buf, __u32 size)
 	return n;
 }
 
-static __always_inline void go_random_ids(__u8 *trace_id, __u8 *span_id)
-{
-	__u32 *t = (__u32 *)trace_id, *sp = (__u32 *)span_id;
-
-	if (trace_id) {
-		t[0] = bpf_get_prandom_u32();
-		t[1] = bpf_get_prandom_u32();
-		t[2] = bpf_get_prandom_u32();
-		t[3] = bpf_get_prandom_u32();
-	}
-	sp[0] = bpf_get_prandom_u32();
-	sp[1] = bpf_get_prandom_u32();
-}
-
 static __always_inline void go_emit(struct obi_go_http *ev)
 {
 	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), wakeup_flag(sizeof(*ev))))
@@ -2436,10 +2426,7 @@ static __always_inline bool go_peer_ids(struct obi_go_http *ev)
 	struct peer_key key = {};
 	struct obi_ids *caller;
 
-	peer_addr(key.client_addr, ev->peer_addr);
-	peer_addr(key.server_addr, ev->local_addr);
-	key.client_port = ev->peer_port;
-	key.server_port = ev->local_port;
+	set_peer_key(&key, ev->peer_addr, ev->local_addr, ev->peer_port, ev->local_port, 0);
 	caller = bpf_map_lookup_elem(&peers, &key);
 	if (!caller)
 		return false;
@@ -2457,7 +2444,8 @@ static __always_inline bool go_server_ids(struct obi_go_http *ev, __u64 sk)
 	__u32 idx = c ? c->slot : NO_SLOT;
 	struct slot *s = slot_at(idx);
 
-	go_random_ids(ev->trace_id, ev->span_id);
+	random_bytes(ev->trace_id, 4);
+	random_bytes(ev->span_id, 2);
 	if (!sk || ev->proto_major != 1)
 		return false;
 	if (s && s->st.busy == SLOT_BUSY && s->ev.role == OBI_ROLE_SERVER && s->ev.pid == ev->pid) {
@@ -2632,9 +2620,10 @@ int go_round_trip(struct pt_regs *ctx)
 		ev->flags |= OBI_GO_FLAG_PARENT;
 		__builtin_memcpy(ev->trace_id, parent->ev.trace_id, 16);
 		__builtin_memcpy(ev->parent_span_id, parent->ev.span_id, 8);
-		go_random_ids(NULL, ev->span_id);
+		random_bytes(ev->span_id, 2);
 	} else {
-		go_random_ids(ev->trace_id, ev->span_id);
+		random_bytes(ev->trace_id, 4);
+		random_bytes(ev->span_id, 2);
 	}
 	bpf_map_update_elem(&go_clients, &key, ev, BPF_ANY);
 	{

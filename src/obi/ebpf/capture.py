@@ -102,14 +102,15 @@ def attach_cookie_supported() -> bool:
                                             ffi.NULL) == 1)
 
 
-def propagation_blocker() -> str | None:
-    """Why the traceparent header programs cannot run here (None: they can): they attach to
-    the cgroup v2 root, and a sockhash and a cgroup attachment need CAP_NET_ADMIN."""
-    if cgroup2_root() is None:
+def propagation_blocker(cgroup2: str | None, bpf_loop: bool) -> str | None:
+    """Why the propagation programs cannot run here (None: they can): they attach to the
+    cgroup v2 hierarchy (`cgroup2`), a sockhash and a cgroup attachment need CAP_NET_ADMIN,
+    and they scan requests with bpf_loop."""
+    if cgroup2 is None:
         return "no cgroup v2 hierarchy is mounted"
     if "NET_ADMIN" not in effective_capabilities():
         return "CAP_NET_ADMIN is missing"
-    if not bpf_loop_supported():
+    if not bpf_loop:
         return "the kernel lacks bpf_loop (Linux 5.17+)"
     return None
 
@@ -214,7 +215,8 @@ class Capture:
         wanted = "+".join(w for w, on in (("headers", settings.propagate_headers),
                                           ("tcp", settings.propagate_tcp)) if on)
         self.propagation = wanted or "off (ebpf.context_propagation)"
-        blocker = propagation_blocker() if wanted else None
+        self._cgroup2 = cgroup2_root() if wanted else None
+        blocker = propagation_blocker(self._cgroup2, self.http_framing) if wanted else None
         if blocker:
             self.propagation = f"off: {blocker}"
         on = bool(wanted) and not blocker
@@ -263,7 +265,7 @@ class Capture:
         """The sock_ops program on the cgroup v2 root (a link: gone with obi, even killed), and the
         sk_msg verdict on the sockhash it fills (held by the map, which goes with obi)."""
         try:
-            self.collection.attach_cgroup("propagation_sockops", cgroup2_root() or "/sys/fs/cgroup")
+            self.collection.attach_cgroup("propagation_sockops", self._cgroup2 or "/sys/fs/cgroup")
             self.collection.attach_to_map("propagation_msg", "msg_socks", lib.BPF_SK_MSG_VERDICT)
         except BpfError as err:
             self.propagation = f"off: {err}"
