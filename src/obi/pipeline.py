@@ -51,6 +51,7 @@ from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
 from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
+from obi.protocols.redis import Redis
 from obi.traces.model import ServiceIdentity
 from obi.traces.records import RecordProcessor
 from obi.traces.routes import RouteMatcher
@@ -119,6 +120,9 @@ def inactive_settings(config: Config, kube_enabled: bool) -> list[str]:
         ignored.append("discovery k8s_* selectors: no Kubernetes metadata (attributes.kubernetes.enable)")
     if any(e.name or e.namespace for e in config.discovery.instrument):
         ignored.append("discovery.instrument name/namespace")
+    for selection in config.attributes.select:
+        if selection.section != "traces":
+            ignored.append(f"attributes.select.{selection.section}: only the traces section (db.query.text)")
     extra_features = [f for f in config.otel_metrics_export.features if f != "application"]
     if extra_features:
         ignored.append(f"otel_metrics_export.features {','.join(extra_features)}: only application metrics")
@@ -167,6 +171,9 @@ class Agent:
             "obi.spans.unknown_protocol": dict(records.unknown_protocol_by_pid),
             "obi.spans.headers_truncated": spans.headers_truncated,
             "obi.spans.unanswered": spans.unanswered,
+            "obi.spans.requests_truncated": spans.requests_truncated,
+            "obi.spans.split_requests": spans.split_requests,
+            "obi.protocols.connections.forgotten": spans.connections_forgotten,
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
             "obi.spans.export.failed": exporter.failed if exporter else 0,
@@ -349,11 +356,14 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     route_matcher = RouteMatcher(patterns=list(routes.patterns), unmatched=routes.unmatched,
                                  ignored_patterns=list(routes.ignored_patterns),
                                  wildcard_char=routes.wildcard_char)
-    http = Http1(route_matcher, IdGenerator(), span_stats, ignore_mode=routes.ignore_mode,
+    ids = IdGenerator()
+    http = Http1(route_matcher, ids, span_stats, ignore_mode=routes.ignore_mode,
                  request_timeout_ns=request_timeout_ns)
     go_http = GoHttpSpans(route_matcher, span_stats, ignore_mode=routes.ignore_mode)
-    records = RecordProcessor(ProtocolRegistry([http]), registry.identity_for, registry.on_kernel_event,
-                              go_http, uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
+    redis = Redis(ids, span_stats, query_text=config.attributes.trace_attribute_selected("db.query.text"))
+    records = RecordProcessor(ProtocolRegistry([http, redis]), registry.identity_for,
+                              registry.on_kernel_event, go_http,
+                              uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
     traces = config.otel_traces_export
     sampler_arg = None if traces.sampler.arg is None else str(traces.sampler.arg)
     sampler = build_sampler(traces.sampler.name, sampler_arg)

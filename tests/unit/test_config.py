@@ -748,3 +748,25 @@ def test_internal_metrics_exporter(tmp_path: Path) -> None:
         load_yaml(tmp_path, "internal_metrics:\n  exporter: prometheus\n  prometheus:\n    port: 6060\n")
     with pytest.raises(ConfigError, match="OTEL_EBPF_INTERNAL_METRICS_EXPORTER: unknown exporter"):
         load_config(None, {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "statsd"})
+
+
+def test_attribute_selection_turns_on_query_text_as_obi(tmp_path: Path) -> None:
+    assert not load_config(None, {}).attributes.trace_attribute_selected("db.query.text")
+    config = load_yaml(tmp_path, """\
+attributes:
+  select:
+    traces:
+      include: ["db.*"]
+      exclude: ["db.statement"]
+    http_server_request_duration:
+      include: ["k8s.app.version"]
+""")
+    assert config.attributes.trace_attribute_selected("db.query.text")
+    assert not config.attributes.trace_attribute_selected("db.statement")
+    excluded = load_yaml(tmp_path, "attributes:\n  select:\n    traces:\n      include: ['*']\n"
+                                   "      exclude: ['db.query.*']\n")
+    assert not excluded.attributes.trace_attribute_selected("db.query.text")
+    assert "attributes.select.traces.inclde: unknown key" in yaml_error(
+        tmp_path, "attributes:\n  select:\n    traces:\n      inclde: ['db.*']\n")
+    assert "attributes.select.traces: expected a mapping" in yaml_error(
+        tmp_path, "attributes:\n  select:\n    traces: db.query.text\n")

@@ -15,7 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from obi import __version__
 from obi.export import encode
 from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, key_value, span_flags
-from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan, ServiceIdentity
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan, HttpSpan, ServiceIdentity
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")
@@ -262,8 +262,51 @@ spans_strategy = st.builds(
 )
 
 
-@given(batches=st.lists(st.lists(spans_strategy, max_size=12), min_size=1, max_size=3))
-def test_cached_encoding_is_byte_identical_to_the_official_classes(batches: list[list[HttpSpan]]) -> None:
+def make_db_span(service: ServiceIdentity | None = None, **kw: Any) -> DbSpan:
+    fields: dict[str, Any] = dict(
+        service=service or make_service(), kind=SPAN_KIND_CLIENT, start_ns=1_700_000_000_000_000_000,
+        end_ns=1_700_000_000_000_250_000, trace_id=TRACE_ID, span_id=SPAN_ID, parent_span_id=PARENT_ID,
+        sampled=True, exclude=0, system="redis", operation="SET", collection="", namespace="0",
+        server_address="127.0.0.1", server_port=6379, client_address="127.0.0.1", client_port=40000,
+        status_code="", error_type="", query_text=None,
+    )
+    fields.update(kw)
+    return DbSpan(**fields)
+
+
+db_spans_strategy = st.builds(
+    make_db_span,
+    service=st.sampled_from(SERVICES),
+    kind=st.sampled_from([SPAN_KIND_SERVER, SPAN_KIND_CLIENT]),
+    system=st.sampled_from(["redis", "memcached", "postgresql"]),
+    operation=st.sampled_from(["", "SET", "SELECT"]),
+    collection=st.sampled_from(["", "users"]),
+    namespace=st.sampled_from(["", "0", "shop"]),
+    status_code=st.sampled_from(["", "WRONGTYPE", "42P01"]),
+    error_type=st.sampled_from(["", "WRONGTYPE", "connection_closed"]),
+    query_text=st.one_of(st.none(), st.text(max_size=100)),
+    parent_span_id=st.sampled_from([b"", PARENT_ID]),
+)
+
+
+def test_db_span_names_attributes_and_status() -> None:
+    span = make_db_span(system="postgresql", operation="SELECT", collection="users", namespace="shop",
+                        status_code="42P01", error_type="42P01", query_text="SELECT * FROM users")
+    assert span.name == "SELECT users" and span.is_error and span.type_name == "SQLClient"
+    assert span.attributes() == {
+        "db.system.name": "postgresql", "db.operation.name": "SELECT", "db.collection.name": "users",
+        "db.namespace": "shop", "db.response.status_code": "42P01", "error.type": "42P01",
+        "server.address": "127.0.0.1", "server.port": 6379, "db.query.text": "SELECT * FROM users"}
+    redis = make_db_span(operation="", namespace="", kind=SPAN_KIND_SERVER)
+    assert redis.name == "REDIS" and not redis.is_error and redis.type_name == "RedisServer"
+    assert redis.attributes() == {"db.system.name": "redis", "server.address": "127.0.0.1",
+                                  "server.port": 6379, "client.address": "127.0.0.1"}
+    assert make_db_span(system="memcached", operation="").name == "MEMCACHED"
+
+
+@given(batches=st.lists(st.lists(st.one_of(spans_strategy, db_spans_strategy), max_size=12), min_size=1,
+                        max_size=3))
+def test_cached_encoding_is_byte_identical_to_the_official_classes(batches: list[list[Any]]) -> None:
     encoder = TraceEncoder()  # shared: later batches hit what earlier ones cached
     for spans in batches:
         assert encoder.encode_bytes(spans) == official_request(spans)

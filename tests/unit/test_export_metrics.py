@@ -173,3 +173,34 @@ def test_empty_and_bad_buckets() -> None:
     assert RedMetrics().collect(T0).resource_metrics == []
     with pytest.raises(ValueError, match="increase strictly"):
         RedMetrics(duration_buckets=[1, 1, 2])
+
+
+def test_database_operations_have_a_duration_histogram_and_no_sizes() -> None:
+    from obi.traces.model import SPAN_KIND_SERVER
+    from tests.unit.test_export_encode import make_db_span
+
+    service = make_service()
+    red = RedMetrics(duration_buckets=[0.001, 0.01])
+    red.record([
+        make_db_span(service, operation="GET"),
+        make_db_span(service, operation="GET", end_ns=T0 + 5 * MS, start_ns=T0),
+        make_db_span(service, operation="LPUSH", error_type="WRONGTYPE", status_code="WRONGTYPE"),
+        make_db_span(service, operation="", system="memcached"),
+        make_db_span(service, operation="GET", kind=SPAN_KIND_SERVER),
+    ])  # fmt: skip
+    request = red.collect(T0 + 10 * MS)
+    (scope,) = request.resource_metrics[0].scope_metrics
+    assert sorted(m.name for m in scope.metrics) == ["db.client.operation.duration",
+                                                     "db.server.operation.duration"]
+    client = metric(request, "db.client.operation.duration")
+    assert client.unit == "s"
+    points = {tuple(sorted((k, v) for k, (_, v) in attrs(p.attributes).items())): p
+              for p in client.histogram.data_points}
+    local = ("server.address", "127.0.0.1")
+    get = points[(("db.operation.name", "GET"), ("db.system.name", "redis"), local)]
+    assert get.count == 2 and list(get.bucket_counts) == [1, 1, 0]
+    lpush = points[(("db.operation.name", "LPUSH"), ("db.system.name", "redis"), ("error.type", "WRONGTYPE"),
+                    local)]
+    assert lpush.count == 1
+    assert points[(("db.system.name", "memcached"), local)].count == 1
+    assert metric(request, "db.server.operation.duration").histogram.data_points[0].count == 1

@@ -9,7 +9,8 @@ import json
 import pytest
 
 from obi.export.printer import TracePrinter, TracePrinterMode, go_duration, traceparent
-from tests.unit.test_export_encode import PARENT_ID, SPAN_ID, TRACE_ID, make_service, make_span
+from obi.traces.model import SPAN_KIND_SERVER
+from tests.unit.test_export_encode import PARENT_ID, SPAN_ID, TRACE_ID, make_db_span, make_service, make_span
 
 UTC = datetime.UTC
 
@@ -55,6 +56,27 @@ def test_text_without_route_with_namespace_unsampled_root() -> None:
     assert " HTTP 503 GET /items/42 [" in line
     assert "svc=[shop/api python]" in line
     assert line.endswith(f"traceparent=[00-{TRACE_ID.hex()}-{SPAN_ID.hex()}[{'0' * 16}]-00]\n")
+
+
+def test_database_spans_in_obis_layout_without_query_text() -> None:
+    stream = io.StringIO()
+    printer = TracePrinter("text", stream, tz=UTC)
+    printer.print_spans([make_db_span(make_service("api"), error_type="WRONGTYPE", status_code="WRONGTYPE",
+                                      operation="LPUSH", query_text="LPUSH secret-key x"),
+                         make_db_span(make_service("redis"), kind=SPAN_KIND_SERVER)])
+    first, second = stream.getvalue().splitlines()
+    assert first == (
+        "2023-11-14 22:13:20.000 (250µs[250µs]) RedisClient 1 LPUSH  "
+        "[127.0.0.1 as api:40000]->[127.0.0.1 as 127.0.0.1:6379] "
+        "contentLen:0B responseLen:0B svc=[api python] "
+        f"traceparent=[00-{TRACE_ID.hex()}-{SPAN_ID.hex()}[{PARENT_ID.hex()}]-01]"
+    )
+    assert " RedisServer 0 SET  [127.0.0.1 as 127.0.0.1:40000]->[127.0.0.1 as redis:6379] " in second
+    json_stream = io.StringIO()
+    TracePrinter("json", json_stream).print_spans([make_db_span(query_text="SET k v")])
+    printed = json.loads(json_stream.getvalue())
+    assert printed["type"] == "RedisClient" and printed["name"] == "SET"
+    assert printed["attributes"]["db.query.text"] == "SET k v"  # asked for: the span has it
 
 
 def test_traceparent_empty_without_trace_id() -> None:

@@ -17,6 +17,7 @@ from obi.config import values
 from obi.config.model import (
     DEFAULT_EXCLUDE_INSTRUMENT,
     AttributesConfig,
+    AttributeSelection,
     Config,
     ConfigError,
     ContextPropagation,
@@ -769,7 +770,14 @@ def _positive_duration(text: str) -> float:
 def _attributes(node: _Node, env: _Environment) -> AttributesConfig:
     kube = node.child("kubernetes")
     defaults = KubernetesConfig()
+    select = node.child("select")
+    selections = []
+    for section in select.names():
+        entry = select.child(section)
+        selections.append(AttributeSelection(section, entry.strings("include") or (),
+                                             entry.strings("exclude") or ()))
     return AttributesConfig(
+        select=tuple(selections),
         kubernetes=KubernetesConfig(
             enable=_pick(
                 env.parse("OTEL_EBPF_KUBE_METADATA_ENABLE", lambda t: _choice(t, KUBE_ENABLE, "value")),

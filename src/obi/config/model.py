@@ -6,6 +6,7 @@ other field carries the YAML key and environment variable of OBI.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -255,10 +256,30 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AttributeSelection:
+    """One section of YAML ``attributes.select`` (``traces``, or a metric such as
+    ``http_server_request_duration``): attribute names or globs to add and to leave out."""
+
+    section: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AttributesConfig:
     """YAML ``attributes``."""
 
     kubernetes: KubernetesConfig = KubernetesConfig()
+    select: tuple[AttributeSelection, ...] = ()
+
+    def trace_attribute_selected(self, name: str) -> bool:
+        """Whether an attribute off by default (``db.query.text``) is on for spans:
+        ``attributes.select.traces`` includes it and does not exclude it (globs, as OBI)."""
+        for selection in self.select:
+            if selection.section == "traces":
+                return (any(fnmatch.fnmatchcase(name, g) for g in selection.include)
+                        and not any(fnmatch.fnmatchcase(name, g) for g in selection.exclude))
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,12 @@ INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
     "obi.spans.unknown_protocol": ("{event}", "Exchanges of a protocol obi does not know, per process"),
     "obi.spans.headers_truncated": ("{request}", "Requests whose headers went on past the capture"),
     "obi.spans.unanswered": ("{span}", "Spans of requests that got no response"),
+    "obi.spans.requests_truncated": ("{event}", "Exchanges whose requests went on past the capture: "
+                                     "requests pipelined after the capture are not spans"),
+    "obi.spans.split_requests": ("{request}", "Requests whose bytes the kernel split over two exchanges: "
+                                 "left out"),
+    "obi.protocols.connections.forgotten": ("{connection}", "Connections whose protocol state (Redis "
+                                            "SELECT, prepared statements) was dropped: too many at once"),
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),
     "obi.spans.export.dropped": ("{span}", "Spans dropped from the full export queue"),
     "obi.spans.export.failed": ("{span}", "Spans whose export failed after retries"),

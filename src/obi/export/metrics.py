@@ -3,8 +3,9 @@
 Cumulative explicit-bucket histograms named as OBI names them: for HTTP
 servers http.server.request.duration (s), http.server.request.body.size and
 http.server.response.body.size (By); for HTTP clients the http.client.*
-three. The pipeline records every span before sampling, so sampling never
-changes these numbers.
+three; for databases and caches db.client.operation.duration (s), and
+db.server.operation.duration for the servers obi instruments. The pipeline
+records every span before sampling, so sampling never changes these numbers.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from obi.config.model import HistogramBuckets
 from obi.export.encode import SCOPE_NAME, key_value
-from obi.traces.model import EXCLUDE_METRICS, SPAN_KIND_SERVER, HttpSpan, ServiceIdentity, Span
+from obi.traces.model import EXCLUDE_METRICS, SPAN_KIND_SERVER, DbSpan, HttpSpan, ServiceIdentity, Span
 
 # OBI's defaults (OTel semantic-convention buckets for durations), from the configuration model.
 DEFAULT_DURATION_BUCKETS: tuple[float, ...] = HistogramBuckets().duration_histogram
@@ -42,16 +43,19 @@ HTTP_SERVER_RESPONSE_BODY_SIZE = "http.server.response.body.size"
 HTTP_CLIENT_REQUEST_DURATION = "http.client.request.duration"
 HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size"
 HTTP_CLIENT_RESPONSE_BODY_SIZE = "http.client.response.body.size"
+DB_CLIENT_OPERATION_DURATION = "db.client.operation.duration"
+DB_SERVER_OPERATION_DURATION = "db.server.operation.duration"
 
 
 @dataclass(frozen=True, eq=False, slots=True)
 class MetricFamily:
-    """The three histograms of one kind of span, and the attributes of their series.
-    Hashed by identity: it is half of every series key, looked up once per span."""
+    """The histograms of one kind of span (a duration, and body sizes where the protocol has
+    them), and the attributes of their series. Hashed by identity: it is half of every series
+    key, looked up once per span."""
 
     duration: tuple[str, str]  # name, description
-    request_size: tuple[str, str]
-    response_size: tuple[str, str]
+    request_size: tuple[str, str] | None
+    response_size: tuple[str, str] | None
     attribute_names: tuple[str, ...]  # names of the series key's members; None values are left out
 
 
@@ -71,6 +75,16 @@ HTTP_CLIENT = MetricFamily(
     ("http.request.method", "http.response.status_code", "http.route", "server.address", "server.port"),
 )
 
+# OBI's default attributes of database operations.
+DB_CLIENT = MetricFamily(
+    (DB_CLIENT_OPERATION_DURATION, "Duration of database client operations"), None, None,
+    ("db.system.name", "db.operation.name", "server.address", "error.type"),
+)
+DB_SERVER = MetricFamily(
+    (DB_SERVER_OPERATION_DURATION, "Duration of database operations from the server side"), None, None,
+    ("db.system.name", "db.operation.name", "server.address", "error.type"),
+)
+
 SeriesKey = tuple[str | int | None, ...]
 
 
@@ -83,6 +97,9 @@ def series_of(span: Span) -> tuple[MetricFamily, SeriesKey, int, int] | None:
                                  span.server_port), span.request_body_size, span.response_body_size
         return HTTP_CLIENT, (span.method, status, span.route, span.server_address, span.server_port), \
             span.request_body_size, span.response_body_size
+    if isinstance(span, DbSpan):
+        return DB_SERVER if span.kind == SPAN_KIND_SERVER else DB_CLIENT, (
+            span.system, span.operation or None, span.server_address, span.error_type or None), 0, 0
     return None
 
 
@@ -181,8 +198,9 @@ class RedMetrics:
             elif span.end_ns > state.last_ns:
                 state.last_ns = span.end_ns
             state.duration.observe(duration_bounds, (span.end_ns - span.start_ns) / 1e9)
-            state.request_size.observe(request_bounds, request_size)
-            state.response_size.observe(response_bounds, response_size)
+            if family.request_size is not None:  # the families with sizes have both
+                state.request_size.observe(request_bounds, request_size)
+                state.response_size.observe(response_bounds, response_size)
 
     def collect(self, now_ns: int) -> ExportMetricsServiceRequest:
         """Cumulative snapshot of every live series; expired series are dropped first."""
@@ -198,15 +216,19 @@ class RedMetrics:
                 attributes = [key_value(name, value) for name, value in zip(family.attribute_names, key,
                                                                             strict=True) if value is not None]
                 durations.append(_point(attributes, state, state.duration, self._duration_bounds, now_ns))
-                requests.append(_point(attributes, state, state.request_size, self._request_bounds, now_ns))
-                responses.append(
-                    _point(attributes, state, state.response_size, self._response_bounds, now_ns)
-                )
+                if family.request_size is not None:
+                    requests.append(_point(attributes, state, state.request_size, self._request_bounds,
+                                           now_ns))
+                if family.response_size is not None:
+                    responses.append(_point(attributes, state, state.response_size, self._response_bounds,
+                                            now_ns))
             metrics = []
             for family, (durations, requests, responses) in points.items():
                 metrics.append(_histogram(*family.duration, "s", durations))
-                metrics.append(_histogram(*family.request_size, "By", requests))
-                metrics.append(_histogram(*family.response_size, "By", responses))
+                if family.request_size is not None:
+                    metrics.append(_histogram(*family.request_size, "By", requests))
+                if family.response_size is not None:
+                    metrics.append(_histogram(*family.response_size, "By", responses))
             resource = Resource(
                 attributes=[key_value(k, v) for k, v in per_service.service.resource_attributes().items()]
             )

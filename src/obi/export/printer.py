@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from obi.export.encode import span_flags
-from obi.traces.model import SPAN_KIND_SERVER, HttpSpan, ServiceIdentity, Span
+from obi.traces.model import SPAN_KIND_SERVER, DbSpan, HttpSpan, ServiceIdentity, Span
 
 
 class TracePrinterMode(enum.StrEnum):
@@ -71,29 +71,36 @@ def service_label(service: ServiceIdentity) -> str:
     return service.service_name
 
 
-def format_text(span: HttpSpan, tz: datetime.tzinfo | None = None) -> str:
+def format_text(span: Span, tz: datetime.tzinfo | None = None) -> str:
     """One line in OBI's text printer layout (the caller's side first, then the server's)."""
     start = datetime.datetime.fromtimestamp(span.start_ns / 1e9, tz)
     stamp = start.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     duration = go_duration(span.end_ns - span.start_ns)
-    route = f"({span.route})" if span.route else ""
-    if span.kind == SPAN_KIND_SERVER:
-        caller = f"[{span.client_address} as {span.client_address}:{span.client_port}]"
-        callee = f"[{span.server_address} as {span.service.service_name}:{span.server_port}]"
+    if isinstance(span, HttpSpan):
+        route = f"({span.route})" if span.route else ""
+        what = f"{span.status_code} {span.method} {span.path}{route}"
+        sizes = f"contentLen:{span.request_body_size}B responseLen:{span.response_body_size}B"
+    elif isinstance(span, DbSpan):  # OBI's status for these: 1 when the operation failed
+        what = f"{int(span.is_error)} {span.operation or span.name} {span.collection}"
+        sizes = "contentLen:0B responseLen:0B"
     else:
-        caller = f"[{span.client_address} as {span.service.service_name}:{span.client_port}]"
-        callee = f"[{span.server_address} as {span.server_address}:{span.server_port}]"
+        return ""
+    server, client = span.server_address, span.client_address
+    if span.kind == SPAN_KIND_SERVER:
+        caller = f"[{client} as {client}:{span.client_port}]"
+        callee = f"[{server} as {span.service.service_name}:{span.server_port}]"
+    else:
+        caller = f"[{client} as {span.service.service_name}:{span.client_port}]"
+        callee = f"[{server} as {server}:{span.server_port}]"
     return (
-        f"{stamp} ({duration}[{duration}]) {span.type_name} {span.status_code} {span.method} "
-        f"{span.path}{route} "
-        f"{caller}->{callee} "
-        f"contentLen:{span.request_body_size}B responseLen:{span.response_body_size}B "
+        f"{stamp} ({duration}[{duration}]) {span.type_name} {what} "
+        f"{caller}->{callee} {sizes} "
         f"svc=[{service_label(span.service)} {span.service.sdk_language}] "
         f"traceparent=[{traceparent(span)}]"
     )
 
 
-def span_json(span: HttpSpan) -> dict[str, object]:
+def span_json(span: Span) -> dict[str, object]:
     """A JSON-ready description of the span with OTel names."""
     return {
         "type": span.type_name,
@@ -149,13 +156,13 @@ class TracePrinter:
                 self._last_counter_print = now
                 self._print_counter()
             return
-        http = [s for s in spans if isinstance(s, HttpSpan)]
+        printable = [s for s in spans if isinstance(s, (HttpSpan, DbSpan))]
         if mode is TracePrinterMode.TEXT:
-            lines = [format_text(s, self._tz) for s in http]
+            lines = [format_text(s, self._tz) for s in printable]
         elif mode is TracePrinterMode.JSON:
-            lines = [json.dumps(span_json(s), separators=(",", ":")) for s in http]
+            lines = [json.dumps(span_json(s), separators=(",", ":")) for s in printable]
         else:
-            lines = [json.dumps(span_json(s), indent=1) for s in http]
+            lines = [json.dumps(span_json(s), indent=1) for s in printable]
         self._stream.write("\n".join(lines) + "\n")
         self._stream.flush()
 

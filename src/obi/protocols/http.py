@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from obi.ebpf._libbpf import lib
-from obi.protocols.base import ROLE_SERVER, Connection, Exchange, IdGenerator, SpanStats
+from obi.protocols.base import NO_RESPONSE_ERRORS, ROLE_SERVER, Connection, Exchange, IdGenerator, SpanStats
 from obi.protocols.errors import ParseError
 from obi.traces.model import EXCLUDE_METRICS, EXCLUDE_TRACES, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan
 from obi.traces.routes import RouteMatcher
@@ -496,12 +496,6 @@ def looks_like_request(data: bytes) -> bool:
     return space > 0 and data[:space] in _METHOD_BY_TOKEN
 
 
-# error.type of a request that got no response, by why the kernel ended the exchange.
-_NO_RESPONSE_ERRORS = {
-    lib.OBI_END_EXIT: "process_exited",
-    lib.OBI_END_CLOSE: "connection_closed",
-    lib.OBI_END_TIMEOUT: "timeout",
-}
 _END_TIMEOUT: int = lib.OBI_END_TIMEOUT
 _TIMEOUT_STATUS = 408  # OBI reports a request unanswered past ebpf.http_request_timeout with it
 IgnoreMode = str  # "all", "traces", "metrics" (routes.ignore_mode)
@@ -544,7 +538,7 @@ class Http1:
 
     def spans(self, facts: Sequence[HttpPair], exchange: Exchange, connection: Connection) -> list[HttpSpan]:
         spans: list[HttpSpan] = []
-        role, request, _, request_len, _, _, _, _, _, end_reason, tls, kernel_ids = exchange
+        role, request, _, request_len, _, _, _, _, _, end_reason, tls, kernel_ids, _ = exchange
         scheme = "https" if tls else "http"
         service, start_ns, conn_end_ns, local_address, local_port, peer_address, peer_port = connection
         server = role == ROLE_SERVER
@@ -563,7 +557,7 @@ class Http1:
             if resp is None:
                 stats.unanswered += 1
                 status, response_size = 0, 0
-                error = _NO_RESPONSE_ERRORS.get(end_reason, "no_response")
+                error = NO_RESPONSE_ERRORS.get(end_reason, "no_response")
                 if end_reason == _END_TIMEOUT and self._request_timeout_ns:
                     status, error = _TIMEOUT_STATUS, ""
                     end_ns = start_ns + self._request_timeout_ns

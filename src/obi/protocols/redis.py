@@ -14,9 +14,22 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from obi.ebpf._libbpf import lib
+from obi.protocols.base import (
+    NO_RESPONSE_ERRORS,
+    ROLE_SERVER,
+    Connection,
+    ConnectionStates,
+    Exchange,
+    IdGenerator,
+    SpanStats,
+    span_ids,
+)
 from obi.protocols.errors import ParseError
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan
 
 __all__ = [
+    "Redis",
     "RedisCommand",
     "RedisReply",
     "looks_like_redis",
@@ -38,6 +51,13 @@ class RedisCommand(NamedTuple):
     name: str  # upper case ("GET"), or "" when the capture ends inside the name
     args: int  # arguments after the name (as the array says, when cut off)
     db: int | None  # SELECT's index
+    complete: bool = True  # False: the bytes end inside this command
+    text: str = ""  # the command as redis-cli shows it (parse_commands(text=True) only)
+
+
+# Commands whose arguments carry credentials: their text keeps the name alone.
+SECRET_COMMANDS = frozenset({"AUTH", "HELLO", "MIGRATE"})
+TEXT_ARG_LIMIT = 256  # characters of one argument in a command's text
 
 
 class RedisReply(NamedTuple):
@@ -103,8 +123,9 @@ def _skip(data: bytes, at: int, depth: int = 0) -> int:
     return at
 
 
-def parse_commands(data: bytes) -> list[RedisCommand]:
-    """The commands of a request capture, in order; the last one may be cut off."""
+def parse_commands(data: bytes, text: bool = False) -> list[RedisCommand]:
+    """The commands of a request capture, in order; the last one may be cut off (then it is
+    not `complete`). `text`: give each command's text, its arguments as captured."""
     commands: list[RedisCommand] = []
     at = 0
     while at < len(data):
@@ -115,18 +136,19 @@ def parse_commands(data: bytes) -> list[RedisCommand]:
                 words = data[at:].split()
                 if not words or not words[0].isalnum():
                     raise ParseError("not a Redis command") from None
-                commands.append(RedisCommand("", 0, None))  # cut off: what it is, unknown
+                commands.append(RedisCommand("", 0, None, False))  # cut off: what it is, unknown
                 break
             words = line.split()
             if not words or not words[0].isalnum():
                 raise ParseError("not a Redis command")
-            commands.append(_command(words[0], len(words) - 1, words[1] if len(words) > 1 else None))
+            commands.append(_command(words, len(words) - 1, True, text))
             continue
         try:
-            text, at = _line(data, at + 1)
+            line, at = _line(data, at + 1)
         except _Truncated:
             break
-        count = _int(text, 1, MAX_ITEMS)
+        count = _int(line, 1, MAX_ITEMS)
+        keep = count if text else 2  # the name and the first argument, or all for the text
         args: list[bytes] = []
         cut = False  # the capture ends inside this command
         for i in range(count):
@@ -136,14 +158,14 @@ def parse_commands(data: bytes) -> list[RedisCommand]:
             if data[at] != ord("$"):
                 raise ParseError("a Redis command's argument is not a bulk string")
             try:
-                text, start = _line(data, at + 1)
+                line, start = _line(data, at + 1)
             except _Truncated:
                 cut = True
                 break
-            length = _int(text, 0, MAX_LENGTH)
+            length = _int(line, 0, MAX_LENGTH)
             at = start + length + 2
-            if i < 2:  # the name and the first argument; b"" when the capture cuts them
-                args.append(data[start:start + length] if start + length <= len(data) else b"")
+            if i < keep:  # an argument cut by the capture: b"" for the name, its captured part after
+                args.append(data[start:start + length] if start + length <= len(data) or i else b"")
             if at > len(data):
                 cut = True
                 break
@@ -152,18 +174,28 @@ def parse_commands(data: bytes) -> list[RedisCommand]:
         name = args[0] if args else b""
         if name and not name.replace(b"_", b"").replace(b"-", b"").isalnum():
             raise ParseError("not a Redis command name")
-        commands.append(_command(name, count - 1, args[1] if len(args) > 1 else None))
+        commands.append(_command(args, count - 1, not cut, text))
         if cut:
             break
     return commands
 
 
-def _command(name: bytes, args: int, first: bytes | None) -> RedisCommand:
-    upper = name.decode("ascii", "replace").upper()
+def _command(words: list[bytes], args: int, complete: bool, text: bool) -> RedisCommand:
+    upper = words[0].decode("ascii", "replace").upper() if words else ""
+    first = words[1] if len(words) > 1 else None
     db = None
     if upper == "SELECT" and first is not None and first.isdigit() and len(first) < 6:
         db = int(first)
-    return RedisCommand(upper, args, db)
+    shown = ""
+    if text and upper:
+        shown = upper if upper in SECRET_COMMANDS else " ".join(
+            [upper] + [_shown(word) for word in words[1:]])
+    return RedisCommand(upper, args, db, complete, shown)
+
+
+def _shown(word: bytes) -> str:
+    value = word[:TEXT_ARG_LIMIT].decode("utf-8", "replace")
+    return value if value and " " not in value else repr(value)
 
 
 def parse_replies(data: bytes) -> list[RedisReply]:
@@ -193,10 +225,101 @@ def parse_replies(data: bytes) -> list[RedisReply]:
     return replies
 
 
-def parse_exchange(request: bytes, response: bytes) -> list[tuple[RedisCommand, RedisReply | None]]:
+def parse_exchange(request: bytes, response: bytes,
+                   text: bool = False) -> list[tuple[RedisCommand, RedisReply | None]]:
     """Each command with its reply (None: not in the capture), pipelined commands included."""
-    commands = parse_commands(request)
+    commands = parse_commands(request, text)
     if not commands:
         raise ParseError("no Redis command")
     replies = parse_replies(response)
     return [(c, replies[i] if i < len(replies) else None) for i, c in enumerate(commands)]
+
+
+# ---- spans -------------------------------------------------------------------
+
+RedisFacts = tuple[list[RedisCommand], list[RedisReply]]
+_CLOSED = frozenset({lib.OBI_END_CLOSE, lib.OBI_END_EXIT})
+
+
+class _RedisConnection:
+    """What a connection's earlier exchanges said: the database SELECT chose, and how many
+    replies are still owed to commands of an exchange that ended before they came."""
+
+    __slots__ = ("db", "owed")
+
+    def __init__(self) -> None:
+        self.db: int | None = None
+        self.owed = 0
+
+
+class Redis:
+    """Redis client spans (an instrumented process called a Redis server) and server spans
+    (an instrumented redis-server answered), one per command, with OBI's names and attributes."""
+
+    name = "redis"
+
+    def __init__(self, ids: IdGenerator | None = None, stats: SpanStats | None = None,
+                 query_text: bool = False) -> None:
+        self._getrandbits = (ids or IdGenerator()).getrandbits
+        self.stats = stats or SpanStats()
+        self._text = query_text
+        self.connections: ConnectionStates[_RedisConnection] = ConnectionStates(_RedisConnection, self.stats)
+
+    def detect(self, exchange: Exchange) -> bool:
+        return looks_like_redis(exchange.request)
+
+    def parse(self, exchange: Exchange) -> RedisFacts:
+        commands = parse_commands(exchange.request, self._text)
+        if not commands:
+            raise ParseError("no Redis command")
+        return commands, parse_replies(exchange.response)
+
+    def spans(self, facts: RedisFacts, exchange: Exchange, connection: Connection) -> list[DbSpan]:
+        commands, replies = facts
+        role, request, response, request_len, response_len, *_, end_reason, _, kernel_ids, midway = exchange
+        service, start_ns, end_ns, local_address, local_port, peer_address, peer_port = connection
+        stats, getrandbits = self.stats, self._getrandbits
+        state = self.connections.get(connection)
+        if state.owed:  # the first replies answer an earlier exchange's last commands
+            replies = replies[state.owed:]
+            state.owed = 0
+        request_whole = request_len <= len(request)
+        response_whole = response_len <= len(response)
+        if not request_whole:
+            stats.requests_truncated += 1
+        server_role = role == ROLE_SERVER
+        if server_role:
+            kind, server, server_port, client, client_port = (SPAN_KIND_SERVER, local_address, local_port,
+                                                              peer_address, peer_port)
+        else:
+            kind, server, server_port, client, client_port = (SPAN_KIND_CLIENT, peer_address, peer_port,
+                                                              local_address, local_port)
+        spans: list[DbSpan] = []
+        for i, command in enumerate(commands):
+            if not command.complete and request_whole:  # its rest opens the next exchange
+                stats.split_requests += 1
+                continue
+            reply = replies[i] if i < len(replies) else None
+            error = ""
+            if reply is not None:
+                if reply.error is not None:
+                    error = reply.error
+                elif command.db is not None:
+                    state.db = command.db
+            elif response_whole:
+                if end_reason in NO_RESPONSE_ERRORS:
+                    error = NO_RESPONSE_ERRORS[end_reason]
+                    stats.unanswered += 1
+                else:  # the exchange ended before the reply came: it opens the next one
+                    state.owed += 1
+            db = command.db if command.db is not None else state.db
+            namespace = str(db) if db is not None else ("" if midway else "0")
+            trace_id, span_id, parent_id = span_ids(kernel_ids, len(spans), server_role, getrandbits)
+            spans.append(DbSpan(
+                service, kind, start_ns, end_ns, trace_id, span_id, parent_id, True, 0,
+                "redis", command.name, "", namespace, server, server_port, client, client_port,
+                error if reply is not None else "", error, command.text if self._text else None,
+            ))  # fmt: skip
+        if end_reason in _CLOSED:
+            self.connections.forget(connection)
+        return spans

@@ -195,3 +195,77 @@ class HttpSpan(Span):
     @property
     def type_name(self) -> str:
         return "HTTP" if self.kind == SPAN_KIND_SERVER else "HTTPClient"
+
+
+# (kind, system, operation, collection, namespace, server_address, server_port, client_address,
+#  status_code, error_type, has_query_text): everything a database span's name, status and
+# repeated attributes depend on.
+DbShapeKey = tuple[int, str, str, str, str, str, int, str, str, str, bool]
+_DB_VARYING_TEXT = ("db.query.text",)
+# OBI's span name when the operation is not known, by db.system.name.
+_DB_UNNAMED = {"redis": "REDIS", "memcached": "MEMCACHED"}
+# OBI's printer type names, by db.system.name and kind.
+_DB_TYPE_NAMES = {"redis": ("RedisServer", "RedisClient"),
+                  "memcached": ("MemcachedServer", "MemcachedClient")}
+
+
+@dataclass(slots=True)
+class DbSpan(Span):
+    """One database or cache operation (a Redis command, a SQL statement, a Memcached
+    command), made (CLIENT) or served (SERVER) by an instrumented process.
+
+    ``operation`` is "" when the capture did not hold it. ``status_code`` is the
+    database's own code of a failed operation (Redis's error prefix, a SQLSTATE), ``error_type``
+    says what failed ("" when nothing did). ``query_text`` is set only when the user asked for
+    ``db.query.text``.
+    """
+
+    system: str  # db.system.name: "redis", "memcached", "postgresql", "mysql"
+    operation: str
+    collection: str
+    namespace: str
+    server_address: str
+    server_port: int
+    client_address: str
+    client_port: int
+    status_code: str
+    error_type: str
+    query_text: str | None
+
+    def shape_key(self) -> DbShapeKey:
+        return (self.kind, self.system, self.operation, self.collection, self.namespace, self.server_address,
+                self.server_port, self.client_address if self.kind == SPAN_KIND_SERVER else "",
+                self.status_code, self.error_type, self.query_text is not None)
+
+    @classmethod
+    def shape_of(cls, key: Hashable) -> SpanShape:
+        shape: DbShapeKey = key  # type: ignore[assignment]
+        kind, system, operation, collection, namespace, address, port, client, status, error, text = shape
+        attrs: list[tuple[str, AttributeValue]] = [("db.system.name", system)]
+        if operation:
+            attrs.append(("db.operation.name", operation))
+        if collection:
+            attrs.append(("db.collection.name", collection))
+        if namespace:
+            attrs.append(("db.namespace", namespace))
+        if status:
+            attrs.append(("db.response.status_code", status))
+        if error:
+            attrs.append(("error.type", error))
+        attrs.append(("server.address", address))
+        attrs.append(("server.port", port))
+        if kind == SPAN_KIND_SERVER:
+            attrs.append(("client.address", client))
+        if operation:
+            name = f"{operation} {collection}" if collection else operation
+        else:
+            name = _DB_UNNAMED.get(system, "SQL")
+        return SpanShape(name, kind, bool(error), tuple(attrs), _DB_VARYING_TEXT if text else ())
+
+    def varying_values(self) -> tuple[AttributeValue, ...]:
+        return () if self.query_text is None else (self.query_text,)
+
+    @property
+    def type_name(self) -> str:
+        names = _DB_TYPE_NAMES.get(self.system, ("SQLServer", "SQLClient"))
+        return names[0] if self.kind == SPAN_KIND_SERVER else names[1]

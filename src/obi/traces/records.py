@@ -35,6 +35,7 @@ _FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
 _FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
 _FLAG_TLS: int = lib.OBI_FLAG_TLS
 _FLAG_IDS: int = lib.OBI_FLAG_IDS
+_FLAG_ROLE_GUESSED: int = lib.OBI_FLAG_ROLE_GUESSED
 _IDS_SIZE: int = ffi.sizeof("struct obi_ids")
 _new_tuple = tuple.__new__
 RECORD_GO_HTTP: int = lib.OBI_RECORD_GO_HTTP
@@ -170,6 +171,7 @@ class RecordProcessor:
                     end_reason,
                     bool(flags & _FLAG_TLS),
                     batch[ids_start: ids_start + _IDS_SIZE] if flags & _FLAG_IDS else b"",
+                    bool(flags & _FLAG_ROLE_GUESSED),
                 ))  # fmt: skip
                 module = identify(exchange)
                 if module is None:
