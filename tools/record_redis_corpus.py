@@ -10,17 +10,11 @@ Usage: python tools/record_redis_corpus.py   (needs redis-server; rewrites the c
 
 from __future__ import annotations
 
-import base64
-import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT / "tests" / "protocols" / "corpus" / "redis.jsonl"
+from corpus_recording import exchange, free_port, wait_port, write_corpus
 
 
 def command(*args: str | bytes) -> bytes:
@@ -56,50 +50,18 @@ def cases() -> list[tuple[str, list[str], bytes]]:
     ]
 
 
-def exchange(port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(request)
-        sock.settimeout(0.2)
-        got = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return got
-            if not chunk:
-                return got
-            got += chunk
-
-
 def main() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                    "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port)).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
+            wait_port(port)
             exchange(port, command("SADD", "s", "a", "b"))
-            lines = []
-            for name, commands, request in cases():
-                response = exchange(port, request)
-                lines.append(json.dumps({"name": name, "commands": commands,
-                                         "request": base64.b64encode(request).decode(),
-                                         "response": base64.b64encode(response).decode()}))
+            write_corpus("redis", port, cases())
         finally:
             server.terminate()
             server.wait(10)
-    CORPUS.write_text("\n".join(lines) + "\n")
-    print(f"{len(lines)} exchanges written to {CORPUS.relative_to(ROOT)}")
     return 0
 
 

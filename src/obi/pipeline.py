@@ -51,6 +51,7 @@ from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
 from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
+from obi.protocols.memcached import Memcached
 from obi.protocols.redis import Redis
 from obi.traces.model import ServiceIdentity
 from obi.traces.records import RecordProcessor
@@ -360,8 +361,10 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     http = Http1(route_matcher, ids, span_stats, ignore_mode=routes.ignore_mode,
                  request_timeout_ns=request_timeout_ns)
     go_http = GoHttpSpans(route_matcher, span_stats, ignore_mode=routes.ignore_mode)
-    redis = Redis(ids, span_stats, query_text=config.attributes.trace_attribute_selected("db.query.text"))
-    records = RecordProcessor(ProtocolRegistry([http, redis]), registry.identity_for,
+    query_text = config.attributes.trace_attribute_selected("db.query.text")
+    protocols = ProtocolRegistry([http, Redis(ids, span_stats, query_text),
+                                  Memcached(ids, span_stats, query_text)])
+    records = RecordProcessor(protocols, registry.identity_for,
                               registry.on_kernel_event, go_http,
                               uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
     traces = config.otel_traces_export

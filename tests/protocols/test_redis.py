@@ -3,10 +3,7 @@ made by tools/record_redis_corpus.py), their every truncation, and arbitrary byt
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,14 +19,14 @@ from obi.protocols.redis import (
     parse_exchange,
     parse_replies,
 )
+from tests.protocols.recorded import load_corpus
 
-CORPUS_FILE = Path(__file__).parent / "corpus" / "redis.jsonl"
-CORPUS = [json.loads(line) for line in CORPUS_FILE.read_text().splitlines()]
+CORPUS = load_corpus("redis")
 BY_NAME = {c["name"]: c for c in CORPUS}
 
 
 def raw(case: dict[str, Any]) -> tuple[bytes, bytes]:
-    return base64.b64decode(case["request"]), base64.b64decode(case["response"])
+    return case["request"], case["response"]
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])

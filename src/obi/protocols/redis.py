@@ -14,19 +14,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from obi.ebpf._libbpf import lib
-from obi.protocols.base import (
-    NO_RESPONSE_ERRORS,
-    ROLE_SERVER,
-    Connection,
-    ConnectionStates,
-    Exchange,
-    IdGenerator,
-    SpanStats,
-    span_ids,
-)
+from obi.protocols.base import Exchange, IdGenerator, SpanStats
 from obi.protocols.errors import ParseError
-from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan
+from obi.protocols.pipelined import CommandConnection, PipelinedCommands
 
 __all__ = [
     "Redis",
@@ -53,6 +43,10 @@ class RedisCommand(NamedTuple):
     db: int | None  # SELECT's index
     complete: bool = True  # False: the bytes end inside this command
     text: str = ""  # the command as redis-cli shows it (parse_commands(text=True) only)
+
+    @property
+    def expects_reply(self) -> bool:
+        return True  # every command gets one (CLIENT REPLY OFF is not followed)
 
 
 # Commands whose arguments carry credentials: their text keeps the name alone.
@@ -238,88 +232,46 @@ def parse_exchange(request: bytes, response: bytes,
 # ---- spans -------------------------------------------------------------------
 
 RedisFacts = tuple[list[RedisCommand], list[RedisReply]]
-_CLOSED = frozenset({lib.OBI_END_CLOSE, lib.OBI_END_EXIT})
 
 
-class _RedisConnection:
-    """What a connection's earlier exchanges said: the database SELECT chose, and how many
-    replies are still owed to commands of an exchange that ended before they came."""
+class RedisConnection(CommandConnection):
+    """A connection's database, as its last successful SELECT chose (None: not seen)."""
 
-    __slots__ = ("db", "owed")
+    __slots__ = ("db",)
 
     def __init__(self) -> None:
+        super().__init__()
         self.db: int | None = None
-        self.owed = 0
 
 
-class Redis:
+class Redis(PipelinedCommands[RedisConnection]):
     """Redis client spans (an instrumented process called a Redis server) and server spans
     (an instrumented redis-server answered), one per command, with OBI's names and attributes."""
 
     name = "redis"
+    system = "redis"
 
     def __init__(self, ids: IdGenerator | None = None, stats: SpanStats | None = None,
                  query_text: bool = False) -> None:
-        self._getrandbits = (ids or IdGenerator()).getrandbits
-        self.stats = stats or SpanStats()
-        self._text = query_text
-        self.connections: ConnectionStates[_RedisConnection] = ConnectionStates(_RedisConnection, self.stats)
+        super().__init__(RedisConnection, ids, stats, query_text)
 
     def detect(self, exchange: Exchange) -> bool:
         return looks_like_redis(exchange.request)
 
     def parse(self, exchange: Exchange) -> RedisFacts:
-        commands = parse_commands(exchange.request, self._text)
+        commands = parse_commands(exchange.request, self.query_text)
         if not commands:
             raise ParseError("no Redis command")
         return commands, parse_replies(exchange.response)
 
-    def spans(self, facts: RedisFacts, exchange: Exchange, connection: Connection) -> list[DbSpan]:
-        commands, replies = facts
-        role, request, response, request_len, response_len, *_, end_reason, _, kernel_ids, midway = exchange
-        service, start_ns, end_ns, local_address, local_port, peer_address, peer_port = connection
-        stats, getrandbits = self.stats, self._getrandbits
-        state = self.connections.get(connection)
-        if state.owed:  # the first replies answer an earlier exchange's last commands
-            replies = replies[state.owed:]
-            state.owed = 0
-        request_whole = request_len <= len(request)
-        response_whole = response_len <= len(response)
-        if not request_whole:
-            stats.requests_truncated += 1
-        server_role = role == ROLE_SERVER
-        if server_role:
-            kind, server, server_port, client, client_port = (SPAN_KIND_SERVER, local_address, local_port,
-                                                              peer_address, peer_port)
-        else:
-            kind, server, server_port, client, client_port = (SPAN_KIND_CLIENT, peer_address, peer_port,
-                                                              local_address, local_port)
-        spans: list[DbSpan] = []
-        for i, command in enumerate(commands):
-            if not command.complete and request_whole:  # its rest opens the next exchange
-                stats.split_requests += 1
-                continue
-            reply = replies[i] if i < len(replies) else None
-            error = ""
-            if reply is not None:
-                if reply.error is not None:
-                    error = reply.error
-                elif command.db is not None:
-                    state.db = command.db
-            elif response_whole:
-                if end_reason in NO_RESPONSE_ERRORS:
-                    error = NO_RESPONSE_ERRORS[end_reason]
-                    stats.unanswered += 1
-                else:  # the exchange ended before the reply came: it opens the next one
-                    state.owed += 1
-            db = command.db if command.db is not None else state.db
-            namespace = str(db) if db is not None else ("" if midway else "0")
-            trace_id, span_id, parent_id = span_ids(kernel_ids, len(spans), server_role, getrandbits)
-            spans.append(DbSpan(
-                service, kind, start_ns, end_ns, trace_id, span_id, parent_id, True, 0,
-                "redis", command.name, "", namespace, server, server_port, client, client_port,
-                error if reply is not None else "", error, command.text if self._text else None,
-            ))  # fmt: skip
-        if end_reason in _CLOSED:
-            self.connections.forget(connection)
-        return spans
+    def namespace(self, command: RedisCommand, reply: RedisReply | None,  # type: ignore[override]
+                  state: RedisConnection, midway: bool) -> str:
+        """The database index: SELECT's target (even refused, as the conventions say), else the
+        connection's; 0 for a connection seen from its start that never chose one."""
+        if command.db is not None:
+            if reply is not None and reply.error is None:
+                state.db = command.db
+            return str(command.db)
+        if state.db is not None:
+            return str(state.db)
+        return "" if midway else "0"
