@@ -12,10 +12,12 @@ The proxy is then run again, new (its upstream connections opened while obi
 runs), with ebpf.context_propagation=headers: every upstream request gets a
 traceparent header from obi's sk_msg program; against the proxy run without
 headers, what adding them costs.
-A last one serves HTTPS (nginx with ssl, a certificate made by openssl): the
+Another serves HTTPS (nginx with ssl, a certificate made by openssl): the
 spans come from OpenSSL's plaintext through uprobes, and the BPF time per
 request includes the uprobe programs (not the kernel's cost of each uprobe
 trap, which shows in the ratio).
+The last puts redis-server under redis-benchmark (SET and GET, 16 commands per write),
+without obi and with obi tracing the server: a span per command.
 The runs also print the kernel side's cost: BPF run time per request of
 obi's programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt): the part run
 in nginx's own syscalls, and apart from it the sweep obi runs from its own
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.e2e.agent import AgentProcess  # noqa: E402
+from tests.servers.datastores import start_redis  # noqa: E402
 from tests.servers.nginx import nginx_worker, start_nginx  # noqa: E402
 from tests.support import free_port, start_process, stop_process  # noqa: E402
 
@@ -195,13 +199,19 @@ class Run:
 
 def traced_run(receiver_port: int, pid: int, url: str, seconds: int, connections: int,
                script: Path | None = None, env: dict[str, str] | None = None) -> Run:
+    return traced_load(receiver_port, pid, lambda: wrk(url, seconds, connections, script), env)
+
+
+def traced_load(receiver_port: int, pid: int, load: Callable[[], tuple[int, float]],
+                env: dict[str, str] | None = None) -> Run:
+    """obi tracing `pid` while `load` runs (it returns requests completed and requests/s)."""
     agent = AgentProcess({**agent_env(receiver_port, pid), **(env or {})}).start()
     assert agent.proc is not None
     agent.wait_instrumented(pid)
     with bpf_stats():
         cpu0 = cpu_seconds(agent.proc.pid)
         bpf0 = bpf_run_time(agent.agent_pid())
-        done, rps = wrk(url, seconds, connections, script)
+        done, rps = load()
         bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
         time.sleep(2)  # let the agent finish the tail of the run
         cpu = cpu_seconds(agent.proc.pid) - cpu0
@@ -235,6 +245,29 @@ def headers_run(root: Path, receiver_port: int, args: argparse.Namespace, upstre
         stop_process(nginx)
 
 
+def redis_benchmark(port: int, requests: int, pipeline: int, clients: int) -> tuple[int, float]:
+    """redis-benchmark SET then GET, `requests` each: commands completed and commands/s overall."""
+    out = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "set,get",
+                          "-n", str(requests), "-P", str(pipeline), "-c", str(clients), "--csv"],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    rates = [float(m) for m in re.findall(r'^"(?:SET|GET)","([\d.]+)"', out, re.MULTILINE)]
+    assert len(rates) == 2, out
+    return 2 * requests, 2 * requests / sum(requests / rate for rate in rates)
+
+
+def redis_run(root: Path, receiver_port: int, args: argparse.Namespace) -> tuple[float, Run]:
+    """redis-server under redis-benchmark (16 commands per write): commands/s without obi, then
+    with obi tracing the server (a server span per command)."""
+    server, port = start_redis(root)
+    try:
+        redis_benchmark(port, args.redis_requests // 4, 16, args.connections)  # warm up
+        base = redis_benchmark(port, args.redis_requests, 16, args.connections)[1]
+        return base, traced_load(receiver_port, server.pid,
+                                 lambda: redis_benchmark(port, args.redis_requests, 16, args.connections))
+    finally:
+        stop_process(server)
+
+
 def untraced_rps(url: str, seconds: int, connections: int) -> float:
     wrk(url, 2, connections)  # warm up
     return wrk(url, seconds, connections)[1]
@@ -247,6 +280,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=int, default=5000, help="paced run: requests per second")
     parser.add_argument("--rate-seconds", type=int, default=30, help="paced run: duration")
+    parser.add_argument("--redis-requests", type=int, default=1_000_000,
+                        help="redis-benchmark: SET and GET commands each (pipelining 16)")
     args = parser.parse_args()
     conns = 100  # paced: each connection pauses between requests
 
@@ -273,6 +308,8 @@ def main() -> int:
             cert, key = make_certificate(root)
             tls_base_rps, tls_run = side_by_side(root / "tls", TLS_SITE, "https", receiver_port, args,
                                                  cert=cert, key=key)
+            (root / "redis").mkdir()
+            redis_base, redis_traced = redis_run(root / "redis", receiver_port, args)
         finally:
             stop_process(receiver)
             stop_process(nginx)
@@ -311,6 +348,14 @@ def main() -> int:
     print(f"  ratio with/without         {tls_run.rps / tls_base_rps:10.3f}")
     print(f"  spans built / requests     {tls_run.stats['spans']:>10d} / {tls_run.requests}")
     tls_run.print(args.seconds)
+    print(f"redis (redis-benchmark SET and GET, {args.redis_requests} each, pipelining 16, "
+          f"{args.connections} clients; obi tracing redis-server: a server span per command):")
+    print(f"  commands/s without obi     {redis_base:10.0f}")
+    print(f"  commands/s with obi        {redis_traced.rps:10.0f}")
+    print(f"  ratio with/without         {redis_traced.rps / redis_base:10.3f}")
+    print(f"  spans built / commands     {redis_traced.stats['spans']:>10d} / {redis_traced.requests}")
+    print(f"  events dropped (obi queue) {redis_traced.stats.get('events_dropped', 0):10d}")
+    redis_traced.print(max(1, round(redis_traced.requests / redis_traced.rps)))
     return 0
 
 
