@@ -35,6 +35,9 @@ _CRLF = b"\r\n"
 _AGGREGATES = {ord("*"): 1, ord("%"): 2, ord("~"): 1, ord(">"): 1, ord("|"): 2}  # RESP3: map/attr x2
 _BLOBS = frozenset(b"$!=")  # bulk string, blob error, verbatim string: a length, then the bytes
 _LINES = frozenset(b"+-:,#_(")  # one line: simple string, error, integer, double, boolean, null, big number
+_SIMPLE = frozenset(b"+:,#_(")  # those that are not errors
+_LONGEST_LINE = 64 * 1024  # a RESP line without its end past this is not RESP
+_new_tuple = tuple.__new__
 
 
 class RedisCommand(NamedTuple):
@@ -58,6 +61,9 @@ class RedisReply(NamedTuple):
     error: str | None  # an error reply's prefix ("ERR", "WRONGTYPE"), else None
 
 
+_NO_ERROR = RedisReply(None)
+
+
 class _Truncated(Exception):
     """The capture ends inside this value (internal: turns into a shorter result)."""
 
@@ -70,7 +76,7 @@ def looks_like_redis(request: bytes) -> bool:
 def _line(data: bytes, at: int) -> tuple[bytes, int]:
     end = data.find(_CRLF, at)
     if end < 0:
-        if len(data) - at > 64 * 1024:
+        if len(data) - at > _LONGEST_LINE:
             raise ParseError("RESP line without an end")
         raise _Truncated
     return data[at:end], end + 2
@@ -119,10 +125,13 @@ def _skip(data: bytes, at: int, depth: int = 0) -> int:
 
 def parse_commands(data: bytes, text: bool = False) -> list[RedisCommand]:
     """The commands of a request capture, in order; the last one may be cut off (then it is
-    not `complete`). `text`: give each command's text, its arguments as captured."""
+    not `complete`). `text`: give each command's text, its arguments as captured.
+
+    (Once per exchange, for every command of a pipeline: the line and length helpers are
+    inlined for arrays of bulk strings, and lengths of up to 8 digits take int() at once.)"""
     commands: list[RedisCommand] = []
-    at = 0
-    while at < len(data):
+    at, size, find = 0, len(data), data.find
+    while at < size:
         if data[at] != 0x2A:  # inline: words on one line
             try:
                 line, at = _line(data, at)
@@ -137,54 +146,70 @@ def parse_commands(data: bytes, text: bool = False) -> list[RedisCommand]:
                 raise ParseError("not a Redis command")
             commands.append(_command(words, len(words) - 1, True, text))
             continue
-        try:
-            line, at = _line(data, at + 1)
-        except _Truncated:
+        end = find(_CRLF, at)
+        if end < 0:
+            if size - at > _LONGEST_LINE:
+                raise ParseError("RESP line without an end")
             break
-        count = _int(line, 1, MAX_ITEMS)
+        digits = data[at + 1:end]
+        count = int(digits) if digits.isdigit() and len(digits) < 8 else _int(digits, 1, MAX_ITEMS)
+        if not 0 < count <= MAX_ITEMS:
+            raise ParseError(f"RESP array of {count} items")
+        at = end + 2
         keep = count if text else 2  # the name and the first argument, or all for the text
         args: list[bytes] = []
         cut = False  # the capture ends inside this command
         for i in range(count):
-            if at >= len(data):
+            if at >= size:
                 cut = True
                 break
-            if data[at] != ord("$"):
+            if data[at] != 0x24:  # $
                 raise ParseError("a Redis command's argument is not a bulk string")
-            try:
-                line, start = _line(data, at + 1)
-            except _Truncated:
+            end = find(_CRLF, at)
+            if end < 0:
+                if size - at > _LONGEST_LINE:
+                    raise ParseError("RESP line without an end")
                 cut = True
                 break
-            length = _int(line, 0, MAX_LENGTH)
+            digits = data[at + 1:end]
+            length = int(digits) if digits.isdigit() and len(digits) < 9 else _int(digits, 0, MAX_LENGTH)
+            start = end + 2
             at = start + length + 2
             if i < keep:  # an argument cut by the capture: b"" for the name, its captured part after
-                args.append(data[start:start + length] if start + length <= len(data) or i else b"")
-            if at > len(data):
+                args.append(data[start:start + length] if at - 2 <= size or i else b"")
+            if at > size:
                 cut = True
                 break
             if data[at - 2:at] != _CRLF:
                 raise ParseError("a Redis argument without its CRLF")
-        name = args[0] if args else b""
-        if name and not name.replace(b"_", b"").replace(b"-", b"").isalnum():
-            raise ParseError("not a Redis command name")
         commands.append(_command(args, count - 1, not cut, text))
         if cut:
             break
     return commands
 
 
+_NAMES: dict[bytes, str] = {}  # command names seen, upper-cased (bounded)
+_NAMES_LIMIT = 4096
+
+
 def _command(words: list[bytes], args: int, complete: bool, text: bool) -> RedisCommand:
-    upper = words[0].decode("ascii", "replace").upper() if words else ""
-    first = words[1] if len(words) > 1 else None
+    name = words[0] if words else b""
+    upper = _NAMES.get(name)
+    if upper is None:
+        if name and not name.replace(b"_", b"").replace(b"-", b"").isalnum():
+            raise ParseError("not a Redis command name")
+        upper = name.decode("ascii", "replace").upper()
+        if len(_NAMES) >= _NAMES_LIMIT:
+            _NAMES.clear()
+        _NAMES[name] = upper
     db = None
-    if upper == "SELECT" and first is not None and first.isdigit() and len(first) < 6:
-        db = int(first)
+    if upper == "SELECT" and len(words) > 1 and words[1].isdigit() and len(words[1]) < 6:
+        db = int(words[1])
     shown = ""
     if text and upper:
         shown = upper if upper in SECRET_COMMANDS else " ".join(
             [upper] + [_shown(word) for word in words[1:]])
-    return RedisCommand(upper, args, db, complete, shown)
+    return _new_tuple(RedisCommand, (upper, args, db, complete, shown))
 
 
 def _shown(word: bytes) -> str:
@@ -195,9 +220,16 @@ def _shown(word: bytes) -> str:
 def parse_replies(data: bytes) -> list[RedisReply]:
     """The replies of a response capture, in order, as many as it holds whole."""
     replies: list[RedisReply] = []
-    at = 0
-    while at < len(data):
+    at, size = 0, len(data)
+    while at < size:
         kind = data[at]
+        if kind in _SIMPLE:  # +OK, :1: one line, not an error (the common case, inlined)
+            end = data.find(_CRLF, at)
+            if end < 0:
+                break
+            replies.append(_NO_ERROR)
+            at = end + 2
+            continue
         if kind == ord(">"):  # RESP3 push (pub/sub message): not a reply to a command
             try:
                 at = _skip(data, at)
