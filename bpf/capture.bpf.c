@@ -1466,6 +1466,12 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 		if (c->role == OBI_ROLE_SERVER) {
 			serve_on_thread(c->slot, s);
 			s->st.peer_pending = 1; /* its caller's ids: looked for when it answers, or calls */
+			/* Over TLS the caller's ids are keyed by the connection alone, left at its
+			 * SSL_write's entry, before these bytes left it: take them now. By the time
+			 * this server's SSL_write returns, its caller may have read the answer and
+			 * left the next request's ids in their place. */
+			if (tls)
+				link_to_peer(c->slot, s);
 		} else {
 			client_ids(s, sk, n, tls);
 		}

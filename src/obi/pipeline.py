@@ -52,6 +52,7 @@ from obi.protocols.base import IdGenerator, SpanStats
 from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
 from obi.protocols.memcached import Memcached
+from obi.protocols.postgres import Postgres
 from obi.protocols.redis import Redis
 from obi.traces.model import ServiceIdentity
 from obi.traces.records import RecordProcessor
@@ -363,7 +364,8 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     go_http = GoHttpSpans(route_matcher, span_stats, ignore_mode=routes.ignore_mode)
     query_text = config.attributes.trace_attribute_selected("db.query.text")
     protocols = ProtocolRegistry([http, Redis(ids, span_stats, query_text),
-                                  Memcached(ids, span_stats, query_text)])
+                                  Memcached(ids, span_stats, query_text),
+                                  Postgres(ids, span_stats, query_text)])
     records = RecordProcessor(protocols, registry.identity_for,
                               registry.on_kernel_event, go_http,
                               uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())

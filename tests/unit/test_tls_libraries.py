@@ -42,6 +42,9 @@ def test_candidates_are_libssl_and_the_executable() -> None:
     assert is_tls_candidate("/opt/lib/libssl.so.1.1", None)
     assert is_tls_candidate("/usr/bin/node", "/usr/bin/node")
     assert not is_tls_candidate("/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/usr/bin/node")
+    # as a Python wheel bundles it (auditwheel renames it): psycopg-binary's
+    assert is_tls_candidate("/venv/site-packages/psycopg_binary.libs/libssl-6a9b88ec.so.3", "/usr/bin/python")
+    assert not is_tls_candidate("/venv/site-packages/psycopg_binary.libs/libcrypto-3a0647ea.so.3", None)
 
 
 def nm_offsets(path: Path, names: tuple[str, ...]) -> dict[str, int]:

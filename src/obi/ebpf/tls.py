@@ -10,6 +10,8 @@ make tell which socket an SSL object uses; SSL_free forgets the object.
 
 from __future__ import annotations
 
+import re
+
 from obi.ebpf.elf import ElfFile
 from obi.ebpf.libraries import NotMine, ProgramSource
 from obi.ebpf.uprobes import UprobeAttacher, detach
@@ -58,11 +60,15 @@ def _placements(elf: ElfFile) -> dict[str, tuple[int, int, list[int] | None]]:
     return placed
 
 
+_BUNDLED_LIBSSL = re.compile(r"libssl-[0-9a-f]{8}\.so")
+
+
 def is_tls_candidate(path: str, exe: str | None) -> bool:
-    """A file worth reading for OpenSSL's functions: a libssl, or the executable itself
+    """A file worth reading for OpenSSL's functions: a libssl (also as Python wheels bundle
+    it, renamed libssl-<hash>.so.3 by auditwheel: psycopg-binary's), or the executable itself
     (Node.js and other binaries link OpenSSL statically)."""
     name = path.rsplit("/", 1)[-1]
-    return name.startswith("libssl.so") or path == exe
+    return name.startswith("libssl.so") or _BUNDLED_LIBSSL.match(name) is not None or path == exe
 
 
 class OpenSsl:

@@ -29,7 +29,7 @@ from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from obi.ebpf._libbpf import lib
 from obi.protocols.errors import ParseError
-from obi.traces.model import ServiceIdentity, Span
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, ServiceIdentity, Span
 
 __all__ = [
     "NO_RESPONSE_ERRORS",
@@ -42,6 +42,8 @@ __all__ = [
     "ParseError",
     "ProtocolModule",
     "SpanStats",
+    "endpoints",
+    "nth_span_id",
     "span_ids",
 ]
 
@@ -131,6 +133,15 @@ def span_ids(kernel_ids: bytes, index: int, server: bool,
         return trace, span, parent
     fresh = getrandbits(192).to_bytes(24, "big")
     return fresh[:16], fresh[16:], b""
+
+
+def endpoints(role: int, connection: Connection) -> tuple[int, str, int, str, int]:
+    """(span kind, server address, server port, client address, client port) of an exchange."""
+    if role == ROLE_SERVER:
+        return (SPAN_KIND_SERVER, connection.local_address, connection.local_port, connection.peer_address,
+                connection.peer_port)
+    return (SPAN_KIND_CLIENT, connection.peer_address, connection.peer_port, connection.local_address,
+            connection.local_port)
 
 
 ConnectionKey = tuple[int, int, str, int]  # pid, local port, peer address, peer port

@@ -22,13 +22,14 @@ from obi.protocols.base import (
     Exchange,
     IdGenerator,
     SpanStats,
+    endpoints,
     span_ids,
 )
-from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan
+from obi.traces.model import DbSpan
 
-__all__ = ["CommandConnection", "PipelinedCommands"]
+__all__ = ["CLOSED", "CommandConnection", "PipelinedCommands"]
 
-_CLOSED = frozenset({lib.OBI_END_CLOSE, lib.OBI_END_EXIT})
+CLOSED = frozenset({lib.OBI_END_CLOSE, lib.OBI_END_EXIT})
 
 
 class Command(Protocol):
@@ -84,7 +85,7 @@ class PipelinedCommands(Generic[S]):
               connection: Connection) -> list[DbSpan]:
         commands, replies = facts
         role, request, response, request_len, response_len, *_, end_reason, _, kernel_ids, midway = exchange
-        service, start_ns, end_ns, local_address, local_port, peer_address, peer_port = connection
+        service, start_ns, end_ns, *_ = connection
         stats, getrandbits, system = self.stats, self._getrandbits, self.system
         state = self.connections.get(connection)
         if state.owed:  # the first replies answer an earlier exchange's last commands
@@ -95,12 +96,7 @@ class PipelinedCommands(Generic[S]):
         if not request_whole:
             stats.requests_truncated += 1
         server_role = role == ROLE_SERVER
-        if server_role:
-            kind, server, server_port, client, client_port = (SPAN_KIND_SERVER, local_address, local_port,
-                                                              peer_address, peer_port)
-        else:
-            kind, server, server_port, client, client_port = (SPAN_KIND_CLIENT, peer_address, peer_port,
-                                                              local_address, local_port)
+        kind, server, server_port, client, client_port = endpoints(role, connection)
         spans: list[DbSpan] = []
         answered = 0  # replies used
         for command in commands:
@@ -128,6 +124,6 @@ class PipelinedCommands(Generic[S]):
                 system, command.name, "", namespace, server, server_port, client, client_port,
                 status, error, command.text if self.query_text else None,
             ))  # fmt: skip
-        if end_reason in _CLOSED:
+        if end_reason in CLOSED:
             self.connections.forget(connection)
         return spans
