@@ -52,6 +52,7 @@ from obi.protocols.base import IdGenerator, SpanStats
 from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
 from obi.protocols.memcached import Memcached
+from obi.protocols.mysql import MySql
 from obi.protocols.postgres import Postgres
 from obi.protocols.redis import Redis
 from obi.traces.model import ServiceIdentity
@@ -365,7 +366,7 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     query_text = config.attributes.trace_attribute_selected("db.query.text")
     protocols = ProtocolRegistry([http, Redis(ids, span_stats, query_text),
                                   Memcached(ids, span_stats, query_text),
-                                  Postgres(ids, span_stats, query_text)])
+                                  Postgres(ids, span_stats, query_text), MySql(ids, span_stats, query_text)])
     records = RecordProcessor(protocols, registry.identity_for,
                               registry.on_kernel_event, go_http,
                               uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
