@@ -1,0 +1,257 @@
+"""HTTP/2 connections (RFC 9113) as streams: frames in, in order per direction; finished
+streams out, each with what its header blocks said (gRPC's trailers included).
+
+A connection interleaves its streams' frames; each direction has its own HPACK context
+(obi.protocols.hpack_context). A stream opens with the client's HEADERS and is over when
+the server's side ends (END_STREAM on its last DATA or trailing HEADERS) or either side
+resets it. A frame whose payload was not captured whole is still counted for the stream's
+state; a header block that was not captured whole is missed: the HPACK context of its
+direction forgets what it held (UNKNOWN headers after it, never wrong ones), and the stream
+it belonged to reports only what is known.
+
+Pure: no I/O, no clock; any bytes give streams or ParseError, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from obi.protocols.errors import ParseError
+from obi.protocols.hpack_context import UNKNOWN, HpackContext
+
+__all__ = ["CLIENT_TO_SERVER", "GRPC_STATUS_NAMES", "PREFACE", "SERVER_TO_CLIENT", "H2Connection", "H2Frame",
+           "H2Stream", "split_frames"]
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+CLIENT_TO_SERVER = 0
+SERVER_TO_CLIENT = 1
+# Frame types.
+DATA, HEADERS, RST_STREAM, CONTINUATION = 0x0, 0x1, 0x3, 0x9
+END_STREAM = 0x1
+END_HEADERS = 0x4
+PADDED = 0x8
+PRIORITY_FLAG = 0x20
+FRAME_HEADER = 9
+MAX_FRAME = (1 << 24) - 1
+MAX_STREAMS = 1024  # open streams followed per connection; more are counted and left out
+MAX_HEADER_BLOCK = 64 * 1024
+# gRPC status codes by number (grpc/doc/statuscodes.md): rpc.response.status_code is the name.
+GRPC_STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                     "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                     "UNAUTHENTICATED")
+# Request and response headers kept (the rest are decoded, for the HPACK context, and dropped).
+_KEPT = frozenset({b":method", b":path", b":authority", b":scheme", b":status", b"content-type",
+                   b"traceparent", b"grpc-status", b"content-length"})
+
+
+class H2Frame(NamedTuple):
+    kind: int
+    flags: int
+    stream_id: int
+    payload: bytes  # as captured
+    length: int  # the payload's length on the wire
+
+    @property
+    def complete(self) -> bool:
+        return len(self.payload) == self.length
+
+
+def split_frames(data: bytes) -> tuple[list[H2Frame], int]:
+    """The whole frames at the start of `data`, and where the first incomplete one starts."""
+    frames: list[H2Frame] = []
+    at, size = 0, len(data)
+    while at + FRAME_HEADER <= size:
+        length = int.from_bytes(data[at:at + 3], "big")
+        end = at + FRAME_HEADER + length
+        if end > size:
+            break
+        stream_id = int.from_bytes(data[at + 5:at + 9], "big") & 0x7FFFFFFF
+        frames.append(H2Frame(data[at + 3], data[at + 4], stream_id, data[at + FRAME_HEADER:end], length))
+        at = end
+    return frames, at
+
+
+@dataclass(slots=True)
+class H2Stream:
+    """One request and its response on a connection."""
+
+    stream_id: int
+    start_ns: int  # the client's first HEADERS
+    end_ns: int = 0  # the stream's end (0: not over)
+    request: dict[bytes, bytes] = field(default_factory=dict)  # kept request headers, UNKNOWN values as such
+    response: dict[bytes, bytes] = field(default_factory=dict)  # response headers and trailers
+    request_known: bool = True  # every request header block was decoded
+    response_known: bool = True
+    request_body: int = 0  # DATA payload bytes each way
+    response_body: int = 0
+    reset: int = -1  # RST_STREAM's error code, -1: none
+    client_done: bool = False
+    server_done: bool = False
+
+    @property
+    def grpc(self) -> bool:
+        return self.request.get(b"content-type", b"").startswith(b"application/grpc")
+
+    @property
+    def grpc_status(self) -> str | None:
+        """The gRPC status name from the trailers (None: no trailers seen, or not readable)."""
+        raw = self.response.get(b"grpc-status")
+        if raw is None or raw is UNKNOWN or not raw.isdigit():
+            return None
+        code = int(raw)
+        return GRPC_STATUS_NAMES[code] if code < len(GRPC_STATUS_NAMES) else str(code)
+
+
+class _Block(NamedTuple):
+    """A header block being gathered across CONTINUATION frames."""
+
+    stream_id: int
+    fragments: list[bytes]
+    end_stream: bool
+    whole: bool  # every fragment was captured whole
+
+
+@dataclass
+class H2Stats:
+    streams: int = 0
+    streams_dropped: int = 0  # more open at once than MAX_STREAMS
+    header_blocks_missed: int = 0  # not captured whole, or not HPACK: the context forgot its entries
+    frames_refused: int = 0  # frames that break the protocol (a CONTINUATION out of place, ...)
+
+
+class H2Connection:
+    """One connection's streams, from its frames in order (see the module docstring)."""
+
+    def __init__(self, midway: bool = False, stats: H2Stats | None = None) -> None:
+        """`midway`: obi did not see the connection's first frames."""
+        self.contexts = (HpackContext(complete=not midway), HpackContext(complete=not midway))
+        self.streams: dict[int, H2Stream] = {}
+        self._blocks: list[_Block | None] = [None, None]
+        self.stats = stats or H2Stats()
+
+    def feed(self, direction: int, time_ns: int, frames: list[H2Frame]) -> list[H2Stream]:
+        """The frames one side sent at `time_ns`; the streams they finished."""
+        done: list[H2Stream] = []
+        for frame in frames:
+            stream = self._frame(direction, time_ns, frame)
+            if stream is not None and (stream.server_done or stream.reset >= 0):
+                stream.end_ns = time_ns
+                del self.streams[stream.stream_id]
+                done.append(stream)
+        return done
+
+    def _frame(self, direction: int, time_ns: int, frame: H2Frame) -> H2Stream | None:
+        kind, flags, stream_id, payload, _ = frame
+        block = self._blocks[direction]
+        if block is not None and (kind != CONTINUATION or stream_id != block.stream_id):
+            self.stats.frames_refused += 1  # a header block broken off: what it added is unknown
+            self._blocks[direction] = None
+            self._missed(direction, block.stream_id)
+            block = None
+        if kind == HEADERS:
+            if not stream_id:
+                self.stats.frames_refused += 1
+                return None
+            fragment, whole = _headers_fragment(frame)
+            block = _Block(stream_id, [fragment], bool(flags & END_STREAM), whole)
+            if direction == CLIENT_TO_SERVER and stream_id not in self.streams:
+                if len(self.streams) >= MAX_STREAMS:
+                    self.stats.streams_dropped += 1
+                else:
+                    self.streams[stream_id] = H2Stream(stream_id, time_ns)
+                    self.stats.streams += 1
+        elif kind == CONTINUATION:
+            if block is None:
+                self.stats.frames_refused += 1
+                return None
+            block.fragments.append(payload)
+            block = block._replace(whole=block.whole and frame.complete)
+        elif kind == DATA:
+            stream = self.streams.get(stream_id)
+            if stream is None:
+                return None
+            if direction == CLIENT_TO_SERVER:
+                stream.request_body += _data_length(frame)
+                stream.client_done = stream.client_done or bool(flags & END_STREAM)
+            else:
+                stream.response_body += _data_length(frame)
+                stream.server_done = stream.server_done or bool(flags & END_STREAM)
+            return stream
+        elif kind == RST_STREAM:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.reset = int.from_bytes(payload[:4], "big") if len(payload) >= 4 else 0
+            return stream
+        else:
+            return None
+        if not flags & END_HEADERS:
+            self._blocks[direction] = block
+            return None
+        self._blocks[direction] = None
+        return self._header_block(direction, block)
+
+    def _header_block(self, direction: int, block: _Block) -> H2Stream | None:
+        stream = self.streams.get(block.stream_id)
+        known = block.whole
+        headers: list[tuple[bytes, bytes]] = []
+        if block.whole:
+            try:
+                headers = self.contexts[direction].decode(b"".join(block.fragments))
+            except ParseError:
+                known = False
+                self.stats.header_blocks_missed += 1
+        else:
+            self._missed(direction, block.stream_id)
+        if stream is None:
+            return None
+        target = stream.request if direction == CLIENT_TO_SERVER else stream.response
+        for name, value in headers:
+            if name in _KEPT:
+                target.setdefault(name, value)
+            elif name is UNKNOWN:
+                known = False
+        if direction == CLIENT_TO_SERVER:
+            stream.request_known = stream.request_known and known
+            stream.client_done = stream.client_done or block.end_stream
+        else:
+            stream.response_known = stream.response_known and known
+            stream.server_done = stream.server_done or block.end_stream
+        return stream
+
+    def _missed(self, direction: int, stream_id: int) -> None:
+        self.contexts[direction].missed()
+        self.stats.header_blocks_missed += 1
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            if direction == CLIENT_TO_SERVER:
+                stream.request_known = False
+            else:
+                stream.response_known = False
+
+
+def _headers_fragment(frame: H2Frame) -> tuple[bytes, bool]:
+    """A HEADERS frame's header block fragment (padding and priority removed), and whether it
+    was captured whole."""
+    payload, flags = frame.payload, frame.flags
+    start, pad = 0, 0
+    if flags & PADDED:
+        if not payload:
+            return b"", False
+        pad, start = payload[0], 1
+    if flags & PRIORITY_FLAG:
+        start += 5
+    if not frame.complete:
+        return payload[start:], False
+    end = len(payload) - pad
+    if end < start:
+        raise ParseError("HTTP/2 HEADERS padding longer than its payload")
+    return payload[start:end], True
+
+
+def _data_length(frame: H2Frame) -> int:
+    """A DATA frame's data bytes (its padding left out)."""
+    if frame.flags & PADDED and frame.payload:
+        return max(0, frame.length - 1 - frame.payload[0])
+    return frame.length

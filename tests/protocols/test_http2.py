@@ -1,0 +1,183 @@
+"""HTTP/2 streams from frames, against the h2 library's client and server talking in memory:
+interleaved streams, gRPC trailers, resets, and what is lost (a connection joined mid-way, a
+header block cut short) reported as unknown, never wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from obi.protocols.hpack_context import UNKNOWN
+from obi.protocols.http2 import (
+    CLIENT_TO_SERVER,
+    PREFACE,
+    SERVER_TO_CLIENT,
+    H2Connection,
+    H2Frame,
+    H2Stream,
+    split_frames,
+)
+
+
+class Wire:
+    """An h2 client and server in memory, and every write each made, in order."""
+
+    def __init__(self) -> None:
+        self.client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                            validate_inbound_headers=False))
+        self.writes: list[tuple[int, bytes]] = []
+        self.client.initiate_connection()
+        self.server.initiate_connection()
+        self.flush()
+
+    def flush(self) -> None:
+        for direction, side, peer in ((CLIENT_TO_SERVER, self.client, self.server),
+                                      (SERVER_TO_CLIENT, self.server, self.client)):
+            data = side.data_to_send()
+            if data:
+                self.writes.append((direction, data))
+                peer.receive_data(data)
+
+    def request(self, stream_id: int, path: str, grpc: bool = False, body: bytes = b"",
+                extra: list[tuple[str, str]] | None = None) -> None:
+        headers = [(":method", "POST" if body or grpc else "GET"), (":path", path), (":scheme", "http"),
+                   (":authority", "svc:50051"), *(extra or [])]
+        if grpc:
+            headers.append(("content-type", "application/grpc"))
+        self.client.send_headers(stream_id, headers, end_stream=not body)
+        if body:
+            self.client.send_data(stream_id, body, end_stream=True)
+        self.flush()
+
+    def respond(self, stream_id: int, status: int = 200, body: bytes = b"",
+                grpc_status: int | None = None) -> None:
+        self.server.send_headers(stream_id, [(":status", str(status))],
+                                 end_stream=not body and grpc_status is None)
+        if body:
+            self.server.send_data(stream_id, body, end_stream=grpc_status is None)
+        if grpc_status is not None:
+            self.server.send_headers(stream_id, [("grpc-status", str(grpc_status))], end_stream=True)
+        self.flush()
+
+    def reset(self, stream_id: int) -> None:
+        self.client.reset_stream(stream_id, 8)  # CANCEL
+        self.flush()
+
+
+def replay(writes: list[tuple[int, bytes]], midway: bool = False,
+           cut: dict[int, int] | None = None) -> tuple[H2Connection, list[H2Stream]]:
+    """Every write through the assembler (a write's frames at its index as the time); `cut`:
+    writes whose bytes past an offset were not captured."""
+    connection = H2Connection(midway=midway)
+    done: list[H2Stream] = []
+    pending = [b"", b""]
+    for t, (direction, data) in enumerate(writes):
+        data = pending[direction] + data
+        if direction == CLIENT_TO_SERVER and data.startswith(PREFACE):
+            data = data[len(PREFACE):]
+        if cut and t in cut:  # the capture lost this write's end: frames past it only as far as known
+            frames, used = split_frames(data[:cut[t]])
+            rest = data[used:]
+            if len(rest) >= 9:
+                length = int.from_bytes(rest[:3], "big")
+                stream_id = int.from_bytes(rest[5:9], "big")
+                frames.append(H2Frame(rest[3], rest[4], stream_id, rest[9:cut[t] - used], length))
+            pending[direction] = b""
+            done += connection.feed(direction, t, frames)
+            break  # the byte stream's frame boundaries past a loss are not known: stop there
+        frames, used = split_frames(data)
+        pending[direction] = data[used:]
+        done += connection.feed(direction, t, frames)
+    return connection, done
+
+
+def test_interleaved_grpc_and_plain_streams() -> None:
+    wire = Wire()
+    wire.request(1, "/shop.Cart/Add", grpc=True, body=b"\0\0\0\0\x02hi",
+                 extra=[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")])
+    wire.request(3, "/index.html")
+    wire.respond(3, 404, b"missing")
+    wire.respond(1, 200, b"\0\0\0\0\x01k", grpc_status=14)
+    _, done = replay(wire.writes)
+    assert [s.stream_id for s in done] == [3, 1]
+    plain, grpc = done
+    assert plain.request[b":path"] == b"/index.html" and plain.response[b":status"] == b"404"
+    assert (plain.response_body, plain.grpc, plain.grpc_status) == (7, False, None)
+    assert grpc.grpc and grpc.request[b":path"] == b"/shop.Cart/Add"
+    assert grpc.grpc_status == "UNAVAILABLE" and grpc.response[b":status"] == b"200"
+    assert grpc.request[b"traceparent"].startswith(b"00-0af7651916cd43dd")
+    assert (grpc.request_body, grpc.response_body) == (7, 6)
+    assert grpc.start_ns < plain.end_ns < grpc.end_ns
+    assert all(s.request_known and s.response_known for s in done)
+
+
+def test_reset_streams_end_with_their_error_code() -> None:
+    wire = Wire()
+    wire.request(1, "/slow")
+    wire.reset(1)
+    (stream,) = replay(wire.writes)[1]
+    assert (stream.reset, stream.response) == (8, {})
+
+
+def test_joined_mid_way_streams_know_what_can_be_known() -> None:
+    wire = Wire()
+    for i in range(3):
+        wire.request(1 + 2 * i, f"/item/{i}", extra=[("x-tenant", "acme")])
+        wire.respond(1 + 2 * i, 200, b"ok")
+    # writes: the two prefaces and settings, then each stream's request and response
+    _, done = replay(wire.writes[4:], midway=True)  # the first stream's frames unseen
+    assert [s.stream_id for s in done] == [3, 5]
+    assert all(s.request[b":path"] == f"/item/{(s.stream_id - 1) // 2}".encode() for s in done)
+    assert all(b":authority" not in s.request and not s.request_known for s in done)  # whose, unknown
+    for stream in done:
+        path = stream.request.get(b":path")
+        assert path in (UNKNOWN, f"/item/{(stream.stream_id - 1) // 2}".encode())
+        assert stream.response.get(b":status") in (UNKNOWN, b"200")
+
+
+def test_a_header_block_cut_short_is_missed_not_guessed() -> None:
+    wire = Wire()
+    wire.request(1, "/a")
+    wire.respond(1, 200, b"x")
+    index = len(wire.writes)
+    wire.request(3, "/b" * 200)  # a long header block
+    connection, done = replay(wire.writes, cut={index: 30})
+    assert [s.stream_id for s in done] == [1]
+    assert connection.stats.header_blocks_missed == 1
+    assert not connection.contexts[CLIENT_TO_SERVER].complete
+    assert not connection.streams[3].request_known
+
+
+requests = st.lists(st.tuples(st.sampled_from(["/a", "/b/c", "/pkg.S/M"]), st.booleans(),
+                              st.sampled_from([200, 404, 503]), st.binary(max_size=30)),
+                    min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(plan=requests, order=st.permutations(range(6)), skip=st.integers(0, 8))
+def test_any_interleaving_and_any_join_point(plan: list[Any], order: list[int], skip: int) -> None:
+    """Requests all sent, answered in any order; obi joining after `skip` writes: every stream
+    it reports carries its own path and status, or UNKNOWN."""
+    wire = Wire()
+    for i, (path, grpc, _, body) in enumerate(plan):
+        wire.request(1 + 2 * i, path, grpc=grpc, body=body)
+    for i in [o for o in order if o < len(plan)]:
+        _, grpc, status, body = plan[i]
+        wire.respond(1 + 2 * i, status, body, grpc_status=0 if grpc else None)
+    writes = wire.writes[skip:]
+    _, done = replay(writes, midway=skip > 0)
+    if skip == 0:
+        assert sorted(s.stream_id for s in done) == [1 + 2 * i for i in range(len(plan))]
+    for stream in done:
+        path, grpc, status, _ = plan[(stream.stream_id - 1) // 2]
+        assert stream.request.get(b":path", UNKNOWN) in (UNKNOWN, path.encode())
+        assert stream.response.get(b":status", UNKNOWN) in (UNKNOWN, str(status).encode())
+        if skip == 0:
+            assert stream.request_known and stream.response_known
+            assert stream.grpc_status == ("OK" if grpc else None)
