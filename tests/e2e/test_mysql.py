@@ -8,15 +8,11 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.e2e.agent import AgentProcess
-from tests.e2e.test_http_clients import Client
-from tests.e2e.test_python_app import attributes, latest_points
-from tests.e2e.test_redis import by_start, otlp
+from tests.e2e.databases import Spans, check_client_and_server, db_spans, metric_counts, traced_client
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.mariadb import PASSWORD, MariaDbServer, start_mariadb
 
@@ -34,54 +30,30 @@ def mariadb() -> Iterator[MariaDbServer]:
     server.stop()
 
 
-def sql_spans(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], Span]]:
-    return by_start([(r, s) for r, s in receiver.spans()
-                     if s.kind == kind and attributes(s).get("db.system.name") == "mysql"])
+def sql_spans(receiver: OtlpReceiver, kind: int) -> Spans:
+    """The MySQL spans but those of the clients' own SET statements."""
+    return [p for p in db_spans(receiver, "mysql", kind) if p[1].name != "SET"]
 
 
 @pytest.mark.parametrize("api", ["pymysql", "connector"])
 def test_client_and_server_spans(mariadb: MariaDbServer, api: str) -> None:
-    client = Client([sys.executable, str(CLIENTS / "mysql_client.py"), api, str(mariadb.port), PASSWORD])
-    try:
-        with OtlpReceiver() as receiver:
-            env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(mariadb.port),
-                   **otlp(receiver)}
-            with AgentProcess(env) as agent:
-                agent.wait_instrumented(client.proc.pid)
-                agent.wait_instrumented(mariadb.proc.pid)
-                assert client.run() == ["(('alice',),)" if api == "pymysql" else "[('alice',)]"] * 2 + [
-                    "error 1146", "error 1062"]
-                receiver.wait_for(lambda: min(len(sql_spans(receiver, Span.SPAN_KIND_SERVER)),
-                                              len(sql_spans(receiver, Span.SPAN_KIND_CLIENT))) >= len(SPANS),
-                                  timeout=15)
-                receiver.wait_for_metric("db.server.operation.duration")
-                assert agent.stop() == 0
-                stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
-            clients = [p for p in sql_spans(receiver, Span.SPAN_KIND_CLIENT) if p[1].name != "SET"]
-            servers = [p for p in sql_spans(receiver, Span.SPAN_KIND_SERVER) if p[1].name != "SET"]
-            assert [s.name for _, s in clients] == [name for name, *_ in SPANS]
-            assert [s.name for _, s in servers] == [name for name, *_ in SPANS]
-            for (resource, span), (server_resource, served), (_, op, table, error) in zip(
-                    clients, servers, SPANS, strict=True):
-                assert resource["process.pid"] == client.proc.pid
-                assert server_resource["process.pid"] == mariadb.proc.pid
-                expected: dict[str, Any] = {"db.system.name": "mysql", "db.operation.name": op,
-                                            "db.collection.name": table, "db.namespace": "shop",
-                                            "server.address": "127.0.0.1", "server.port": mariadb.port}
-                if error:
-                    expected |= {"db.response.status_code": error, "error.type": error}
-                assert attributes(span) == expected
-                assert attributes(served) == expected | {"client.address": "127.0.0.1"}
-                assert span.status.code == (Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET)
-            links = [(served.trace_id == span.trace_id, served.parent_span_id == span.span_id)
-                     for (_, span), (_, served) in zip(clients, servers, strict=True)]
-            assert links == [(True, True)] * len(SPANS)
-            assert stopped["parse_errors"] == 0
-            for name in ("db.client.operation.duration", "db.server.operation.duration"):
-                counts = Counter({(a["db.operation.name"], a.get("error.type")): p.count
-                                  for a, p in latest_points(receiver, name)
-                                  if a["db.system.name"] == "mysql" and a["db.operation.name"] != "SET"})
-                assert counts == Counter({("SELECT", None): 2, ("SELECT", "1146"): 1,
-                                          ("INSERT", "1062"): 1}), name
-    finally:
-        client.close()
+    argv = [sys.executable, str(CLIENTS / "mysql_client.py"), api, str(mariadb.port), PASSWORD]
+
+    def arrived(receiver: OtlpReceiver) -> bool:
+        return min(len(sql_spans(receiver, Span.SPAN_KIND_SERVER)),
+                   len(sql_spans(receiver, Span.SPAN_KIND_CLIENT))) >= len(SPANS)
+
+    with traced_client(argv, mariadb.proc.pid, mariadb.port, arrived) as run:
+        assert run.lines == ["(('alice',),)" if api == "pymysql" else "[('alice',)]"] * 2 + [
+            "error 1146", "error 1062"]
+        clients = sql_spans(run.receiver, Span.SPAN_KIND_CLIENT)
+        servers = sql_spans(run.receiver, Span.SPAN_KIND_SERVER)
+        assert [s.name for _, s in clients] == [name for name, *_ in SPANS]
+        expected = [{"db.system.name": "mysql", "db.operation.name": op, "db.collection.name": table,
+                     "db.namespace": "shop", "server.address": "127.0.0.1", "server.port": mariadb.port}
+                    | ({"db.response.status_code": error, "error.type": error} if error else {})
+                    for _, op, table, error in SPANS]
+        check_client_and_server(clients, servers, expected, run.client_pid, mariadb.proc.pid)
+        for name in ("db.client.operation.duration", "db.server.operation.duration"):
+            assert metric_counts(run.receiver, name, "mysql", leave_out=frozenset({"SET"})) == Counter({
+                ("SELECT", None): 2, ("SELECT", "1146"): 1, ("INSERT", "1062"): 1}), name

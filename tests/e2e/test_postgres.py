@@ -10,15 +10,13 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.e2e.agent import AgentProcess
-from tests.e2e.test_http_clients import Client
-from tests.e2e.test_python_app import attributes, latest_points
-from tests.e2e.test_redis import by_start, otlp
+from tests.e2e.databases import Spans, check_client_and_server, db_spans, metric_counts, otlp, traced_client
+from tests.e2e.test_python_app import attributes
 from tests.otlp_receiver import OtlpReceiver
 from tests.servers.postgres import PASSWORD, PostgresServer, start_postgres
 
@@ -35,59 +33,33 @@ def postgres(request: pytest.FixtureRequest, certificate: tuple[Path, Path]) -> 
     server.stop()
 
 
-def sql_spans(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], Span]]:
-    return by_start([(r, s) for r, s in receiver.spans()
-                     if s.kind == kind and attributes(s).get("db.system.name") == "postgresql"])
+def sql_spans(receiver: OtlpReceiver, kind: int) -> Spans:
+    return db_spans(receiver, "postgresql", kind)
 
 
 @pytest.mark.parametrize("sslmode", ["disable", "require"])
 def test_psycopg_client_and_server(postgres: PostgresServer, sslmode: str) -> None:
     argv = [sys.executable, str(CLIENTS / "postgres_client.py"), str(postgres.port), sslmode, PASSWORD]
-    client = Client(argv)
-    try:
-        with OtlpReceiver() as receiver:
-            env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(postgres.port),
-                   **otlp(receiver)}
-            with AgentProcess(env) as agent:
-                agent.wait_instrumented(client.proc.pid)
-                agent.wait_instrumented(postgres.proc.pid)
-                assert client.run() == ["[('alice',)]", "error 42P01"]
-                receiver.wait_for(lambda: min(len(sql_spans(receiver, Span.SPAN_KIND_SERVER)),
-                                              len(sql_spans(receiver, Span.SPAN_KIND_CLIENT))) >= len(SPANS),
-                                  timeout=15)
-                receiver.wait_for_metric("db.server.operation.duration")
-                assert agent.stop() == 0
-                stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
-            clients = sql_spans(receiver, Span.SPAN_KIND_CLIENT)
-            servers = sql_spans(receiver, Span.SPAN_KIND_SERVER)
-            assert [s.name for _, s in clients] == [name for name, *_ in SPANS]
-            assert [s.name for _, s in servers] == [name for name, *_ in SPANS]
-            for (resource, span), (server_resource, served), (_, op, table, error) in zip(
-                    clients, servers, SPANS, strict=True):
-                assert resource["process.pid"] == client.proc.pid
-                assert server_resource["service.name"] == "postgres"  # the connection's backend
-                expected: dict[str, Any] = {"db.system.name": "postgresql", "db.operation.name": op,
-                                            "db.namespace": "shop", "server.address": "127.0.0.1",
-                                            "server.port": postgres.port}
-                if table:
-                    expected["db.collection.name"] = table
-                if error:
-                    expected |= {"db.response.status_code": error, "error.type": error}
-                assert attributes(span) == expected
-                assert attributes(served) == expected | {"client.address": "127.0.0.1"}
-                assert span.status.code == (Status.STATUS_CODE_ERROR if error else Status.STATUS_CODE_UNSET)
-            links = [(served.trace_id == span.trace_id, served.parent_span_id == span.span_id)
-                     for (_, span), (_, served) in zip(clients, servers, strict=True)]
-            assert links == [(True, True)] * len(SPANS)
-            assert stopped["parse_errors"] == 0
-            for name in ("db.client.operation.duration", "db.server.operation.duration"):
-                counts = Counter({(a["db.operation.name"], a.get("error.type")): p.count
-                                  for a, p in latest_points(receiver, name)
-                                  if a["db.system.name"] == "postgresql"})
-                assert counts == Counter({("BEGIN", None): 1, ("SELECT", None): 4, ("SELECT", "42P01"): 1,
-                                          ("COMMIT", None): 1}), name
-    finally:
-        client.close()
+
+    def arrived(receiver: OtlpReceiver) -> bool:
+        return min(len(sql_spans(receiver, Span.SPAN_KIND_SERVER)),
+                   len(sql_spans(receiver, Span.SPAN_KIND_CLIENT))) >= len(SPANS)
+
+    with traced_client(argv, postgres.proc.pid, postgres.port, arrived) as run:
+        assert run.lines == ["[('alice',)]", "error 42P01"]
+        clients = sql_spans(run.receiver, Span.SPAN_KIND_CLIENT)
+        servers = sql_spans(run.receiver, Span.SPAN_KIND_SERVER)
+        assert [s.name for _, s in clients] == [name for name, *_ in SPANS]
+        expected = [{"db.system.name": "postgresql", "db.operation.name": op, "db.namespace": "shop",
+                     "server.address": "127.0.0.1", "server.port": postgres.port}
+                    | ({"db.collection.name": table} if table else {})
+                    | ({"db.response.status_code": error, "error.type": error} if error else {})
+                    for _, op, table, error in SPANS]
+        check_client_and_server(clients, servers, expected, run.client_pid)
+        assert {r["service.name"] for r, _ in servers} == {"postgres"}  # the connection's backend
+        for name in ("db.client.operation.duration", "db.server.operation.duration"):
+            assert metric_counts(run.receiver, name, "postgresql") == Counter({
+                ("BEGIN", None): 1, ("SELECT", None): 4, ("SELECT", "42P01"): 1, ("COMMIT", None): 1}), name
 
 
 def test_psql_simple_queries_and_query_text(postgres: PostgresServer, tmp_path: Path) -> None:
