@@ -79,6 +79,20 @@ def test_a_bind_past_the_capture_is_still_a_span() -> None:
     assert stats.requests_truncated == 1
 
 
+def test_authentication_exchanges_are_postgres_and_no_span() -> None:
+    """scram-sha-256: the client's SASL messages ('p') get Authentication answers; the last one
+    ends with ReadyForQuery, which answers no query."""
+    postgres = Postgres(IdGenerator(1))
+    startup = BY_NAME["startup"]["request"]
+    spans_of(startup, b"R\0\0\0\x17\0\0\0\x0aSCRAM-SHA-256\0\0", postgres)
+    sasl = b"p\0\0\0\x30SCRAM-SHA-2"  # cut by the capture: still postgres
+    assert spans_of(sasl, b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I", postgres, request_len=49) == []
+    simple = BY_NAME["simple-select"]
+    after = simple["response"][simple["response"].index(b"Z\0\0\0\x05") + 6:]
+    query = simple["request"][len(startup):]
+    assert [s.name for s in spans_of(query, after, postgres)] == ["SELECT users"]
+
+
 def test_server_spans_query_text_and_unanswered() -> None:
     case = BY_NAME["extended"]
     postgres = Postgres(IdGenerator(1), query_text=True)
@@ -123,6 +137,8 @@ def test_detection() -> None:
     assert looks_like_postgres(BY_NAME["startup"]["request"])
     assert looks_like_postgres(BY_NAME["ssl-request"]["request"])
     assert looks_like_postgres(b"Q\0\0\0\x0dSELECT 1\0")
+    assert looks_like_postgres(b"p\0\0\0\x12SCRAM-SHA-256\0")  # authentication: no span, not unknown
+    assert not looks_like_postgres(b"ping\r\n")
     assert not looks_like_postgres(b"POST / HTTP/1.1\r\n")
     assert not looks_like_postgres(b"*1\r\n$4\r\nPING\r\n")
     assert not looks_like_postgres(b"get k\r\n")

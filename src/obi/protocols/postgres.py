@@ -74,7 +74,9 @@ def looks_like_postgres(request: bytes) -> bool:
         return len(body) < length - 4 or (body.endswith(b"\0") and body.count(b"\0") == 1)
     if kind == 0x50:  # P: name NUL, query NUL, parameter types
         return body.count(b"\0") >= 2 or len(body) < length - 4
-    return kind in b"BESHDCX" and (len(body) == length - 4 or len(body) < length - 4)
+    if kind == 0x70:  # p: a password, or a SASL message (the authentication's exchanges)
+        return length <= 65536 and len(request) <= 1 + length
+    return kind in b"BESHDCX" and len(body) <= length - 4
 
 
 def parse_messages(data: bytes, frontend: bool) -> list[PgMessage]:
