@@ -181,3 +181,42 @@ def test_any_interleaving_and_any_join_point(plan: list[Any], order: list[int], 
         if skip == 0:
             assert stream.request_known and stream.response_known
             assert stream.grpc_status == ("OK" if grpc else None)
+
+
+def test_streams_become_grpc_and_http_spans_as_obi_names_them() -> None:
+    from obi.protocols.base import Connection, IdGenerator
+    from obi.protocols.http2 import Http2Spans
+    from obi.traces.model import HttpSpan, RpcSpan, ServiceIdentity
+    from obi.traces.routes import RouteMatcher
+
+    wire = Wire()
+    wire.request(1, "/shop.Cart/Add", grpc=True, body=b"\0\0\0\0\x02hi",
+                 extra=[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")])
+    wire.request(3, "/items/42?x=1")
+    wire.request(5, "/shop.Cart/Get", grpc=True)
+    wire.respond(3, 404, b"missing")
+    wire.respond(1, 200, b"\0\0\0\0\x01k", grpc_status=14)
+    wire.respond(5, 200, b"", grpc_status=0)
+    _, done = replay(wire.writes)
+    service = ServiceIdentity(pid=7, exe_path="/usr/bin/app", service_name="app")
+    server = Connection(service, 0, 0, "10.0.0.2", 50051, "10.0.0.1", 40000)
+    builder = Http2Spans(RouteMatcher(patterns=["/items/{id}"]), IdGenerator(1))
+    plain, grpc, ok = (builder.span(s, True, server, tls=False) for s in done)
+    assert isinstance(grpc, RpcSpan) and isinstance(plain, HttpSpan) and isinstance(ok, RpcSpan)
+    assert grpc.name == "/shop.Cart/Add" and grpc.is_error  # UNAVAILABLE is a server's error
+    assert grpc.attributes() == {"rpc.system.name": "grpc", "rpc.method": "/shop.Cart/Add",
+                                 "rpc.response.status_code": "UNAVAILABLE", "server.address": "10.0.0.2",
+                                 "server.port": 50051, "client.address": "10.0.0.1"}
+    assert grpc.trace_id.hex() == "0af7651916cd43dd8448eb211c80319c"  # continued
+    assert grpc.parent_span_id.hex() == "b7ad6b7169203331"
+    assert not ok.is_error and ok.attributes()["rpc.response.status_code"] == "OK"
+    assert (plain.name, plain.path, plain.status_code, plain.protocol_version) == ("GET /items/{id}",
+                                                                                    "/items/42", 404, "2")
+    assert plain.response_body_size == 7
+    client = Connection(service, 0, 0, "10.0.0.1", 40000, "10.0.0.2", 50051)
+    call = builder.span(done[1], False, client, tls=True)
+    assert isinstance(call, RpcSpan) and call.kind == 3 and call.is_error  # a client's: any status but OK
+    assert call.span_id.hex() == "b7ad6b7169203331"  # the application's own context
+    assert call.server_address == "svc"
+    plain_call = builder.span(done[0], False, client, tls=True)
+    assert isinstance(plain_call, HttpSpan) and plain_call.url_full == "http://svc:50051/items/42"

@@ -15,7 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from obi import __version__
 from obi.export import encode
 from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, key_value, span_flags
-from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan, HttpSpan, ServiceIdentity
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan, HttpSpan, RpcSpan, ServiceIdentity
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 SPAN_ID = bytes.fromhex("b7ad6b7169203331")
@@ -289,6 +289,35 @@ db_spans_strategy = st.builds(
 )
 
 
+def make_rpc_span(service: ServiceIdentity | None = None, **kw: Any) -> RpcSpan:
+    fields: dict[str, Any] = dict(
+        service=service or make_service(), kind=SPAN_KIND_SERVER, start_ns=1_700_000_000_000_000_000,
+        end_ns=1_700_000_000_000_900_000, trace_id=TRACE_ID, span_id=SPAN_ID, parent_span_id=PARENT_ID,
+        sampled=True, exclude=0, method="/shop.Cart/Add", status="OK", server_address="127.0.0.1",
+        server_port=50051, client_address="127.0.0.1", client_port=40000, error_type="",
+    )
+    fields.update(kw)
+    return RpcSpan(**fields)
+
+
+rpc_spans_strategy = st.builds(
+    make_rpc_span,
+    service=st.sampled_from(SERVICES),
+    kind=st.sampled_from([SPAN_KIND_SERVER, SPAN_KIND_CLIENT]),
+    method=st.sampled_from(["", "/shop.Cart/Add", "/a.B/C"]),
+    status=st.sampled_from(["", "OK", "UNAVAILABLE", "NOT_FOUND"]),
+    error_type=st.sampled_from(["", "stream_reset"]),
+)
+
+
+def test_rpc_span_errors_as_obi() -> None:
+    assert not make_rpc_span(status="NOT_FOUND").is_error  # a server's NOT_FOUND is the client's fault
+    assert make_rpc_span(status="NOT_FOUND", kind=SPAN_KIND_CLIENT).is_error
+    assert make_rpc_span(status="INTERNAL").is_error
+    assert not make_rpc_span(status="", kind=SPAN_KIND_CLIENT).is_error  # not known: not an error
+    assert make_rpc_span(status="", error_type="stream_reset").is_error
+
+
 def test_db_span_names_attributes_and_status() -> None:
     span = make_db_span(system="postgresql", operation="SELECT", collection="users", namespace="shop",
                         status_code="42P01", error_type="42P01", query_text="SELECT * FROM users")
@@ -304,8 +333,10 @@ def test_db_span_names_attributes_and_status() -> None:
     assert make_db_span(system="memcached", operation="").name == "MEMCACHED"
 
 
-@given(batches=st.lists(st.lists(st.one_of(spans_strategy, db_spans_strategy), max_size=12), min_size=1,
-                        max_size=3))
+any_span = st.one_of(spans_strategy, db_spans_strategy, rpc_spans_strategy)
+
+
+@given(batches=st.lists(st.lists(any_span, max_size=12), min_size=1, max_size=3))
 def test_cached_encoding_is_byte_identical_to_the_official_classes(batches: list[list[Any]]) -> None:
     encoder = TraceEncoder()  # shared: later batches hit what earlier ones cached
     for spans in batches:

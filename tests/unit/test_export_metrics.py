@@ -204,3 +204,23 @@ def test_database_operations_have_a_duration_histogram_and_no_sizes() -> None:
     assert lpush.count == 1
     assert points[(("db.system.name", "memcached"), local)].count == 1
     assert metric(request, "db.server.operation.duration").histogram.data_points[0].count == 1
+
+
+def test_grpc_calls_have_the_rpc_duration_histograms() -> None:
+    from obi.traces.model import SPAN_KIND_CLIENT
+    from tests.unit.test_export_encode import make_rpc_span
+
+    service = make_service()
+    red = RedMetrics(duration_buckets=[0.001, 0.01])
+    red.record([make_rpc_span(service), make_rpc_span(service, status="UNAVAILABLE"),
+                make_rpc_span(service, kind=SPAN_KIND_CLIENT)])
+    request = red.collect(T0 + 10 * MS)
+    server = metric(request, "rpc.server.call.duration")
+    assert server.unit == "s"
+    assert sorted(tuple(sorted((k, v) for k, (_, v) in attrs(p.attributes).items()))
+                  for p in server.histogram.data_points) == [
+        (("rpc.method", "/shop.Cart/Add"), ("rpc.response.status_code", "OK"), ("rpc.system.name", "grpc")),
+        (("rpc.method", "/shop.Cart/Add"), ("rpc.response.status_code", "UNAVAILABLE"),
+         ("rpc.system.name", "grpc"))]
+    (client,) = metric(request, "rpc.client.call.duration").histogram.data_points
+    assert attrs(client.attributes)["server.address"] == ("string_value", "127.0.0.1")

@@ -3,7 +3,8 @@
 Cumulative explicit-bucket histograms named as OBI names them: for HTTP
 servers http.server.request.duration (s), http.server.request.body.size and
 http.server.response.body.size (By); for HTTP clients the http.client.*
-three; for databases and caches db.client.operation.duration (s), and
+three; for gRPC rpc.server.call.duration and rpc.client.call.duration (s);
+for databases and caches db.client.operation.duration (s), and
 db.server.operation.duration for the servers obi instruments. The pipeline
 records every span before sampling, so sampling never changes these numbers.
 """
@@ -31,7 +32,15 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from obi.config.model import HistogramBuckets
 from obi.export.encode import SCOPE_NAME, key_value
-from obi.traces.model import EXCLUDE_METRICS, SPAN_KIND_SERVER, DbSpan, HttpSpan, ServiceIdentity, Span
+from obi.traces.model import (
+    EXCLUDE_METRICS,
+    SPAN_KIND_SERVER,
+    DbSpan,
+    HttpSpan,
+    RpcSpan,
+    ServiceIdentity,
+    Span,
+)
 
 # OBI's defaults (OTel semantic-convention buckets for durations), from the configuration model.
 DEFAULT_DURATION_BUCKETS: tuple[float, ...] = HistogramBuckets().duration_histogram
@@ -45,6 +54,8 @@ HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size"
 HTTP_CLIENT_RESPONSE_BODY_SIZE = "http.client.response.body.size"
 DB_CLIENT_OPERATION_DURATION = "db.client.operation.duration"
 DB_SERVER_OPERATION_DURATION = "db.server.operation.duration"
+RPC_SERVER_CALL_DURATION = "rpc.server.call.duration"
+RPC_CLIENT_CALL_DURATION = "rpc.client.call.duration"
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -85,6 +96,16 @@ DB_SERVER = MetricFamily(
     ("db.system.name", "db.operation.name", "server.address", "error.type"),
 )
 
+# OBI's default attributes of gRPC calls (a client's also name the server).
+RPC_SERVER = MetricFamily(
+    (RPC_SERVER_CALL_DURATION, "Duration of RPC service calls from the server side"), None, None,
+    ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type"),
+)
+RPC_CLIENT = MetricFamily(
+    (RPC_CLIENT_CALL_DURATION, "Duration of RPC service calls from the client side"), None, None,
+    ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type", "server.address"),
+)
+
 SeriesKey = tuple[str | int | None, ...]
 
 
@@ -97,6 +118,11 @@ def series_of(span: Span) -> tuple[MetricFamily, SeriesKey, int, int] | None:
                                  span.server_port), span.request_body_size, span.response_body_size
         return HTTP_CLIENT, (span.method, status, span.route, span.server_address, span.server_port), \
             span.request_body_size, span.response_body_size
+    if isinstance(span, RpcSpan):
+        rpc_status, error = span.status or None, span.error_type or None
+        if span.kind == SPAN_KIND_SERVER:
+            return RPC_SERVER, ("grpc", span.method, rpc_status, error), 0, 0
+        return RPC_CLIENT, ("grpc", span.method, rpc_status, error, span.server_address), 0, 0
     if isinstance(span, DbSpan):
         return DB_SERVER if span.kind == SPAN_KIND_SERVER else DB_CLIENT, (
             span.system, span.operation or None, span.server_address, span.error_type or None), 0, 0

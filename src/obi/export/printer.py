@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from obi.export.encode import span_flags
-from obi.traces.model import SPAN_KIND_SERVER, DbSpan, HttpSpan, ServiceIdentity, Span
+from obi.traces.model import SPAN_KIND_SERVER, DbSpan, HttpSpan, RpcSpan, ServiceIdentity, Span
 
 
 class TracePrinterMode(enum.StrEnum):
@@ -82,6 +82,9 @@ def format_text(span: Span, tz: datetime.tzinfo | None = None) -> str:
         sizes = f"contentLen:{span.request_body_size}B responseLen:{span.response_body_size}B"
     elif isinstance(span, DbSpan):  # OBI's status for these: 1 when the operation failed
         what = f"{int(span.is_error)} {span.operation or span.name} {span.collection}"
+        sizes = "contentLen:0B responseLen:0B"
+    elif isinstance(span, RpcSpan):
+        what = f"{span.status or '-'} {span.method} "
         sizes = "contentLen:0B responseLen:0B"
     else:
         return ""
@@ -156,7 +159,7 @@ class TracePrinter:
                 self._last_counter_print = now
                 self._print_counter()
             return
-        printable = [s for s in spans if isinstance(s, (HttpSpan, DbSpan))]
+        printable = [s for s in spans if isinstance(s, (HttpSpan, DbSpan, RpcSpan))]
         if mode is TracePrinterMode.TEXT:
             lines = [format_text(s, self._tz) for s in printable]
         elif mode is TracePrinterMode.JSON:

@@ -9,7 +9,8 @@ state; a header block that was not captured whole is missed: the HPACK context o
 direction forgets what it held (UNKNOWN headers after it, never wrong ones), and the stream
 it belonged to reports only what is known.
 
-Pure: no I/O, no clock; any bytes give streams or ParseError, nothing else.
+Pure: no I/O, no clock; any bytes give streams or ParseError, nothing else. Not yet fed by
+the kernel: the capture's exchanges do not suit a multiplexed protocol (see README).
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from obi.protocols.base import Connection, IdGenerator
 from obi.protocols.errors import ParseError
 from obi.protocols.hpack_context import UNKNOWN, HpackContext
+from obi.protocols.http import host_name, parse_traceparent
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan, RpcSpan, Span
+from obi.traces.routes import RouteMatcher
 
 __all__ = ["CLIENT_TO_SERVER", "GRPC_STATUS_NAMES", "PREFACE", "SERVER_TO_CLIENT", "H2Connection", "H2Frame",
-           "H2Stream", "split_frames"]
+           "H2Stream", "Http2Spans", "split_frames"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CLIENT_TO_SERVER = 0
@@ -255,3 +260,71 @@ def _data_length(frame: H2Frame) -> int:
     if frame.flags & PADDED and frame.payload:
         return max(0, frame.length - 1 - frame.payload[0])
     return frame.length
+
+
+# ---- spans -------------------------------------------------------------------
+
+_UNKNOWN_METHOD = "_OTHER"  # OTel's method for one not known
+
+
+def _text(value: bytes | None) -> str | None:
+    """A header's value as text (None: absent, or UNKNOWN)."""
+    if value is None or value is UNKNOWN:
+        return None
+    return value.decode("utf-8", "replace")
+
+
+class Http2Spans:
+    """Finished HTTP/2 streams -> spans: gRPC calls (content-type application/grpc) as RpcSpan,
+    the others as HttpSpan (protocol version 2), named and attributed as OBI does."""
+
+    def __init__(self, routes: RouteMatcher, ids: IdGenerator | None = None) -> None:
+        self._routes = routes
+        self._getrandbits = (ids or IdGenerator()).getrandbits
+
+    def span(self, stream: H2Stream, server: bool, connection: Connection, tls: bool) -> Span:
+        service, _, _, local_address, local_port, peer_address, peer_port = connection
+        request, response = stream.request, stream.response
+        if server:
+            kind, server_address, server_port, client_address, client_port = (
+                SPAN_KIND_SERVER, local_address, local_port, peer_address, peer_port)
+        else:
+            kind, server_address, server_port, client_address, client_port = (
+                SPAN_KIND_CLIENT, peer_address, peer_port, local_address, local_port)
+        authority = _text(request.get(b":authority"))
+        if authority and not server:
+            server_address = host_name(authority)
+        trace_id, span_id, parent_id, sampled = self._ids(_text(request.get(b"traceparent")), server)
+        error = "stream_reset" if stream.reset >= 0 else ""
+        path = _text(request.get(b":path")) or ""
+        start_ns, end_ns = stream.start_ns, stream.end_ns
+        if stream.grpc:
+            status = stream.grpc_status or ""
+            return RpcSpan(service, kind, start_ns, end_ns, trace_id, span_id, parent_id, sampled, 0, path,
+                           status, server_address, server_port, client_address, client_port,
+                           error if not status else "")
+        method = _text(request.get(b":method")) or _UNKNOWN_METHOD
+        raw_status = _text(response.get(b":status")) or ""
+        status_code = int(raw_status) if raw_status.isdigit() and 100 <= int(raw_status) <= 599 else 0
+        scheme = _text(request.get(b":scheme")) or ("https" if tls else "http")
+        clean = path.partition("?")[0] or ("/" if path else "")
+        route = None
+        if clean:
+            route = self._routes.route_for(clean) if server else self._routes.pattern_for(clean)
+        url = f"{scheme}://{authority or f'{peer_address}:{peer_port}'}{clean}" if not server else ""
+        return HttpSpan(service, kind, start_ns, end_ns, trace_id, span_id, parent_id, sampled, 0, method,
+                        clean, route, status_code, stream.request_body, stream.response_body, scheme, "2",
+                        server_address, server_port, client_address, client_port, url,
+                        error or ("" if status_code else "no_response"))
+
+    def _ids(self, traceparent: str | None, server: bool) -> tuple[bytes, bytes, bytes, bool]:
+        """(trace, span, parent, sampled): a server continues its caller's traceparent; a
+        client's traceparent, written by the application, is the span's own."""
+        parent = parse_traceparent(traceparent) if traceparent else None
+        if parent is not None:
+            if server:
+                return (parent.trace_id, self._getrandbits(64).to_bytes(8, "big"), parent.parent_span_id,
+                        parent.sampled)
+            return parent.trace_id, parent.parent_span_id, b"", parent.sampled
+        fresh = self._getrandbits(192).to_bytes(24, "big")
+        return fresh[:16], fresh[16:], b"", True

@@ -269,3 +269,59 @@ class DbSpan(Span):
     def type_name(self) -> str:
         names = _DB_TYPE_NAMES.get(self.system, ("SQLServer", "SQLClient"))
         return names[0] if self.kind == SPAN_KIND_SERVER else names[1]
+
+
+# (kind, method, status, server_address, server_port, client_address, error_type): everything a
+# gRPC span's name, status and repeated attributes depend on.
+RpcShapeKey = tuple[int, str, str, str, int, str, str]
+# gRPC statuses that are a server's error (OBI, after the OTel gRPC conventions); for a client
+# every status but OK is.
+GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
+                                "DATA_LOSS"})
+
+
+@dataclass(slots=True)
+class RpcSpan(Span):
+    """One gRPC call over HTTP/2, served (SERVER) or made (CLIENT).
+
+    ``method`` is the full method (``/pkg.Service/Method``), ``status`` the gRPC status name
+    from the trailers (``OK``, ``UNAVAILABLE``), "" when none came (then ``error_type`` says
+    why)."""
+
+    method: str
+    status: str
+    server_address: str
+    server_port: int
+    client_address: str
+    client_port: int
+    error_type: str
+
+    def shape_key(self) -> RpcShapeKey:
+        return (self.kind, self.method, self.status, self.server_address, self.server_port,
+                self.client_address if self.kind == SPAN_KIND_SERVER else "", self.error_type)
+
+    @classmethod
+    def shape_of(cls, key: Hashable) -> SpanShape:
+        shape: RpcShapeKey = key  # type: ignore[assignment]
+        kind, method, status, address, port, client, error = shape
+        attrs: list[tuple[str, AttributeValue]] = [("rpc.system.name", "grpc"), ("rpc.method", method)]
+        if status:
+            attrs.append(("rpc.response.status_code", status))
+        if error:
+            attrs.append(("error.type", error))
+        attrs.append(("server.address", address))
+        attrs.append(("server.port", port))
+        if kind == SPAN_KIND_SERVER:
+            attrs.append(("client.address", client))
+        if kind == SPAN_KIND_SERVER:
+            is_error = bool(error) or status in GRPC_SERVER_ERRORS
+        else:
+            is_error = bool(error) or status not in ("", "OK")  # "": not known, not an error
+        return SpanShape(method or "GRPC", kind, is_error, tuple(attrs), ())
+
+    def varying_values(self) -> tuple[AttributeValue, ...]:
+        return ()
+
+    @property
+    def type_name(self) -> str:
+        return "GRPC" if self.kind == SPAN_KIND_SERVER else "GRPCClient"
