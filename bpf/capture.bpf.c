@@ -1439,6 +1439,323 @@ static __always_inline void mark_tls(struct conn *c, __u32 pid)
 }
 
 /* Request bytes moved: into the exchange in flight, or a new one (the previous one ends). */
+
+/* ---- HTTP/2: frames, not exchanges (struct obi_h2) ----
+ *
+ * A connection whose client opened it with the HTTP/2 preface multiplexes its streams: the
+ * exchanges above (one request, then its answer) do not fit it. Its bytes are walked frame by
+ * frame instead, each side's as the process moves them, whatever the call's boundaries (a
+ * frame header split across two reads is put together), and every header block, reset and
+ * DATA frame header reaches user space in order (see capture.h). */
+
+#define CONN_FLAG_H2 0x80 /* conn.flags: followed as HTTP/2 frames */
+#define H2_FRAME_HEADER 9
+#define H2_CHUNK_HEADER 11 /* a chunk's payload length (2) and the frame header (9) */
+#define H2_STEPS 512       /* frames (or pieces of one) walked in one buffer */
+#define H2_IOVECS 8        /* buffers of one readv/writev/sendmsg/recvmsg walked */
+#define H2_HEADERS 0x1
+#define H2_RST_STREAM 0x3
+#define H2_PUSH_PROMISE 0x5
+#define H2_CONTINUATION 0x9
+#define H2_DATA 0x0
+#define H2_PREFACE_LEN 24 /* "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" */
+
+/* One side of an HTTP/2 connection, between calls. */
+struct h2_side {
+	__u32 left; /* payload bytes of the current frame still to come */
+	__u32 kept; /* of them, captured so far */
+	__u8 keep;  /* the current frame's payload is captured */
+	__u8 have;  /* bytes of the next frame header gathered (split across calls) */
+	__u8 lost;  /* OBI_H2_LOST for its next record */
+	__u8 pad;
+	__u8 hdr[24];
+};
+
+struct h2_state {
+	struct h2_side side[2];
+	__u8 started; /* its first record went out */
+	__u8 desync;  /* a buffer was not walked to its end: frame boundaries unknown, given up */
+	__u8 pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct h2_state);
+	__uint(max_entries, 16384);
+} h2_conns SEC(".maps");
+
+struct h2_record {
+	struct obi_h2 ev;
+	__u8 data[OBI_H2_DATA_MAX + OBI_H2_PAYLOAD_MAX + H2_CHUNK_HEADER + 16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct h2_record);
+	__uint(max_entries, 1);
+} h2_scratch SEC(".maps");
+
+/* A walk of one buffer (bpf_loop context). */
+struct h2_walk {
+	__u64 src;
+	__u32 n;
+	__u32 off;
+	struct h2_side *side;
+	struct h2_record *r;
+};
+
+/* Appends a chunk: its payload length, a frame header, `copy` payload bytes from `from`.
+ * False when the record has no room (the frame is then lost to user space). */
+static __always_inline bool h2_chunk(struct h2_record *r, const __u8 *hdr, __u32 copy, __u64 from)
+{
+	__u32 at = r->ev.len;
+	__u8 *dst;
+
+	if (at + H2_CHUNK_HEADER + copy > OBI_H2_DATA_MAX)
+		return false;
+	clamp_umax(at, OBI_H2_DATA_MAX);
+	clamp_umax(copy, OBI_H2_PAYLOAD_MAX);
+	dst = r->data + at;
+	dst[0] = copy & 0xff;
+	dst[1] = copy >> 8;
+	__builtin_memcpy(dst + 2, hdr, H2_FRAME_HEADER);
+	if (copy && bpf_probe_read_user(dst + H2_CHUNK_HEADER, copy, (void *)from))
+		return false;
+	r->ev.len = at + H2_CHUNK_HEADER + copy;
+	return true;
+}
+
+static long h2_step(__u32 i, void *ctx)
+{
+	struct h2_walk *w = ctx;
+	struct h2_side *sd = w->side;
+	struct h2_record *r = w->r;
+	__u32 avail, take, len, copy;
+	__u8 need, type;
+
+	if (w->off >= w->n)
+		return 1;
+	avail = w->n - w->off;
+	if (sd->left) { /* the payload of a frame begun before */
+		take = sd->left < avail ? sd->left : avail;
+		if (sd->keep && sd->kept < OBI_H2_PAYLOAD_MAX) {
+			__u8 *more = sd->hdr + 12; /* the chunk's header, beside the frame's */
+
+			copy = OBI_H2_PAYLOAD_MAX - sd->kept;
+			copy = take < copy ? take : copy;
+			more[0] = copy >> 16;
+			more[1] = copy >> 8;
+			more[2] = copy;
+			more[3] = OBI_H2_MORE;
+			more[4] = more[5] = more[6] = more[7] = more[8] = 0;
+			if (h2_chunk(r, more, copy, w->src + w->off))
+				sd->kept += copy;
+			else
+				r->ev.flags |= OBI_H2_LOST;
+		}
+		sd->left -= take;
+		w->off += take;
+		return 0;
+	}
+	/* the next frame header, perhaps in pieces */
+	need = H2_FRAME_HEADER - sd->have;
+	take = need < avail ? need : avail;
+	clamp_umax(take, H2_FRAME_HEADER);
+	if (sd->have > H2_FRAME_HEADER ||
+	    bpf_probe_read_user(sd->hdr + (sd->have & 15), take, (void *)(w->src + w->off)))
+		return 1;
+	sd->have += take;
+	w->off += take;
+	if (sd->have < H2_FRAME_HEADER)
+		return 1; /* the rest comes with the next call */
+	sd->have = 0;
+	len = (__u32)sd->hdr[0] << 16 | (__u32)sd->hdr[1] << 8 | sd->hdr[2];
+	type = sd->hdr[3];
+	sd->left = len;
+	sd->kept = 0;
+	sd->keep = type == H2_HEADERS || type == H2_CONTINUATION || type == H2_PUSH_PROMISE ||
+		   type == H2_RST_STREAM;
+	avail = w->n - w->off;
+	take = len < avail ? len : avail; /* the payload this call moved; the rest comes later */
+	if (sd->keep || type == H2_DATA) {
+		copy = 0;
+		if (sd->keep)
+			copy = take < OBI_H2_PAYLOAD_MAX ? take : OBI_H2_PAYLOAD_MAX;
+		if (h2_chunk(r, sd->hdr, copy, w->src + w->off))
+			sd->kept = copy;
+		else
+			r->ev.flags |= OBI_H2_LOST;
+	} /* else SETTINGS, PING, WINDOW_UPDATE, ...: walked over */
+	sd->left = len - take;
+	w->off += take;
+	return 0;
+}
+
+/* Walks one buffer of `n` bytes; false when it could not be walked to its end. */
+static __always_inline bool h2_walk(struct h2_side *sd, struct h2_record *r, __u64 src, __u64 n)
+{
+	struct h2_walk w = {.src = src, .n = n > 0xffffffffULL ? 0xffffffff : (__u32)n, .side = sd, .r = r};
+
+	if (!src)
+		return false;
+	bpf_loop(H2_STEPS, h2_step, &w, 0);
+	return w.off >= w.n;
+}
+
+static __always_inline void h2_emit(struct h2_record *r, struct conn *c, __u32 pid, __u64 sk, __u8 direction,
+				    __u8 flags)
+{
+	__u64 size;
+
+	r->ev.kind = OBI_RECORD_H2;
+	r->ev.direction = direction;
+	r->ev.role = c->role;
+	r->ev.flags |= flags;
+	r->ev.pid = pid;
+	r->ev.conn = sk;
+	r->ev.ts_ns = bpf_ktime_get_ns();
+	r->ev.family = c->family;
+	r->ev.local_port = c->local_port;
+	r->ev.peer_port = c->peer_port;
+	__builtin_memcpy(r->ev.local_addr, c->local_addr, 16);
+	__builtin_memcpy(r->ev.peer_addr, c->peer_addr, 16);
+	size = sizeof(r->ev) + r->ev.len;
+	clamp_umax(size, sizeof(r->ev) + OBI_H2_DATA_MAX);
+	if (bpf_ringbuf_output(&events, r, size, wakeup_flag(size)))
+		count(OBI_COUNTER_H2_LOST);
+}
+
+static __always_inline struct h2_record *h2_record(void)
+{
+	__u32 zero = 0;
+	struct h2_record *r = bpf_map_lookup_elem(&h2_scratch, &zero);
+
+	if (r) {
+		r->ev.len = 0;
+		r->ev.flags = 0;
+	}
+	return r;
+}
+
+/* h2_call's `how`: the pid (high 32 bits), the call's kind (bits 16-23), the bytes at the
+ * start that are not frames (bits 8-15: the preface), and flags. */
+#define H2_CALL_REQUEST 0x1 /* the bytes go from client to server */
+#define H2_CALL_TLS 0x2     /* they are TLS plaintext */
+#define H2_CALL_ONE 0x4     /* they are all in the buffer at `src` */
+
+static __always_inline __u64 h2_how(__u32 pid, __u32 call_kind, __u32 skip, bool request, bool tls, bool one)
+{
+	return (__u64)pid << 32 | (__u64)(call_kind & 0xff) << 16 | (skip & 0xff) << 8 |
+	       (request ? H2_CALL_REQUEST : 0) | (tls ? H2_CALL_TLS : 0) | (one ? H2_CALL_ONE : 0);
+}
+
+/* The bytes of one call on an HTTP/2 connection: its frames, as one record. A global
+ * function: the verifier checks it once, apart from the syscall programs that call it (its
+ * arguments are scalars: the connection is looked up again by its sock). `call_ptr` is the
+ * call's pointer argument, for the buffers of a vectored one. */
+__attribute__((noinline)) int h2_call(__u64 sk, __u64 src, __u64 n, __u64 call_ptr, __u64 how)
+{
+	__u32 pid = how >> 32, call_kind = (how >> 16) & 0xff, skip = (how >> 8) & 0xff;
+	struct h2_state *st = bpf_map_lookup_elem(&h2_conns, &sk);
+	struct conn *c = bpf_map_lookup_elem(&conns, &sk);
+	struct h2_record *r;
+	struct h2_side *sd;
+	__u8 direction = (how & H2_CALL_REQUEST) ? OBI_H2_TO_SERVER : OBI_H2_TO_CLIENT;
+	__u8 flags = (how & H2_CALL_TLS) ? OBI_H2_TLS : 0;
+	bool whole = false;
+
+	if (!st || !c || st->desync || skip > n)
+		return 0;
+	r = h2_record();
+	if (!r)
+		return 0;
+	sd = &st->side[direction & 1];
+	if (sd->lost) {
+		flags |= OBI_H2_LOST;
+		sd->lost = 0;
+	}
+	if (!st->started) {
+		flags |= OBI_H2_START;
+		st->started = 1;
+	}
+	if (how & H2_CALL_ONE) {
+		whole = h2_walk(sd, r, src + skip, n - skip);
+	} else if (call_kind == CALL_READV || call_kind == CALL_WRITEV || call_kind == CALL_RECVMSG ||
+		   call_kind == CALL_SENDMSG) {
+		/* the buffers of a vectored call in turn (the array: call_ptr, or msg_iov) */
+		__u64 iov_ptr = call_ptr, left = n;
+
+		if ((call_kind == CALL_RECVMSG || call_kind == CALL_SENDMSG) &&
+		    bpf_probe_read_user(&iov_ptr, sizeof(iov_ptr),
+					(void *)(call_ptr + __builtin_offsetof(struct user_msghdr, msg_iov))))
+			return 0;
+		for (int i = 0; i < H2_IOVECS; i++) {
+			struct iovec iov = {};
+			__u64 piece;
+
+			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
+				break;
+			piece = iov.iov_len < left ? iov.iov_len : left;
+			if (!h2_walk(sd, r, (__u64)iov.iov_base, piece))
+				break;
+			left -= piece;
+			if (!left) {
+				whole = true;
+				break;
+			}
+		}
+	}
+	if (!whole) {
+		st->desync = 1; /* where the next frame starts is not known any more */
+		flags |= OBI_H2_LOST;
+		count(OBI_COUNTER_H2_LOST);
+	}
+	if (r->ev.len || (flags & (OBI_H2_LOST | OBI_H2_START)))
+		h2_emit(r, c, pid, sk, direction, flags);
+	return 0;
+}
+
+/* The preface came in pieces: its remaining bytes are walked over as a payload no one keeps. */
+static __always_inline void st_skip_preface(__u64 sk, __u32 left)
+{
+	struct h2_state *st = bpf_map_lookup_elem(&h2_conns, &sk);
+
+	if (st)
+		st->side[OBI_H2_TO_SERVER].left = left;
+}
+
+/* A connection's first request bytes are the HTTP/2 client preface: follow its frames. */
+static __always_inline bool h2_begins(struct conn *c, __u32 pid, __u64 sk, const __u8 *head, __u64 src, __u64 len,
+				      bool tls)
+{
+	struct h2_state fresh = {};
+
+	/* "PRI " is the preface's start and no HTTP/1 request's: a first read of 4 bytes will do */
+	if (head[0] != 'P' || head[1] != 'R' || head[2] != 'I' || head[3] != ' ' || !use_bpf_loop ||
+	    (len >= 8 && (head[4] != '*' || head[5] != ' ' || head[6] != 'H' || head[7] != 'T')))
+		return false;
+	if (bpf_map_update_elem(&h2_conns, &sk, &fresh, BPF_ANY))
+		return false;
+	c->flags |= CONN_FLAG_H2;
+	if (len >= H2_PREFACE_LEN)
+		h2_call(sk, src, len, 0, h2_how(pid, 0, H2_PREFACE_LEN, true, tls, true));
+	else /* the rest of the preface comes next: read as if it were a frame header's start */
+		st_skip_preface(sk, H2_PREFACE_LEN - (__u32)len);
+	return true;
+}
+
+/* The connection closed: user space ends its streams in flight. */
+static __always_inline void h2_closed(struct conn *c, __u64 sk)
+{
+	struct h2_record *r = h2_record();
+
+	bpf_map_delete_elem(&h2_conns, &sk);
+	if (r)
+		h2_emit(r, c, 0, sk, 0, OBI_H2_CLOSED);
+}
+
 static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key *key, __u64 sk,
 					     __u64 src, __u64 room, __u64 n, bool tls)
 {
@@ -1452,10 +1769,13 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 	if (!s) {
 		__u8 head[8] = {};
 
-		if (src && len >= 3 && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 && !tls &&
-		    looks_like_tls(head)) {
-			mark_tls(c, key->pid);
-			return;
+		if (src && len >= 3 && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0) {
+			if (!tls && looks_like_tls(head)) {
+				mark_tls(c, key->pid);
+				return;
+			}
+			if (len >= 4 && h2_begins(c, key->pid, sk, head, src, len, tls))
+				return;
 		}
 		s = start_exchange(c, key, sk);
 		if (!s)
@@ -1546,14 +1866,28 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 	if (call->kind != CALL_SENDFILE)
 		src = call_buffer(call, &room);
 	if (!c->role) {
-		/* found mid-way: a reader of requests or of responses? */
+		/* found mid-way (accepted while obi started, say): a socket a listener accepted
+		 * keeps the listener's backlog, one that connected has none; a server that
+		 * speaks first (HTTP/2's SETTINGS, MySQL's greeting) is still a server */
+		struct sock *so = (struct sock *)sk;
 		__u8 head[16] = {};
-		bool response = src && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 &&
-				http1_status(head);
+		bool response;
 
-		c->role = inbound == !response ? OBI_ROLE_SERVER : OBI_ROLE_CLIENT;
+		if (BPF_CORE_READ(so, sk_max_ack_backlog)) {
+			c->role = OBI_ROLE_SERVER;
+		} else {
+			/* otherwise: a reader of requests, or of responses? */
+			response = src && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 &&
+				   http1_status(head);
+			c->role = inbound == !response ? OBI_ROLE_SERVER : OBI_ROLE_CLIENT;
+		}
 	}
 	request = inbound == (c->role == OBI_ROLE_SERVER);
+	if (c->flags & CONN_FLAG_H2) {
+		h2_call(sk, src, (__u64)ret, call->ptr,
+			h2_how(pid, call->kind, 0, request, tls, (__u64)ret <= room));
+		return;
+	}
 	if (request) {
 		on_request_bytes(c, &key, sk, src, room, (__u64)ret, tls);
 		if (!tls && c->kind == CONN_TLS) /* the ClientHello of a TLS connection */
@@ -1991,6 +2325,8 @@ int common_sock_state(struct bpf_raw_tracepoint_args *ctx)
 		reason = OBI_END_EXIT;
 	if (c->slot != NO_SLOT)
 		end_exchange(c, reason);
+	if (c->flags & CONN_FLAG_H2)
+		h2_closed(c, sk);
 	bpf_map_delete_elem(&conns, &sk);
 	return 0;
 }

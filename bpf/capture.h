@@ -12,6 +12,7 @@
 #define OBI_RECORD_EXCHANGE 1
 #define OBI_RECORD_PROCESS 2
 #define OBI_RECORD_GO_HTTP 3 /* a Go net/http request, from the Go uprobes (struct obi_go_http) */
+#define OBI_RECORD_H2 4      /* HTTP/2 frames one side of a connection moved (struct obi_h2) */
 
 /* Largest request / response prefix a record can carry; the bytes actually
  * captured are set at load time (req_capture_len / resp_capture_len). */
@@ -78,6 +79,7 @@
 					    * no memory) */
 #define OBI_COUNTER_TCP_CONTEXT_SENT 13     /* requests whose first packet carried the context option */
 #define OBI_COUNTER_TCP_CONTEXT_RECEIVED 14 /* packets that came with one */
+#define OBI_COUNTER_H2_LOST 15         /* HTTP/2 frames (or their records) not captured */
 #define OBI_COUNTER_MAX 16
 
 /* Value of a pid filter entry, keyed by the process id in obi's pid namespace. */
@@ -203,6 +205,39 @@ struct obi_go_http {
 	char scheme[OBI_GO_SCHEME_MAX];
 	char host[OBI_GO_HOST_MAX];
 	char path[OBI_GO_PATH_MAX];
+};
+
+/* HTTP/2 (struct obi_h2). A connection that starts with the client preface is followed frame
+ * by frame, each side's bytes as it moves them: a record carries, for each frame that began or
+ * went on in one call, a chunk: its captured payload length (__u16), its 9-byte frame header,
+ * then that many payload bytes. Header blocks (HEADERS, CONTINUATION, PUSH_PROMISE) and
+ * RST_STREAM keep their payload, up to OBI_H2_PAYLOAD_MAX; DATA frames only their header;
+ * other frames nothing. A payload that goes on in a later call comes as a chunk whose header
+ * has type OBI_H2_MORE (and its length field the bytes that chunk holds). */
+#define OBI_H2_DATA_MAX 4096    /* chunk bytes of one record */
+#define OBI_H2_PAYLOAD_MAX 2048 /* payload bytes kept of one frame */
+#define OBI_H2_MORE 0xff
+#define OBI_H2_TO_SERVER 0       /* `direction`: what the client sent */
+#define OBI_H2_TO_CLIENT 1
+#define OBI_H2_LOST 0x01         /* frames before these were not captured (a full record, or ring) */
+#define OBI_H2_START 0x02        /* the connection's first frames (after the preface) */
+#define OBI_H2_CLOSED 0x04       /* the connection closed: no chunks */
+#define OBI_H2_TLS 0x08          /* TLS plaintext */
+
+struct obi_h2 {
+	__u8 kind;      /* OBI_RECORD_H2 */
+	__u8 direction; /* OBI_H2_TO_* */
+	__u8 role;      /* OBI_ROLE_* of the traced process */
+	__u8 flags;     /* OBI_H2_* */
+	__u32 pid;
+	__u64 conn;     /* the connection (its struct sock *): one id for all its records */
+	__u64 ts_ns;    /* CLOCK_MONOTONIC: the call moved these bytes */
+	__u16 family;
+	__u16 local_port;
+	__u16 peer_port;
+	__u16 len;      /* chunk bytes that follow */
+	__u8 local_addr[16];
+	__u8 peer_addr[16];
 };
 
 /* Span ids the kernel set (after the captured bytes of a record with OBI_FLAG_IDS). A served

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from obi.ebpf._libbpf import lib
 from obi.protocols.base import Connection, IdGenerator
 from obi.protocols.errors import ParseError
 from obi.protocols.hpack_context import UNKNOWN, HpackContext
@@ -32,7 +33,11 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CLIENT_TO_SERVER = 0
 SERVER_TO_CLIENT = 1
 # Frame types.
-DATA, HEADERS, RST_STREAM, CONTINUATION = 0x0, 0x1, 0x3, 0x9
+DATA, HEADERS, RST_STREAM, PUSH_PROMISE, CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
+CHUNK_HEADER = 11  # the kernel's chunk: captured payload length (2), frame header (9)
+MORE: int = lib.OBI_H2_MORE
+PAYLOAD_MAX: int = lib.OBI_H2_PAYLOAD_MAX
+_KEPT_PAYLOADS = frozenset({HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM})  # what the kernel captures
 END_STREAM = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
@@ -116,6 +121,7 @@ class _Block(NamedTuple):
     fragments: list[bytes]
     end_stream: bool
     whole: bool  # every fragment was captured whole
+    promise: bool = False  # a PUSH_PROMISE's: it feeds the HPACK context, and nothing else
 
 
 @dataclass
@@ -134,6 +140,7 @@ class H2Connection:
         self.contexts = (HpackContext(complete=not midway), HpackContext(complete=not midway))
         self.streams: dict[int, H2Stream] = {}
         self._blocks: list[_Block | None] = [None, None]
+        self._pending: list[H2Frame | None] = [None, None]  # a frame whose payload may go on
         self.stats = stats or H2Stats()
 
     def feed(self, direction: int, time_ns: int, frames: list[H2Frame]) -> list[H2Stream]:
@@ -147,6 +154,51 @@ class H2Connection:
                 done.append(stream)
         return done
 
+    def feed_chunks(self, direction: int, time_ns: int, data: bytes, lost: bool = False) -> list[H2Stream]:
+        """The kernel's chunks of one call (see bpf/capture.h, struct obi_h2): frames whose
+        payload may go on in later calls' chunks. `lost`: frames before these were not
+        captured (the header block under way, and the HPACK context, are missed)."""
+        pending = self._pending[direction]
+        if lost:
+            if pending is not None:
+                self._pending[direction] = pending = None
+            self._lose(direction)
+        frames: list[H2Frame] = []
+        at, size = 0, len(data)
+        while at + CHUNK_HEADER <= size:
+            captured = data[at] | data[at + 1] << 8
+            header = data[at + 2:at + CHUNK_HEADER]
+            payload = data[at + CHUNK_HEADER:at + CHUNK_HEADER + captured]
+            at += CHUNK_HEADER + captured
+            if header[3] == MORE:
+                if pending is not None:
+                    pending = pending._replace(payload=pending.payload + payload)
+                    if len(pending.payload) >= min(pending.length, PAYLOAD_MAX):
+                        frames.append(pending)
+                        pending = None
+                continue
+            if pending is not None:
+                frames.append(pending)
+            length = int.from_bytes(header[:3], "big")
+            stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+            pending = H2Frame(header[3], header[4], stream_id, payload, length)
+            if header[3] not in _KEPT_PAYLOADS or len(payload) >= min(length, PAYLOAD_MAX):
+                frames.append(pending)  # all of it that will come (a DATA frame's: none)
+                pending = None
+        self._pending[direction] = pending
+        return self.feed(direction, time_ns, frames)
+
+    def close(self) -> list[H2Stream]:
+        """The connection closed: its streams in flight, ended now (reset -1 and not done)."""
+        streams = list(self.streams.values())
+        self.streams.clear()
+        return streams
+
+    def _lose(self, direction: int) -> None:
+        block = self._blocks[direction]
+        self._blocks[direction] = None
+        self._missed(direction, block.stream_id if block is not None else 0)
+
     def _frame(self, direction: int, time_ns: int, frame: H2Frame) -> H2Stream | None:
         kind, flags, stream_id, payload, _ = frame
         block = self._blocks[direction]
@@ -155,7 +207,10 @@ class H2Connection:
             self._blocks[direction] = None
             self._missed(direction, block.stream_id)
             block = None
-        if kind == HEADERS:
+        if kind == PUSH_PROMISE:  # its header block feeds the server's HPACK context; no span
+            fragment, whole = _headers_fragment(frame, promised=True)
+            block = _Block(stream_id, [fragment], False, whole, promise=True)
+        elif kind == HEADERS:
             if not stream_id:
                 self.stats.frames_refused += 1
                 return None
@@ -198,7 +253,7 @@ class H2Connection:
         return self._header_block(direction, block)
 
     def _header_block(self, direction: int, block: _Block) -> H2Stream | None:
-        stream = self.streams.get(block.stream_id)
+        stream = None if block.promise else self.streams.get(block.stream_id)
         known = block.whole
         headers: list[tuple[bytes, bytes]] = []
         if block.whole:
@@ -236,16 +291,18 @@ class H2Connection:
                 stream.response_known = False
 
 
-def _headers_fragment(frame: H2Frame) -> tuple[bytes, bool]:
-    """A HEADERS frame's header block fragment (padding and priority removed), and whether it
-    was captured whole."""
+def _headers_fragment(frame: H2Frame, promised: bool = False) -> tuple[bytes, bool]:
+    """A HEADERS (or PUSH_PROMISE) frame's header block fragment (padding, priority and the
+    promised stream id removed), and whether it was captured whole."""
     payload, flags = frame.payload, frame.flags
     start, pad = 0, 0
     if flags & PADDED:
         if not payload:
             return b"", False
         pad, start = payload[0], 1
-    if flags & PRIORITY_FLAG:
+    if promised:
+        start += 4
+    elif flags & PRIORITY_FLAG:
         start += 5
     if not frame.complete:
         return payload[start:], False

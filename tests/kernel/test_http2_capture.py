@@ -1,0 +1,115 @@
+"""HTTP/2 in the kernel: a connection that starts with the client preface is walked frame by
+frame, whatever the calls' boundaries, and user space rebuilds its streams from the records."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from obi.ebpf._libbpf import lib
+from obi.ebpf.capture import Capture, CaptureSettings
+from obi.ebpf.records import H2_FIELDS, H2_LAYOUT, H2_SIZE, RECORD_H2
+from obi.protocols.http2 import H2Connection, H2Stream
+from tests.capture_records import split_records
+from tests.support import free_port, start_process, stop_process
+
+SERVERS = Path(__file__).resolve().parents[1] / "servers"
+
+
+def h2_records(capture: Capture, until: float) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    while time.monotonic() < until:
+        for batch, _ in capture.ring.drain():
+            for raw in split_records(batch):
+                if raw[0] == RECORD_H2:
+                    rec = dict(zip(H2_FIELDS, H2_LAYOUT.unpack_from(raw), strict=True))
+                    rec["data"] = raw[H2_SIZE:H2_SIZE + rec["len"]]
+                    records.append(rec)
+        time.sleep(0.05)
+    return records
+
+
+def streams_of(records: list[dict[str, Any]]) -> tuple[list[H2Stream], H2Connection]:
+    connection = H2Connection()
+    done: list[H2Stream] = []
+    for rec in records:
+        if rec["flags"] & lib.OBI_H2_CLOSED:
+            continue
+        done += connection.feed_chunks(rec["direction"], rec["ts_ns"], rec["data"],
+                                       lost=bool(rec["flags"] & lib.OBI_H2_LOST))
+    return done, connection
+
+
+@pytest.fixture(params=[7, 65536], ids=["reads-of-7-bytes", "whole-reads"])
+def h2_server(request: pytest.FixtureRequest) -> Iterator[tuple[int, int]]:
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "h2_server.py"), str(port), str(request.param)],
+                         ready="ready")
+    yield proc.pid, port
+    stop_process(proc)
+
+
+def talk(port: int, requests: list[tuple[str, bool]], split_writes: bool) -> list[int]:
+    """Opens an h2c connection, sends each request (path, gRPC?) and reads every answer."""
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    statuses: list[int] = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(client.data_to_send())
+        for i, (path, grpc) in enumerate(requests):
+            headers = [(":method", "POST" if grpc else "GET"), (":path", path), (":scheme", "http"),
+                       (":authority", f"127.0.0.1:{port}"),
+                       ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
+            if grpc:
+                headers.append(("content-type", "application/grpc"))
+            client.send_headers(1 + 2 * i, headers, end_stream=not grpc)
+            if grpc:
+                client.send_data(1 + 2 * i, b"\0\0\0\0\x03abc", end_stream=True)
+            out = client.data_to_send()
+            if split_writes:  # a frame header cut in two, and a payload in three
+                for piece in (out[:4], out[4:13], out[13:20], out[20:]):
+                    sock.sendall(piece)
+                    time.sleep(0.01)
+            else:
+                sock.sendall(out)
+            ended = False
+            while not ended:
+                for event in client.receive_data(sock.recv(65536)):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        statuses.append(int(dict(event.headers)[b":status"]))
+                    ended = ended or isinstance(event, h2.events.StreamEnded)
+                pending = client.data_to_send()
+                if pending:
+                    sock.sendall(pending)
+    return statuses
+
+
+@pytest.mark.parametrize("split_writes", [False, True], ids=["whole-writes", "split-writes"])
+def test_streams_rebuilt_from_the_servers_frames(h2_server: tuple[int, int], split_writes: bool) -> None:
+    pid, port = h2_server
+    with Capture(CaptureSettings(ring_buffer_size=1 << 22)) as capture:
+        capture.add_pid(pid)
+        requests = [("/a", False), ("/size/16000", False), ("/pkg.S/M", True), ("/status/14", True)]
+        assert talk(port, requests, split_writes) == [200] * 4
+        records = h2_records(capture, time.monotonic() + 1.0)
+    assert records and all(r["pid"] in (pid, 0) and r["role"] == lib.OBI_ROLE_SERVER for r in records)
+    assert records[0]["flags"] & lib.OBI_H2_START and not any(r["flags"] & lib.OBI_H2_LOST for r in records)
+    assert records[-1]["flags"] & lib.OBI_H2_CLOSED
+    done, connection = streams_of(records)
+    assert [(s.stream_id, s.request[b":path"], s.response[b":status"]) for s in done] == [
+        (1, b"/a", b"200"), (3, b"/size/16000", b"200"), (5, b"/pkg.S/M", b"200"), (7, b"/status/14", b"200")]
+    assert [s.response_body for s in done] == [2, 16000, 2, 2]
+    assert [s.grpc_status for s in done] == [None, None, "OK", "UNAVAILABLE"]
+    assert all(s.request_known and s.response_known for s in done)
+    assert done[2].request_body == 8
+    assert all(s.request[b"traceparent"].startswith(b"00-0af7651916cd43dd") for s in done)
+    assert connection.stats.header_blocks_missed == 0
