@@ -1451,8 +1451,7 @@ static __always_inline void mark_tls(struct conn *c, __u32 pid)
 #define CONN_FLAG_H2 0x80 /* conn.flags: followed as HTTP/2 frames */
 #define H2_FRAME_HEADER 9
 #define H2_CHUNK_HEADER 11 /* a chunk's payload length (2) and the frame header (9) */
-#define H2_STEPS 512       /* frames (or pieces of one) walked in one buffer */
-#define H2_IOVECS 8        /* buffers of one readv/writev/sendmsg/recvmsg walked */
+#define H2_STEPS 4096      /* frames, pieces of one, and buffers walked in one call */
 #define H2_HEADERS 0x1
 #define H2_RST_STREAM 0x3
 #define H2_PUSH_PROMISE 0x5
@@ -1497,11 +1496,14 @@ struct {
 	__uint(max_entries, 1);
 } h2_scratch SEC(".maps");
 
-/* A walk of one buffer (bpf_loop context). */
+/* A walk of one call's bytes (bpf_loop context): one buffer, or the buffers of a vectored
+ * call in turn. */
 struct h2_walk {
-	__u64 src;
-	__u32 n;
-	__u32 off;
+	__u64 src;  /* the buffer being walked */
+	__u32 n;    /* its bytes */
+	__u32 off;  /* walked so far */
+	__u64 iov;  /* the next struct iovec (vectored calls) */
+	__u64 left; /* the call's bytes not in a buffer walked yet */
 	struct h2_side *side;
 	struct h2_record *r;
 };
@@ -1535,8 +1537,18 @@ static long h2_step(__u32 i, void *ctx)
 	__u32 avail, take, len, copy;
 	__u8 need, type;
 
-	if (w->off >= w->n)
-		return 1;
+	if (w->off >= w->n) { /* this buffer is walked: the next one of a vectored call */
+		struct iovec iov = {};
+
+		if (!w->left || !w->iov || bpf_probe_read_user(&iov, sizeof(iov), (void *)w->iov))
+			return 1;
+		w->iov += sizeof(iov);
+		w->src = (__u64)iov.iov_base;
+		w->n = iov.iov_len < w->left ? (__u32)iov.iov_len : (__u32)w->left;
+		w->left -= w->n;
+		w->off = 0;
+		return 0;
+	}
 	avail = w->n - w->off;
 	if (sd->left) { /* the payload of a frame begun before */
 		take = sd->left < avail ? sd->left : avail;
@@ -1569,7 +1581,7 @@ static long h2_step(__u32 i, void *ctx)
 	sd->have += take;
 	w->off += take;
 	if (sd->have < H2_FRAME_HEADER)
-		return 1; /* the rest comes with the next call */
+		return 0; /* the rest comes with the next buffer, or call */
 	sd->have = 0;
 	len = (__u32)sd->hdr[0] << 16 | (__u32)sd->hdr[1] << 8 | sd->hdr[2];
 	type = sd->hdr[3];
@@ -1593,15 +1605,23 @@ static long h2_step(__u32 i, void *ctx)
 	return 0;
 }
 
-/* Walks one buffer of `n` bytes; false when it could not be walked to its end. */
-static __always_inline bool h2_walk(struct h2_side *sd, struct h2_record *r, __u64 src, __u64 n)
+/* Walks a call's `n` bytes: at `src`, or in the iovec array at `iov`; false when they could
+ * not be walked to their end. */
+static __always_inline bool h2_walk(struct h2_side *sd, struct h2_record *r, __u64 src, __u64 iov, __u64 n)
 {
-	struct h2_walk w = {.src = src, .n = n > 0xffffffffULL ? 0xffffffff : (__u32)n, .side = sd, .r = r};
+	struct h2_walk w = {.side = sd, .r = r};
 
-	if (!src)
+	if (iov) {
+		w.iov = iov;
+		w.left = n;
+	} else if (src) {
+		w.src = src;
+		w.n = n > 0xffffffffULL ? 0xffffffff : (__u32)n;
+	} else {
 		return false;
+	}
 	bpf_loop(H2_STEPS, h2_step, &w, 0);
-	return w.off >= w.n;
+	return w.off >= w.n && !w.left;
 }
 
 static __always_inline void h2_emit(struct h2_record *r, struct conn *c, __u32 pid, __u64 sk, __u8 direction,
@@ -1681,31 +1701,16 @@ __attribute__((noinline)) int h2_call(__u64 sk, __u64 src, __u64 n, __u64 call_p
 		st->started = 1;
 	}
 	if (how & H2_CALL_ONE) {
-		whole = h2_walk(sd, r, src + skip, n - skip);
-	} else if (call_kind == CALL_READV || call_kind == CALL_WRITEV || call_kind == CALL_RECVMSG ||
-		   call_kind == CALL_SENDMSG) {
-		/* the buffers of a vectored call in turn (the array: call_ptr, or msg_iov) */
-		__u64 iov_ptr = call_ptr, left = n;
+		whole = h2_walk(sd, r, src + skip, 0, n - skip);
+	} else if (call_kind == CALL_READV || call_kind == CALL_WRITEV) {
+		whole = h2_walk(sd, r, 0, call_ptr, n);
+	} else if (call_kind == CALL_RECVMSG || call_kind == CALL_SENDMSG) {
+		__u64 iov_ptr = 0;
 
-		if ((call_kind == CALL_RECVMSG || call_kind == CALL_SENDMSG) &&
-		    bpf_probe_read_user(&iov_ptr, sizeof(iov_ptr),
+		if (bpf_probe_read_user(&iov_ptr, sizeof(iov_ptr),
 					(void *)(call_ptr + __builtin_offsetof(struct user_msghdr, msg_iov))))
 			return 0;
-		for (int i = 0; i < H2_IOVECS; i++) {
-			struct iovec iov = {};
-			__u64 piece;
-
-			if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
-				break;
-			piece = iov.iov_len < left ? iov.iov_len : left;
-			if (!h2_walk(sd, r, (__u64)iov.iov_base, piece))
-				break;
-			left -= piece;
-			if (!left) {
-				whole = true;
-				break;
-			}
-		}
+		whole = h2_walk(sd, r, 0, iov_ptr, n);
 	}
 	if (!whole) {
 		st->desync = 1; /* where the next frame starts is not known any more */

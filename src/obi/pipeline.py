@@ -51,6 +51,7 @@ from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
 from obi.protocols.gohttp import GoHttpSpans
 from obi.protocols.http import Http1
+from obi.protocols.http2 import H2Stats, Http2Records, Http2Spans
 from obi.protocols.memcached import Memcached
 from obi.protocols.mysql import MySql
 from obi.protocols.postgres import Postgres
@@ -177,6 +178,9 @@ class Agent:
             "obi.spans.requests_truncated": spans.requests_truncated,
             "obi.spans.split_requests": spans.split_requests,
             "obi.protocols.connections.forgotten": spans.connections_forgotten,
+            "obi.ebpf.h2.lost": kernel.get("h2_lost", 0),
+            "obi.spans.h2.header_blocks_missed": self.records.http2.stats.header_blocks_missed
+            if self.records.http2 is not None else 0,
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
             "obi.spans.export.failed": exporter.failed if exporter else 0,
@@ -356,6 +360,7 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
                                libraries=uprobes)
     routes = config.routes
     span_stats = SpanStats()
+    h2_stats = H2Stats()
     route_matcher = RouteMatcher(patterns=list(routes.patterns), unmatched=routes.unmatched,
                                  ignored_patterns=list(routes.ignored_patterns),
                                  wildcard_char=routes.wildcard_char)
@@ -367,9 +372,10 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     protocols = ProtocolRegistry([http, Redis(ids, span_stats, query_text),
                                   Memcached(ids, span_stats, query_text),
                                   Postgres(ids, span_stats, query_text), MySql(ids, span_stats, query_text)])
+    http2 = Http2Records(Http2Spans(route_matcher, ids), h2_stats)
     records = RecordProcessor(protocols, registry.identity_for,
                               registry.on_kernel_event, go_http,
-                              uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
+                              uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset(), http2)
     traces = config.otel_traces_export
     sampler_arg = None if traces.sampler.arg is None else str(traces.sampler.arg)
     sampler = build_sampler(traces.sampler.name, sampler_arg)

@@ -176,6 +176,7 @@ COUNTER_NAMES: dict[str, int] = {
     "traceparent_skipped": lib.OBI_COUNTER_TRACEPARENT_SKIPPED,
     "tcp_context_sent": lib.OBI_COUNTER_TCP_CONTEXT_SENT,
     "tcp_context_received": lib.OBI_COUNTER_TCP_CONTEXT_RECEIVED,
+    "h2_lost": lib.OBI_COUNTER_H2_LOST,
 }
 
 

@@ -50,6 +50,10 @@ INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
                                      "requests pipelined after the capture are not spans"),
     "obi.spans.split_requests": ("{request}", "Requests whose bytes the kernel split over two exchanges: "
                                  "left out"),
+    "obi.ebpf.h2.lost": ("{event}", "HTTP/2 frames (or their records) not captured: the connection's headers "
+                         "after them are reported as unknown"),
+    "obi.spans.h2.header_blocks_missed": ("{event}", "HTTP/2 header blocks not seen whole: the headers they "
+                                          "stood for are unknown, never guessed"),
     "obi.protocols.connections.forgotten": ("{connection}", "Connections whose protocol state (Redis "
                                             "SELECT, prepared statements) was dropped: too many at once"),
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),

@@ -84,7 +84,7 @@ def format_text(span: Span, tz: datetime.tzinfo | None = None) -> str:
         what = f"{int(span.is_error)} {span.operation or span.name} {span.collection}"
         sizes = "contentLen:0B responseLen:0B"
     elif isinstance(span, RpcSpan):
-        what = f"{span.status or '-'} {span.method} "
+        what = f"{span.status or '-'} {span.method}"
         sizes = "contentLen:0B responseLen:0B"
     else:
         return ""

@@ -9,25 +9,28 @@ state; a header block that was not captured whole is missed: the HPACK context o
 direction forgets what it held (UNKNOWN headers after it, never wrong ones), and the stream
 it belonged to reports only what is known.
 
-Pure: no I/O, no clock; any bytes give streams or ParseError, nothing else. Not yet fed by
-the kernel: the capture's exchanges do not suit a multiplexed protocol (see README).
+Pure: no I/O, no clock; any bytes give streams or ParseError, nothing else. The kernel walks
+an HTTP/2 connection frame by frame (struct obi_h2 in bpf/capture.h); Http2Records turns its
+records into spans.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from obi.ebpf._libbpf import lib
-from obi.protocols.base import Connection, IdGenerator
+from obi.ebpf.records import H2_LAYOUT, H2_SIZE
+from obi.protocols.base import ROLE_SERVER, Connection, IdGenerator
 from obi.protocols.errors import ParseError
 from obi.protocols.hpack_context import UNKNOWN, HpackContext
 from obi.protocols.http import host_name, parse_traceparent
-from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan, RpcSpan, Span
+from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, HttpSpan, RpcSpan, ServiceIdentity, Span
 from obi.traces.routes import RouteMatcher
 
 __all__ = ["CLIENT_TO_SERVER", "GRPC_STATUS_NAMES", "PREFACE", "SERVER_TO_CLIENT", "H2Connection", "H2Frame",
-           "H2Stream", "Http2Spans", "split_frames"]
+           "H2Stream", "Http2Records", "Http2Spans", "split_frames"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 CLIENT_TO_SERVER = 0
@@ -38,6 +41,11 @@ CHUNK_HEADER = 11  # the kernel's chunk: captured payload length (2), frame head
 MORE: int = lib.OBI_H2_MORE
 PAYLOAD_MAX: int = lib.OBI_H2_PAYLOAD_MAX
 _KEPT_PAYLOADS = frozenset({HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM})  # what the kernel captures
+_CLOSED: int = lib.OBI_H2_CLOSED
+_START: int = lib.OBI_H2_START
+_LOST: int = lib.OBI_H2_LOST
+_TLS: int = lib.OBI_H2_TLS
+_ROLE_SERVER = ROLE_SERVER
 END_STREAM = 0x1
 END_HEADERS = 0x4
 PADDED = 0x8
@@ -339,7 +347,9 @@ class Http2Spans:
         self._routes = routes
         self._getrandbits = (ids or IdGenerator()).getrandbits
 
-    def span(self, stream: H2Stream, server: bool, connection: Connection, tls: bool) -> Span:
+    def span(self, stream: H2Stream, server: bool, connection: Connection, tls: bool,
+             ended: str = "") -> Span:
+        """`ended`: why a stream in flight ended (its connection closed)."""
         service, _, _, local_address, local_port, peer_address, peer_port = connection
         request, response = stream.request, stream.response
         if server:
@@ -352,7 +362,7 @@ class Http2Spans:
         if authority and not server:
             server_address = host_name(authority)
         trace_id, span_id, parent_id, sampled = self._ids(_text(request.get(b"traceparent")), server)
-        error = "stream_reset" if stream.reset >= 0 else ""
+        error = "stream_reset" if stream.reset >= 0 else ended
         path = _text(request.get(b":path")) or ""
         start_ns, end_ns = stream.start_ns, stream.end_ns
         if stream.grpc:
@@ -385,3 +395,53 @@ class Http2Spans:
             return parent.trace_id, parent.parent_span_id, b"", parent.sampled
         fresh = self._getrandbits(192).to_bytes(24, "big")
         return fresh[:16], fresh[16:], b"", True
+
+
+class _Followed(NamedTuple):
+    """A connection followed as HTTP/2: its streams, and who and where for their spans."""
+
+    h2: H2Connection
+    server: bool
+    connection: Connection
+    tls: bool
+
+
+class Http2Records:
+    """The kernel's HTTP/2 records (struct obi_h2) -> spans: one H2Connection per connection,
+    its finished streams as spans; a connection's close ends its streams in flight."""
+
+    def __init__(self, spans: Http2Spans, stats: H2Stats | None = None, limit: int = 16384) -> None:
+        self._spans = spans
+        self.stats = stats or H2Stats()
+        self._limit = limit
+        self._followed: dict[int, _Followed] = {}
+
+    def record(self, batch: bytes, base: int, epoch_offset: int, identity: ServiceIdentity | None,
+               address: Callable[[int, bytes], str]) -> list[Span]:
+        (_, direction, role, flags, _, conn, ts_ns, family, local_port, peer_port, length, local_raw,
+         peer_raw) = H2_LAYOUT.unpack_from(batch, base)
+        followed = self._followed.get(conn)
+        if flags & _CLOSED:
+            if followed is None:
+                return []
+            del self._followed[conn]
+            end_ns = ts_ns + epoch_offset
+            spans = []
+            for stream in followed.h2.close():
+                stream.end_ns = end_ns
+                spans.append(self._spans.span(stream, followed.server, followed.connection, followed.tls,
+                                              "connection_closed"))
+            return spans
+        if identity is None:
+            return []
+        if followed is None or flags & _START:
+            if len(self._followed) >= self._limit:
+                del self._followed[next(iter(self._followed))]
+            connection = Connection(identity, 0, 0, address(family, local_raw), local_port,
+                                    address(family, peer_raw), peer_port)
+            followed = self._followed[conn] = _Followed(
+                H2Connection(midway=not flags & _START, stats=self.stats), role == _ROLE_SERVER, connection,
+                bool(flags & _TLS))
+        data = batch[base + H2_SIZE:base + H2_SIZE + length]
+        done = followed.h2.feed_chunks(direction, ts_ns + epoch_offset, data, lost=bool(flags & _LOST))
+        return [self._spans.span(s, followed.server, followed.connection, followed.tls) for s in done]

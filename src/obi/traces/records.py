@@ -17,12 +17,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from obi.ebpf._libbpf import ffi, lib
-from obi.ebpf.records import EXCHANGE_SIZE, PROCESS_LAYOUT, PROCESS_SIZE, RECORD_EXCHANGE, RECORD_PROCESS
+from obi.ebpf.records import (
+    EXCHANGE_SIZE,
+    H2_SIZE,
+    PROCESS_LAYOUT,
+    PROCESS_SIZE,
+    RECORD_EXCHANGE,
+    RECORD_PROCESS,
+)
 from obi.ebpf.ring import struct_layout
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import Connection, Exchange
 from obi.protocols.errors import ParseError
 from obi.protocols.gohttp import GO_HTTP_SIZE, GoHttpSpans
+from obi.protocols.http2 import Http2Records
 from obi.traces.model import ServiceIdentity, Span
 
 _AF_INET = 2
@@ -39,6 +47,8 @@ _FLAG_ROLE_GUESSED: int = lib.OBI_FLAG_ROLE_GUESSED
 _IDS_SIZE: int = ffi.sizeof("struct obi_ids")
 _new_tuple = tuple.__new__
 RECORD_GO_HTTP: int = lib.OBI_RECORD_GO_HTTP
+RECORD_H2: int = lib.OBI_RECORD_H2
+_H2_PID_OFFSET: int = ffi.offsetof("struct obi_h2", "pid")
 _GO_PID = struct.Struct("=I").unpack_from
 _GO_PID_OFFSET: int = ffi.offsetof("struct obi_go_http", "pid")
 # What the span path reads of an exchange header; the other fields are skipped unread.
@@ -71,6 +81,7 @@ class RecordStats:
     process_events: int = 0
     go_requests: int = 0  # Go net/http records (spans from the Go uprobes)
     go_duplicates: int = 0  # HTTP exchanges of processes whose HTTP the Go uprobes report, left out
+    h2_records: int = 0  # HTTP/2 frame records
 
 
 OnProcessEvent = Callable[[int, int, int, str], None]  # event, pid, parent, path
@@ -81,11 +92,14 @@ class RecordProcessor:
 
     def __init__(self, protocols: ProtocolRegistry, identity_for: Callable[[int], ServiceIdentity | None],
                  on_process: OnProcessEvent, go_http: GoHttpSpans | None = None,
-                 go_http_pids: set[int] | frozenset[int] = frozenset()) -> None:
+                 go_http_pids: set[int] | frozenset[int] = frozenset(),
+                 http2: Http2Records | None = None) -> None:
         """`go_http_pids`: processes whose HTTP the Go uprobes report (a live set): the HTTP/1
-        exchanges the syscall or TLS capture also sees for them are left out."""
+        exchanges (and HTTP/2 frames) the syscall or TLS capture also sees for them are left out.
+        `http2`: the spans of connections the kernel follows as HTTP/2."""
         self._protocols = protocols
         self._go_http = go_http
+        self.http2 = http2
         self._go_http_pids = go_http_pids
         self._identity_for = identity_for
         self._on_process = on_process
@@ -143,6 +157,9 @@ class RecordProcessor:
                     continue
                 if kind == RECORD_GO_HTTP:
                     spans += self._go_record(batch, base, epoch_offset)
+                    continue
+                if kind == RECORD_H2:
+                    spans += self._h2_record(batch, base, epoch_offset)
                     continue
                 if kind != RECORD_EXCHANGE:
                     continue
@@ -209,6 +226,20 @@ class RecordProcessor:
             return []
         span = self._go_http.span(batch, base, identity, epoch_offset, self._address)
         return [span] if span is not None else []
+
+    def _h2_record(self, batch: bytes, base: int, epoch_offset: int) -> list[Span]:
+        stats = self.stats
+        stats.h2_records += 1
+        if self.http2 is None or base + H2_SIZE > len(batch):
+            return []
+        (pid,) = _GO_PID(batch, base + _H2_PID_OFFSET)
+        if pid in self._go_http_pids:  # its HTTP/2 comes from the Go uprobes
+            stats.go_duplicates += 1
+            return []
+        identity = self._identity_for(pid) if pid else None
+        if identity is None and pid:
+            stats.unknown_process += 1
+        return self.http2.record(batch, base, epoch_offset, identity, self._address)
 
     def _unknown_protocol(self, pid: int) -> None:
         stats = self.stats

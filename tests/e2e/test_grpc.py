@@ -1,0 +1,80 @@
+"""gRPC end to end: a grpcio server and client over h2c (unary, server streaming, a failure),
+the real agent following their connection frame by frame, exact SERVER and CLIENT spans and
+the rpc.*.call.duration metrics at an OTLP receiver."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+from tests.e2e.agent import AgentProcess
+from tests.e2e.databases import by_start, otlp
+from tests.e2e.test_http_clients import Client
+from tests.e2e.test_python_app import attributes, latest_points
+from tests.otlp_receiver import OtlpReceiver
+from tests.support import free_port, start_process, stop_process
+
+TESTS = Path(__file__).resolve().parents[1]
+TRACE, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+ERROR, UNSET = Status.STATUS_CODE_ERROR, Status.STATUS_CODE_UNSET
+# (method, status, a server's error?, a client's error?)
+CALLS = [("/shop.Cart/Add", "OK", False, False), ("/shop.Cart/Watch", "OK", False, False),
+         ("/shop.Cart/Fail", "NOT_FOUND", False, True)]
+
+
+def rpc_spans(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], Span]]:
+    return by_start([(r, s) for r, s in receiver.spans()
+                     if s.kind == kind and attributes(s).get("rpc.system.name") == "grpc"])
+
+
+def test_grpcio_unary_streaming_and_failing_calls() -> None:
+    port = free_port()
+    server = start_process([sys.executable, str(TESTS / "servers" / "grpc_server.py"), str(port)],
+                           ready="ready")
+    client = Client([sys.executable, str(TESTS / "clients" / "grpc_client.py"), str(port),
+                     f"00-{TRACE}-{PARENT}-01"])
+    try:
+        with OtlpReceiver() as receiver:
+            env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(port),
+                   **otlp(receiver)}
+            with AgentProcess(env) as agent:
+                agent.wait_instrumented(client.proc.pid)
+                agent.wait_instrumented(server.pid)
+                assert client.run() == ["b'added:apple'", "[b'event 0', b'event 1', b'event 2']", "NOT_FOUND"]
+                receiver.wait_for(lambda: min(len(rpc_spans(receiver, Span.SPAN_KIND_SERVER)),
+                                              len(rpc_spans(receiver, Span.SPAN_KIND_CLIENT))) >= 3,
+                                  timeout=15)
+                receiver.wait_for_metric("rpc.server.call.duration")
+                assert agent.stop() == 0
+                stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
+            servers = rpc_spans(receiver, Span.SPAN_KIND_SERVER)
+            clients = rpc_spans(receiver, Span.SPAN_KIND_CLIENT)
+            assert [s.name for _, s in servers] == [s.name for _, s in clients] == [m for m, *_ in CALLS]
+            for (resource, span), (method, status, _, client_error) in zip(clients, CALLS, strict=True):
+                assert resource["process.pid"] == client.proc.pid
+                assert attributes(span) == {"rpc.system.name": "grpc", "rpc.method": method,
+                                            "rpc.response.status_code": status, "server.address": "127.0.0.1",
+                                            "server.port": port}
+                assert span.status.code == (ERROR if client_error else UNSET)
+            for (resource, span), (method, status, server_error, _) in zip(servers, CALLS, strict=True):
+                assert resource["process.pid"] == server.pid
+                assert attributes(span) == {"rpc.system.name": "grpc", "rpc.method": method,
+                                            "rpc.response.status_code": status, "server.address": "127.0.0.1",
+                                            "server.port": port, "client.address": "127.0.0.1"}
+                assert span.status.code == (ERROR if server_error else UNSET)
+            # the first call carried a traceparent: the client span is that context, the server continues it
+            (_, call), (_, served) = clients[0], servers[0]
+            assert (call.trace_id.hex(), call.span_id.hex()) == (TRACE, PARENT)
+            assert (served.trace_id.hex(), served.parent_span_id.hex()) == (TRACE, PARENT)
+            assert stopped["parse_errors"] == 0
+            for name in ("rpc.server.call.duration", "rpc.client.call.duration"):
+                counts = Counter({(a["rpc.method"], a["rpc.response.status_code"]): p.count
+                                  for a, p in latest_points(receiver, name)})
+                assert counts == Counter({(m, s): 1 for m, s, *_ in CALLS}), name
+    finally:
+        client.close()
+        stop_process(server)
