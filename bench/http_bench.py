@@ -16,8 +16,9 @@ Another serves HTTPS (nginx with ssl, a certificate made by openssl): the
 spans come from OpenSSL's plaintext through uprobes, and the BPF time per
 request includes the uprobe programs (not the kernel's cost of each uprobe
 trap, which shows in the ratio).
-The last puts redis-server under redis-benchmark (SET and GET, 16 commands per write),
-without obi and with obi tracing the server: a span per command.
+Then redis-server under redis-benchmark (SET and GET, 16 commands per write), without obi
+and with obi tracing the server: a span per command. The last: a grpcio server under a
+Python client's unary calls, without obi and with obi tracing the server (its HTTP/2 frames).
 The runs also print the kernel side's cost: BPF run time per request of
 obi's programs (kernel.bpf_stats_enabled, run_time_ns / run_cnt): the part run
 in nginx's own syscalls, and apart from it the sweep obi runs from its own
@@ -268,6 +269,27 @@ def redis_run(root: Path, receiver_port: int, args: argparse.Namespace) -> tuple
         stop_process(server)
 
 
+def grpc_load(port: int, calls: int) -> tuple[int, float]:
+    """bench/grpc_load.py: `calls` unary calls on one channel; calls and calls/s."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "grpc_load.py"), str(port), str(calls)],
+                         check=True, capture_output=True, text=True, timeout=600).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def grpc_run(receiver_port: int, args: argparse.Namespace) -> tuple[float, Run]:
+    """A grpcio server under a Python client's unary calls: calls/s without obi, then with obi
+    tracing the server (a span per call, from its HTTP/2 frames)."""
+    port = free_port()
+    server = start_process([sys.executable, str(ROOT / "tests" / "servers" / "grpc_server.py"), str(port)],
+                           ready="ready")
+    try:
+        grpc_load(port, args.grpc_calls // 4)  # warm up
+        base = grpc_load(port, args.grpc_calls)[1]
+        return base, traced_load(receiver_port, server.pid, lambda: grpc_load(port, args.grpc_calls))
+    finally:
+        stop_process(server)
+
+
 def untraced_rps(url: str, seconds: int, connections: int) -> float:
     wrk(url, 2, connections)  # warm up
     return wrk(url, seconds, connections)[1]
@@ -282,6 +304,7 @@ def main() -> int:
     parser.add_argument("--rate-seconds", type=int, default=30, help="paced run: duration")
     parser.add_argument("--redis-requests", type=int, default=1_000_000,
                         help="redis-benchmark: SET and GET commands each (pipelining 16)")
+    parser.add_argument("--grpc-calls", type=int, default=20_000, help="gRPC: unary calls of the client")
     args = parser.parse_args()
     conns = 100  # paced: each connection pauses between requests
 
@@ -310,6 +333,7 @@ def main() -> int:
                                                  cert=cert, key=key)
             (root / "redis").mkdir()
             redis_base, redis_traced = redis_run(root / "redis", receiver_port, args)
+            grpc_base, grpc_traced = grpc_run(receiver_port, args)
         finally:
             stop_process(receiver)
             stop_process(nginx)
@@ -356,6 +380,13 @@ def main() -> int:
     print(f"  spans built / commands     {redis_traced.stats['spans']:>10d} / {redis_traced.requests}")
     print(f"  events dropped (obi queue) {redis_traced.stats.get('events_dropped', 0):10d}")
     redis_traced.print(max(1, round(redis_traced.requests / redis_traced.rps)))
+    print(f"grpc (a grpcio server, a Python client making {args.grpc_calls} unary calls on one channel; "
+          "obi tracing the server: a span per call from its HTTP/2 frames):")
+    print(f"  calls/s without obi        {grpc_base:10.0f}")
+    print(f"  calls/s with obi           {grpc_traced.rps:10.0f}")
+    print(f"  ratio with/without         {grpc_traced.rps / grpc_base:10.3f}")
+    print(f"  spans built / calls        {grpc_traced.stats['spans']:>10d} / {grpc_traced.requests}")
+    grpc_traced.print(max(1, round(grpc_traced.requests / grpc_traced.rps)))
     return 0
 
 
