@@ -4,6 +4,7 @@ the rpc.*.call.duration metrics at an OTLP receiver."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -77,4 +78,41 @@ def test_grpcio_unary_streaming_and_failing_calls() -> None:
                 assert counts == Counter({(m, s): 1 for m, s, *_ in CALLS}), name
     finally:
         client.close()
+        stop_process(server)
+
+
+def http_spans(receiver: OtlpReceiver) -> list[tuple[dict[str, Any], Span]]:
+    return by_start([(r, s) for r, s in receiver.spans() if attributes(s).get("http.request.method")])
+
+
+def test_nghttp_client_and_h2c_server_http_spans() -> None:
+    """nghttp2's client (a short-lived process, HTTP/2 with prior knowledge) against an h2c
+    server: HTTP spans of protocol version 2 at both ends."""
+    port = free_port()
+    server = start_process([sys.executable, str(TESTS / "servers" / "h2_server.py"), str(port), "65536"],
+                           ready="ready")
+    try:
+        with OtlpReceiver() as receiver:
+            env = {"OTEL_EBPF_AUTO_TARGET_EXE": "*/nghttp", "OTEL_EBPF_OPEN_PORT": str(port),
+                   **otlp(receiver)}
+            with AgentProcess(env) as agent:
+                agent.wait_instrumented(server.pid)
+                subprocess.run(["nghttp", f"http://127.0.0.1:{port}/size/100", f"http://127.0.0.1:{port}/items/7"],
+                               check=True, capture_output=True, timeout=30)
+                receiver.wait_for(lambda: len(http_spans(receiver)) >= 4, timeout=15)
+                assert agent.stop() == 0
+            spans = http_spans(receiver)
+            served = [s for _, s in spans if s.kind == Span.SPAN_KIND_SERVER]
+            called = [s for _, s in spans if s.kind == Span.SPAN_KIND_CLIENT]
+            assert sorted(attributes(s)["url.path"] for s in served) == ["/items/7", "/size/100"]
+            assert sorted(attributes(s)["url.full"] for s in called) == [
+                f"http://127.0.0.1:{port}/items/7", f"http://127.0.0.1:{port}/size/100"]
+            for span in served:
+                attrs = attributes(span)
+                assert (attrs["http.request.method"], attrs["http.response.status_code"],
+                        attrs["network.protocol.version"]) == ("GET", 200, "2")
+            sizes = {attributes(s)["url.full"].rsplit("/", 1)[1]: attributes(s)["http.response.body.size"]
+                     for s in called}
+            assert sizes == {"100": 100, "7": 2}
+    finally:
         stop_process(server)

@@ -220,3 +220,59 @@ def test_streams_become_grpc_and_http_spans_as_obi_names_them() -> None:
     assert call.server_address == "svc"
     plain_call = builder.span(done[0], False, client, tls=True)
     assert isinstance(plain_call, HttpSpan) and plain_call.url_full == "http://svc:50051/items/42"
+
+
+def chunks(frames: list[tuple[bytes, int]]) -> bytes:
+    """The kernel's chunk layout: captured payload length (2, little endian), the 9-byte frame
+    header, the captured payload. (frame bytes, how many payload bytes were captured)."""
+    out = b""
+    for frame, captured in frames:
+        out += captured.to_bytes(2, "little") + frame[:9] + frame[9:9 + captured]
+    return out
+
+
+def more(payload: bytes) -> bytes:
+    """A chunk of payload going on from an earlier call (type OBI_H2_MORE)."""
+    header = len(payload).to_bytes(3, "big") + bytes([0xFF, 0, 0, 0, 0, 0])
+    return len(payload).to_bytes(2, "little") + header + payload
+
+
+def raw_frames(data: bytes) -> list[bytes]:
+    frames, _ = split_frames(data)
+    out, at = [], 0
+    for frame in frames:
+        out.append(data[at:at + 9 + frame.length])
+        at += 9 + frame.length
+    return out
+
+
+def test_kernel_chunks_payloads_in_pieces_and_data_headers() -> None:
+    """Header blocks come whole, in pieces over several records (MORE chunks), or cut; DATA
+    frames as their header alone; other frames not at all."""
+    wire = Wire()
+    wire.request(1, "/pkg.S/M", grpc=True, body=b"\0\0\0\0\x01z")
+    wire.respond(1, 200, b"\0\0\0\0\x01k", grpc_status=0)
+    request = [f for f in raw_frames(wire.writes[2][1]) if f[3] in (0, 1)]  # HEADERS, DATA
+    response = [f for f in raw_frames(wire.writes[3][1]) if f[3] in (0, 1)]
+    headers, data = request
+    connection = H2Connection()
+    # the request's HEADERS in three pieces over two records, then its DATA header only
+    assert connection.feed_chunks(CLIENT_TO_SERVER, 1, chunks([(headers, 5)])) == []
+    assert connection.feed_chunks(CLIENT_TO_SERVER, 2, more(headers[14:20]) + more(headers[20:])
+                                  + chunks([(data, 0)])) == []
+    assert connection.streams[1].request[b":path"] == b"/pkg.S/M"
+    assert connection.streams[1].request_body == 6 and connection.streams[1].client_done
+    out = chunks([(frame, 0 if frame[3] == 0 else len(frame) - 9) for frame in response])
+    (done,) = connection.feed_chunks(SERVER_TO_CLIENT, 3, out)
+    assert (done.grpc_status, done.response_body, done.start_ns, done.end_ns) == ("OK", 6, 1, 3)
+
+
+def test_a_lost_record_makes_later_headers_unknown_not_wrong() -> None:
+    wire = Wire()
+    wire.request(1, "/a", extra=[("x-tenant", "acme")])
+    wire.request(3, "/b", extra=[("x-tenant", "acme")])  # refers to the entry the first added
+    connection = H2Connection()
+    (second,) = [f for f in raw_frames(wire.writes[3][1]) if f[3] == 1]  # the first request's: lost
+    assert connection.feed_chunks(CLIENT_TO_SERVER, 1, chunks([(second, len(second) - 9)]), lost=True) == []
+    stream = connection.streams[3]
+    assert stream.request[b":path"] == b"/b" and not stream.request_known  # x-tenant: unknown

@@ -261,6 +261,13 @@ class Capture:
                               reason=self.propagation.removeprefix("off: "),
                               effect="outgoing requests carry no trace context; calls between traced "
                                      "processes on this host are still linked")
+        if "headers" in self.propagation:
+            self._log.info("context_propagation_http2", headers="off",
+                           reason="HTTP/2 and gRPC header blocks are HPACK-encoded: the sk_msg program "
+                                  "cannot grow one in place, and kernel lockdown forbids writing into "
+                                  "the application's memory",
+                           effect="HTTP/2 and gRPC requests carry no traceparent from obi; one the "
+                                  "application sends is continued")
 
     def _attach_propagation(self) -> None:
         """The sock_ops program on the cgroup v2 root (a link: gone with obi, even killed), and the

@@ -149,6 +149,7 @@ class H2Connection:
         self.streams: dict[int, H2Stream] = {}
         self._blocks: list[_Block | None] = [None, None]
         self._pending: list[H2Frame | None] = [None, None]  # a frame whose payload may go on
+        self._pending_ns = [0, 0]  # when its header came
         self.stats = stats or H2Stats()
 
     def feed(self, direction: int, time_ns: int, frames: list[H2Frame]) -> list[H2Stream]:
@@ -164,14 +165,16 @@ class H2Connection:
 
     def feed_chunks(self, direction: int, time_ns: int, data: bytes, lost: bool = False) -> list[H2Stream]:
         """The kernel's chunks of one call (see bpf/capture.h, struct obi_h2): frames whose
-        payload may go on in later calls' chunks. `lost`: frames before these were not
-        captured (the header block under way, and the HPACK context, are missed)."""
+        payload may go on in later calls' chunks (a frame counts from the call its header came
+        in). `lost`: frames before these were not captured (the header block under way, and
+        the HPACK context, are missed)."""
         pending = self._pending[direction]
+        if lost and pending is not None:
+            self._pending[direction] = pending = None
         if lost:
-            if pending is not None:
-                self._pending[direction] = pending = None
             self._lose(direction)
-        frames: list[H2Frame] = []
+        pending_ns = self._pending_ns[direction]
+        frames: list[tuple[int, H2Frame]] = []
         at, size = 0, len(data)
         while at + CHUNK_HEADER <= size:
             captured = data[at] | data[at + 1] << 8
@@ -182,19 +185,22 @@ class H2Connection:
                 if pending is not None:
                     pending = pending._replace(payload=pending.payload + payload)
                     if len(pending.payload) >= min(pending.length, PAYLOAD_MAX):
-                        frames.append(pending)
+                        frames.append((pending_ns, pending))
                         pending = None
                 continue
             if pending is not None:
-                frames.append(pending)
+                frames.append((pending_ns, pending))
             length = int.from_bytes(header[:3], "big")
             stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
-            pending = H2Frame(header[3], header[4], stream_id, payload, length)
+            pending, pending_ns = H2Frame(header[3], header[4], stream_id, payload, length), time_ns
             if header[3] not in _KEPT_PAYLOADS or len(payload) >= min(length, PAYLOAD_MAX):
-                frames.append(pending)  # all of it that will come (a DATA frame's: none)
+                frames.append((time_ns, pending))  # all of it that will come (a DATA frame's: none)
                 pending = None
-        self._pending[direction] = pending
-        return self.feed(direction, time_ns, frames)
+        self._pending[direction], self._pending_ns[direction] = pending, pending_ns
+        done: list[H2Stream] = []
+        for frame_ns, frame in frames:
+            done += self.feed(direction, frame_ns if frame_ns else time_ns, [frame])
+        return done
 
     def close(self) -> list[H2Stream]:
         """The connection closed: its streams in flight, ended now (reset -1 and not done)."""
