@@ -262,7 +262,7 @@ class Capture:
                               effect="outgoing requests carry no trace context; calls between traced "
                                      "processes on this host are still linked")
         if "headers" in self.propagation:
-            self._log.info("context_propagation_http2", headers="off",
+            self._log.info("context_propagation_http2", traceparent="not added",
                            reason="HTTP/2 and gRPC header blocks are HPACK-encoded: the sk_msg program "
                                   "cannot grow one in place, and kernel lockdown forbids writing into "
                                   "the application's memory",
