@@ -1487,6 +1487,9 @@ struct {
 struct h2_record {
 	struct obi_h2 ev;
 	__u8 data[OBI_H2_DATA_MAX + OBI_H2_PAYLOAD_MAX + H2_CHUNK_HEADER + 16];
+	__u32 full; /* a chunk found no room: no later one goes in (user space would read it as
+		     * following the one lost), and the side's next record says LOST */
+	__u32 pad;
 };
 
 struct {
@@ -1515,8 +1518,10 @@ static __always_inline bool h2_chunk(struct h2_record *r, const __u8 *hdr, __u32
 	__u32 at = r->ev.len;
 	__u8 *dst;
 
-	if (at + H2_CHUNK_HEADER + copy > OBI_H2_DATA_MAX)
+	if (r->full || at + H2_CHUNK_HEADER + copy > OBI_H2_DATA_MAX) {
+		r->full = 1;
 		return false;
+	}
 	clamp_umax(at, OBI_H2_DATA_MAX);
 	clamp_umax(copy, OBI_H2_PAYLOAD_MAX);
 	dst = r->data + at;
@@ -1565,7 +1570,7 @@ static long h2_step(__u32 i, void *ctx)
 			if (h2_chunk(r, more, copy, w->src + w->off))
 				sd->kept += copy;
 			else
-				r->ev.flags |= OBI_H2_LOST;
+				sd->lost = 1;
 		}
 		sd->left -= take;
 		w->off += take;
@@ -1598,7 +1603,7 @@ static long h2_step(__u32 i, void *ctx)
 		if (h2_chunk(r, sd->hdr, copy, w->src + w->off))
 			sd->kept = copy;
 		else
-			r->ev.flags |= OBI_H2_LOST;
+			sd->lost = 1;
 	} /* else SETTINGS, PING, WINDOW_UPDATE, ...: walked over */
 	sd->left = len - take;
 	w->off += take;
@@ -1624,8 +1629,9 @@ static __always_inline bool h2_walk(struct h2_side *sd, struct h2_record *r, __u
 	return w.off >= w.n && !w.left;
 }
 
+/* Sends the record; when the ring has no room, `lost` (the side's) makes the next one say so. */
 static __always_inline void h2_emit(struct h2_record *r, struct conn *c, __u32 pid, __u64 sk, __u8 direction,
-				    __u8 flags)
+				    __u8 flags, __u8 *lost)
 {
 	__u64 size;
 
@@ -1643,8 +1649,11 @@ static __always_inline void h2_emit(struct h2_record *r, struct conn *c, __u32 p
 	__builtin_memcpy(r->ev.peer_addr, c->peer_addr, 16);
 	size = sizeof(r->ev) + r->ev.len;
 	clamp_umax(size, sizeof(r->ev) + OBI_H2_DATA_MAX);
-	if (bpf_ringbuf_output(&events, r, size, wakeup_flag(size)))
+	if (bpf_ringbuf_output(&events, r, size, wakeup_flag(size))) {
 		count(OBI_COUNTER_H2_LOST);
+		if (lost)
+			*lost = 1;
+	}
 }
 
 static __always_inline struct h2_record *h2_record(void)
@@ -1655,6 +1664,7 @@ static __always_inline struct h2_record *h2_record(void)
 	if (r) {
 		r->ev.len = 0;
 		r->ev.flags = 0;
+		r->full = 0;
 	}
 	return r;
 }
@@ -1718,7 +1728,7 @@ __attribute__((noinline)) int h2_call(__u64 sk, __u64 src, __u64 n, __u64 call_p
 		count(OBI_COUNTER_H2_LOST);
 	}
 	if (r->ev.len || (flags & (OBI_H2_LOST | OBI_H2_START)))
-		h2_emit(r, c, pid, sk, direction, flags);
+		h2_emit(r, c, pid, sk, direction, flags, &sd->lost);
 	return 0;
 }
 
@@ -1758,7 +1768,7 @@ static __always_inline void h2_closed(struct conn *c, __u64 sk)
 
 	bpf_map_delete_elem(&h2_conns, &sk);
 	if (r)
-		h2_emit(r, c, 0, sk, 0, OBI_H2_CLOSED);
+		h2_emit(r, c, 0, sk, 0, OBI_H2_CLOSED, NULL);
 }
 
 static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key *key, __u64 sk,

@@ -219,7 +219,8 @@ struct obi_go_http {
 #define OBI_H2_MORE 0xff
 #define OBI_H2_TO_SERVER 0       /* `direction`: what the client sent */
 #define OBI_H2_TO_CLIENT 1
-#define OBI_H2_LOST 0x01         /* frames before these were not captured (a full record, or ring) */
+#define OBI_H2_LOST 0x01         /* frames before these were not captured (a full record, a walk
+				  * given up) */
 #define OBI_H2_START 0x02        /* the connection's first frames (after the preface) */
 #define OBI_H2_CLOSED 0x04       /* the connection closed: no chunks */
 #define OBI_H2_TLS 0x08          /* TLS plaintext */
