@@ -49,7 +49,7 @@ _new_tuple = tuple.__new__
 RECORD_GO_HTTP: int = lib.OBI_RECORD_GO_HTTP
 RECORD_H2: int = lib.OBI_RECORD_H2
 _H2_PID_OFFSET: int = ffi.offsetof("struct obi_h2", "pid")
-_GO_PID = struct.Struct("=I").unpack_from
+_PID = struct.Struct("=I").unpack_from
 _GO_PID_OFFSET: int = ffi.offsetof("struct obi_go_http", "pid")
 # What the span path reads of an exchange header; the other fields are skipped unread.
 _HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
@@ -219,7 +219,7 @@ class RecordProcessor:
         stats.go_requests += 1
         if self._go_http is None or base + GO_HTTP_SIZE > len(batch):
             return []
-        (pid,) = _GO_PID(batch, base + _GO_PID_OFFSET)
+        (pid,) = _PID(batch, base + _GO_PID_OFFSET)
         identity = self._identity_for(pid)
         if identity is None:
             stats.unknown_process += 1
@@ -232,7 +232,7 @@ class RecordProcessor:
         stats.h2_records += 1
         if self.http2 is None or base + H2_SIZE > len(batch):
             return []
-        (pid,) = _GO_PID(batch, base + _H2_PID_OFFSET)
+        (pid,) = _PID(batch, base + _H2_PID_OFFSET)
         if pid in self._go_http_pids:  # its HTTP/2 comes from the Go uprobes
             stats.go_duplicates += 1
             return []
