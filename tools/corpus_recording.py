@@ -7,29 +7,15 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import time
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_DIR = ROOT / "tests" / "protocols" / "corpus"
+sys.path.insert(0, str(ROOT))
+from tests.support import free_port, wait_for_port  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port)).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+__all__ = ["CORPUS_DIR", "ROOT", "exchange", "free_port", "wait_for_port", "write_corpus"]
 
 
 def exchange(port: int, request: bytes) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from corpus_recording import exchange, free_port, wait_port, write_corpus
+from corpus_recording import exchange, free_port, wait_for_port, write_corpus
 
 
 def cases() -> list[tuple[str, list[str], bytes]]:
@@ -47,7 +47,7 @@ def main() -> int:
     server = subprocess.Popen(["memcached", "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-m", "64", "-I", "8k",
                                "-o", "slab_chunk_max=4096", "-u", "root"], stdout=subprocess.DEVNULL)
     try:
-        wait_port(port)
+        wait_for_port(port)
         exchange(port, b"set k 0 0 1\r\nk\r\n")
         write_corpus("memcached", port, cases())
     finally:

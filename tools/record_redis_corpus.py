@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 
-from corpus_recording import exchange, free_port, wait_port, write_corpus
+from corpus_recording import exchange, free_port, wait_for_port, write_corpus
 
 
 def command(*args: str | bytes) -> bytes:
@@ -56,7 +56,7 @@ def main() -> int:
         server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                    "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
         try:
-            wait_port(port)
+            wait_for_port(port)
             exchange(port, command("SADD", "s", "a", "b"))
             write_corpus("redis", port, cases())
         finally:

@@ -197,6 +197,18 @@ class HttpSpan(Span):
         return "HTTP" if self.kind == SPAN_KIND_SERVER else "HTTPClient"
 
 
+def _append_ends(attrs: list[tuple[str, AttributeValue]], kind: int, error: str, address: str, port: int,
+                 client: str) -> None:
+    """What database and gRPC spans end their repeated attributes with: error.type when set, the
+    server's address and port, and (server spans) the client's address."""
+    if error:
+        attrs.append(("error.type", error))
+    attrs.append(("server.address", address))
+    attrs.append(("server.port", port))
+    if kind == SPAN_KIND_SERVER:
+        attrs.append(("client.address", client))
+
+
 # (kind, system, operation, collection, namespace, server_address, server_port, client_address,
 #  status_code, error_type, has_query_text): everything a database span's name, status and
 # repeated attributes depend on.
@@ -250,12 +262,7 @@ class DbSpan(Span):
             attrs.append(("db.namespace", namespace))
         if status:
             attrs.append(("db.response.status_code", status))
-        if error:
-            attrs.append(("error.type", error))
-        attrs.append(("server.address", address))
-        attrs.append(("server.port", port))
-        if kind == SPAN_KIND_SERVER:
-            attrs.append(("client.address", client))
+        _append_ends(attrs, kind, error, address, port, client)
         if operation:
             name = f"{operation} {collection}" if collection else operation
         else:
@@ -307,12 +314,7 @@ class RpcSpan(Span):
         attrs: list[tuple[str, AttributeValue]] = [("rpc.system.name", "grpc"), ("rpc.method", method)]
         if status:
             attrs.append(("rpc.response.status_code", status))
-        if error:
-            attrs.append(("error.type", error))
-        attrs.append(("server.address", address))
-        attrs.append(("server.port", port))
-        if kind == SPAN_KIND_SERVER:
-            attrs.append(("client.address", client))
+        _append_ends(attrs, kind, error, address, port, client)
         if kind == SPAN_KIND_SERVER:
             is_error = bool(error) or status in GRPC_SERVER_ERRORS
         else:
