@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients.
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make gcc \
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
-	mariadb-server mariadb-client nghttp2-client
+	mariadb-server mariadb-client nghttp2-client python3-grpcio
 INSTALLED := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 

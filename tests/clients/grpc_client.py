@@ -1,7 +1,8 @@
 """A gRPC client (grpcio, raw bytes) for the end-to-end tests: says "ready", waits for "go" on
 stdin, makes its calls on one channel, prints each result, says "done", then idles.
 
-argv: port traceparent (sent as metadata with the first call)"""
+argv: port traceparent [cert] (traceparent sent as metadata with the first call; TLS trusting
+cert when given)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import grpc
 port, traceparent = sys.argv[1], sys.argv[2]
 print("ready", flush=True)
 sys.stdin.readline()
-channel = grpc.insecure_channel(f"127.0.0.1:{port}")  # connects at the first call, after "go"
+if len(sys.argv) > 3:  # connects at the first call, after "go"
+    channel = grpc.secure_channel(f"127.0.0.1:{port}",
+                                  grpc.ssl_channel_credentials(open(sys.argv[3], "rb").read()))
+else:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
 add = channel.unary_unary("/shop.Cart/Add", None, None)  # raw bytes both ways
 watch = channel.unary_stream("/shop.Cart/Watch", None, None)
 fail = channel.unary_unary("/shop.Cart/Fail", None, None)

@@ -1,15 +1,21 @@
-"""gRPC end to end: a grpcio server and client over h2c (unary, server streaming, a failure),
-the real agent following their connection frame by frame, exact SERVER and CLIENT spans and
-the rpc.*.call.duration metrics at an OTLP receiver."""
+"""gRPC end to end: a grpcio server and client over h2c and over TLS (unary, server streaming, a
+failure), the real agent following their connection frame by frame, exact SERVER and CLIENT spans
+and the rpc.*.call.duration metrics at an OTLP receiver.
+
+The TLS case runs Debian's grpcio (python3-grpcio, on Debian's own Python), which is built on the
+system's OpenSSL, so the TLS uprobes see its plaintext. PyPI's grpcio wheels carry BoringSSL
+linked in without symbols: nothing to attach to (README, protocols)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from tests.e2e.agent import AgentProcess
@@ -20,6 +26,7 @@ from tests.otlp_receiver import OtlpReceiver
 from tests.support import free_port, start_process, stop_process
 
 TESTS = Path(__file__).resolve().parents[1]
+DEBIAN_PYTHON = "/usr/bin/python3"  # with Debian's python3-grpcio (make deps installs it)
 TRACE, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 ERROR, UNSET = Status.STATUS_CODE_ERROR, Status.STATUS_CODE_UNSET
 # (method, status, a server's error?, a client's error?)
@@ -32,12 +39,21 @@ def rpc_spans(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], S
                      if s.kind == kind and attributes(s).get("rpc.system.name") == "grpc"])
 
 
-def test_grpcio_unary_streaming_and_failing_calls() -> None:
+@pytest.fixture(params=["h2c", "tls"])
+def transport(request: pytest.FixtureRequest, certificate: tuple[Path, Path]) -> Iterator[tuple[str, list[str]]]:
+    """(the Python that runs grpcio, the TLS arguments of server and client: none for h2c)"""
+    if request.param == "h2c":
+        yield sys.executable, []
+    else:
+        yield DEBIAN_PYTHON, [str(path) for path in certificate]
+
+
+def test_grpcio_unary_streaming_and_failing_calls(transport: tuple[str, list[str]]) -> None:
+    python, tls = transport
     port = free_port()
-    server = start_process([sys.executable, str(TESTS / "servers" / "grpc_server.py"), str(port)],
-                           ready="ready")
-    client = Client([sys.executable, str(TESTS / "clients" / "grpc_client.py"), str(port),
-                     f"00-{TRACE}-{PARENT}-01"])
+    server = start_process([python, str(TESTS / "servers" / "grpc_server.py"), str(port), *tls], ready="ready")
+    client = Client([python, str(TESTS / "clients" / "grpc_client.py"), str(port), f"00-{TRACE}-{PARENT}-01",
+                     *tls[:1]])
     try:
         with OtlpReceiver() as receiver:
             env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(port),

@@ -1,6 +1,6 @@
 """A gRPC server (grpcio, no generated code: raw bytes) for the end-to-end tests.
 
-Usage: grpc_server.py PORT   (prints "ready" when serving)
+Usage: grpc_server.py PORT [CERT KEY]   (prints "ready" when serving; TLS with CERT and KEY)
 
   /shop.Cart/Add     unary: answers b"added:" + the request
   /shop.Cart/Watch   server streaming: as many answers as the request's number
@@ -36,7 +36,11 @@ server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.Cart
     "Watch": grpc.unary_stream_rpc_method_handler(watch),
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
 }),))
-server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
+if len(sys.argv) > 2:
+    credentials = grpc.ssl_server_credentials([(open(sys.argv[3], "rb").read(), open(sys.argv[2], "rb").read())])
+    server.add_secure_port(f"127.0.0.1:{sys.argv[1]}", credentials)
+else:
+    server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")
 server.start()
 print("ready", flush=True)
 server.wait_for_termination()
