@@ -1449,6 +1449,7 @@ static __always_inline void mark_tls(struct conn *c, __u32 pid)
  * DATA frame header reaches user space in order (see capture.h). */
 
 #define CONN_FLAG_H2 0x80 /* conn.flags: followed as HTTP/2 frames */
+#define CONN_FLAG_H2_JOINED 0x40 /* joined mid-way, no client bytes seen yet: the preface may come */
 #define H2_FRAME_HEADER 9
 #define H2_CHUNK_HEADER 11 /* a chunk's payload length (2) and the frame header (9) */
 #define H2_STEPS 4096      /* frames, pieces of one, and buffers walked in one call */
@@ -1466,7 +1467,7 @@ struct h2_side {
 	__u8 keep;  /* the current frame's payload is captured */
 	__u8 have;  /* bytes of the next frame header gathered (split across calls) */
 	__u8 lost;  /* OBI_H2_LOST for its next record */
-	__u8 pad;
+	__u8 data;  /* the current frame is DATA: only its first OBI_H2_DATA_PREFIX bytes are kept */
 	__u8 hdr[24];
 };
 
@@ -1557,10 +1558,12 @@ static long h2_step(__u32 i, void *ctx)
 	avail = w->n - w->off;
 	if (sd->left) { /* the payload of a frame begun before */
 		take = sd->left < avail ? sd->left : avail;
-		if (sd->keep && sd->kept < OBI_H2_PAYLOAD_MAX) {
+		__u32 limit = sd->data ? OBI_H2_DATA_PREFIX : OBI_H2_PAYLOAD_MAX;
+
+		if (sd->keep && sd->kept < limit) {
 			__u8 *more = sd->hdr + 12; /* the chunk's header, beside the frame's */
 
-			copy = OBI_H2_PAYLOAD_MAX - sd->kept;
+			copy = limit - sd->kept;
 			copy = take < copy ? take : copy;
 			more[0] = copy >> 16;
 			more[1] = copy >> 8;
@@ -1592,14 +1595,14 @@ static long h2_step(__u32 i, void *ctx)
 	type = sd->hdr[3];
 	sd->left = len;
 	sd->kept = 0;
+	sd->data = type == H2_DATA;
 	sd->keep = type == H2_HEADERS || type == H2_CONTINUATION || type == H2_PUSH_PROMISE ||
-		   type == H2_RST_STREAM;
+		   type == H2_RST_STREAM || sd->data;
 	avail = w->n - w->off;
 	take = len < avail ? len : avail; /* the payload this call moved; the rest comes later */
-	if (sd->keep || type == H2_DATA) {
-		copy = 0;
-		if (sd->keep)
-			copy = take < OBI_H2_PAYLOAD_MAX ? take : OBI_H2_PAYLOAD_MAX;
+	if (sd->keep) {
+		copy = sd->data ? OBI_H2_DATA_PREFIX : OBI_H2_PAYLOAD_MAX;
+		copy = take < copy ? take : copy;
 		if (h2_chunk(r, sd->hdr, copy, w->src + w->off))
 			sd->kept = copy;
 		else
@@ -1761,6 +1764,89 @@ static __always_inline bool h2_begins(struct conn *c, __u32 pid, __u64 sk, const
 	return true;
 }
 
+/* Could these 9 bytes be an HTTP/2 frame header as a peer sends it? The length within what
+ * SETTINGS_MAX_FRAME_SIZE allows, a known type with only its own flags, a stream id where the
+ * type needs one and none where it must not, the fixed lengths of the fixed-size frames. */
+static __always_inline bool h2_header_plausible(const __u8 *h, __u32 *len)
+{
+	__u32 stream = (__u32)h[5] << 24 | (__u32)h[6] << 16 | (__u32)h[7] << 8 | h[8];
+	__u8 flags = h[4];
+
+	*len = (__u32)h[0] << 16 | (__u32)h[1] << 8 | h[2];
+	if (*len > (1 << 20) || (stream >> 31))
+		return false;
+	switch (h[3]) {
+	case 0x0: /* DATA: END_STREAM, PADDED */
+		return stream && !(flags & ~0x09);
+	case 0x1: /* HEADERS: END_STREAM, END_HEADERS, PADDED, PRIORITY */
+		return stream && !(flags & ~0x2d);
+	case 0x2: /* PRIORITY */
+		return stream && *len == 5 && !flags;
+	case 0x3: /* RST_STREAM */
+		return stream && *len == 4 && !flags;
+	case 0x4: /* SETTINGS (ACK: empty) */
+		return !stream && !(flags & ~0x01) && *len % 6 == 0 && !(flags && *len);
+	case 0x5: /* PUSH_PROMISE: END_HEADERS, PADDED */
+		return stream && !(flags & ~0x0c) && *len >= 4;
+	case 0x6: /* PING */
+		return !stream && *len == 8 && !(flags & ~0x01);
+	case 0x7: /* GOAWAY */
+		return !stream && *len >= 8 && !flags;
+	case 0x8: /* WINDOW_UPDATE */
+		return *len == 4 && !flags;
+	case 0x9: /* CONTINUATION: END_HEADERS */
+		return stream && !(flags & ~0x04);
+	}
+	return false;
+}
+
+#define H2_PLAUSIBLE_FRAMES 8
+
+/* The first bytes obi sees of a connection found mid-way: are they HTTP/2 frames? `n` bytes at
+ * `src`, and `more` when the call moved others in further buffers (a vectored call). Yes when
+ * every frame header is plausible and the frames end exactly where the bytes do; or, where a
+ * frame goes on past them, when more buffers follow or two plausible headers came before.
+ * Nothing else obi knows passes: an HTTP/1 line, RESP, PostgreSQL's and MySQL's messages and
+ * a TLS record all start with what would be an impossible length, type or stream. A global
+ * function, checked apart from its callers. */
+__attribute__((noinline)) int h2_frames_at(__u64 src, __u64 n, __u64 more)
+{
+	__u64 off = 0;
+	__u32 len = 0;
+	__u8 h[H2_FRAME_HEADER];
+	int frames = 0;
+
+	for (int i = 0; i < H2_PLAUSIBLE_FRAMES; i++) {
+		if (off == n)
+			return frames > 0;
+		if (off + H2_FRAME_HEADER > n)
+			return more && frames > 0; /* a header that goes on in the next buffer */
+		if (bpf_probe_read_user(h, sizeof(h), (void *)(src + off)) || !h2_header_plausible(h, &len))
+			return 0;
+		frames++;
+		off += H2_FRAME_HEADER + len;
+		if (off > n)
+			return more || frames >= 2;
+	}
+	return 1;
+}
+
+/* A connection found mid-way speaks HTTP/2: followed from here, its role for sure (a socket a
+ * listener accepted keeps its backlog), the HPACK tables it built before unknown to user space
+ * (its first record does not say START). */
+static __always_inline bool h2_joins(struct conn *c, __u64 sk, __u64 src, __u64 n, __u64 room)
+{
+	struct h2_state fresh = {.started = 1};
+
+	if (!src || !use_bpf_loop || !h2_frames_at(src, n < room ? n : room, n > room))
+		return false;
+	if (bpf_map_update_elem(&h2_conns, &sk, &fresh, BPF_ANY))
+		return false;
+	c->flags |= CONN_FLAG_H2 | CONN_FLAG_H2_JOINED;
+	c->role = BPF_CORE_READ((struct sock *)sk, sk_max_ack_backlog) ? OBI_ROLE_SERVER : OBI_ROLE_CLIENT;
+	return true;
+}
+
 /* The connection closed: user space ends its streams in flight. */
 static __always_inline void h2_closed(struct conn *c, __u64 sk)
 {
@@ -1888,7 +1974,9 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 		__u8 head[16] = {};
 		bool response;
 
-		if (BPF_CORE_READ(so, sk_max_ack_backlog)) {
+		if (h2_joins(c, sk, src, (__u64)ret, room)) {
+			/* its frames, from here */
+		} else if (BPF_CORE_READ(so, sk_max_ack_backlog)) {
 			c->role = OBI_ROLE_SERVER;
 		} else {
 			/* otherwise: a reader of requests, or of responses? */
@@ -1899,6 +1987,17 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 	}
 	request = inbound == (c->role == OBI_ROLE_SERVER);
 	if (c->flags & CONN_FLAG_H2) {
+		if ((c->flags & CONN_FLAG_H2_JOINED) && request) {
+			/* a server that spoke first (its SETTINGS) on a connection whose accept was
+			 * missed: the client's preface says it is seen from its start after all */
+			__u8 head[8] = {};
+			__u64 len = (__u64)ret < room ? (__u64)ret : room;
+
+			c->flags &= ~CONN_FLAG_H2_JOINED;
+			if (src && len >= 4 && bpf_probe_read_user(head, sizeof(head), (void *)src) == 0 &&
+			    h2_begins(c, pid, sk, head, src, len, tls))
+				return;
+		}
 		h2_call(sk, src, (__u64)ret, call->ptr,
 			h2_how(pid, call->kind, 0, request, tls, (__u64)ret <= room));
 		return;

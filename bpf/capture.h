@@ -211,11 +211,13 @@ struct obi_go_http {
  * by frame, each side's bytes as it moves them: a record carries, for each frame that began or
  * went on in one call, a chunk: its captured payload length (__u16), its 9-byte frame header,
  * then that many payload bytes. Header blocks (HEADERS, CONTINUATION, PUSH_PROMISE) and
- * RST_STREAM keep their payload, up to OBI_H2_PAYLOAD_MAX; DATA frames only their header;
- * other frames nothing. A payload that goes on in a later call comes as a chunk whose header
+ * RST_STREAM keep their payload, up to OBI_H2_PAYLOAD_MAX; DATA frames their first
+ * OBI_H2_DATA_PREFIX bytes (the padding's length; a gRPC message's prefix: compressed flag and
+ * length); other frames nothing. A payload that goes on in a later call comes as a chunk whose header
  * has type OBI_H2_MORE (and its length field the bytes that chunk holds). */
 #define OBI_H2_DATA_MAX 4096    /* chunk bytes of one record */
 #define OBI_H2_PAYLOAD_MAX 2048 /* payload bytes kept of one frame */
+#define OBI_H2_DATA_PREFIX 5    /* payload bytes kept of a DATA frame */
 #define OBI_H2_MORE 0xff
 #define OBI_H2_TO_SERVER 0       /* `direction`: what the client sent */
 #define OBI_H2_TO_CLIENT 1

@@ -156,6 +156,7 @@ class Agent:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
         kernel = self.drain.kernel
         records, spans, exporter = self.records.stats, self.span_stats, self.trace_exporter
+        h2_stats = self.records.http2.stats if self.records.http2 is not None else None
         counters: dict[str, int | dict[int, int]] = {
             "obi.ebpf.events": kernel.get("exchanges", 0),
             "obi.ebpf.events.lost": kernel.get("events_lost", 0) + kernel.get("process_events_lost", 0),
@@ -179,8 +180,8 @@ class Agent:
             "obi.spans.split_requests": spans.split_requests,
             "obi.protocols.connections.forgotten": spans.connections_forgotten,
             "obi.ebpf.h2.lost": kernel.get("h2_lost", 0),
-            "obi.spans.h2.header_blocks_missed": self.records.http2.stats.header_blocks_missed
-            if self.records.http2 is not None else 0,
+            "obi.spans.h2.header_blocks_missed": h2_stats.header_blocks_missed if h2_stats else 0,
+            "obi.spans.h2.streams_partly_known": h2_stats.streams_partly_known if h2_stats else 0,
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
             "obi.spans.export.failed": exporter.failed if exporter else 0,

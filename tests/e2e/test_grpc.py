@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ def rpc_spans(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], S
 
 
 @pytest.fixture(params=["h2c", "tls"])
-def transport(request: pytest.FixtureRequest, certificate: tuple[Path, Path]) -> Iterator[tuple[str, list[str]]]:
+def transport(request: pytest.FixtureRequest,
+              certificate: tuple[Path, Path]) -> Iterator[tuple[str, list[str]]]:
     """(the Python that runs grpcio, the TLS arguments of server and client: none for h2c)"""
     if request.param == "h2c":
         yield sys.executable, []
@@ -51,7 +52,8 @@ def transport(request: pytest.FixtureRequest, certificate: tuple[Path, Path]) ->
 def test_grpcio_unary_streaming_and_failing_calls(transport: tuple[str, list[str]]) -> None:
     python, tls = transport
     port = free_port()
-    server = start_process([python, str(TESTS / "servers" / "grpc_server.py"), str(port), *tls], ready="ready")
+    server = start_process([python, str(TESTS / "servers" / "grpc_server.py"), str(port), *tls],
+                           ready="ready")
     client = Client([python, str(TESTS / "clients" / "grpc_client.py"), str(port), f"00-{TRACE}-{PARENT}-01",
                      *tls[:1]])
     try:
@@ -92,6 +94,57 @@ def test_grpcio_unary_streaming_and_failing_calls(transport: tuple[str, list[str
                 counts = Counter({(a["rpc.method"], a["rpc.response.status_code"]): p.count
                                   for a, p in latest_points(receiver, name)})
                 assert counts == Counter({(m, s): 1 for m, s, *_ in CALLS}), name
+    finally:
+        client.close()
+        stop_process(server)
+
+
+def test_a_channel_open_before_obi_started_gives_what_can_be_known() -> None:
+    """A grpcio channel that made its calls before obi started, and makes them again: obi joins
+    its connection at its next frames, at both ends. grpcio's HPACK encoder put every header in
+    its table the first time, so the method, the content-type and the status are references obi
+    cannot resolve: the calls are gRPC calls (their data is gRPC messages), with no method and
+    no status rather than wrong ones, and not errors."""
+    port = free_port()
+    server = start_process([sys.executable, str(TESTS / "servers" / "grpc_server.py"), str(port)],
+                           ready="ready")
+    client = Client([sys.executable, str(TESTS / "clients" / "grpc_client.py"), str(port),
+                     f"00-{TRACE}-{PARENT}-01"])
+    try:
+        expected = ["b'added:apple'", "[b'event 0', b'event 1', b'event 2']", "NOT_FOUND"]
+        assert client.run() == expected  # the channel's connection, before obi
+        with OtlpReceiver() as receiver:
+            env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(port),
+                   **otlp(receiver)}
+            with AgentProcess(env) as agent:
+                agent.wait_instrumented(client.proc.pid)
+                agent.wait_instrumented(server.pid)
+                assert client.run() == expected
+                receiver.wait_for(lambda: min(len(rpc_spans(receiver, Span.SPAN_KIND_SERVER)),
+                                              len(rpc_spans(receiver, Span.SPAN_KIND_CLIENT))) >= 3,
+                                  timeout=15)
+                receiver.wait_for_metric("rpc.client.call.duration")
+                assert agent.stop() == 0
+                stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
+            assert not [s for _, s in receiver.spans() if attributes(s).get("http.request.method")]
+            servers = rpc_spans(receiver, Span.SPAN_KIND_SERVER)
+            clients = rpc_spans(receiver, Span.SPAN_KIND_CLIENT)
+            assert len(servers) == len(clients) == 3
+            for (resource, span) in clients:
+                assert resource["process.pid"] == client.proc.pid
+                assert (span.name, span.status.code) == ("GRPC", UNSET)
+                assert attributes(span) == {"rpc.system.name": "grpc", "server.address": "127.0.0.1",
+                                            "server.port": port}
+            for (resource, span) in servers:
+                assert resource["process.pid"] == server.pid
+                assert (span.name, span.status.code) == ("GRPC", UNSET)
+                assert attributes(span) == {"rpc.system.name": "grpc", "server.address": "127.0.0.1",
+                                            "server.port": port, "client.address": "127.0.0.1"}
+            assert stopped["parse_errors"] == 0
+            for name in ("rpc.server.call.duration", "rpc.client.call.duration"):
+                points = [(a.get("rpc.method"), a.get("rpc.response.status_code"), p.count)
+                          for a, p in latest_points(receiver, name)]
+                assert points == [(None, None, 3)], name
     finally:
         client.close()
         stop_process(server)

@@ -38,8 +38,8 @@ def h2_records(capture: Capture, until: float) -> list[dict[str, Any]]:
     return records
 
 
-def streams_of(records: list[dict[str, Any]]) -> tuple[list[H2Stream], H2Connection]:
-    connection = H2Connection()
+def streams_of(records: list[dict[str, Any]], midway: bool = False) -> tuple[list[H2Stream], H2Connection]:
+    connection = H2Connection(midway=midway)
     done: list[H2Stream] = []
     for rec in records:
         if rec["flags"] & lib.OBI_H2_CLOSED:
@@ -160,3 +160,61 @@ def test_a_full_record_loses_frames_openly_never_wrongly(h2_server: tuple[int, i
         assert path in (None, expected), (stream.stream_id, path)  # none, or its own
         known += path == expected
     assert 10 < known < 61 if full else known == 61
+
+
+def test_a_connection_joined_midway_is_followed_from_its_next_frames() -> None:
+    """A connection opened, and used, before the capture began: its first bytes the capture sees
+    are whole frames, so it is followed from there as the server's (the socket a listener
+    accepted), without a START. Headers that the client's encoder had put in its HPACK table
+    before are unknown, never taken for others; those it adds from then on are known."""
+    port = free_port()
+    proc = start_process([sys.executable, str(SERVERS / "h2_server.py"), str(port), "65536"], ready="ready")
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    authority = f"127.0.0.1:{port}"
+
+    def call(sock: socket.socket, stream_id: int, path: str, grpc: bool = False) -> None:
+        headers = [(":method", "POST" if grpc else "GET"), (":path", path), (":scheme", "http"),
+                   (":authority", authority)]
+        if grpc:
+            headers.append(("content-type", "application/grpc"))
+        client.send_headers(stream_id, headers, end_stream=not grpc)
+        if grpc:
+            client.send_data(stream_id, b"\0\0\0\0\x03abc", end_stream=True)
+        sock.sendall(client.data_to_send())
+        ended = False
+        while not ended:
+            for event in client.receive_data(sock.recv(65536)):
+                ended = ended or (isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id)
+            if pending := client.data_to_send():
+                sock.sendall(pending)
+
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(client.data_to_send())
+            call(sock, 1, "/before")
+            with Capture(CaptureSettings(ring_buffer_size=1 << 22)) as capture:
+                capture.add_pid(proc.pid)
+                time.sleep(0.2)
+                # the server's read in progress when the capture began is not seen: its answer is
+                # the first thing it sees, for a stream it never saw begin
+                call(sock, 3, "/before")
+                call(sock, 5, "/new")
+                call(sock, 7, "/before")
+                call(sock, 9, "/pkg.S/M", grpc=True)
+                call(sock, 11, "/status/14", grpc=True)
+                records = h2_records(capture, time.monotonic() + 1.0)
+    finally:
+        stop_process(proc)
+    assert records and all(r["pid"] in (proc.pid, 0) and r["role"] == lib.OBI_ROLE_SERVER for r in records)
+    assert not any(r["flags"] & (lib.OBI_H2_START | lib.OBI_H2_LOST) for r in records)
+    assert records[0]["direction"] == lib.OBI_H2_TO_CLIENT
+    done, _ = streams_of(records, midway=True)
+    assert [(s.stream_id, s.request.get(b":path"), s.response.get(b":status")) for s in done] == [
+        (5, b"/new", b"200"), (7, None, b"200"), (9, b"/pkg.S/M", b"200"), (11, b"/status/14", b"200")]
+    # indexed before the capture, name and value: a header obi cannot name, not kept
+    assert [s.request.get(b":authority") for s in done] == [None] * 4
+    assert not any(s.request_known for s in done)
+    assert [s.grpc_status for s in done] == [None, None, "OK", "UNAVAILABLE"]
+    assert all(s.response_known for s in done)  # the server's answers use the static table and new entries
+    assert [s.response_body for s in done] == [2, 2, 2, 2]

@@ -248,7 +248,8 @@ def raw_frames(data: bytes) -> list[bytes]:
 
 def test_kernel_chunks_payloads_in_pieces_and_data_headers() -> None:
     """Header blocks come whole, in pieces over several records (MORE chunks), or cut; DATA
-    frames as their header alone; other frames not at all."""
+    frames as their header and first five bytes, which may come in a later call's MORE chunk;
+    other frames not at all."""
     wire = Wire()
     wire.request(1, "/pkg.S/M", grpc=True, body=b"\0\0\0\0\x01z")
     wire.respond(1, 200, b"\0\0\0\0\x01k", grpc_status=0)
@@ -261,10 +262,13 @@ def test_kernel_chunks_payloads_in_pieces_and_data_headers() -> None:
     assert connection.feed_chunks(CLIENT_TO_SERVER, 2, more(headers[14:20]) + more(headers[20:])
                                   + chunks([(data, 0)])) == []
     assert connection.streams[1].request[b":path"] == b"/pkg.S/M"
+    assert connection.streams[1].request_body == 0  # the DATA frame waits for its first bytes
+    assert connection.feed_chunks(CLIENT_TO_SERVER, 3, more(data[9:14])) == []
     assert connection.streams[1].request_body == 6 and connection.streams[1].client_done
-    out = chunks([(frame, 0 if frame[3] == 0 else len(frame) - 9) for frame in response])
-    (done,) = connection.feed_chunks(SERVER_TO_CLIENT, 3, out)
-    assert (done.grpc_status, done.response_body, done.start_ns, done.end_ns) == ("OK", 6, 1, 3)
+    assert connection.streams[1].framed  # one whole gRPC message
+    out = chunks([(frame, 5 if frame[3] == 0 else len(frame) - 9) for frame in response])
+    (done,) = connection.feed_chunks(SERVER_TO_CLIENT, 4, out)
+    assert (done.grpc_status, done.response_body, done.start_ns, done.end_ns) == ("OK", 6, 1, 4)
 
 
 def test_a_lost_record_makes_later_headers_unknown_not_wrong() -> None:
@@ -276,3 +280,59 @@ def test_a_lost_record_makes_later_headers_unknown_not_wrong() -> None:
     assert connection.feed_chunks(CLIENT_TO_SERVER, 1, chunks([(second, len(second) - 9)]), lost=True) == []
     stream = connection.streams[3]
     assert stream.request[b":path"] == b"/b" and not stream.request_known  # x-tenant: unknown
+
+
+def test_a_channel_joined_mid_way_is_grpc_by_its_messages_and_its_past_calls() -> None:
+    """Joined after the client's encoder indexed every header: the content-type and the method
+    are unknown. A stream whose DATA frame holds exactly one length-prefixed gRPC message is a
+    gRPC call, and so is every later stream of that connection whose headers cannot say; a
+    plain POST on another connection joined the same way stays an HTTP request. Each stream
+    reported without some of its headers is counted."""
+    from obi.protocols.base import Connection, IdGenerator
+    from obi.protocols.http2 import Http2Spans
+    from obi.traces.model import HttpSpan, RpcSpan, ServiceIdentity
+    from obi.traces.routes import RouteMatcher
+
+    wire = Wire()
+    for stream_id in (1, 3):
+        wire.request(stream_id, "/shop.Cart/Add", grpc=True, body=b"\0\0\0\0\x02hi")
+        wire.respond(stream_id, 200, b"\0\0\0\0\x01k", grpc_status=0)
+    wire.request(5, "/shop.Cart/Add", grpc=True)  # no message: its headers alone cannot say
+    wire.respond(5, 200, b"", grpc_status=0)
+    connection, done = replay(wire.writes[4:], midway=True)  # the first call unseen
+    assert [(s.stream_id, s.request.get(b":path"), s.framed, s.is_grpc) for s in done] == [
+        (3, None, True, True), (5, None, False, True)]
+    assert connection.grpc and connection.stats.streams_partly_known == 2
+    service = ServiceIdentity(pid=7, exe_path="/usr/bin/app", service_name="app")
+    server = Connection(service, 0, 0, "10.0.0.2", 50051, "10.0.0.1", 40000)
+    builder = Http2Spans(RouteMatcher(patterns=[]), IdGenerator(1))
+    for stream in done:
+        span = builder.span(stream, True, server, tls=False)
+        assert isinstance(span, RpcSpan) and span.name == "GRPC" and not span.is_error
+        assert span.attributes() == {"rpc.system.name": "grpc", "server.address": "10.0.0.2",
+                                     "server.port": 50051, "client.address": "10.0.0.1"}
+
+    plain = Wire()
+    for stream_id in (1, 3):
+        plain.request(stream_id, "/orders", body=b'{"item": 1}', extra=[("content-type", "application/json")])
+        plain.respond(stream_id, 200, b"\0\0\0\0\x01k")  # an answer shaped like a message does not count
+    connection, (stream,) = replay(plain.writes[4:], midway=True)
+    assert not stream.is_grpc and not connection.grpc
+    span = builder.span(stream, True, server, tls=False)
+    assert isinstance(span, HttpSpan) and (span.method, span.status_code) == ("POST", 200)
+    # a message-shaped request answered 201 is no gRPC call either: gRPC answers 200
+    created = Wire()
+    for stream_id, status in ((1, 200), (3, 201)):  # 201 first sent after the join: known
+        created.request(stream_id, "/orders", body=b"\0\0\0\0\x01k", extra=[("content-type", "x/y")])
+        created.respond(stream_id, status, b"")
+    connection, (stream,) = replay(created.writes[4:], midway=True)
+    assert stream.framed and not stream.is_grpc and not connection.grpc
+
+
+@given(st.binary(min_size=5, max_size=40))
+def test_only_exactly_one_message_makes_data_grpc(body: bytes) -> None:
+    wire = Wire()
+    wire.request(1, "/x", body=body)
+    wire.respond(1, 200, b"ok")
+    (stream,) = replay(wire.writes)[1]
+    assert stream.framed == (body[0] <= 1 and int.from_bytes(body[1:5], "big") == len(body) - 5)

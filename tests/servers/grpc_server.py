@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 
@@ -37,7 +38,8 @@ server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("shop.Cart
     "Fail": grpc.unary_unary_rpc_method_handler(fail),
 }),))
 if len(sys.argv) > 2:
-    credentials = grpc.ssl_server_credentials([(open(sys.argv[3], "rb").read(), open(sys.argv[2], "rb").read())])
+    key, cert = Path(sys.argv[3]).read_bytes(), Path(sys.argv[2]).read_bytes()
+    credentials = grpc.ssl_server_credentials([(key, cert)])
     server.add_secure_port(f"127.0.0.1:{sys.argv[1]}", credentials)
 else:
     server.add_insecure_port(f"127.0.0.1:{sys.argv[1]}")

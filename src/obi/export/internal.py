@@ -54,6 +54,8 @@ INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
                          "after them are reported as unknown"),
     "obi.spans.h2.header_blocks_missed": ("{event}", "HTTP/2 header blocks not seen whole: the headers they "
                                           "stood for are unknown, never guessed"),
+    "obi.spans.h2.streams_partly_known": ("{span}", "HTTP/2 streams reported without some of their headers "
+                                          "(indexed before obi joined the connection, or missed)"),
     "obi.protocols.connections.forgotten": ("{connection}", "Connections whose protocol state (Redis "
                                             "SELECT, prepared statements) was dropped: too many at once"),
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),

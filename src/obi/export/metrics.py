@@ -121,8 +121,8 @@ def series_of(span: Span) -> tuple[MetricFamily, SeriesKey, int, int] | None:
     if isinstance(span, RpcSpan):
         rpc_status, error = span.status or None, span.error_type or None
         if span.kind == SPAN_KIND_SERVER:
-            return RPC_SERVER, ("grpc", span.method, rpc_status, error), 0, 0
-        return RPC_CLIENT, ("grpc", span.method, rpc_status, error, span.server_address), 0, 0
+            return RPC_SERVER, ("grpc", span.method or None, rpc_status, error), 0, 0
+        return RPC_CLIENT, ("grpc", span.method or None, rpc_status, error, span.server_address), 0, 0
     if isinstance(span, DbSpan):
         return DB_SERVER if span.kind == SPAN_KIND_SERVER else DB_CLIENT, (
             span.system, span.operation or None, span.server_address, span.error_type or None), 0, 0

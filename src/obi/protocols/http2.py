@@ -40,7 +40,10 @@ DATA, HEADERS, RST_STREAM, PUSH_PROMISE, CONTINUATION = 0x0, 0x1, 0x3, 0x5, 0x9
 CHUNK_HEADER = 11  # the kernel's chunk: captured payload length (2), frame header (9)
 MORE: int = lib.OBI_H2_MORE
 PAYLOAD_MAX: int = lib.OBI_H2_PAYLOAD_MAX
-_KEPT_PAYLOADS = frozenset({HEADERS, CONTINUATION, PUSH_PROMISE, RST_STREAM})  # what the kernel captures
+DATA_PREFIX: int = lib.OBI_H2_DATA_PREFIX
+# the payload bytes the kernel captures of a frame, by type (none of the others)
+_KEPT_PAYLOADS = {HEADERS: PAYLOAD_MAX, CONTINUATION: PAYLOAD_MAX, PUSH_PROMISE: PAYLOAD_MAX,
+                  RST_STREAM: PAYLOAD_MAX, DATA: DATA_PREFIX}
 _CLOSED: int = lib.OBI_H2_CLOSED
 _START: int = lib.OBI_H2_START
 _LOST: int = lib.OBI_H2_LOST
@@ -107,10 +110,20 @@ class H2Stream:
     reset: int = -1  # RST_STREAM's error code, -1: none
     client_done: bool = False
     server_done: bool = False
+    framed: bool = False  # a request DATA frame held exactly one gRPC length-prefixed message
+    is_grpc: bool = False  # decided when it ends (H2Connection): a gRPC call
 
     @property
     def grpc(self) -> bool:
-        return self.request.get(b"content-type", b"").startswith(b"application/grpc")
+        """The stream says it is a gRPC call: its content-type, either way, or a gRPC status."""
+        return (self.request.get(b"content-type", b"").startswith(b"application/grpc")
+                or self.response.get(b"content-type", b"").startswith(b"application/grpc")
+                or self.grpc_status is not None)
+
+    @property
+    def known(self) -> bool:
+        """Every header of the stream, both ways, was decoded."""
+        return self.request_known and self.response_known
 
     @property
     def grpc_status(self) -> str | None:
@@ -137,6 +150,7 @@ class H2Stats:
     streams: int = 0
     streams_dropped: int = 0  # more open at once than MAX_STREAMS
     header_blocks_missed: int = 0  # not captured whole, or not HPACK: the context forgot its entries
+    streams_partly_known: int = 0  # ended with headers obi could not decode (UNKNOWN): reported without them
     frames_refused: int = 0  # frames that break the protocol (a CONTINUATION out of place, ...)
 
 
@@ -151,6 +165,7 @@ class H2Connection:
         self._pending: list[H2Frame | None] = [None, None]  # a frame whose payload may go on
         self._pending_ns = [0, 0]  # when its header came
         self.stats = stats or H2Stats()
+        self.grpc = False  # a stream of the connection was gRPC: a gRPC channel
 
     def feed(self, direction: int, time_ns: int, frames: list[H2Frame]) -> list[H2Stream]:
         """The frames one side sent at `time_ns`; the streams they finished."""
@@ -161,7 +176,20 @@ class H2Connection:
                 stream.end_ns = time_ns
                 del self.streams[stream.stream_id]
                 done.append(stream)
+                self._ended(stream)
         return done
+
+    def _ended(self, stream: H2Stream) -> None:
+        """A stream is a gRPC call when its headers say so; when they cannot (its content-type
+        was indexed before obi joined the connection), when its data was gRPC messages or the
+        connection carried gRPC calls before (and its answer, if known, is a 200 as gRPC's are)."""
+        stream.is_grpc = stream.grpc or (
+            (stream.framed or self.grpc) and not stream.request_known
+            and stream.request.get(b"content-type") in (None, UNKNOWN)
+            and stream.response.get(b":status", b"200") in (b"200", UNKNOWN))
+        self.grpc = self.grpc or stream.is_grpc
+        if not stream.known:
+            self.stats.streams_partly_known += 1
 
     def feed_chunks(self, direction: int, time_ns: int, data: bytes, lost: bool = False) -> list[H2Stream]:
         """The kernel's chunks of one call (see bpf/capture.h, struct obi_h2): frames whose
@@ -184,7 +212,7 @@ class H2Connection:
             if header[3] == MORE:
                 if pending is not None:
                     pending = pending._replace(payload=pending.payload + payload)
-                    if len(pending.payload) >= min(pending.length, PAYLOAD_MAX):
+                    if len(pending.payload) >= min(pending.length, _KEPT_PAYLOADS[pending.kind]):
                         frames.append((pending_ns, pending))
                         pending = None
                 continue
@@ -193,7 +221,7 @@ class H2Connection:
             length = int.from_bytes(header[:3], "big")
             stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
             pending, pending_ns = H2Frame(header[3], header[4], stream_id, payload, length), time_ns
-            if header[3] not in _KEPT_PAYLOADS or len(payload) >= min(length, PAYLOAD_MAX):
+            if len(payload) >= min(length, _KEPT_PAYLOADS.get(header[3], 0)):
                 frames.append((time_ns, pending))  # all of it that will come (a DATA frame's: none)
                 pending = None
         self._pending[direction], self._pending_ns[direction] = pending, pending_ns
@@ -206,6 +234,8 @@ class H2Connection:
         """The connection closed: its streams in flight, ended now (reset -1 and not done)."""
         streams = list(self.streams.values())
         self.streams.clear()
+        for stream in streams:
+            self._ended(stream)
         return streams
 
     def _lose(self, direction: int) -> None:
@@ -247,6 +277,8 @@ class H2Connection:
             if stream is None:
                 return None
             if direction == CLIENT_TO_SERVER:
+                if not stream.framed and len(payload) >= 5 and payload[0] <= 1 and not flags & PADDED:
+                    stream.framed = int.from_bytes(payload[1:5], "big") == frame.length - 5
                 stream.request_body += _data_length(frame)
                 stream.client_done = stream.client_done or bool(flags & END_STREAM)
             else:
@@ -371,7 +403,7 @@ class Http2Spans:
         error = "stream_reset" if stream.reset >= 0 else ended
         path = _text(request.get(b":path")) or ""
         start_ns, end_ns = stream.start_ns, stream.end_ns
-        if stream.grpc:
+        if stream.is_grpc:
             status = stream.grpc_status or ""
             return RpcSpan(service, kind, start_ns, end_ns, trace_id, span_id, parent_id, sampled, 0, path,
                            status, server_address, server_port, client_address, client_port,

@@ -311,7 +311,9 @@ class RpcSpan(Span):
     def shape_of(cls, key: Hashable) -> SpanShape:
         shape: RpcShapeKey = key  # type: ignore[assignment]
         kind, method, status, address, port, client, error = shape
-        attrs: list[tuple[str, AttributeValue]] = [("rpc.system.name", "grpc"), ("rpc.method", method)]
+        attrs: list[tuple[str, AttributeValue]] = [("rpc.system.name", "grpc")]
+        if method:  # "": not known (its header was indexed before obi joined the connection)
+            attrs.append(("rpc.method", method))
         if status:
             attrs.append(("rpc.response.status_code", status))
         _append_ends(attrs, kind, error, address, port, client)
