@@ -1490,7 +1490,8 @@ struct h2_record {
 	__u8 data[OBI_H2_DATA_MAX + OBI_H2_PAYLOAD_MAX + H2_CHUNK_HEADER + 16];
 	__u32 full; /* a chunk found no room: no later one goes in (user space would read it as
 		     * following the one lost), and the side's next record says LOST */
-	__u32 pad;
+	__u16 tail;    /* bytes after the chunks (OBI_H2_PARENT) */
+	__u16 headers; /* a HEADERS frame began among the chunks */
 };
 
 struct {
@@ -1499,6 +1500,19 @@ struct {
 	__type(value, struct h2_record);
 	__uint(max_entries, 1);
 } h2_scratch SEC(".maps");
+
+/* The parent of the streams a client's call opens, from h2_parent to h2_call. */
+struct h2_parent_ids {
+	__u64 thread; /* the pid_tgid of the call they are for (0: none) */
+	__u8 ids[OBI_H2_PARENT_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct h2_parent_ids);
+	__uint(max_entries, 1);
+} h2_parents SEC(".maps");
 
 /* A walk of one call's bytes (bpf_loop context): one buffer, or the buffers of a vectored
  * call in turn. */
@@ -1596,6 +1610,7 @@ static long h2_step(__u32 i, void *ctx)
 	sd->left = len;
 	sd->kept = 0;
 	sd->data = type == H2_DATA;
+	r->headers |= type == H2_HEADERS;
 	sd->keep = type == H2_HEADERS || type == H2_CONTINUATION || type == H2_PUSH_PROMISE ||
 		   type == H2_RST_STREAM || sd->data;
 	avail = w->n - w->off;
@@ -1650,8 +1665,8 @@ static __always_inline void h2_emit(struct h2_record *r, struct conn *c, __u32 p
 	r->ev.peer_port = c->peer_port;
 	__builtin_memcpy(r->ev.local_addr, c->local_addr, 16);
 	__builtin_memcpy(r->ev.peer_addr, c->peer_addr, 16);
-	size = sizeof(r->ev) + r->ev.len;
-	clamp_umax(size, sizeof(r->ev) + OBI_H2_DATA_MAX);
+	size = sizeof(r->ev) + r->ev.len + r->tail;
+	clamp_umax(size, sizeof(r->ev) + OBI_H2_DATA_MAX + OBI_H2_PARENT_SIZE);
 	if (bpf_ringbuf_output(&events, r, size, wakeup_flag(size))) {
 		count(OBI_COUNTER_H2_LOST);
 		if (lost)
@@ -1668,8 +1683,33 @@ static __always_inline struct h2_record *h2_record(void)
 		r->ev.len = 0;
 		r->ev.flags = 0;
 		r->full = 0;
+		r->tail = 0;
+		r->headers = 0;
 	}
 	return r;
+}
+
+/* A client's bytes, before h2_call walks them: the request its thread serves, whose child
+ * any stream they open is. Its trace and span ids are left for h2_call (`h2_parents`), which
+ * puts them after the chunks when a HEADERS frame began among them. Called apart from h2_call
+ * (the served request's ids may be made now, by served_ids): the stacks of the two do not add
+ * up. */
+__attribute__((noinline)) int h2_parent(__u32 pid, __u64 sk)
+{
+	__u32 zero = 0;
+	struct h2_parent_ids *p = bpf_map_lookup_elem(&h2_parents, &zero);
+	struct slot *served;
+
+	if (!p)
+		return 0;
+	p->thread = 0;
+	served = call_parent(pid, sk);
+	if (!served)
+		return 0;
+	__builtin_memcpy(p->ids, served->st.ids.trace_id, 16);
+	__builtin_memcpy(p->ids + 16, served->st.ids.span_id, 8);
+	p->thread = bpf_get_current_pid_tgid();
+	return 1;
 }
 
 /* h2_call's `how`: the pid (high 32 bits), the call's kind (bits 16-23), the bytes at the
@@ -1730,6 +1770,18 @@ __attribute__((noinline)) int h2_call(__u64 sk, __u64 src, __u64 n, __u64 call_p
 		flags |= OBI_H2_LOST;
 		count(OBI_COUNTER_H2_LOST);
 	}
+	if (r->headers && direction == OBI_H2_TO_SERVER && c->role == OBI_ROLE_CLIENT) {
+		/* streams opened: their parent, if h2_parent found one for this call */
+		__u32 zero = 0, at = r->ev.len;
+		struct h2_parent_ids *p = bpf_map_lookup_elem(&h2_parents, &zero);
+
+		clamp_umax(at, OBI_H2_DATA_MAX);
+		if (p && p->thread == bpf_get_current_pid_tgid()) {
+			__builtin_memcpy(r->data + at, p->ids, OBI_H2_PARENT_SIZE);
+			r->tail = OBI_H2_PARENT_SIZE;
+			flags |= OBI_H2_PARENT;
+		}
+	}
 	if (r->ev.len || (flags & (OBI_H2_LOST | OBI_H2_START)))
 		h2_emit(r, c, pid, sk, direction, flags, &sd->lost);
 	return 0;
@@ -1757,6 +1809,8 @@ static __always_inline bool h2_begins(struct conn *c, __u32 pid, __u64 sk, const
 	if (bpf_map_update_elem(&h2_conns, &sk, &fresh, BPF_ANY))
 		return false;
 	c->flags |= CONN_FLAG_H2;
+	if (c->role == OBI_ROLE_CLIENT)
+		h2_parent(pid, sk);
 	if (len >= H2_PREFACE_LEN)
 		h2_call(sk, src, len, 0, h2_how(pid, 0, H2_PREFACE_LEN, true, tls, true));
 	else /* the rest of the preface comes next: read as if it were a frame header's start */
@@ -1987,6 +2041,8 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 	}
 	request = inbound == (c->role == OBI_ROLE_SERVER);
 	if (c->flags & CONN_FLAG_H2) {
+		if (request && c->role == OBI_ROLE_CLIENT)
+			h2_parent(pid, sk);
 		if ((c->flags & CONN_FLAG_H2_JOINED) && request) {
 			/* a server that spoke first (its SETTINGS) on a connection whose accept was
 			 * missed: the client's preface says it is seen from its start after all */

@@ -226,6 +226,10 @@ struct obi_go_http {
 #define OBI_H2_START 0x02        /* the connection's first frames (after the preface) */
 #define OBI_H2_CLOSED 0x04       /* the connection closed: no chunks */
 #define OBI_H2_TLS 0x08          /* TLS plaintext */
+#define OBI_H2_PARENT 0x10       /* a client's: the chunks are followed by the trace id (16) and
+				  * span id (8) of the request its thread serves, the parent of the
+				  * streams these frames open */
+#define OBI_H2_PARENT_SIZE 24
 
 struct obi_h2 {
 	__u8 kind;      /* OBI_RECORD_H2 */

@@ -21,7 +21,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from tests.e2e.agent import AgentProcess
 from tests.e2e.databases import by_start, otlp
 from tests.e2e.test_http_clients import Client
-from tests.e2e.test_python_app import attributes, latest_points
+from tests.e2e.test_python_app import attributes, curl, latest_points
 from tests.otlp_receiver import OtlpReceiver
 from tests.support import free_port, start_process, stop_process
 
@@ -148,6 +148,42 @@ def test_a_channel_open_before_obi_started_gives_what_can_be_known() -> None:
     finally:
         client.close()
         stop_process(server)
+
+
+def test_a_web_service_calling_grpc_makes_one_trace_per_request() -> None:
+    """A threaded web service that calls a gRPC backend for each request: each call it makes on
+    the request's thread is a child of that request's span. The channel's first call is made
+    from grpcio's own thread, not the request's: that one may be a trace of its own, never
+    another request's child."""
+    grpc_port, port = free_port(), free_port()
+    backend = start_process([sys.executable, str(TESTS / "servers" / "grpc_server.py"), str(grpc_port)],
+                            ready="ready")
+    gateway = start_process([sys.executable, str(TESTS / "servers" / "grpc_gateway.py"), str(port),
+                             str(grpc_port)], ready="ready")
+    items = ["pear", "plum", "fig", "kiwi"]
+    try:
+        with OtlpReceiver() as receiver:
+            with AgentProcess({"OTEL_EBPF_OPEN_PORT": str(port), **otlp(receiver)}) as agent:
+                agent.wait_instrumented(gateway.pid)
+                for item in items:
+                    assert curl(f"http://127.0.0.1:{port}/cart/{item}") == f"added:{item}"
+                receiver.wait_for(lambda: len(rpc_spans(receiver, Span.SPAN_KIND_CLIENT)) >= len(items),
+                                  timeout=15)
+                receiver.wait_for(lambda: len(http_spans(receiver)) >= len(items), timeout=15)
+                assert agent.stop() == 0
+            requests = [s for _, s in http_spans(receiver)]
+            calls = [s for _, s in rpc_spans(receiver, Span.SPAN_KIND_CLIENT)]
+            assert [attributes(s)["url.path"] for s in requests] == [f"/cart/{item}" for item in items]
+            assert [s.name for s in calls] == ["/shop.Cart/Add"] * len(items)
+            for index, (request, call) in enumerate(zip(requests, calls, strict=True)):
+                assert request.start_time_unix_nano < call.start_time_unix_nano < request.end_time_unix_nano
+                if index == 0 and call.trace_id != request.trace_id:
+                    assert not call.parent_span_id  # grpcio's thread opened it: a root, not a wrong child
+                    continue
+                assert (call.trace_id, call.parent_span_id) == (request.trace_id, request.span_id), index
+    finally:
+        stop_process(gateway)
+        stop_process(backend)
 
 
 def http_spans(receiver: OtlpReceiver) -> list[tuple[dict[str, Any], Span]]:

@@ -336,3 +336,39 @@ def test_only_exactly_one_message_makes_data_grpc(body: bytes) -> None:
     wire.respond(1, 200, b"ok")
     (stream,) = replay(wire.writes)[1]
     assert stream.framed == (body[0] <= 1 and int.from_bytes(body[1:5], "big") == len(body) - 5)
+
+
+def test_a_client_stream_opened_while_serving_is_that_requests_child() -> None:
+    """The kernel's parent (trace and span of the request the calling thread served) makes a
+    client span its child; an application's own traceparent still wins; a server's span never
+    takes it."""
+    from obi.protocols.base import Connection, IdGenerator
+    from obi.protocols.http2 import Http2Spans
+    from obi.traces.model import ServiceIdentity
+    from obi.traces.routes import RouteMatcher
+
+    trace, served = bytes(range(16)), bytes(range(16, 24))
+    wire = Wire()
+    wire.request(1, "/shop.Cart/Add", grpc=True, body=b"\0\0\0\0\x02hi")
+    wire.request(3, "/shop.Cart/Add", grpc=True, body=b"\0\0\0\0\x02hi",
+                 extra=[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")])
+    wire.respond(1, 200, b"\0\0\0\0\x01k", grpc_status=0)
+    wire.respond(3, 200, b"\0\0\0\0\x01k", grpc_status=0)
+    connection = H2Connection()
+    done: list[H2Stream] = []
+    for t, (direction, data) in enumerate(wire.writes):
+        if data.startswith(PREFACE):
+            data = data[len(PREFACE):]
+        frames, _ = split_frames(data)
+        connection._parent = trace + served if direction == CLIENT_TO_SERVER else b""
+        done += connection.feed(direction, t, frames)
+    assert [s.parent for s in done] == [trace + served] * 2
+    service = ServiceIdentity(pid=7, exe_path="/usr/bin/app", service_name="app")
+    client = Connection(service, 0, 0, "10.0.0.1", 40000, "10.0.0.2", 50051)
+    builder = Http2Spans(RouteMatcher(patterns=[]), IdGenerator(1))
+    child, own = (builder.span(s, False, client, tls=False) for s in done)
+    assert (child.trace_id, child.parent_span_id) == (trace, served) and child.span_id != served
+    assert (own.trace_id.hex(), own.span_id.hex(), own.parent_span_id) == (
+        "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", b"")
+    root = builder.span(done[0], True, client, tls=False)  # as a server's: never
+    assert root.trace_id != trace and not root.parent_span_id

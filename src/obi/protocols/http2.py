@@ -48,6 +48,8 @@ _CLOSED: int = lib.OBI_H2_CLOSED
 _START: int = lib.OBI_H2_START
 _LOST: int = lib.OBI_H2_LOST
 _TLS: int = lib.OBI_H2_TLS
+_PARENT: int = lib.OBI_H2_PARENT
+_PARENT_SIZE: int = lib.OBI_H2_PARENT_SIZE
 _ROLE_SERVER = ROLE_SERVER
 END_STREAM = 0x1
 END_HEADERS = 0x4
@@ -111,6 +113,7 @@ class H2Stream:
     client_done: bool = False
     server_done: bool = False
     framed: bool = False  # a request DATA frame held exactly one gRPC length-prefixed message
+    parent: bytes = b""  # a client's: trace id and span id of the request its thread served
     is_grpc: bool = False  # decided when it ends (H2Connection): a gRPC call
 
     @property
@@ -164,6 +167,7 @@ class H2Connection:
         self._blocks: list[_Block | None] = [None, None]
         self._pending: list[H2Frame | None] = [None, None]  # a frame whose payload may go on
         self._pending_ns = [0, 0]  # when its header came
+        self._parent = b""  # of the streams the frames being fed open (struct obi_h2's PARENT)
         self.stats = stats or H2Stats()
         self.grpc = False  # a stream of the connection was gRPC: a gRPC channel
 
@@ -191,11 +195,14 @@ class H2Connection:
         if not stream.known:
             self.stats.streams_partly_known += 1
 
-    def feed_chunks(self, direction: int, time_ns: int, data: bytes, lost: bool = False) -> list[H2Stream]:
+    def feed_chunks(self, direction: int, time_ns: int, data: bytes, lost: bool = False,
+                    parent: bytes = b"") -> list[H2Stream]:
         """The kernel's chunks of one call (see bpf/capture.h, struct obi_h2): frames whose
         payload may go on in later calls' chunks (a frame counts from the call its header came
         in). `lost`: frames before these were not captured (the header block under way, and
-        the HPACK context, are missed)."""
+        the HPACK context, are missed). `parent`: the trace and span ids of the streams these
+        frames open (a client's, serving a request)."""
+        self._parent = parent
         pending = self._pending[direction]
         if lost and pending is not None:
             self._pending[direction] = pending = None
@@ -264,7 +271,7 @@ class H2Connection:
                 if len(self.streams) >= MAX_STREAMS:
                     self.stats.streams_dropped += 1
                 else:
-                    self.streams[stream_id] = H2Stream(stream_id, time_ns)
+                    self.streams[stream_id] = H2Stream(stream_id, time_ns, parent=self._parent)
                     self.stats.streams += 1
         elif kind == CONTINUATION:
             if block is None:
@@ -399,7 +406,8 @@ class Http2Spans:
         authority = _text(request.get(b":authority"))
         if authority and not server:
             server_address = host_name(authority)
-        trace_id, span_id, parent_id, sampled = self._ids(_text(request.get(b"traceparent")), server)
+        trace_id, span_id, parent_id, sampled = self._ids(_text(request.get(b"traceparent")), server,
+                                                          stream.parent)
         error = "stream_reset" if stream.reset >= 0 else ended
         path = _text(request.get(b":path")) or ""
         start_ns, end_ns = stream.start_ns, stream.end_ns
@@ -422,15 +430,19 @@ class Http2Spans:
                         server_address, server_port, client_address, client_port, url,
                         error or ("" if status_code else "no_response"))
 
-    def _ids(self, traceparent: str | None, server: bool) -> tuple[bytes, bytes, bytes, bool]:
+    def _ids(self, traceparent: str | None, server: bool,
+             kernel_parent: bytes) -> tuple[bytes, bytes, bytes, bool]:
         """(trace, span, parent, sampled): a server continues its caller's traceparent; a
-        client's traceparent, written by the application, is the span's own."""
+        client's traceparent, written by the application, is the span's own; else a client's
+        span is a child of the request its thread served (`kernel_parent`)."""
         parent = parse_traceparent(traceparent) if traceparent else None
         if parent is not None:
             if server:
                 return (parent.trace_id, self._getrandbits(64).to_bytes(8, "big"), parent.parent_span_id,
                         parent.sampled)
             return parent.trace_id, parent.parent_span_id, b"", parent.sampled
+        if kernel_parent and not server:
+            return kernel_parent[:16], self._getrandbits(64).to_bytes(8, "big"), kernel_parent[16:24], True
         fresh = self._getrandbits(192).to_bytes(24, "big")
         return fresh[:16], fresh[16:], b"", True
 
@@ -480,6 +492,8 @@ class Http2Records:
             followed = self._followed[conn] = _Followed(
                 H2Connection(midway=not flags & _START, stats=self.stats), role == _ROLE_SERVER, connection,
                 bool(flags & _TLS))
-        data = batch[base + H2_SIZE:base + H2_SIZE + length]
-        done = followed.h2.feed_chunks(direction, ts_ns + epoch_offset, data, lost=bool(flags & _LOST))
+        at = base + H2_SIZE + length
+        data = batch[base + H2_SIZE:at]
+        parent = batch[at:at + _PARENT_SIZE] if flags & _PARENT else b""
+        done = followed.h2.feed_chunks(direction, ts_ns + epoch_offset, data, bool(flags & _LOST), parent)
         return [self._spans.span(s, followed.server, followed.connection, followed.tls) for s in done]
