@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients.
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make gcc \
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
-	mariadb-server mariadb-client nghttp2-client python3-grpcio
+	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind
 INSTALLED := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 
@@ -24,6 +24,9 @@ test: setup
 
 bench: setup
 	$(PY) bench/http_bench.py $(BENCH_ARGS)
+	@echo "replay of recorded nginx records through the user-space path (bench/replay.py):"
+	$(PY) bench/replay.py run bench/records/nginx-http1.bin.gz --repeat 3
+	$(PY) bench/replay.py instructions bench/records/nginx-http1.bin.gz
 
 setup: deps $(INSTALLED)
 

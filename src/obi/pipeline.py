@@ -39,6 +39,7 @@ from obi.export.batch import (
     BatchingExporter,
     OtlpSender,
     OtlpTraceSender,
+    OtlpTransport,
     PeriodicMetricsExporter,
     make_transport,
 )
@@ -57,7 +58,7 @@ from obi.protocols.mysql import MySql
 from obi.protocols.postgres import Postgres
 from obi.protocols.redis import Redis
 from obi.traces.model import ServiceIdentity
-from obi.traces.records import RecordProcessor
+from obi.traces.records import OnProcessEvent, RecordProcessor
 from obi.traces.routes import RouteMatcher
 from obi.traces.sampler import build_sampler
 
@@ -151,6 +152,7 @@ class Agent:
     kube: KubeMetadataSource | None
     log: structlog.typing.FilteringBoundLogger
     uprobes: UprobeFiles | None = None
+    metrics: RedMetrics | None = None
 
     def internal_counters(self) -> dict[str, int | dict[int, int]]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
@@ -182,6 +184,7 @@ class Agent:
             "obi.ebpf.h2.lost": kernel.get("h2_lost", 0),
             "obi.spans.h2.header_blocks_missed": h2_stats.header_blocks_missed if h2_stats else 0,
             "obi.spans.h2.streams_partly_known": h2_stats.streams_partly_known if h2_stats else 0,
+            "obi.metrics.cardinality.overflow": self.metrics.overflowed if self.metrics else 0,
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
             "obi.spans.export.failed": exporter.failed if exporter else 0,
@@ -306,6 +309,61 @@ class Agent:
                       **self.drain.kernel)
 
 
+@dataclass
+class SpanStage:
+    """Everything between the drained records and the exporters' transports: the per-event path."""
+
+    records: RecordProcessor
+    span_stats: SpanStats
+    fanout: SpanFanout
+    printer: TracePrinter
+    trace_exporter: BatchingExporter | None
+    metrics: RedMetrics | None
+
+
+def build_span_stage(config: Config, identity_for: Callable[[int], ServiceIdentity | None],
+                     on_process: OnProcessEvent, go_http_pids: set[int] | frozenset[int],
+                     trace_transport: OtlpTransport | None = None) -> SpanStage:
+    """The protocols, the record processor, the fanout to RED metrics (when metrics are exported),
+    the sampler, the printer and the trace exporter (when traces are): built from the
+    configuration alone. `trace_transport` replaces the configured one (the replay benchmark)."""
+    ebpf, routes = config.ebpf, config.routes
+    span_stats = SpanStats()
+    route_matcher = RouteMatcher(patterns=list(routes.patterns), unmatched=routes.unmatched,
+                                 ignored_patterns=list(routes.ignored_patterns),
+                                 wildcard_char=routes.wildcard_char)
+    ids = IdGenerator()
+    http = Http1(route_matcher, ids, span_stats, ignore_mode=routes.ignore_mode,
+                 request_timeout_ns=int(ebpf.http_request_timeout * 1e9))
+    go_http = GoHttpSpans(route_matcher, span_stats, ignore_mode=routes.ignore_mode)
+    query_text = config.attributes.trace_attribute_selected("db.query.text")
+    protocols = ProtocolRegistry([http, Redis(ids, span_stats, query_text),
+                                  Memcached(ids, span_stats, query_text),
+                                  Postgres(ids, span_stats, query_text), MySql(ids, span_stats, query_text)])
+    http2 = Http2Records(Http2Spans(route_matcher, ids), H2Stats())
+    records = RecordProcessor(protocols, identity_for, on_process, go_http, go_http_pids, http2)
+    traces = config.otel_traces_export
+    sampler_arg = None if traces.sampler.arg is None else str(traces.sampler.arg)
+    sampler = build_sampler(traces.sampler.name, sampler_arg)
+    printer = TracePrinter(config.effective_trace_printer)
+    trace_exporter: BatchingExporter | None = None
+    target = _trace_target(config)
+    if target is not None:
+        transport = trace_transport or make_transport(target, dict(traces.headers),
+                                                      traces.insecure_skip_verify)
+        trace_exporter = BatchingExporter(
+            OtlpTraceSender(OtlpSender(transport, signal="traces")), max_queue_size=traces.max_queue_size,
+            max_export_batch_size=traces.max_export_batch_size,
+            batch_timeout_s=traces.batch_timeout, export_timeout_s=traces.timeout)
+    metrics: RedMetrics | None = None
+    if _metrics_target(config) is not None:
+        b = config.otel_metrics_export.buckets
+        metrics = RedMetrics(b.duration_histogram, b.request_size_histogram, b.response_size_histogram,
+                             cardinality_limit=config.otel_metrics_export.cardinality_limit)
+    return SpanStage(records, span_stats, SpanFanout(sampler, metrics, printer, trace_exporter), printer,
+                     trace_exporter, metrics)
+
+
 def build_agent(config: Config) -> Agent:
     """Every stage of the agent, constructed (and the kernel side attached) but not started."""
     log = structlog.get_logger().bind(component="agent")
@@ -359,57 +417,25 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         uprobes = UprobeFiles(instrumenters)
     registry = ProcessRegistry(capture, watcher, prepare=service_overrides(config), observer=decorator,
                                libraries=uprobes)
-    routes = config.routes
-    span_stats = SpanStats()
-    h2_stats = H2Stats()
-    route_matcher = RouteMatcher(patterns=list(routes.patterns), unmatched=routes.unmatched,
-                                 ignored_patterns=list(routes.ignored_patterns),
-                                 wildcard_char=routes.wildcard_char)
-    ids = IdGenerator()
-    http = Http1(route_matcher, ids, span_stats, ignore_mode=routes.ignore_mode,
-                 request_timeout_ns=request_timeout_ns)
-    go_http = GoHttpSpans(route_matcher, span_stats, ignore_mode=routes.ignore_mode)
-    query_text = config.attributes.trace_attribute_selected("db.query.text")
-    protocols = ProtocolRegistry([http, Redis(ids, span_stats, query_text),
-                                  Memcached(ids, span_stats, query_text),
-                                  Postgres(ids, span_stats, query_text), MySql(ids, span_stats, query_text)])
-    http2 = Http2Records(Http2Spans(route_matcher, ids), h2_stats)
-    records = RecordProcessor(protocols, registry.identity_for,
-                              registry.on_kernel_event, go_http,
-                              uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset(), http2)
-    traces = config.otel_traces_export
-    sampler_arg = None if traces.sampler.arg is None else str(traces.sampler.arg)
-    sampler = build_sampler(traces.sampler.name, sampler_arg)
-    printer = TracePrinter(config.effective_trace_printer)
-    trace_exporter: BatchingExporter | None = None
-    target = _trace_target(config)
-    if target is not None:
-        sender = OtlpSender(make_transport(target, dict(traces.headers), traces.insecure_skip_verify),
-                            signal="traces")
-        trace_exporter = BatchingExporter(
-            OtlpTraceSender(sender), max_queue_size=traces.max_queue_size,
-            max_export_batch_size=traces.max_export_batch_size,
-            batch_timeout_s=traces.batch_timeout, export_timeout_s=traces.timeout)
+    stage = build_span_stage(config, registry.identity_for, registry.on_kernel_event,
+                             uprobes.pids_of(GoHttp.name) if uprobes is not None else frozenset())
     metrics_cfg = config.otel_metrics_export
-    metrics: RedMetrics | None = None
     metrics_exporter: PeriodicMetricsExporter | None = None
     agent_ref: list[Agent] = []
     mtarget = _metrics_target(config)
-    if mtarget is not None:
-        b = metrics_cfg.buckets
-        metrics = RedMetrics(b.duration_histogram, b.request_size_histogram, b.response_size_histogram)
-        source: MetricsSource = metrics
+    if mtarget is not None and stage.metrics is not None:
+        source: MetricsSource = stage.metrics
         if config.internal_metrics.exporter == "otel":
             internal = InternalMetrics(lambda: agent_ref[0].internal_counters(), time.time_ns())
-            source = CombinedMetrics([metrics, internal])
+            source = CombinedMetrics([stage.metrics, internal])
         mtransport = make_transport(mtarget, dict(metrics_cfg.headers), metrics_cfg.insecure_skip_verify)
         msender = OtlpSender(mtransport, signal="metrics")
         metrics_exporter = PeriodicMetricsExporter(source, msender, metrics_cfg.interval,
                                                    export_timeout_s=metrics_cfg.timeout)
     agent = Agent(config=config, capture=capture, drain=drain, watcher=watcher, registry=registry,
-                  records=records, span_stats=span_stats,
-                  fanout=SpanFanout(sampler, metrics, printer, trace_exporter), printer=printer,
-                  trace_exporter=trace_exporter, metrics_exporter=metrics_exporter, kube=kube, log=log,
-                  uprobes=uprobes)
+                  records=stage.records, span_stats=stage.span_stats, fanout=stage.fanout,
+                  printer=stage.printer, trace_exporter=stage.trace_exporter,
+                  metrics_exporter=metrics_exporter, kube=kube, log=log,
+                  uprobes=uprobes, metrics=stage.metrics)
     agent_ref.append(agent)
     return agent

@@ -297,6 +297,17 @@ def test_metrics_interval_precedence(tmp_path: Path) -> None:
     assert obi_env.otel_metrics_export.interval == 90.0
 
 
+def test_metrics_cardinality_limit(tmp_path: Path) -> None:
+    assert load_config(None, {}).otel_metrics_export.cardinality_limit == 2000
+    yaml = load_yaml(tmp_path, "otel_metrics_export:\n  cardinality_limit: 500\n")
+    assert yaml.otel_metrics_export.cardinality_limit == 500
+    both = load_yaml(tmp_path, "otel_metrics_export:\n  cardinality_limit: 500\n",
+                     OTEL_EBPF_METRICS_CARDINALITY_LIMIT="100")
+    assert both.otel_metrics_export.cardinality_limit == 100
+    with pytest.raises(ConfigError, match="OTEL_EBPF_METRICS_CARDINALITY_LIMIT"):
+        load_config(None, {"OTEL_EBPF_METRICS_CARDINALITY_LIMIT": "1"})
+
+
 def test_sampler_from_environment() -> None:
     config = load_config(None, {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25"})
     assert config.otel_traces_export.sampler.name == "traceidratio"

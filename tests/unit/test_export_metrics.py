@@ -224,3 +224,36 @@ def test_grpc_calls_have_the_rpc_duration_histograms() -> None:
          ("rpc.system.name", "grpc"))]
     (client,) = metric(request, "rpc.client.call.duration").histogram.data_points
     assert attrs(client.attributes)["server.address"] == ("string_value", "127.0.0.1")
+
+
+def test_a_metric_past_its_cardinality_limit_folds_into_one_overflow_series() -> None:
+    """Paths without a route, each a series: past the limit (the overflow series included),
+    requests with a new attribute set are counted in the overflow series, marked
+    otel.metric.overflow; those of the series already there still go to their own; another
+    metric and another service have their own limits; series that expire make room again."""
+    api, web = make_service("api", 1), make_service("web", 2)
+    red = RedMetrics(cardinality_limit=4, series_ttl_s=1.0)
+    red.record([span_at(0, 1, service=api, route=None, path=f"/p{i}", server_address=f"h{i}")
+                for i in range(10)])
+    red.record([span_at(0, 1, service=api, route=None, path="/p0", server_address="h0"),  # has its own
+                span_at(0, 2, service=api, server_address="h1"),  # a route this time: a new set
+                span_at(0, 1, service=web, server_address="w")])
+    assert red.overflowed == 7 + 1  # h3..h9, then h1 with a route
+    request = red.collect(T0 + 10 * MS)
+    points = metric(request, "http.server.request.duration").histogram.data_points
+    counts = {tuple(sorted((k, v[1]) for k, v in attrs(p.attributes).items())): p.count for p in points}
+    assert len(points) == 4
+    assert counts[(("otel.metric.overflow", True),)] == 8
+    assert sorted(attrs(p.attributes)["server.address"][1] for p in points
+                  if "server.address" in attrs(p.attributes)) == ["h0", "h1", "h2"]
+    assert [p.count for p in points if attrs(p.attributes).get("server.address") == ("string_value", "h0")
+            ] == [2]
+    web_points = metric(request, "http.server.request.duration", 1).histogram.data_points
+    assert [attrs(p.attributes)["server.address"][1] for p in web_points] == ["w"]
+    # series expire when a collect finds them idle past the TTL: then there is room again
+    assert red.collect(T0 + 1500 * MS).resource_metrics == []
+    red.record([span_at(1500, 1, service=api, server_address="late")])
+    later = metric(red.collect(T0 + 2200 * MS), "http.server.request.duration").histogram.data_points
+    assert [attrs(p.attributes)["server.address"][1] for p in later] == ["late"]
+    with pytest.raises(ValueError):
+        RedMetrics(cardinality_limit=1)

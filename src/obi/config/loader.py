@@ -627,6 +627,11 @@ def _metrics(node: _Node, env: _Environment) -> MetricsExportConfig:
             default=defaults.interval,
         ),
         buckets=_buckets(node.child("buckets")),
+        cardinality_limit=_pick(
+            env.parse("OTEL_EBPF_METRICS_CARDINALITY_LIMIT", lambda t: values.parse_int(t, 2)),
+            node.integer("cardinality_limit", 2),
+            default=defaults.cardinality_limit,
+        ),
         features=_pick(
             env.first(("OTEL_EBPF_METRICS_FEATURES", "OTEL_EBPF_OTEL_METRICS_FEATURES"), _features),
             yaml_features,

@@ -190,6 +190,9 @@ class MetricsExportConfig:
     interval: float = 60.0
     buckets: HistogramBuckets = HistogramBuckets()
     features: tuple[MetricsFeature, ...] = ("application",)
+    # series of one metric of one service; a new attribute set past it goes into one overflow
+    # series (otel.metric.overflow=true), as the OpenTelemetry SDKs do (their default, 2000)
+    cardinality_limit: int = 2000
 
     @property
     def enabled(self) -> bool:

@@ -58,6 +58,8 @@ INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
                                           "(indexed before obi joined the connection, or missed)"),
     "obi.protocols.connections.forgotten": ("{connection}", "Connections whose protocol state (Redis "
                                             "SELECT, prepared statements) was dropped: too many at once"),
+    "obi.metrics.cardinality.overflow": ("{span}", "Requests counted in a metric's overflow series "
+                                         "(otel.metric.overflow): its cardinality limit was reached"),
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),
     "obi.spans.export.dropped": ("{span}", "Spans dropped from the full export queue"),
     "obi.spans.export.failed": ("{span}", "Spans whose export failed after retries"),

@@ -171,6 +171,13 @@ class SeriesState:
 class ServiceSeries:
     service: ServiceIdentity
     series: dict[tuple[MetricFamily, SeriesKey], SeriesState] = field(default_factory=dict)
+    counts: dict[MetricFamily, int] = field(default_factory=dict)  # series per family
+
+
+# The key of a family's overflow series: the attribute sets past the cardinality limit.
+OVERFLOW: SeriesKey = ("\0overflow",)
+OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
+DEFAULT_CARDINALITY_LIMIT = 2000
 
 
 class RedMetrics:
@@ -183,7 +190,14 @@ class RedMetrics:
         response_size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
         series_ttl_s: float | None = DEFAULT_SERIES_TTL_S,
         scope_name: str = SCOPE_NAME,
+        cardinality_limit: int = DEFAULT_CARDINALITY_LIMIT,
     ) -> None:
+        """`cardinality_limit`: series of one family (metric) of one service, the overflow series
+        included: attribute sets past it are counted in the overflow series (`overflowed`)."""
+        if cardinality_limit < 2:
+            raise ValueError("the cardinality limit must leave room for a series and the overflow one")
+        self._limit = cardinality_limit
+        self.overflowed = 0  # spans counted in an overflow series
         self._duration_bounds = _bounds(duration_buckets)
         self._request_bounds = _bounds(request_size_buckets)
         self._response_bounds = _bounds(response_size_buckets)
@@ -213,6 +227,8 @@ class RedMetrics:
                 # Holding the identity keeps id() from being reused while cached.
                 per_service = services[id(span.service)] = ServiceSeries(span.service)
             state = per_service.series.get((family, key))
+            if state is None:  # a new attribute set, or one past the cardinality limit
+                state, key = self._new_series(per_service, family, key)
             if state is None:
                 state = per_service.series[(family, key)] = SeriesState(
                     start_ns=span.end_ns,
@@ -228,6 +244,18 @@ class RedMetrics:
                 state.request_size.observe(request_bounds, request_size)
                 state.response_size.observe(response_bounds, response_size)
 
+    def _new_series(self, per_service: ServiceSeries, family: MetricFamily,
+                    key: SeriesKey) -> tuple[SeriesState | None, SeriesKey]:
+        """A new attribute set: its own series (None: to be made) while the family has room for
+        it beside the overflow series, else the overflow series (None when it is new too)."""
+        counts = per_service.counts
+        count = counts.get(family, 0)
+        if count < self._limit - 1:
+            counts[family] = count + 1
+            return None, key
+        self.overflowed += 1
+        return per_service.series.get((family, OVERFLOW)), OVERFLOW
+
     def collect(self, now_ns: int) -> ExportMetricsServiceRequest:
         """Cumulative snapshot of every live series; expired series are dropped first."""
         self._expire(now_ns)
@@ -239,8 +267,11 @@ class RedMetrics:
                                              list[HistogramDataPoint]]] = {}
             for (family, key), state in per_service.series.items():
                 durations, requests, responses = points.setdefault(family, ([], [], []))
-                attributes = [key_value(name, value) for name, value in zip(family.attribute_names, key,
-                                                                            strict=True) if value is not None]
+                if key is OVERFLOW:
+                    attributes = [key_value(OVERFLOW_ATTRIBUTE, True)]
+                else:
+                    attributes = [key_value(name, value) for name, value in
+                                  zip(family.attribute_names, key, strict=True) if value is not None]
                 durations.append(_point(attributes, state, state.duration, self._duration_bounds, now_ns))
                 if family.request_size is not None:
                     requests.append(_point(attributes, state, state.request_size, self._request_bounds,
@@ -274,6 +305,9 @@ class RedMetrics:
             stale = [k for k, s in per_service.series.items() if s.last_ns < oldest]
             for k in stale:
                 del per_service.series[k]
+                family, key = k
+                if key is not OVERFLOW:
+                    per_service.counts[family] -= 1
             if not per_service.series:
                 del self._services[pid_key]
 
