@@ -185,6 +185,7 @@ class Agent:
             "obi.spans.h2.header_blocks_missed": h2_stats.header_blocks_missed if h2_stats else 0,
             "obi.spans.h2.streams_partly_known": h2_stats.streams_partly_known if h2_stats else 0,
             "obi.metrics.cardinality.overflow": self.metrics.overflowed if self.metrics else 0,
+            "obi.printer.lines.dropped": self.printer.dropped_lines,
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
             "obi.spans.export.failed": exporter.failed if exporter else 0,

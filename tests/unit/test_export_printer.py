@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import threading
+import time
 
 import pytest
 
@@ -39,6 +41,7 @@ def test_text_line_in_obis_layout() -> None:
     stream = io.StringIO()
     printer = TracePrinter("text", stream, tz=UTC)
     printer.print_spans([make_span(make_service("api"))])
+    printer.close()  # what waits is written
     assert stream.getvalue() == (
         "2023-11-14 22:13:20.000 (1.5ms[1.5ms]) HTTP 200 GET /items/42(/items/{id}) "
         "[127.0.0.1 as 127.0.0.1:51234]->[127.0.0.1 as api:8080] "
@@ -52,6 +55,7 @@ def test_text_without_route_with_namespace_unsampled_root() -> None:
     printer = TracePrinter(TracePrinterMode.TEXT, stream, tz=UTC)
     service = make_service("api", service_namespace="shop")
     printer.print_spans([make_span(service, route=None, parent_span_id=b"", sampled=False, status_code=503)])
+    printer.close()
     line = stream.getvalue()
     assert " HTTP 503 GET /items/42 [" in line
     assert "svc=[shop/api python]" in line
@@ -64,6 +68,7 @@ def test_database_spans_in_obis_layout_without_query_text() -> None:
     printer.print_spans([make_db_span(make_service("api"), error_type="WRONGTYPE", status_code="WRONGTYPE",
                                       operation="LPUSH", query_text="LPUSH secret-key x"),
                          make_db_span(make_service("redis"), kind=SPAN_KIND_SERVER)])
+    printer.close()
     first, second = stream.getvalue().splitlines()
     assert first == (
         "2023-11-14 22:13:20.000 (250µs[250µs]) RedisClient 1 LPUSH  "
@@ -73,7 +78,9 @@ def test_database_spans_in_obis_layout_without_query_text() -> None:
     )
     assert " RedisServer 0 SET  [127.0.0.1 as 127.0.0.1:40000]->[127.0.0.1 as redis:6379] " in second
     json_stream = io.StringIO()
-    TracePrinter("json", json_stream).print_spans([make_db_span(query_text="SET k v")])
+    json_printer = TracePrinter("json", json_stream)
+    json_printer.print_spans([make_db_span(query_text="SET k v")])
+    json_printer.close()
     printed = json.loads(json_stream.getvalue())
     assert printed["type"] == "RedisClient" and printed["name"] == "SET"
     assert printed["attributes"]["db.query.text"] == "SET k v"  # asked for: the span has it
@@ -87,6 +94,7 @@ def test_json_one_object_per_line() -> None:
     stream = io.StringIO()
     printer = TracePrinter("json", stream)
     printer.print_spans([make_span(), make_span(status_code=500)])
+    printer.close()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
@@ -102,7 +110,9 @@ def test_json_one_object_per_line() -> None:
 
 def test_json_indent_is_pretty() -> None:
     stream = io.StringIO()
-    TracePrinter("json_indent", stream).print_spans([make_span()])
+    printer = TracePrinter("json_indent", stream)
+    printer.print_spans([make_span()])
+    printer.close()
     text = stream.getvalue()
     assert text.startswith("{\n ")
     assert json.loads(text)["spanId"] == SPAN_ID.hex()
@@ -133,3 +143,32 @@ def test_disabled_prints_nothing_and_bad_mode_is_rejected() -> None:
     assert stream.getvalue() == ""
     with pytest.raises(ValueError):
         TracePrinter("yaml", stream)
+
+
+class BlockedStream(io.StringIO):
+    """A stream whose writes wait until it is let go: a pipe nobody reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.go.wait(10)
+        return super().write(text)
+
+
+def test_a_stream_that_does_not_keep_up_never_blocks_the_printer() -> None:
+    """The first batch waits in the writer's thread for the blocked stream; what does not fit
+    beside it is dropped and counted, at once; once the stream moves, what waited is written."""
+    stream = BlockedStream()
+    printer = TracePrinter("text", stream, tz=UTC, max_pending_chars=1000)
+    started = time.monotonic()
+    for _ in range(50):
+        printer.print_spans([make_span(make_service("api"))] * 2)
+    assert time.monotonic() - started < 1.0
+    assert printer.count == 100
+    assert 90 <= printer.dropped_lines < 100  # about 280 characters a line: three fit, at most
+    stream.go.set()
+    printer.close()
+    written = stream.getvalue().splitlines()
+    assert len(written) == 100 - printer.dropped_lines and written[0].endswith("-01]")

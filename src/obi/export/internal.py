@@ -60,6 +60,7 @@ INTERNAL_COUNTERS: Mapping[str, tuple[str, str]] = {
                                             "SELECT, prepared statements) was dropped: too many at once"),
     "obi.metrics.cardinality.overflow": ("{span}", "Requests counted in a metric's overflow series "
                                          "(otel.metric.overflow): its cardinality limit was reached"),
+    "obi.printer.lines.dropped": ("{span}", "Trace printer lines dropped: its output did not keep up"),
     "obi.spans.exported": ("{span}", "Spans the trace exporter delivered"),
     "obi.spans.export.dropped": ("{span}", "Spans dropped from the full export queue"),
     "obi.spans.export.failed": ("{span}", "Spans whose export failed after retries"),

@@ -11,9 +11,13 @@ import datetime
 import enum
 import json
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import TextIO
+
+import structlog
 
 from obi.export.encode import span_flags
 from obi.traces.model import SPAN_KIND_SERVER, DbSpan, HttpSpan, RpcSpan, ServiceIdentity, Span
@@ -122,8 +126,68 @@ def span_json(span: Span) -> dict[str, object]:
     }
 
 
+# Text waiting for a stream that does not keep up; past it, lines are dropped and counted.
+DEFAULT_PENDING_CHARS = 4 << 20
+
+
+class BackgroundWriter:
+    """Writes text to a stream from a thread of its own, so that a stream that blocks (a pipe
+    nobody reads, a slow terminal) never blocks the caller, obi's event loop. What does not
+    fit in `max_chars` waiting to be written is dropped, and its lines counted."""
+
+    def __init__(self, stream: TextIO, max_chars: int = DEFAULT_PENDING_CHARS) -> None:
+        self._stream = stream
+        self._max = max_chars
+        self._pending: deque[str] = deque()
+        self._chars = 0  # waiting, and being written
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.dropped_lines = 0
+
+    def write(self, text: str, lines: int) -> bool:
+        """Queue `text` (`lines` lines); False when it was dropped."""
+        with self._cond:
+            if self._closed or self._chars + len(text) > self._max:
+                self.dropped_lines += lines
+                return False
+            self._pending.append(text)
+            self._chars += len(text)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="obi-trace-printer", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                text = "".join(self._pending)
+                self._pending.clear()
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (OSError, ValueError):  # the stream is gone: what it had is lost
+                pass
+            with self._cond:
+                self._chars -= len(text)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Write what waits (for at most `timeout_s`), then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
 class TracePrinter:
-    """Writes spans to a stream in the chosen mode; flushes once per batch."""
+    """Writes spans to a stream in the chosen mode, through a BackgroundWriter: once per batch,
+    and never waiting for the stream."""
 
     def __init__(
         self,
@@ -131,9 +195,11 @@ class TracePrinter:
         stream: TextIO | None = None,
         counter_interval_s: float = 5.0,
         tz: datetime.tzinfo | None = None,
+        max_pending_chars: int = DEFAULT_PENDING_CHARS,
     ) -> None:
         self.mode = TracePrinterMode(mode)
-        self._stream = stream if stream is not None else sys.stdout
+        self._writer = BackgroundWriter(stream if stream is not None else sys.stdout, max_pending_chars)
+        self._drop_logged = False
         self._counter_interval_s = counter_interval_s
         self._tz = tz
         self._count = 0
@@ -147,6 +213,18 @@ class TracePrinter:
     @property
     def count(self) -> int:
         return self._count
+
+    @property
+    def dropped_lines(self) -> int:
+        """Lines the stream did not keep up with."""
+        return self._writer.dropped_lines
+
+    def _write(self, text: str, lines: int) -> None:
+        if not self._writer.write(text, lines) and not self._drop_logged:
+            self._drop_logged = True
+            structlog.get_logger().bind(component="printer").warning(
+                "trace_printer_behind", hint="the output does not keep up: lines are dropped and counted "
+                "(obi.printer.lines.dropped); spans are still exported")
 
     def print_spans(self, spans: Sequence[Span]) -> None:
         mode = self.mode
@@ -166,15 +244,15 @@ class TracePrinter:
             lines = [json.dumps(span_json(s), separators=(",", ":")) for s in printable]
         else:
             lines = [json.dumps(span_json(s), indent=1) for s in printable]
-        self._stream.write("\n".join(lines) + "\n")
-        self._stream.flush()
+        if lines:
+            self._write("\n".join(lines) + "\n", len(lines))
 
     def _print_counter(self) -> None:
         self._printed_count = self._count
-        self._stream.write(f"Processed {self._count} requests\n")
-        self._stream.flush()
+        self._write(f"Processed {self._count} requests\n", 1)
 
     def close(self) -> None:
-        """Print the final count in counter mode."""
+        """Print the final count in counter mode; write what waits."""
         if self.mode is TracePrinterMode.COUNTER and self._count != self._printed_count:
             self._print_counter()
+        self._writer.close()
