@@ -44,7 +44,11 @@ def test_sigterm_under_heavy_load_flushes_within_the_shutdown_timeout(tmp_path: 
                 assert agent.proc is not None
                 signalled = time.monotonic()
                 os.kill(agent.agent_pid(), signal.SIGTERM)
-                agent.proc.wait(SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S + 10)
+                try:
+                    agent.proc.wait(SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S + 10)
+                except subprocess.TimeoutExpired:  # say where the shutdown stands
+                    raise AssertionError(f"no exit {time.monotonic() - signalled:.1f}s after SIGTERM; "
+                                         f"its last logs: {agent.logs[-12:]}") from None
                 took = time.monotonic() - signalled
             finally:
                 code = agent.stop()  # checks that every BPF link is gone
