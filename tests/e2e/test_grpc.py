@@ -39,6 +39,22 @@ def rpc_spans(receiver: OtlpReceiver, kind: int) -> list[tuple[dict[str, Any], S
                      if s.kind == kind and attributes(s).get("rpc.system.name") == "grpc"])
 
 
+def calls_traced(receiver: OtlpReceiver, env: dict[str, str], client: Client, server: int) -> dict[str, Any]:
+    """The agent on the client and the server while the client makes its round of calls (CALLS),
+    until the 3 server and 3 client spans and both rpc metrics arrived; its agent_stopped log."""
+    with AgentProcess({**env, **otlp(receiver)}) as agent:
+        agent.wait_instrumented(client.proc.pid)
+        agent.wait_instrumented(server)
+        assert client.run() == ["b'added:apple'", "[b'event 0', b'event 1', b'event 2']", "NOT_FOUND"]
+        receiver.wait_for(lambda: min(len(rpc_spans(receiver, Span.SPAN_KIND_SERVER)),
+                                      len(rpc_spans(receiver, Span.SPAN_KIND_CLIENT))) >= len(CALLS),
+                          timeout=15)
+        receiver.wait_for_metric("rpc.server.call.duration")
+        receiver.wait_for_metric("rpc.client.call.duration")
+        assert agent.stop() == 0
+        return agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
+
+
 @pytest.fixture(params=["h2c", "tls"])
 def transport(request: pytest.FixtureRequest,
               certificate: tuple[Path, Path]) -> Iterator[tuple[str, list[str]]]:
@@ -58,18 +74,8 @@ def test_grpcio_unary_streaming_and_failing_calls(transport: tuple[str, list[str
                      *tls[:1]])
     try:
         with OtlpReceiver() as receiver:
-            env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(port),
-                   **otlp(receiver)}
-            with AgentProcess(env) as agent:
-                agent.wait_instrumented(client.proc.pid)
-                agent.wait_instrumented(server.pid)
-                assert client.run() == ["b'added:apple'", "[b'event 0', b'event 1', b'event 2']", "NOT_FOUND"]
-                receiver.wait_for(lambda: min(len(rpc_spans(receiver, Span.SPAN_KIND_SERVER)),
-                                              len(rpc_spans(receiver, Span.SPAN_KIND_CLIENT))) >= 3,
-                                  timeout=15)
-                receiver.wait_for_metric("rpc.server.call.duration")
-                assert agent.stop() == 0
-                stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
+            stopped = calls_traced(receiver, {"OTEL_EBPF_TARGET_PID": str(client.proc.pid),
+                                              "OTEL_EBPF_OPEN_PORT": str(port)}, client, server.pid)
             servers = rpc_spans(receiver, Span.SPAN_KIND_SERVER)
             clients = rpc_spans(receiver, Span.SPAN_KIND_CLIENT)
             assert [s.name for _, s in servers] == [s.name for _, s in clients] == [m for m, *_ in CALLS]
@@ -111,21 +117,11 @@ def test_a_channel_open_before_obi_started_gives_what_can_be_known() -> None:
     client = Client([sys.executable, str(TESTS / "clients" / "grpc_client.py"), str(port),
                      f"00-{TRACE}-{PARENT}-01"])
     try:
-        expected = ["b'added:apple'", "[b'event 0', b'event 1', b'event 2']", "NOT_FOUND"]
-        assert client.run() == expected  # the channel's connection, before obi
+        # the channel's connection, made before obi starts
+        assert client.run() == ["b'added:apple'", "[b'event 0', b'event 1', b'event 2']", "NOT_FOUND"]
         with OtlpReceiver() as receiver:
-            env = {"OTEL_EBPF_TARGET_PID": str(client.proc.pid), "OTEL_EBPF_OPEN_PORT": str(port),
-                   **otlp(receiver)}
-            with AgentProcess(env) as agent:
-                agent.wait_instrumented(client.proc.pid)
-                agent.wait_instrumented(server.pid)
-                assert client.run() == expected
-                receiver.wait_for(lambda: min(len(rpc_spans(receiver, Span.SPAN_KIND_SERVER)),
-                                              len(rpc_spans(receiver, Span.SPAN_KIND_CLIENT))) >= 3,
-                                  timeout=15)
-                receiver.wait_for_metric("rpc.client.call.duration")
-                assert agent.stop() == 0
-                stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
+            stopped = calls_traced(receiver, {"OTEL_EBPF_TARGET_PID": str(client.proc.pid),
+                                              "OTEL_EBPF_OPEN_PORT": str(port)}, client, server.pid)
             assert not [s for _, s in receiver.spans() if attributes(s).get("http.request.method")]
             servers = rpc_spans(receiver, Span.SPAN_KIND_SERVER)
             clients = rpc_spans(receiver, Span.SPAN_KIND_CLIENT)

@@ -9,32 +9,23 @@ Thread per request; the channel connects at the first request.
 
 from __future__ import annotations
 
-import http.server
 import sys
+from pathlib import Path
 
 import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.servers.threaded import serve_http
 
 PORT, GRPC_PORT = int(sys.argv[1]), int(sys.argv[2])
 CHANNEL = grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}")
 ADD = CHANNEL.unary_unary("/shop.Cart/Add", None, None)  # raw bytes both ways
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        status, body = 404, b""
-        if self.path.startswith("/cart/"):
-            status, body = 200, ADD(self.path.rsplit("/", 1)[1].encode())
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def answer(path: str) -> tuple[int, bytes]:
+    if path.startswith("/cart/"):
+        return 200, ADD(path.rsplit("/", 1)[1].encode())
+    return 404, b""
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
-print("ready", flush=True)
-server.serve_forever()
+serve_http(PORT, answer)

@@ -11,12 +11,15 @@ is shared under a lock; both are opened by the first request that needs them.
 
 from __future__ import annotations
 
-import http.server
 import sys
 import threading
+from pathlib import Path
 
 import psycopg
 import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.servers.threaded import serve_http
 
 PORT, REDIS_PORT, PG_PORT, PASSWORD = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 CACHE = redis.Redis(host="127.0.0.1", port=REDIS_PORT, protocol=2)
@@ -32,36 +35,23 @@ def query(statement: str, *args: object) -> tuple[object, ...] | None:
         return DATABASE[0].execute(statement, args).fetchone()
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        status, body = 200, b""
-        if self.path.startswith("/user/"):
-            key = f"user:{self.path.rsplit('/', 1)[1]}"
-            cached = CACHE.get(key)
-            if cached is None:
-                row = query("SELECT name FROM users WHERE id = %s", int(key[5:]))
-                body = str(row[0] if row else "").encode()
-                CACHE.set(key, body, ex=60)
-            else:
-                body = cached if isinstance(cached, bytes) else str(cached).encode()
-        elif self.path == "/boom":
-            try:
-                query("SELECT * FROM nosuch")
-            except psycopg.errors.UndefinedTable:
-                status, body = 500, b"boom"
-        else:
-            status = 404
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+def answer(path: str) -> tuple[int, bytes]:
+    if path.startswith("/user/"):
+        key = f"user:{path.rsplit('/', 1)[1]}"
+        cached = CACHE.get(key)
+        if cached is not None:
+            return 200, cached if isinstance(cached, bytes) else str(cached).encode()
+        row = query("SELECT name FROM users WHERE id = %s", int(key[5:]))
+        body = str(row[0] if row else "").encode()
+        CACHE.set(key, body, ex=60)
+        return 200, body
+    if path == "/boom":
+        try:
+            query("SELECT * FROM nosuch")
+        except psycopg.errors.UndefinedTable:
+            return 500, b"boom"
+        return 200, b""
+    return 404, b""
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
-print("ready", flush=True)
-server.serve_forever()
+serve_http(PORT, answer)

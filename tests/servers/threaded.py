@@ -7,6 +7,7 @@ SSL_read_ex / SSL_write_ex), the handshake made on the connection's thread."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import socket
 import ssl
@@ -42,3 +43,25 @@ def _serve(serve: Callable[[socket.socket], None], conn: socket.socket,
             conn.close()
             return
     serve(conn)
+
+
+def serve_http(port: int, answer: Callable[[str], tuple[int, bytes]]) -> None:
+    """An HTTP/1.1 keep-alive server (http.server, a thread per connection) on 127.0.0.1:port:
+    each GET is answered with answer(path), a status and a body. Prints "ready"."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            status, body = answer(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
