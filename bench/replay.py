@@ -120,7 +120,6 @@ async def replay(batches: list[bytes], repeat: int) -> None:
     batch_size = config.otel_traces_export.max_export_batch_size
     exporting = asyncio.create_task(exporter.run())
     process, offer = stage.records.process, stage.fanout.offer
-    records = 0
     cpu = time.process_time()
     for _ in range(repeat):
         for batch in batches:
