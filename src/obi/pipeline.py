@@ -35,6 +35,7 @@ from obi.ebpf.goprobes import GoHttp, GoOffsetSlots, GoTls
 from obi.ebpf.libraries import Instrumenter, UprobeFiles
 from obi.ebpf.nginx import Nginx
 from obi.ebpf.tls import OpenSsl
+from obi.ebpf.uprobes import detach
 from obi.export.batch import (
     BatchingExporter,
     OtlpSender,
@@ -206,6 +207,9 @@ class Agent:
                 offer(process(batch))
             finally:
                 queue.done()
+            # get() does not yield while batches wait: without this, a backlog would keep the
+            # loop (signals, exports, the drain itself) waiting until all of it is processed.
+            await asyncio.sleep(0)
 
     async def _discover(self) -> None:
         """Discovery, after the informers' first lists (so exclusions by namespace hold)."""
@@ -253,6 +257,13 @@ class Agent:
             self.drain.detach(loop)
             await self._shutdown(tasks)
 
+    def _detach(self, uprobe_links: list[int]) -> float:
+        """Closes the uprobes' links and the capture's; returns how long it took."""
+        started = time.monotonic()
+        detach(uprobe_links)
+        self.capture.detach()
+        return round(time.monotonic() - started, 3)
+
     async def _flush_stage(self, name: str, flush: Coroutine[None, None, None], left: float) -> None:
         """Run one exporter's shutdown; cancel it if it overruns its share of the timeout."""
         task = asyncio.create_task(flush)
@@ -262,15 +273,31 @@ class Agent:
             self.log.error("shutdown_stage_hung", stage=name, timeout_s=self.config.shutdown_timeout)
 
     async def _shutdown(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        deadline = time.monotonic() + self.config.shutdown_timeout
+        began = time.monotonic()
+        deadline = began + self.config.shutdown_timeout
+        phases: dict[str, float] = {}
+        mark = began
+
+        def phase(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            phases[name] = round(now - mark, 3)
+            mark = now
+
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.watcher.stop(), 2.0)
         if self.kube is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.kube.stop(), 2.0)
+        phase("discovery")
         # Everything the kernel completed, plus responses under way.
         with contextlib.suppress(OSError):
             self.drain.flush()
+        phase("drain")
+        # Nothing more is drained: the programs are detached from a thread meanwhile, since
+        # each detach waits for the kernel (seconds in all, under load) while spans flush.
+        uprobe_links = self.uprobes.take_links() if self.uprobes is not None else []
+        detached = asyncio.create_task(asyncio.to_thread(self._detach, uprobe_links))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.drain.queue.join(), max(0.1, deadline - time.monotonic()))
         for name in ("kubernetes", "discovery", "spans", "drain"):
@@ -280,21 +307,25 @@ class Agent:
         await asyncio.gather(*(tasks[n] for n in ("spans", "drain") if n in tasks), return_exceptions=True)
         # Batches the span stage had no time for are counted, not silently lost.
         self.drain.queue.discard()
+        phase("spans")
         # Traces flush first, so that the last metrics push carries final counters (obi's
         # own included); the metrics keep a share of what is left of the timeout for it.
         left = max(0.1, deadline - time.monotonic())
         if self.trace_exporter is not None:
             reserve = min(1.0, left / 4) if self.metrics_exporter is not None else 0.0
             await self._flush_stage("traces", self.trace_exporter.shutdown(left - reserve), left - reserve)
+            phase("traces")
         if self.metrics_exporter is not None:
             left = max(0.1, deadline - time.monotonic())
             await self._flush_stage("metrics", self.metrics_exporter.shutdown(left), left)
+            phase("metrics")
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         self.printer.close()
-        if self.uprobes is not None:
-            self.uprobes.close()
+        waited = time.monotonic()
+        detach_s = await detached
+        phases["detach_wait"] = round(time.monotonic() - waited, 3)
         self.capture.close()
         exporter, records, spans = self.trace_exporter, self.records.stats, self.span_stats
         self.log.info("agent_stopped", spans=records.spans,
@@ -307,6 +338,8 @@ class Agent:
                       truncated_requests=spans.headers_truncated,
                       events_dropped=self.drain.queue.dropped_records,
                       ring_records=self.drain.drained_records, ring_bytes=self.drain.drained_bytes,
+                      shutdown_s=round(time.monotonic() - began, 3), shutdown_phases_s=phases,
+                      detach_s=detach_s,
                       **self.drain.kernel)
 
 

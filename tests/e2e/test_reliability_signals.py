@@ -59,9 +59,10 @@ def test_sigterm_under_heavy_load_flushes_within_the_shutdown_timeout(tmp_path: 
             stop_process(wrk)
         stop_process(nginx)
     print(f"\nSIGTERM under load: exit in {took:.2f}s, {stats['spans']} spans, {received} received, "
-          f"{stats['events_lost']} lost in the kernel (counted)")
+          f"{stats['events_lost']} lost in the kernel (counted); shutdown {stats['shutdown_s']}s: "
+          f"{stats['shutdown_phases_s']}, detach {stats['detach_s']}s")
     assert code == 0
-    assert took < SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S
+    assert took < SHUTDOWN_TIMEOUT_S + EXIT_MARGIN_S, f"shutdown phases: {stats['shutdown_phases_s']}"
     assert stats["spans"] > 1000, "too little load to tell"
     # Everything the agent accepted was delivered.
     assert stats["events_dropped"] == 0

@@ -332,6 +332,10 @@ class Capture:
         if self._tracefs is not None:
             self._tracefs.release()
 
+    def detach(self) -> None:
+        """Detaches the programs; the ring and the maps stay readable until close()."""
+        self.collection.detach()
+
     def close(self) -> None:
         """Detaches and releases everything (idempotent)."""
         if hasattr(self, "ring"):

@@ -163,14 +163,21 @@ class UprobeFiles:
                 self._later(DETACH_GRACE_S, lambda item=item: self._expire(item))  # type: ignore[misc]
 
     def close(self) -> None:
+        detach(self.take_links())
+
+    def take_links(self) -> list[int]:
+        """Forgets every attached file and returns their link fds, for the caller to close
+        (at shutdown, from a thread: each uprobe detach waits for the kernel)."""
+        links: list[int] = []
         for attached in self._files.values():
-            detach(attached.links)
+            links.extend(attached.links)
             attached.instrumenter.release(attached.token)
         self._files.clear()
         self._by_pid.clear()
         for pids in self._pids.values():
             pids.clear()
         self.stats.files = 0
+        return links
 
     @property
     def attached_paths(self) -> list[str]:

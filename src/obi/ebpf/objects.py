@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,9 @@ from typing import Any
 import structlog
 
 from obi.ebpf._libbpf import BpfError, check, check_ptr, ffi, install_libbpf_logging, lib
+
+# Links detached at once (each tracepoint detach waits on the kernel, not on a CPU).
+DETACH_THREADS = 8
 
 
 def object_path(name: str) -> Path:
@@ -172,10 +176,20 @@ class BpfCollection:
                     ids.append(int(line.split()[1]))
         return ids
 
+    def detach(self) -> None:
+        """Detaches every link; the maps stay (idempotent). Each tracepoint detach waits for
+        the kernel (about 60 ms here); a few at once, with the GIL released, halve the total."""
+        links, self._links = self._links, []
+        if len(links) <= 2:
+            for link in links:
+                lib.bpf_link__destroy(link)
+            return
+        with ThreadPoolExecutor(min(DETACH_THREADS, len(links)), thread_name_prefix="obi-detach") as pool:
+            list(pool.map(lib.bpf_link__destroy, links))
+
     def close(self) -> None:
         """Detaches every link, then releases the object (idempotent)."""
-        while self._links:
-            lib.bpf_link__destroy(self._links.pop())
+        self.detach()
         if self._obj is not None:
             lib.bpf_object__close(self._obj)
             self._obj = None
