@@ -126,6 +126,9 @@ class ProcessRegistry:
                 self._kernel.remove_pid(pid)
                 self._watcher.forget(pid)
                 self._gone(pid, now)
+                # judged without its ports: a listening socket kept across the exec (a server
+                # re-exec'ing itself) selects it again, once the watcher has read them
+                self._watcher.notice(pid)
         elif event == lib.OBI_PROCESS_LISTEN:
             self._watcher.notice(pid)
             return
