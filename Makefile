@@ -27,6 +27,8 @@ bench: setup
 	@echo "replay of recorded nginx records through the user-space path (bench/replay.py):"
 	$(PY) bench/replay.py run bench/records/nginx-http1.bin.gz --repeat 3
 	$(PY) bench/replay.py instructions bench/records/nginx-http1.bin.gz
+	@echo "obi when nothing happens (bench/idle.py):"
+	$(PY) bench/idle.py
 
 setup: deps $(INSTALLED)
 

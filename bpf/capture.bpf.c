@@ -66,6 +66,7 @@ const volatile __u64 wakeup_bytes = 1;  /* wake user space once this much data w
 const volatile __u64 pidns_dev = 0;     /* obi's pid namespace; 0 = the host's */
 const volatile __u64 pidns_ino = 0;
 const volatile __u32 trace_execs = 0;   /* trace every exec'd process until user space decides */
+const volatile __u32 notice_processes = 0; /* tell user space when processes not traced listen */
 const volatile __u32 use_bpf_loop = 0;  /* the kernel has bpf_loop (HTTP/1.x framing) */
 const volatile __u32 propagate_headers = 0; /* traceparent headers in outgoing HTTP/1 requests */
 const volatile __u32 propagate_tcp = 0;     /* the context in a TCP option of each request's first packet */
@@ -2277,6 +2278,24 @@ int tp_exit(struct trace_event_raw_sys_exit *ctx)
 	return exit_call(ctx->ret);
 }
 
+/* A listen() that worked, by a process not traced: user space looks at its ports now
+ * instead of finding them on its next scan of /proc. Rare: no cost on the hot path. */
+static __always_inline int notice_listen(long ret)
+{
+	__u32 pid;
+
+	if (!notice_processes || ret != 0 || current_pid(&pid) || bpf_map_lookup_elem(&pid_filter, &pid))
+		return 0;
+	emit_process(OBI_PROCESS_LISTEN, pid, 0, NULL);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_listen")
+int tp_exit_listen(struct trace_event_raw_sys_exit *ctx)
+{
+	return notice_listen(ctx->ret);
+}
+
 SEC("tracepoint/syscalls/sys_enter_close")
 int tp_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
@@ -2384,7 +2403,7 @@ int raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	long nr = syscall_nr((struct pt_regs *)ctx->args[0]);
 
 	if (!hooked(nr) || nr == OBI_NR_close || nr == OBI_NR_close_range || nr == OBI_NR_shutdown)
-		return 0;
+		return nr == OBI_NR_listen ? notice_listen((__s64)ctx->args[1]) : 0;
 	return exit_call((__s64)ctx->args[1]);
 }
 

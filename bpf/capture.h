@@ -55,6 +55,7 @@
 #define OBI_PROCESS_EXEC 2 /* a traced (or, when asked, any) process called exec */
 #define OBI_PROCESS_EXIT 3 /* a traced process exited */
 #define OBI_PROCESS_TLS 4  /* a traced process spoke TLS on a socket for the first time: find its TLS library */
+#define OBI_PROCESS_LISTEN 5 /* a process not traced listened on a socket (notices): look at it now */
 
 /* Flags of a pid filter entry. */
 #define OBI_PID_SELECTED 0x01    /* user space selected this process */

@@ -23,6 +23,7 @@
 #define OBI_NR_accept4 288
 #define OBI_NR_shutdown 48
 #define OBI_NR_close_range 436
+#define OBI_NR_listen 50
 #elif defined(__TARGET_ARCH_arm64)
 #define OBI_NR_close 57
 #define OBI_NR_read 63
@@ -39,6 +40,7 @@
 #define OBI_NR_accept4 242
 #define OBI_NR_shutdown 210
 #define OBI_NR_close_range 436
+#define OBI_NR_listen 201
 #else
 #error "obi: unsupported target architecture"
 #endif

@@ -417,6 +417,7 @@ def build_agent(config: Config) -> Agent:
         max_connections=ebpf.max_connections,
         max_exchanges=ebpf.max_inflight_requests,
         trace_execs=selects_at_exec(selection),
+        notice_processes=True,
         propagate_headers=ebpf.context_propagation in ("headers", "all"),
         propagate_tcp=ebpf.context_propagation in ("tcp", "ip", "all"),
     ))
@@ -440,6 +441,7 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         decorator = KubeDecorator(kube.store, config.attributes.kubernetes.cluster_name,
                                   service_overrides(config))
     watcher = ProcessWatcher(selection, kube_facts=decorator.kube_facts if decorator is not None else None)
+    drain.on_process_events_lost = watcher.rescan
     uprobes: UprobeFiles | None = None
     if capture.uprobes is not None:
         instrumenters: list[Instrumenter] = [OpenSsl(capture.uprobes, capture.collection),

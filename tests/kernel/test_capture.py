@@ -558,6 +558,45 @@ def test_exec_tracing_catches_a_new_process_from_its_first_request(
     assert ev["pid"] == execs[0]["pid"] and ev["role"] == CLIENT and ev["end_reason"] == lib.OBI_END_FRAMED
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_untraced_processes_that_listen_are_noticed_and_traced_ones_are_not(mode: str) -> None:
+    listener = textwrap.dedent("""
+        import socket, sys
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        sys.stdin.readline()
+        s.listen()
+        print("listening", flush=True)
+        sys.stdin.readline()
+        """)
+    settings = CaptureSettings(syscall_hooks=mode, notice_processes=True, ring_buffer_size=1 << 22)  # type: ignore[arg-type]
+    with Capture(settings) as capture:
+        records = Records(capture)
+        untraced, traced = (subprocess.Popen([sys.executable, "-c", listener], text=True,
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2))
+        try:
+            capture.add_pid(traced.pid)
+            for proc in (untraced, traced):
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline() == "listening\n"
+            spawned = subprocess.Popen(["true"])
+            spawned.wait(5)
+
+            def ours(r: Records) -> list[tuple[int, int, str]]:
+                pids = (untraced.pid, traced.pid, spawned.pid)
+                return [(p["event"], p["pid"], p["path"]) for p in r.processes() if p["pid"] in pids]
+
+            records.wait(lambda r: len(ours(r)) >= 1)
+            records.wait(lambda r: False, timeout=0.3)  # anything else would have come by now
+        finally:
+            for proc in (untraced, traced):
+                stop_process(proc)
+    # neither the traced listener (known already) nor an exec (a new pid: the next poll's)
+    assert ours(records) == [(lib.OBI_PROCESS_LISTEN, untraced.pid, "")]
+
+
 def test_connections_opened_before_tracing_get_their_role_from_the_first_bytes(
         capture: Capture, server: tuple[subprocess.Popen[str], int]) -> None:
     proc, port = server

@@ -120,13 +120,16 @@ def run_watching(
     scenario: Callable[[ProcessWatcher, Recorder], Awaitable[None]],
     *,
     own_children: bool = True,
+    full_scan_s: float = 60.0,
 ) -> Recorder:
-    """Run ``scenario`` while a watcher runs; always stops the watcher."""
+    """Run ``scenario`` while a watcher runs; always stops the watcher. Only the first
+    full scan happens within a test, unless ``full_scan_s`` is short."""
     recorder = Recorder()
 
     async def main() -> None:
         watcher = ProcessWatcher(
-            selection, poll_interval_s=POLL_S, hostname="test-host", skip_agent_descendants=not own_children
+            selection, poll_interval_s=POLL_S, hostname="test-host", skip_agent_descendants=not own_children,
+            full_scan_interval_s=full_scan_s,
         )
         task = asyncio.create_task(watcher.run(recorder))
         try:
@@ -164,7 +167,7 @@ def test_selects_by_port_and_forgets_exited(spawn: Spawn) -> None:
     run_watching(selection, scenario)
 
 
-def test_picks_up_a_later_listener_within_a_second(spawn: Spawn) -> None:
+def test_a_later_listener_is_picked_up_when_the_kernel_notices_it(spawn: Spawn) -> None:
     child = spawn(delay=1.0)
     port = int(child.read_line())
     selection = Selection(include=(Selector(open_ports=((port, port),)),))
@@ -172,22 +175,39 @@ def test_picks_up_a_later_listener_within_a_second(spawn: Spawn) -> None:
     async def scenario(watcher: ProcessWatcher, recorder: Recorder) -> None:
         assert child.pid not in recorder.current  # bound, not listening yet
         await asyncio.to_thread(child.read_line)  # "listening"
+        await asyncio.sleep(3 * POLL_S)
+        assert child.pid not in recorder.current  # polls only look at new pids
+        watcher.notice(child.pid)  # what the registry does on the kernel's OBI_PROCESS_LISTEN
         elapsed = await wait_until(lambda: child.pid in recorder.current)
-        assert elapsed < 1.0
+        assert elapsed < 0.5
+        assert watcher.full_scans == 1
 
     run_watching(selection, scenario)
 
 
-def test_picks_up_a_process_started_later(spawn: Spawn) -> None:
-    selection = Selection(any_listener=True)
+def test_a_later_listener_nobody_noticed_is_found_by_the_full_scan(spawn: Spawn) -> None:
+    child = spawn(delay=0.5)
+    port = int(child.read_line())
+    selection = Selection(include=(Selector(open_ports=((port, port),)),))
 
     async def scenario(watcher: ProcessWatcher, recorder: Recorder) -> None:
-        child = spawn()
-        await asyncio.to_thread(child.read_line)
-        await asyncio.to_thread(child.read_line)
+        await asyncio.to_thread(child.read_line)  # "listening"
+        await wait_until(lambda: child.pid in recorder.current, timeout=3.0)
+        assert watcher.full_scans >= 2
+
+    run_watching(selection, scenario, full_scan_s=1.0)
+
+
+def test_a_process_started_later_is_found_by_the_next_poll(spawn: Spawn) -> None:
+    async def scenario(watcher: ProcessWatcher, recorder: Recorder) -> None:
+        child = spawn(delay=30)
         elapsed = await wait_until(lambda: child.pid in recorder.current)
         assert elapsed < 1.0
+        assert watcher.full_scans == 1 and watcher.partial_scans >= 1
 
+    exe = os.path.realpath(sys.executable)
+    # by executable, and not this test's own process (its parent)
+    selection = Selection(include=(Selector(exe_path=exe),), exclude=(Selector(pids=(os.getpid(),)),))
     run_watching(selection, scenario)
 
 

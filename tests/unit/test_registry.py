@@ -131,3 +131,18 @@ def test_the_same_process_found_twice_is_instrumented_once() -> None:
     reg.on_watcher_change([identity(5)], [])
     reg.on_watcher_change([identity(5)], [])
     assert observer.tracked == [5]
+
+
+def test_a_listen_the_kernel_noticed_is_passed_to_the_watcher() -> None:
+    noticed: list[int] = []
+
+    class Noticing(ProcessWatcher):
+        def notice(self, pid: int) -> None:
+            noticed.append(pid)
+
+    kernel, watcher = Kernel(100), Noticing(Selection())
+    reg = ProcessRegistry(kernel, watcher)
+    reg.on_kernel_event(lib.OBI_PROCESS_LISTEN, 31, 0, "")
+    reg.on_kernel_event(lib.OBI_PROCESS_LISTEN, 32, 0, "")
+    assert noticed == [31, 32]
+    assert kernel.pids == set() and reg.identity_for(31) is None  # the watcher decides, later

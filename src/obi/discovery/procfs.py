@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from obi.discovery.criteria import ProcessFacts
@@ -158,15 +159,16 @@ class ProcfsScanner:
         self._own_netns = self._netns_of("self") if self._use_netlink else None
         self._processes: dict[int, _Process] = {}
 
-    def scan(self) -> dict[int, ProcessFacts]:
-        """Every live user-space process, by pid."""
+    def scan(self, pids: Iterable[int] | None = None) -> dict[int, ProcessFacts]:
+        """Every live user-space process by pid, or those of ``pids`` that live."""
+        pids = None if pids is None else list(pids)
         stats: dict[int, ProcStat] = {}
-        for name in self._list_pids():
+        for name in self._list_pids() if pids is None else pids:
             stat = self._read_stat(name)
             if stat is not None and not stat.is_kernel_thread:
                 stats[name] = stat
 
-        for pid in list(self._processes):
+        for pid in list(self._processes) if pids is None else [p for p in pids if p in self._processes]:
             state = self._processes[pid]
             stat = stats.get(pid)
             if stat is None or stat.start_time != state.start_time:
@@ -205,6 +207,10 @@ class ProcfsScanner:
         if stat is None or stat.is_kernel_thread:
             return None
         return ProcessFacts(pid=pid, start_time=stat.start_time, ppid=stat.ppid, exe_path=self._read_exe(pid))
+
+    def pids(self) -> set[int]:
+        """The pids in /proc (one directory read: kernel threads included)."""
+        return set(self._list_pids())
 
     def _list_pids(self) -> list[int]:
         try:

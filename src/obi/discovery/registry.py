@@ -6,7 +6,8 @@ the exchanges in the ring buffer, what it did on its own: a traced process
 forked (the child is traced from its first instruction and is its parent's
 service), a process exec'd (traced provisionally when exec tracing is on, or
 traced before: user space decides now whether it stays), a traced process
-exited. Every span's service comes from here.
+exited, a process not traced called listen() (the watcher looks at it now).
+Every span's service comes from here.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ class ProcessRegistry:
                 self._kernel.remove_pid(pid)
                 self._watcher.forget(pid)
                 self._gone(pid, now)
+                # judged without its ports: a listening socket kept across the exec (a server
+                # re-exec'ing itself) selects it again, once the watcher has read them
+                self._watcher.notice(pid)
+        elif event == lib.OBI_PROCESS_LISTEN:
+            self._watcher.notice(pid)
+            return
         elif event == lib.OBI_PROCESS_TLS:
             if self._libraries is not None and pid in self._identities and pid not in self._exited:
                 self._libraries.speaks_tls(pid)

@@ -1,9 +1,14 @@
 """Keeps the set of instrumented processes current and reports its changes.
 
-Rescans /proc every poll interval in a worker thread. Like OBI, a selected
-process stays selected until it exits (a pid reused by a new process, told by
-its start time, is a new process); unselected processes are re-evaluated on
-every scan, so ports opened later are picked up.
+/proc is read whole at start and then only as a safety net (every
+``full_scan_interval_s``). Between full scans discovery follows the kernel:
+it notices when a process that is not traced calls listen() (``notice``),
+and a cheap poll (one directory read of /proc every ``poll_interval_s``)
+looks at the pids that appeared since the last one, ports included (a server
+handed its socket by a parent, as systemd does, never calls listen()).
+Exits and execs of traced processes come from the kernel too (the registry).
+Like OBI, a selected process stays selected until it exits (a pid reused by a
+new process, told by its start time, is a new process).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import inspect
 import os
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -25,6 +31,16 @@ from obi.discovery.procfs import ProcfsScanner
 from obi.traces.model import ServiceIdentity
 
 OnChange = Callable[[list[ServiceIdentity], list[int]], Awaitable[None] | None]
+
+# How often /proc's directory is read for new pids (what the kernel's notices missed).
+DEFAULT_POLL_INTERVAL_S = 5.0
+# How often every process is looked at again, whatever the notices said.
+DEFAULT_FULL_SCAN_INTERVAL_S = 60.0
+# Noticed pids wait this long, so that a burst of listens is read in one pass.
+NOTICE_SETTLE_S = 0.05
+# With Kubernetes selectors, a new process whose pod may not be known yet is looked at
+# again on every poll for this long.
+KUBE_SETTLE_S = 60.0
 
 
 def descendants(root: int, facts: dict[int, ProcessFacts]) -> set[int]:
@@ -53,18 +69,20 @@ class ProcessWatcher:
     def __init__(
         self,
         selection: Selection,
-        poll_interval_s: float = 0.5,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         proc_root: str = "/proc",
         *,
         agent_pid: int | None = None,
         skip_agent_descendants: bool = True,
         hostname: str | None = None,
         kube_facts: Callable[[int, int], KubeFacts | None] | None = None,
+        full_scan_interval_s: float = DEFAULT_FULL_SCAN_INTERVAL_S,
     ) -> None:
         """`kube_facts(pid, start_time)` tells the pod of a process, for k8s_* selectors."""
         self._selection = selection
         self._kube_facts = kube_facts if selection.needs_kube else None
         self._poll_interval_s = poll_interval_s
+        self._full_scan_interval_s = full_scan_interval_s
         self._proc_root = proc_root
         self._agent_pid = os.getpid() if agent_pid is None else agent_pid
         self._skip_agent_descendants = skip_agent_descendants
@@ -79,6 +97,15 @@ class ProcessWatcher:
         self._adopted: set[int] = set()
         self._lock = threading.Lock()  # _selected and _adopted: the scan thread and the loop
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # a notice, a rescan asked for, or stop
+        self._noticed: set[int] = set()  # pids the kernel told about since the last pass
+        self._full_due = False
+        # touched by the scan thread only (one pass at a time)
+        self._known: set[int] = set()  # the pids of /proc at the last pass
+        self._family: set[int] = {self._agent_pid}  # the agent and its descendants
+        self._young: dict[int, float] = {}  # unselected pids within KUBE_SETTLE_S of first sight
+        self.full_scans = 0
+        self.partial_scans = 0
         self._log = structlog.get_logger().bind(component="discovery")
 
     def adopt(self, identity: ServiceIdentity) -> None:
@@ -119,12 +146,34 @@ class ProcessWatcher:
                 self._selected[pid] = (facts.start_time, facts.exe_path, self._cmdline(pid))
         return identity
 
+    def notice(self, pid: int) -> None:
+        """The kernel saw pid (not traced) listen: look at it on the next pass, soon."""
+        self._noticed.add(pid)
+        self._wake.set()
+
+    def rescan(self) -> None:
+        """Look at every process again now (notices were lost)."""
+        self._full_due = True
+        self._wake.set()
+
     async def run(self, on_change: OnChange) -> None:
         """Scan until ``stop()``; callback errors propagate and end the watcher."""
         first = True
+        loop = asyncio.get_running_loop()
+        next_full = next_poll = loop.time()
         while not self._stopping.is_set():
+            now = loop.time()
+            self._wake.clear()
+            noticed, self._noticed = self._noticed, set()
+            full = self._full_due or now >= next_full
+            poll = full or now >= next_poll
+            if full:
+                self._full_due = False
+                next_full = now + self._full_scan_interval_s
+            if poll:
+                next_poll = now + self._poll_interval_s
             try:
-                added, removed = await asyncio.to_thread(self._poll)
+                added, removed = await asyncio.to_thread(self._pass, full, poll, noticed)
             except Exception:
                 self._log.exception("scan_failed")
                 added, removed = [], []
@@ -143,12 +192,17 @@ class ProcessWatcher:
                 result = on_change(added, removed)
                 if inspect.isawaitable(result):
                     await result
+            if self._stopping.is_set():
+                break
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._poll_interval_s)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, min(next_poll, next_full) - loop.time()))
+            if self._wake.is_set() and not self._stopping.is_set():
+                await asyncio.sleep(NOTICE_SETTLE_S)
 
     async def stop(self) -> None:
         """Make ``run`` return after the scan under way, if any."""
         self._stopping.set()
+        self._wake.set()
 
     def _cmdline(self, pid: int) -> bytes:
         """The raw command line; b"" when unreadable (gone, or a kernel thread)."""
@@ -158,10 +212,42 @@ class ProcessWatcher:
         except OSError:
             return b""
 
-    def _poll(self) -> tuple[list[ServiceIdentity], list[int]]:
-        """One scan (blocking; runs in a worker thread): the processes added and removed."""
+    def _pass(self, full: bool, poll: bool, noticed: set[int]) -> tuple[list[ServiceIdentity], list[int]]:
+        """One pass (blocking; runs in a worker thread): the processes added and removed."""
         if self._hostname is None:
             self._hostname = socket.gethostname()
+        if full:
+            return self._full_scan()
+        self.partial_scans += 1
+        wanted = set(noticed)
+        gone: set[int] = set()
+        if poll:
+            present = self._scanner.pids()
+            wanted |= present - self._known
+            gone = self._known - present
+            self._known = present
+            if self._young:
+                now = time.monotonic()
+                for pid, seen in list(self._young.items()):
+                    if pid in gone or now - seen > KUBE_SETTLE_S:
+                        del self._young[pid]
+                    else:
+                        wanted.add(pid)
+        self._family -= gone
+        with self._lock:
+            removed = [pid for pid in gone if pid in self._selected]
+            for pid in removed:
+                self._selected.pop(pid, None)
+                self._adopted.discard(pid)
+        facts = self._scanner.scan(wanted) if wanted else {}
+        for pid, fact in facts.items():
+            if pid not in self._family and fact.ppid in self._family and self._skip_agent_descendants:
+                self._family.add(pid)
+        return self._select(facts), removed
+
+    def _full_scan(self) -> tuple[list[ServiceIdentity], list[int]]:
+        self.full_scans += 1
+        self._known = self._scanner.pids()
         facts = self._scanner.scan()
         with self._lock:
             for pid in self._adopted:
@@ -179,8 +265,16 @@ class ProcessWatcher:
         with self._lock:
             for pid in removed:
                 self._selected.pop(pid, None)
-            selected = dict(self._selected)
-        skipped = descendants(self._agent_pid, facts) if self._skip_agent_descendants else {self._agent_pid}
+        if self._skip_agent_descendants:
+            self._family = descendants(self._agent_pid, facts)
+        self._young = {pid: seen for pid, seen in self._young.items() if pid in facts}
+        return self._select(facts), removed
+
+    def _select(self, facts: dict[int, ProcessFacts]) -> list[ServiceIdentity]:
+        """The processes of ``facts`` newly selected (and now marked so)."""
+        skipped = self._family if self._skip_agent_descendants else {self._agent_pid}
+        with self._lock:
+            selected = set(self._selected)
         added: list[ServiceIdentity] = []
         kube_facts = self._kube_facts
         for pid, fact in facts.items():
@@ -189,7 +283,10 @@ class ProcessWatcher:
             if kube_facts is not None:
                 fact = replace(fact, kube=kube_facts(pid, fact.start_time))
             if not self._selection.matches(fact):
+                if kube_facts is not None and fact.kube is None:
+                    self._young.setdefault(pid, time.monotonic())
                 continue
+            self._young.pop(pid, None)
             with self._lock:
                 if pid in self._selected:
                     continue  # evaluated on an exec meanwhile
@@ -203,4 +300,4 @@ class ProcessWatcher:
                     start_time=fact.start_time,
                 )
             )
-        return added, removed
+        return added

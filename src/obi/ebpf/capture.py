@@ -58,6 +58,7 @@ class CaptureSettings:
     max_connections: int = 65536  # tracked connections (and syscalls in flight)
     max_exchanges: int = 2048  # exchanges in flight, each with its capture buffer
     trace_execs: bool = False  # trace every exec'd process until user space decides
+    notice_processes: bool = False  # report listen() by processes not traced
     uprobes: bool = True  # load the TLS and Go uprobes (when this kernel lets obi attach uprobes)
     # how to attach them: "auto" (uprobe_multi links where they work, else perf events), or one
     # of the two (tests, and kernels where the first one found is not the one wanted)
@@ -135,6 +136,7 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
             "pidns_dev": u64(dev),
             "pidns_ino": u64(ino),
             "trace_execs": u32(int(settings.trace_execs)),
+            "notice_processes": u32(int(settings.notice_processes)),
             "use_bpf_loop": u32(int(use_bpf_loop)),
             "propagate_headers": u32(int(headers)),
             "propagate_tcp": u32(int(tcp)),
