@@ -53,7 +53,15 @@ def check_client_and_server(clients: Spans, servers: Spans, expected: list[dict[
         assert (span.status.code, served.status.code) == (error, error)
     links = [(served.trace_id == span.trace_id, served.parent_span_id == span.span_id)
              for (_, span), (_, served) in zip(clients, servers, strict=True)]
-    assert links == [(True, True)] * len(expected)  # linked in the kernel, every one
+    # linked in the kernel, every one
+    assert links == [(True, True)] * len(expected), "\n".join(map(_ids, clients + servers))
+
+
+def _ids(pair: tuple[dict[str, Any], Span]) -> str:
+    """One span's ids and times, for a failed link's message."""
+    span = pair[1]
+    return (f"{span.kind} {span.name}: trace {span.trace_id.hex()} span {span.span_id.hex()} parent "
+            f"{span.parent_span_id.hex()} {span.start_time_unix_nano}-{span.end_time_unix_nano}")
 
 
 def metric_counts(receiver: OtlpReceiver, name: str, system: str,
@@ -100,6 +108,7 @@ def traced_client(argv: list[str], server_pid: int, port: int,
                 assert agent.stop() == 0
                 stopped = agent.wait_log(lambda e: e.get("event") == "agent_stopped", 1)
             assert stopped["parse_errors"] == stopped["unknown_protocol"] == 0  # authentication too
+            print("agent_stopped:", stopped)  # for a failed check's report
             yield Traced(lines, receiver, stopped, client.proc.pid)
     finally:
         client.close()
