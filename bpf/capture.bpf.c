@@ -416,7 +416,13 @@ static __always_inline void emit_process(__u8 event, __u32 pid, __u32 parent, co
 	r->ev.path_len = n;
 	size = sizeof(r->ev) + (__u64)n;
 	clamp_umax(size, sizeof(*r));
-	if (bpf_ringbuf_output(&events, r, size, wakeup_flag(size)))
+	/* A first TLS connection (uprobes to attach before its next write), a new listener
+	 * and an exec (a process to look at) cannot wait for user space's timer, which
+	 * slows to a second when nothing comes: rare, they wake it now. Forks and exits
+	 * ride along with the records (a fork-per-request server makes one per request). */
+	if (bpf_ringbuf_output(&events, r, size,
+			       event == OBI_PROCESS_FORK || event == OBI_PROCESS_EXIT ? wakeup_flag(size)
+										: BPF_RB_FORCE_WAKEUP))
 		count(OBI_COUNTER_PROCESS_EVENTS_LOST);
 }
 

@@ -1,9 +1,9 @@
 """The capture's user-space side: drain the ring into a bounded queue, run the sweep, watch losses.
 
-The ring is drained when the kernel asks (its epoll fd, batched wakeups) and
-on a short timer; each
-tick also runs the kernel sweep once (one syscall, whatever the number of
-connections). Batches wait in a queue bounded by
+The ring is drained when the kernel asks (its epoll fd, batched wakeups; the
+process events that cannot wait force one) and on a short timer, which slows
+down to once a second while nothing comes; each tick also runs the kernel sweep
+once (one syscall, whatever the number of connections). Batches wait in a queue bounded by
 bytes; a full queue drops the batch, counts its records and says so once.
 """
 
@@ -20,11 +20,11 @@ from obi.ebpf.capture import Capture
 
 # How often the ring is drained and the sweep run without a wakeup, while records come.
 DRAIN_INTERVAL_S = 0.1
-# Ticks that find nothing could double the interval up to this (a tick costs obi's CPU
-# even when nothing happens: 1 s brings an idle agent from 0.4% to 0.03% of a core). Kept
-# at DRAIN_INTERVAL_S until the process events that cannot wait (exec, listen, first TLS
-# connection) force a ring wakeup: at 1 s they would sit in the ring that long.
-DRAIN_IDLE_INTERVAL_S = DRAIN_INTERVAL_S
+# Ticks that find nothing double the interval up to this (a tick costs obi's CPU even
+# when nothing happens: 1 s brings an idle agent from 0.4% to 0.03% of a core); the first
+# record drained brings it back to DRAIN_INTERVAL_S. The process events that cannot wait
+# (exec, listen, a first TLS connection) wake the drain at once.
+DRAIN_IDLE_INTERVAL_S = 1.0
 # Kernel counters are read (and losses logged) every this many ticks.
 COUNTER_TICKS = 10
 DEFAULT_QUEUE_BYTES = 64 << 20
