@@ -29,6 +29,8 @@ bench: setup
 	$(PY) bench/replay.py instructions bench/records/nginx-http1.bin.gz
 	@echo "obi when nothing happens (bench/idle.py):"
 	$(PY) bench/idle.py
+	@echo "from obi's start to a running service's first span at the collector (bench/first_span.py):"
+	$(PY) bench/first_span.py
 
 setup: deps $(INSTALLED)
 

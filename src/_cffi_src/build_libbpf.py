@@ -84,6 +84,9 @@ int bpf_link__fd(const struct bpf_link *link);
 int bpf_link__destroy(struct bpf_link *link);
 
 int bpf_map__fd(const struct bpf_map *map);
+struct bpf_map *bpf_object__next_map(const struct bpf_object *obj, const struct bpf_map *map);
+const char *bpf_map__name(const struct bpf_map *map);
+int bpf_map__reuse_fd(struct bpf_map *map, int fd);
 int bpf_map__set_max_entries(struct bpf_map *map, uint32_t max_entries);
 int bpf_map__set_autocreate(struct bpf_map *map, bool autocreate);
 uint32_t bpf_map__max_entries(const struct bpf_map *map);

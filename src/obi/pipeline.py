@@ -444,13 +444,12 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     drain.on_process_events_lost = watcher.rescan
     uprobes: UprobeFiles | None = None
     if capture.uprobes is not None:
-        instrumenters: list[Instrumenter] = [OpenSsl(capture.uprobes, capture.collection),
-                                             Nginx(capture.uprobes, capture.collection)]
+        programs, attacher = capture.programs, capture.uprobes
+        instrumenters: list[Instrumenter] = [OpenSsl(attacher, programs), Nginx(attacher, programs)]
         if capture.go:
-            slots = GoOffsetSlots(capture.collection)
-            instrumenters += [GoHttp(capture.uprobes, capture.collection, slots),
-                              GoTls(capture.uprobes, capture.collection, slots)]
-        uprobes = UprobeFiles(instrumenters)
+            slots = GoOffsetSlots(programs)
+            instrumenters += [GoHttp(attacher, programs, slots), GoTls(attacher, programs, slots)]
+        uprobes = UprobeFiles(instrumenters, ready=programs.ready)
     registry = ProcessRegistry(capture, watcher, prepare=service_overrides(config), observer=decorator,
                                libraries=uprobes)
     stage = build_span_stage(config, registry.identity_for, registry.on_kernel_event,

@@ -693,7 +693,7 @@ def test_tls_plaintext_through_either_way_of_attaching_uprobes(mode: str, tmp_pa
     try:
         with Capture(settings) as capture:
             assert capture.uprobe_mode.kind == mode and capture.uprobes is not None
-            files = UprobeFiles([OpenSsl(capture.uprobes, capture.collection)])
+            files = UprobeFiles([OpenSsl(capture.uprobes, capture.programs)])
             try:
                 capture.add_pid(proc.pid)
                 files.track(proc.pid)
@@ -729,8 +729,8 @@ def test_go_http2_request_through_either_way_of_attaching_uprobes(mode: str, tmp
     try:
         with Capture(settings) as capture:
             assert capture.uprobes is not None and capture.go
-            slots = GoOffsetSlots(capture.collection)
-            files = UprobeFiles([GoHttp(capture.uprobes, capture.collection, slots)])
+            slots = GoOffsetSlots(capture.programs)
+            files = UprobeFiles([GoHttp(capture.uprobes, capture.programs, slots)])
             try:
                 capture.add_pid(proc.pid)
                 files.track(proc.pid)

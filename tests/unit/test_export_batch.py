@@ -43,22 +43,27 @@ def ids(batch: list[Span]) -> list[int]:
 
 
 @pytest.mark.asyncio
-async def test_full_batch_is_sent_without_waiting_for_the_timer() -> None:
+async def test_the_first_spans_go_out_at_once_and_later_ones_wait_for_a_full_batch() -> None:
     sender = RecordingSender()
     exporter = BatchingExporter(sender, max_queue_size=100, max_export_batch_size=4, batch_timeout_s=60)
     task = asyncio.create_task(exporter.run())
+    await asyncio.sleep(0)
+    exporter.offer(spans(1, first=100))  # obi's first span: not held for the 60 s timer
+    await asyncio.wait_for(sender.got_batch.wait(), 1)
+    assert [ids(b) for b in sender.batches] == [[100]]
+    sender.got_batch.clear()
     exporter.offer(spans(3))
     await asyncio.sleep(0.05)
-    assert sender.batches == []
+    assert len(sender.batches) == 1  # a partial batch waits for the timer now
     exporter.offer(spans(6, first=3))
     await asyncio.wait_for(sender.got_batch.wait(), 1)
     await asyncio.sleep(0.05)
-    assert [ids(b) for b in sender.batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [ids(b) for b in sender.batches] == [[100], [0, 1, 2, 3], [4, 5, 6, 7]]
     assert exporter.pending == 1
     await exporter.shutdown(1.0)
     await task
     assert [ids(b) for b in sender.batches][-1] == [8]
-    assert (exporter.sent, exporter.failed, exporter.dropped) == (9, 0, 0)
+    assert (exporter.sent, exporter.failed, exporter.dropped) == (10, 0, 0)
     assert sender.closed
 
 

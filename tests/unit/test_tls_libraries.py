@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from obi.ebpf.elf import ElfError, ElfFile
-from obi.ebpf.libraries import DETACH_GRACE_S, UprobeFiles, mapped_files
+from obi.ebpf.libraries import DETACH_GRACE_S, PROGRAMS_WAIT_S, UprobeFiles, mapped_files
 from obi.ebpf.tls import OPENSSL_FUNCTIONS, OPENSSL_RETURN, OpenSsl, is_tls_candidate
 
 LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
@@ -169,4 +169,32 @@ def test_executables_without_openssl_are_read_once_and_gone_processes_are_no_fai
     fake_proc(tmp_path, 22, MAPS)
     probes.track(22)
     assert len(attacher.calls) == 8
+    probes.close()
+
+
+def test_a_process_found_while_the_programs_load_is_attached_and_told_once_they_are(tmp_path: Path) -> None:
+    later: list[tuple[float, Callable[[], None]]] = []
+    attacher = FakeAttacher()
+    loaded = False
+    probes = UprobeFiles([OpenSsl(attacher, Programs())], proc=tmp_path,  # type: ignore[arg-type]
+                         schedule=lambda delay, call: later.append((delay, call)), ready=lambda: loaded)
+    fake_proc(tmp_path, 30, MAPS)
+    fake_proc(tmp_path, 31, MAPS)
+    told: list[int] = []
+    probes.track(30, lambda: told.append(30))
+    probes.track(31, lambda: told.append(31))
+    probes.forget(31)  # gone before the programs were there: never told
+    assert attacher.calls == [] and told == []
+    waits = [call for delay, call in later if delay == PROGRAMS_WAIT_S]
+    for call in waits:
+        call()  # still loading: each waits again
+    assert attacher.calls == [] and told == []
+    loaded = True
+    for delay, call in list(later):
+        if delay == PROGRAMS_WAIT_S:
+            call()
+    assert len(attacher.calls) == 8 and probes.pids_of("openssl") == {30}
+    assert told == [30]
+    probes.track(32, lambda: told.append(32))  # no such process: told at once, nothing attached
+    assert told == [30, 32]
     probes.close()

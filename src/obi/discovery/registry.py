@@ -46,7 +46,8 @@ class IdentityObserver(Protocol):
 class LibraryObserver(Protocol):
     """Told which processes are instrumented, to keep uprobes on the libraries they map."""
 
-    def track(self, pid: int) -> None: ...
+    def track(self, pid: int, attached: Callable[[], None] | None = None) -> None:
+        """`attached` is called once the process's libraries were looked at."""
 
     def forget(self, pid: int) -> None: ...
 
@@ -159,18 +160,21 @@ class ProcessRegistry:
                                   hint="raise ebpf.pid_filter_max (OTEL_EBPF_BPF_PID_FILTER_MAX); "
                                   "processes already traced stay traced")
             return
-        self._use(identity)
-        self._log.info("process_instrumented", pid=identity.pid, service=identity.service_name,
-                       exe=identity.exe_path)
+        # traced from now; said once its uprobes are on too (while obi starts, their programs
+        # are still loading: a second or so later)
+        self._use(identity, lambda: self._log.info("process_instrumented", pid=identity.pid,
+                                                   service=identity.service_name, exe=identity.exe_path))
 
-    def _use(self, identity: ServiceIdentity) -> None:
+    def _use(self, identity: ServiceIdentity, attached: Callable[[], None] | None = None) -> None:
         self._prepare(identity)
         if self._observer is not None:
             self._observer.track(identity)
         self._exited.pop(identity.pid, None)
         self._identities[identity.pid] = identity
         if self._libraries is not None:
-            self._libraries.track(identity.pid)
+            self._libraries.track(identity.pid, attached)
+        elif attached is not None:
+            attached()
 
     def _gone(self, pid: int, now: float) -> None:
         if pid in self._identities and pid not in self._exited:

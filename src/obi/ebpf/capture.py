@@ -5,7 +5,10 @@ from __future__ import annotations
 import errno
 import os
 import random
-from dataclasses import dataclass
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Literal
 
@@ -161,6 +164,67 @@ def build_spec(settings: CaptureSettings, hooks: HookSet, use_bpf_loop: bool,
     )
 
 
+def split_uprobes(spec: BpfObjectSpec) -> tuple[BpfObjectSpec, BpfObjectSpec | None]:
+    """The spec's programs in two loads: what runs from the start (syscalls, processes, the
+    sweep, propagation), and the uprobe programs, loaded after it with its maps (None: no
+    uprobes). Verifying the uprobe programs takes most of the load (about 1 s of 1.4 s
+    here), and nothing needs them before a process with a TLS library or a Go binary is found."""
+    uprobes = tuple(p for p in spec.program_prefixes if p in UPROBE_PREFIXES)
+    if not uprobes:
+        return spec, None
+    first = replace(spec, program_prefixes=tuple(p for p in spec.program_prefixes if p not in uprobes))
+    return first, replace(spec, program_prefixes=uprobes)
+
+
+class CapturePrograms:
+    """The capture's programs and maps as the uprobe instrumenters use them: the uprobe programs
+    come from a second load, under way in a thread when the capture starts (`ready`)."""
+
+    def __init__(self, collection: BpfCollection, uprobe_spec: BpfObjectSpec | None) -> None:
+        self._collection = collection
+        self._log = structlog.get_logger().bind(component="ebpf")
+        self._uprobes: Future[BpfCollection] = Future()
+        if uprobe_spec is None:
+            self._uprobes.set_exception(KeyError("uprobes are off: no uprobe programs"))
+            return
+        threading.Thread(target=self._load, args=(uprobe_spec,), name="obi-uprobe-load", daemon=True).start()
+
+    def _load(self, spec: BpfObjectSpec) -> None:
+        started = time.monotonic()
+        try:
+            loaded = BpfCollection(spec, maps_of=self._collection)
+        except BaseException as err:  # handed to whoever asks for a program
+            self._log.error("uprobe_programs_not_loaded", error=str(err),
+                            effect="no TLS plaintext, no Go and no nginx uprobes")
+            self._uprobes.set_exception(err)
+            return
+        self._uprobes.set_result(loaded)
+        self._log.info("uprobe_programs_loaded", programs=len(loaded.loaded_programs()),
+                       load_s=round(time.monotonic() - started, 3))
+
+    def ready(self) -> bool:
+        """Whether program_fd answers without waiting for the uprobe programs' load."""
+        return self._uprobes.done()
+
+    def program_fd(self, name: str) -> int:
+        """A program's fd (an uprobe program's waits for its load; raises if it failed)."""
+        if name.startswith(UPROBE_PREFIXES):
+            return self._uprobes.result().program_fd(name)
+        return self._collection.program_fd(name)
+
+    def map_fd(self, name: str) -> int:
+        return self._collection.map_fd(name)
+
+    def close(self) -> None:
+        """Releases the uprobe programs once their load is over (their links are the
+        instrumenters': detached before)."""
+        try:
+            self._uprobes.result()
+        except BaseException:  # nothing was loaded
+            return
+        self._uprobes.result().close()
+
+
 # Names of the kernel counters (struct slots of bpf/capture.h), as internal metrics read them.
 COUNTER_NAMES: dict[str, int] = {
     "events_lost": lib.OBI_COUNTER_EVENTS_LOST,
@@ -223,9 +287,11 @@ class Capture:
         if blocker:
             self.propagation = f"off: {blocker}"
         on = bool(wanted) and not blocker
-        self.collection = BpfCollection(build_spec(settings, hooks, self.http_framing, self.uprobe_mode.kind,
-                                                   self.go, on and settings.propagate_headers,
-                                                   on and settings.propagate_tcp))
+        first, uprobe_spec = split_uprobes(build_spec(settings, hooks, self.http_framing,
+                                                      self.uprobe_mode.kind, self.go,
+                                                      on and settings.propagate_headers,
+                                                      on and settings.propagate_tcp))
+        self.collection = BpfCollection(first)
         try:
             filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
                            "fill the free exchange slots")
@@ -243,6 +309,8 @@ class Capture:
             self.ring = RingReader(self.collection.map_fd("events"), MAX_RECORD_SIZE)
             if self.uprobe_mode.kind is not None:
                 self.uprobes = UprobeAttacher(self.uprobe_mode.kind)
+            # the uprobe programs load in the background from here (their maps are these)
+            self.programs = CapturePrograms(self.collection, uprobe_spec)
         except BaseException:
             self.collection.close()
             self._release_tracefs()
@@ -342,6 +410,8 @@ class Capture:
         """Detaches and releases everything (idempotent)."""
         if hasattr(self, "ring"):
             self.ring.close()
+        if hasattr(self, "programs"):
+            self.programs.close()
         self.collection.close()
         self._release_tracefs()
 

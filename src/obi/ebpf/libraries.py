@@ -33,6 +33,8 @@ from obi.ebpf.uprobes import detach
 
 # Seconds after a process is instrumented at which its maps are read again.
 RESCAN_DELAYS_S = (0.05, 0.3, 2.0)
+# How often a process found while the uprobe programs still load looks again.
+PROGRAMS_WAIT_S = 0.05
 # Seconds a file stays attached after the last process that mapped it is gone.
 DETACH_GRACE_S = 60.0
 # Errors that say the process went away while its file was read: try again with another.
@@ -124,8 +126,13 @@ class UprobeFiles:
     """Keeps each instrumenter's uprobes on exactly the files the instrumented processes map."""
 
     def __init__(self, instrumenters: Iterable[Instrumenter], proc: Path = Path("/proc"),
-                 schedule: Callable[[float, Callable[[], None]], object] | None = None) -> None:
+                 schedule: Callable[[float, Callable[[], None]], object] | None = None,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        """`ready`: whether the programs can be attached yet (they load in the background
+        while obi starts); a process scanned before is scanned again once they are."""
         self._instrumenters = tuple(instrumenters)
+        self._ready = ready
+        self._waiting: dict[int, Callable[[], None]] = {}  # pid -> track()'s `attached`
         self._proc = proc
         self._schedule = schedule
         self._files: dict[tuple[FileKey, str], AttachedFile] = {}
@@ -142,8 +149,12 @@ class UprobeFiles:
 
     # ---- the registry's observer ---------------------------------------------
 
-    def track(self, pid: int) -> None:
-        """A process is instrumented: attach what it maps now, and look again shortly."""
+    def track(self, pid: int, attached: Callable[[], None] | None = None) -> None:
+        """A process is instrumented: attach what it maps now, and look again shortly.
+        `attached` is called once its files were looked at: now, or when the programs are
+        loaded (while obi starts)."""
+        if attached is not None:
+            self._waiting[pid] = attached
         self.scan(pid)
         for delay in RESCAN_DELAYS_S:
             self._later(delay, lambda: self._rescan(pid))
@@ -153,6 +164,7 @@ class UprobeFiles:
         self.scan(pid)
 
     def forget(self, pid: int) -> None:
+        self._waiting.pop(pid, None)
         for item in self._by_pid.pop(pid, set()):
             attached = self._files.get(item)
             if attached is None:
@@ -210,11 +222,15 @@ class UprobeFiles:
 
     def scan(self, pid: int) -> None:
         """Reads pid's maps and attaches every file it maps that an instrumenter wants."""
+        if not self._ready():
+            self._by_pid.setdefault(pid, set())  # forget() stops the wait
+            self._later(PROGRAMS_WAIT_S, lambda: self._rescan(pid))
+            return
         base = self._proc / str(pid)
         try:
             maps = (base / "maps").read_text()
         except OSError:
-            return  # gone already, or not readable (logged by discovery)
+            maps = ""  # gone already, or not readable (logged by discovery)
         try:
             exe: str | None = os.readlink(base / "exe")
         except OSError:
@@ -230,6 +246,9 @@ class UprobeFiles:
                     attached.pids.add(pid)
                     items.add(item)
                     self._pids[instrumenter.name].add(pid)
+        done = self._waiting.pop(pid, None)
+        if done is not None:
+            done()
 
     def _open(self, pid: int, mapping: Mapping) -> int:
         """The file as the process maps it: by its path in the process's mount namespace, or,

@@ -62,7 +62,10 @@ class BpfObjectSpec:
 class BpfCollection:
     """A loaded BPF object and the links attached from it."""
 
-    def __init__(self, spec: BpfObjectSpec) -> None:
+    def __init__(self, spec: BpfObjectSpec, maps_of: BpfCollection | None = None) -> None:
+        """Opens and loads the object; with `maps_of` (the same object, loaded already with other
+        programs), its programs use that collection's maps, globals included: one capture
+        whose programs are loaded in two steps."""
         self._log = structlog.get_logger().bind(component="ebpf")
         install_libbpf_logging()
         self.spec = spec
@@ -71,6 +74,8 @@ class BpfCollection:
                                    f"open {spec.path}")
         try:
             self._configure(spec)
+            if maps_of is not None:
+                self._reuse_maps(maps_of)
             check(lib.bpf_object__load(self._obj), f"load {spec.path.name}")
         except BaseException:
             lib.bpf_object__close(self._obj)
@@ -95,6 +100,14 @@ class BpfCollection:
                 check(lib.bpf_program__set_autoload(prog, wanted), f"autoload {prog_name}")
             if not selected:
                 raise ValueError(f"{spec.path.name} has no program named {spec.program_prefixes}*")
+
+    def _reuse_maps(self, other: BpfCollection) -> None:
+        bpf_map = lib.bpf_object__next_map(self._obj, ffi.NULL)
+        while bpf_map != ffi.NULL:
+            name = ffi.string(lib.bpf_map__name(bpf_map)).decode()
+            if name not in self.spec.skipped_maps:
+                check(lib.bpf_map__reuse_fd(bpf_map, other.map_fd(name)), f"share map {name}")
+            bpf_map = lib.bpf_object__next_map(self._obj, bpf_map)
 
     def _programs(self) -> Iterator[tuple[str, Any]]:
         prog = lib.bpf_object__next_program(self._obj, ffi.NULL)

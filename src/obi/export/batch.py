@@ -3,8 +3,10 @@
 ``BatchingExporter.offer`` is called from the pipeline and never blocks: the
 queue is bounded and drops the oldest spans when full (counted, logged once
 with the knob to raise). ``run`` sends a batch when it is full or when the
-batch timeout elapses; ``shutdown`` flushes what is pending within a deadline
-and interrupts any retry backoff.
+batch timeout elapses, and the first spans at once (whoever starts obi sees
+it work within a second or two, not after the 15 s batch timeout);
+``shutdown`` flushes what is pending within a deadline and interrupts any
+retry backoff.
 """
 
 from __future__ import annotations
@@ -22,8 +24,6 @@ from obi.config.model import TracesExportConfig
 from obi.export.encode import TraceEncoder
 from obi.export.endpoints import OtlpTarget
 from obi.export.internal import MetricsSource
-from obi.export.otlp_grpc import GrpcTransport
-from obi.export.otlp_http import HttpTransport
 from obi.export.retry import AttemptResult, Outcome, RetryPolicy, send_with_retry
 from obi.traces.model import Span
 
@@ -57,9 +57,14 @@ class SpanBatchSender(Protocol):
 
 def make_transport(target: OtlpTarget, headers: Mapping[str, str],
                    insecure_skip_verify: bool = False) -> OtlpTransport:
-    """The transport for a resolved target (gRPC or HTTP/protobuf)."""
+    """The transport for a resolved target (gRPC or HTTP/protobuf). Each is imported when
+    used: grpc and aiohttp take 0.1-0.25 s each to import, before obi's first span."""
     if target.is_grpc:
+        from obi.export.otlp_grpc import GrpcTransport
+
         return GrpcTransport(target.endpoint, target.signal, headers, target.tls, insecure_skip_verify)
+    from obi.export.otlp_http import HttpTransport
+
     return HttpTransport(target.endpoint, headers, insecure_skip_verify)
 
 
@@ -143,6 +148,7 @@ class BatchingExporter:
         self._task: asyncio.Task[None] | None = None
         self._drop_logged = False
         self._deadline: float | None = None
+        self._first_sent = False  # the first spans offered go out at once
         self.dropped = 0
         self.sent = 0
         self.failed = 0
@@ -171,7 +177,7 @@ class BatchingExporter:
                     knob=self._knob,
                     hint="spans are dropped oldest first; raise the knob or lower the load",
                 )
-        if len(queue) >= self._batch_size:
+        if len(queue) >= self._batch_size or not self._first_sent:
             self._wakeup.set()
 
     async def run(self) -> None:
@@ -185,7 +191,8 @@ class BatchingExporter:
             next_timer = loop.time() + self._batch_timeout_s
             while not self._stopping.is_set():
                 now = loop.time()
-                if len(self._queue) < self._batch_size and now < next_timer:
+                first = not self._first_sent and bool(self._queue)
+                if len(self._queue) < self._batch_size and now < next_timer and not first:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), next_timer - now)
@@ -248,6 +255,7 @@ class BatchingExporter:
         except asyncio.CancelledError:
             self.failed += count
             raise
+        self._first_sent = True
         if ok:
             self.sent += count
         else:
