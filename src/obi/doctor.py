@@ -76,7 +76,8 @@ def _probe_attach(hooks: str) -> Check:
                                      max_exchanges=64, max_connections=256)) as capture:
             framing = "HTTP/1.x framing in the kernel" if capture.http_framing else (
                 "no HTTP/1.x framing in the kernel (bpf_loop needs Linux 5.17)")
-            detail = f"attached {capture.collection.link_count} programs ({capture.hooks_detail}; {framing})"
+            detail = (f"attached {capture.collection.link_count} programs ({capture.hooks_detail}; "
+                      f"{framing}); {capture.programs.describe()}")
         return Check(what, True, detail)
     except Exception as err:  # doctor reports every failure, whatever it is
         return Check(what, False, str(err))

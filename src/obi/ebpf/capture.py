@@ -202,6 +202,15 @@ class CapturePrograms:
         self._log.info("uprobe_programs_loaded", programs=len(loaded.loaded_programs()),
                        load_s=round(time.monotonic() - started, 3))
 
+    def describe(self) -> str:
+        """Waits for the uprobe programs' load; what came of it (for obi doctor)."""
+        try:
+            return f"{len(self._uprobes.result().loaded_programs())} uprobe programs loaded"
+        except KeyError as err:
+            return str(err.args[0])
+        except BaseException as err:  # what the load raised
+            return f"uprobe programs not loaded: {err}"
+
     def ready(self) -> bool:
         """Whether program_fd answers without waiting for the uprobe programs' load."""
         return self._uprobes.done()
