@@ -31,6 +31,8 @@ bench: setup
 	$(PY) bench/idle.py
 	@echo "from obi's start to a running service's first span at the collector (bench/first_span.py):"
 	$(PY) bench/first_span.py
+	@echo "the peer line: Flask under gunicorn bare, with the OpenTelemetry SDK, with obi (bench/peer.py):"
+	$(PY) bench/peer.py
 
 setup: deps $(INSTALLED)
 
