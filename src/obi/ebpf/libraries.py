@@ -164,7 +164,9 @@ class UprobeFiles:
         self.scan(pid)
 
     def forget(self, pid: int) -> None:
-        self._waiting.pop(pid, None)
+        gone_first = self._waiting.pop(pid, None)
+        if gone_first is not None:
+            gone_first()  # traced all along (a short-lived curl): said, even without its uprobes
         for item in self._by_pid.pop(pid, set()):
             attached = self._files.get(item)
             if attached is None:
