@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from obi.ebpf.capture import PROPAGATION_PROGRAMS, UPROBE_PROGRAMS, CaptureSettings, build_spec
+from obi.ebpf.capture import PROPAGATION_PROGRAMS, UPROBE_PROGRAMS, CaptureSettings, build_spec, split_uprobes
 from obi.ebpf.goprobes import GO_PROGRAMS
 from obi.preflight import BPF_TRACE_UPROBE_MULTI, cgroup2_root
 
@@ -55,3 +55,18 @@ def test_the_cgroup_v2_hierarchy_is_found_on_unified_and_hybrid_hosts(tmp_path: 
     mounts.write_text("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n")
     assert cgroup2_root(str(mounts)) is None
     assert cgroup2_root(str(tmp_path / "absent")) is None
+
+
+def test_the_uprobe_programs_are_a_second_load_and_everything_else_the_first() -> None:
+    spec = build_spec(CaptureSettings(propagate_headers=True), "tracepoint", True, "uprobe_multi",
+                      headers=True)
+    first, uprobes = split_uprobes(spec)
+    assert uprobes is not None
+    assert set(first.program_prefixes) == {"tp_", "common_", "sweep", "propagation_"}
+    assert set(uprobes.program_prefixes) == {"tls_", "go_", "nginx_"}
+    # one object, configured alike: the second load shares the first's maps (their sizes must match)
+    assert (first.rodata, first.max_entries, first.skipped_maps) == (
+        uprobes.rodata, uprobes.max_entries, uprobes.skipped_maps)
+    assert first.attach_types == uprobes.attach_types
+    without = build_spec(CaptureSettings(), "raw_tracepoint", True, None)
+    assert split_uprobes(without) == (without, None)
