@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from obi.ebpf.elf import ElfError, ElfFile
-from obi.ebpf.libraries import DETACH_GRACE_S, PROGRAMS_WAIT_S, UprobeFiles, mapped_files
+from obi.ebpf.libraries import DETACH_GRACE_S, PIDS_GRACE_S, PROGRAMS_WAIT_S, UprobeFiles, mapped_files
 from obi.ebpf.tls import OPENSSL_FUNCTIONS, OPENSSL_RETURN, OpenSsl, is_tls_candidate
 
 LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
@@ -136,6 +136,11 @@ def test_a_library_is_attached_once_for_every_process_and_detached_after_the_las
     assert len(attacher.calls) == 8  # the same file: nothing more
     probes.forget(10)
     probes.forget(11)
+    assert probes.pids_of("openssl") == {10, 11}  # a while longer: their last records may be in the ring
+    for delay, call in later:
+        if delay == PIDS_GRACE_S:
+            call()
+    assert probes.pids_of("openssl") == set()
     grace = [call for delay, call in later if delay == DETACH_GRACE_S]
     assert len(grace) == 1 and probes.stats.files == 1  # after the last one only
     fake_proc(tmp_path, 12, MAPS)

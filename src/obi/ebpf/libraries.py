@@ -35,6 +35,8 @@ from obi.ebpf.uprobes import detach
 RESCAN_DELAYS_S = (0.05, 0.3, 2.0)
 # How often a process found while the uprobe programs still load looks again.
 PROGRAMS_WAIT_S = 0.05
+# Seconds a gone process stays in pids_of() (the drain's tick is up to 1 s when idle).
+PIDS_GRACE_S = 5.0
 # Seconds a file stays attached after the last process that mapped it is gone.
 DETACH_GRACE_S = 60.0
 # Errors that say the process went away while its file was read: try again with another.
@@ -172,9 +174,15 @@ class UprobeFiles:
             if attached is None:
                 continue
             attached.pids.discard(pid)
-            self._pids[item[1]].discard(pid)
+            # pids_of() stays true a little longer: the records of its last exchanges (the
+            # ring's, drained up to a second later) may come after discovery saw it go
+            self._later(PIDS_GRACE_S, lambda name=item[1]: self._drop_pid(name, pid))  # type: ignore[misc]
             if not attached.pids:
                 self._later(DETACH_GRACE_S, lambda item=item: self._expire(item))  # type: ignore[misc]
+
+    def _drop_pid(self, instrumenter: str, pid: int) -> None:
+        if pid not in self._by_pid:  # unless it is instrumented again (a reused pid)
+            self._pids[instrumenter].discard(pid)
 
     def close(self) -> None:
         detach(self.take_links())
