@@ -198,9 +198,10 @@ class CapturePrograms:
                             effect="no TLS plaintext, no Go and no nginx uprobes")
             self._uprobes.set_exception(err)
             return
-        self._uprobes.set_result(loaded)
+        # said before it is handed over: close() may release it the moment it is
         self._log.info("uprobe_programs_loaded", programs=len(loaded.loaded_programs()),
                        load_s=round(time.monotonic() - started, 3))
+        self._uprobes.set_result(loaded)
 
     def describe(self) -> str:
         """Waits for the uprobe programs' load; what came of it (for obi doctor)."""
