@@ -23,6 +23,7 @@ test: setup
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 bench: setup
+	rm -f build/bench-targets.jsonl
 	$(PY) bench/http_bench.py $(BENCH_ARGS)
 	@echo "replay of recorded nginx records through the user-space path (bench/replay.py):"
 	$(PY) bench/replay.py run bench/records/nginx-http1.bin.gz --repeat 3
@@ -33,6 +34,7 @@ bench: setup
 	$(PY) bench/first_span.py
 	@echo "the peer line: Flask under gunicorn bare, with the OpenTelemetry SDK, with obi (bench/peer.py):"
 	$(PY) bench/peer.py
+	$(PY) bench/targets.py
 
 setup: deps $(INSTALLED)
 

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.idle import SERVER  # noqa: E402
+from bench.targets import record  # noqa: E402
 from tests.e2e.agent import AgentProcess  # noqa: E402
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 from tests.support import free_port, start_process, stop_process  # noqa: E402
@@ -94,6 +95,8 @@ def main() -> int:
         shown = ", ".join(f"{t:.2f}" for t in times)
         median = f"median {statistics.median(times):.2f} s" if times else "never seen"
         target = "  (target 2 s)" if name == "first_span" else ""
+        if name == "first_span" and times:
+            record(first_span_s=statistics.median(times))
         lost = len(runs) - len(times)
         missing = f"; not seen in {lost} of {len(runs)} runs" if lost else ""
         print(f"first span: {name:<22} {median} ({shown}){missing}{target}")

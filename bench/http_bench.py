@@ -4,8 +4,13 @@ Prints ratios and per-request costs measured in this run, never a pass/fail
 on an absolute time:
   1. unthrottled wrk: requests/s without obi, with obi, and the ratio;
      obi's CPU time per request; events lost; obi's peak RSS.
-  2. a sustained paced load (default 5,000 requests/s for 30 s): events lost,
+  2. a sustained paced load (default 5,000 requests/s for 30 s), without obi
+     and with it: the application's p50/p99 latency both ways; events lost,
      spans built and exported against the requests wrk completed.
+  3. a burst: as many requests as the machine gives for 30 s (issue 11's
+     target is 50,000/s), and what was lost on the way to the collector.
+The figures that issue 11 sets targets for are recorded for bench/targets.py,
+which `make bench` runs last (--parts picks runs, for a quicker look).
 A third run puts an nginx proxy in front and traces only the proxy: each of
 its requests is a server exchange and a client one upstream, both captured.
 The proxy is then run again, new (its upstream connections opened while obi
@@ -47,6 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.targets import record  # noqa: E402
 from tests.e2e.agent import AgentProcess  # noqa: E402
 from tests.servers.datastores import start_redis  # noqa: E402
 from tests.servers.nginx import nginx_worker, start_nginx  # noqa: E402
@@ -148,15 +154,45 @@ def print_bpf(delta: dict[str, int], requests: int) -> None:
     print(f"  BPF sweep per request      {own / 1000:10.2f} us  in obi (part of obi CPU)")
 
 
-def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[int, float]:
+@dataclass
+class Load:
+    """What a load generator did: requests (or commands, calls) completed, their rate, and the
+    latency percentiles it measured (wrk only)."""
+
+    requests: int
+    rps: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def parse_wrk(out: str) -> Load:
+    """wrk --latency's report."""
+    completed = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    return Load(completed, rps, p50, p99)
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> Load:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
-    out = subprocess.run([*argv, url], check=True, capture_output=True, text=True,
-                         timeout=seconds + 60).stdout
-    completed = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return completed, rps
+    return parse_wrk(subprocess.run([*argv, url], check=True, capture_output=True, text=True,
+                                    timeout=seconds + 60).stdout)
+
+
+def pace(root: Path, name: str, rate: int, connections: int) -> Path:
+    """A wrk script pausing each connection between requests so that all of them together make
+    about `rate` requests/s (the pause is whole milliseconds: the total is just above `rate`)."""
+    script = root / f"{name}.lua"
+    script.write_text(f"function delay() return {max(1000 * connections // rate - 1, 0)} end\n")
+    return script
 
 
 def agent_env(receiver_port: int, worker: int) -> dict[str, str]:
@@ -178,12 +214,27 @@ def stopped_stats(agent: AgentProcess) -> dict[str, Any]:
 class Run:
     """One wrk run with obi tracing `pid`: what wrk did and what obi cost."""
 
-    requests: int
-    rps: float
+    load: Load
     cpu: float  # obi's CPU seconds
     rss: float  # obi's peak RSS, MiB
     bpf: dict[str, int]  # BPF run time per program, ns
     stats: dict[str, Any]  # agent_stopped
+
+    @property
+    def requests(self) -> int:
+        return self.load.requests
+
+    @property
+    def rps(self) -> float:
+        return self.load.rps
+
+    def cpu_us(self) -> float:
+        return 1e6 * self.cpu / max(self.requests, 1)
+
+    def bpf_app_ns(self) -> float:
+        """BPF run time per request in the application's context (obi's own sweep left out)."""
+        app = sum(ns for name, ns in self.bpf.items() if name not in OBI_CONTEXT_PROGRAMS)
+        return app / max(self.requests, 1)
 
     def print(self, seconds: int) -> None:
         stats, per = self.stats, max(self.requests, 1)
@@ -203,7 +254,7 @@ def traced_run(receiver_port: int, pid: int, url: str, seconds: int, connections
     return traced_load(receiver_port, pid, lambda: wrk(url, seconds, connections, script), env)
 
 
-def traced_load(receiver_port: int, pid: int, load: Callable[[], tuple[int, float]],
+def traced_load(receiver_port: int, pid: int, load: Callable[[], Load],
                 env: dict[str, str] | None = None) -> Run:
     """obi tracing `pid` while `load` runs (it returns requests completed and requests/s)."""
     agent = AgentProcess({**agent_env(receiver_port, pid), **(env or {})}).start()
@@ -212,13 +263,13 @@ def traced_load(receiver_port: int, pid: int, load: Callable[[], tuple[int, floa
     with bpf_stats():
         cpu0 = cpu_seconds(agent.proc.pid)
         bpf0 = bpf_run_time(agent.agent_pid())
-        done, rps = load()
+        done = load()
         bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
         time.sleep(2)  # let the agent finish the tail of the run
         cpu = cpu_seconds(agent.proc.pid) - cpu0
     rss = peak_rss_mib(agent.proc.pid)
     agent.stop()
-    return Run(done, rps, cpu, rss, bpf, stopped_stats(agent))
+    return Run(done, cpu, rss, bpf, stopped_stats(agent))
 
 
 def side_by_side(root: Path, site: str, scheme: str, receiver_port: int, args: argparse.Namespace,
@@ -246,14 +297,14 @@ def headers_run(root: Path, receiver_port: int, args: argparse.Namespace, upstre
         stop_process(nginx)
 
 
-def redis_benchmark(port: int, requests: int, pipeline: int, clients: int) -> tuple[int, float]:
+def redis_benchmark(port: int, requests: int, pipeline: int, clients: int) -> Load:
     """redis-benchmark SET then GET, `requests` each: commands completed and commands/s overall."""
     out = subprocess.run(["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "set,get",
                           "-n", str(requests), "-P", str(pipeline), "-c", str(clients), "--csv"],
                          check=True, capture_output=True, text=True, timeout=300).stdout
     rates = [float(m) for m in re.findall(r'^"(?:SET|GET)","([\d.]+)"', out, re.MULTILINE)]
     assert len(rates) == 2, out
-    return 2 * requests, 2 * requests / sum(requests / rate for rate in rates)
+    return Load(2 * requests, 2 * requests / sum(requests / rate for rate in rates))
 
 
 def redis_run(root: Path, receiver_port: int, args: argparse.Namespace) -> tuple[float, Run]:
@@ -262,18 +313,18 @@ def redis_run(root: Path, receiver_port: int, args: argparse.Namespace) -> tuple
     server, port = start_redis(root)
     try:
         redis_benchmark(port, args.redis_requests // 4, 16, args.connections)  # warm up
-        base = redis_benchmark(port, args.redis_requests, 16, args.connections)[1]
+        base = redis_benchmark(port, args.redis_requests, 16, args.connections).rps
         return base, traced_load(receiver_port, server.pid,
                                  lambda: redis_benchmark(port, args.redis_requests, 16, args.connections))
     finally:
         stop_process(server)
 
 
-def grpc_load(port: int, calls: int) -> tuple[int, float]:
+def grpc_load(port: int, calls: int) -> Load:
     """bench/grpc_load.py: `calls` unary calls on one channel; calls and calls/s."""
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "grpc_load.py"), str(port), str(calls)],
                          check=True, capture_output=True, text=True, timeout=600).stdout.split()
-    return int(out[0]), float(out[1])
+    return Load(int(out[0]), float(out[1]))
 
 
 def grpc_run(receiver_port: int, args: argparse.Namespace) -> tuple[float, Run]:
@@ -284,7 +335,7 @@ def grpc_run(receiver_port: int, args: argparse.Namespace) -> tuple[float, Run]:
                            ready="ready")
     try:
         grpc_load(port, args.grpc_calls // 4)  # warm up
-        base = grpc_load(port, args.grpc_calls)[1]
+        base = grpc_load(port, args.grpc_calls).rps
         return base, traced_load(receiver_port, server.pid, lambda: grpc_load(port, args.grpc_calls))
     finally:
         stop_process(server)
@@ -292,7 +343,10 @@ def grpc_run(receiver_port: int, args: argparse.Namespace) -> tuple[float, Run]:
 
 def untraced_rps(url: str, seconds: int, connections: int) -> float:
     wrk(url, 2, connections)  # warm up
-    return wrk(url, seconds, connections)[1]
+    return wrk(url, seconds, connections).rps
+
+
+PARTS = ("unthrottled", "paced", "burst", "proxy", "tls", "redis", "grpc")
 
 
 def main() -> int:
@@ -302,12 +356,18 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate", type=int, default=5000, help="paced run: requests per second")
     parser.add_argument("--rate-seconds", type=int, default=30, help="paced run: duration")
+    parser.add_argument("--burst-seconds", type=int, default=30, help="burst run: duration")
     parser.add_argument("--redis-requests", type=int, default=1_000_000,
                         help="redis-benchmark: SET and GET commands each (pipelining 16)")
     parser.add_argument("--grpc-calls", type=int, default=20_000, help="gRPC: unary calls of the client")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated runs to make, of {', '.join(PARTS)} (default: all)")
     args = parser.parse_args()
-    conns = 100  # paced: each connection pauses between requests
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
 
+    print("obi benchmark: nginx (1 worker) + wrk on loopback, 2 cores", flush=True)
     with tempfile.TemporaryDirectory(prefix="obi-bench-") as tmp:
         root = Path(tmp)
         nginx, port = start_nginx(root)
@@ -317,38 +377,77 @@ def main() -> int:
         receiver = start_process([sys.executable, str(sink), str(receiver_port)], ready="ready")
         url = f"http://127.0.0.1:{port}/index.html"
         try:
-            base_rps = untraced_rps(url, args.seconds, args.connections)
-            unthrottled = traced_run(receiver_port, worker, url, args.seconds, args.connections)
-            # the pause is whole milliseconds: the total is just above `rate`/s
-            script = root / "pace.lua"
-            script.write_text(f"function delay() return {max(1000 * conns // args.rate - 1, 0)} end\n")
-            paced = traced_run(receiver_port, worker, url, args.rate_seconds, conns, script)
-            # Both roles at once: a second nginx proxies to the first; obi traces the proxy,
-            # whose every request is a server exchange and a client exchange upstream.
-            proxy_base_rps, proxied = side_by_side(root / "proxy", PROXY, "http", receiver_port, args,
-                                                   upstream=port)
-            with_headers = headers_run(root / "headers", receiver_port, args, port)
-            cert, key = make_certificate(root)
-            tls_base_rps, tls_run = side_by_side(root / "tls", TLS_SITE, "https", receiver_port, args,
-                                                 cert=cert, key=key)
-            (root / "redis").mkdir()
-            redis_base, redis_traced = redis_run(root / "redis", receiver_port, args)
-            grpc_base, grpc_traced = grpc_run(receiver_port, args)
+            if "unthrottled" in parts:
+                unthrottled_part(url, receiver_port, worker, args)
+            if "paced" in parts:
+                paced_part(root, url, receiver_port, worker, args)
+            if "burst" in parts:
+                burst_part(url, receiver_port, worker, args)
+            if "proxy" in parts:
+                proxy_part(root, receiver_port, port, args)
+            if "tls" in parts:
+                tls_part(root, receiver_port, args)
+            if "redis" in parts:
+                (root / "redis").mkdir()
+                redis_part(root / "redis", receiver_port, args)
+            if "grpc" in parts:
+                grpc_part(receiver_port, args)
         finally:
             stop_process(receiver)
             stop_process(nginx)
+    return 0
 
-    print("obi benchmark: nginx (1 worker) + wrk on loopback, 2 cores")
+
+def unthrottled_part(url: str, receiver_port: int, worker: int, args: argparse.Namespace) -> None:
+    base_rps = untraced_rps(url, args.seconds, args.connections)
+    run = traced_run(receiver_port, worker, url, args.seconds, args.connections)
     print(f"unthrottled, {args.seconds}s x {args.connections} connections:")
     print(f"  requests/s without obi     {base_rps:10.0f}")
-    print(f"  requests/s with obi        {unthrottled.rps:10.0f}")
-    print(f"  ratio with/without         {unthrottled.rps / base_rps:10.3f}")
-    print(f"  spans built / requests     {unthrottled.stats['spans']:>10d} / {unthrottled.requests}")
-    unthrottled.print(args.seconds)
-    print(f"paced, target {args.rate}/s for {args.rate_seconds}s ({conns} connections):")
-    print(f"  requests/s achieved        {paced.rps:10.0f}")
-    print(f"  spans built / requests     {paced.stats['spans']:>10d} / {paced.requests}")
-    paced.print(args.rate_seconds)
+    print(f"  requests/s with obi        {run.rps:10.0f}")
+    print(f"  ratio with/without         {run.rps / base_rps:10.3f}")
+    print(f"  spans built / requests     {run.stats['spans']:>10d} / {run.requests}")
+    run.print(args.seconds)
+    record(cpu_unthrottled_us=run.cpu_us(), bpf_unthrottled_ns=run.bpf_app_ns())
+
+
+PACED_CONNECTIONS = 100  # each connection pauses between requests
+
+
+def paced_part(root: Path, url: str, receiver_port: int, worker: int, args: argparse.Namespace) -> None:
+    """The same paced load without obi, then with it: the application's latency, obi's cost."""
+    script = pace(root, "paced", args.rate, PACED_CONNECTIONS)
+    bare = wrk(url, args.rate_seconds, PACED_CONNECTIONS, script)
+    run = traced_run(receiver_port, worker, url, args.rate_seconds, PACED_CONNECTIONS, script)
+    print(f"paced, target {args.rate}/s for {args.rate_seconds}s ({PACED_CONNECTIONS} connections):")
+    print(f"  requests/s achieved        {run.rps:10.0f}  (without obi {bare.rps:.0f})")
+    print(f"  latency p50 / p99 with obi {run.load.p50_ms:7.2f} / {run.load.p99_ms:.2f} ms"
+          f"  (without obi {bare.p50_ms:.2f} / {bare.p99_ms:.2f} ms)")
+    print(f"  spans built / requests     {run.stats['spans']:>10d} / {run.requests}")
+    run.print(args.rate_seconds)
+    record(cpu_paced_us=run.cpu_us(), bpf_paced_ns=run.bpf_app_ns(), rss_paced_mib=run.rss,
+           p99_bare_ms=bare.p99_ms or 0.0, p99_obi_ms=run.load.p99_ms or 0.0)
+
+
+def burst_part(url: str, receiver_port: int, worker: int, args: argparse.Namespace) -> None:
+    """Unthrottled for --burst-seconds (the target is 50,000 requests/s; the machine may give
+    less): what the kernel lost (ring full) and what never became an exported span."""
+    run = traced_run(receiver_port, worker, url, args.burst_seconds, args.connections)
+    lost = run.stats["events_lost"]
+    unexported = max(run.requests - run.stats["spans_exported"], 0)
+    print(f"burst, unthrottled for {args.burst_seconds}s x {args.connections} connections "
+          "(the target is 50,000 requests/s):")
+    print(f"  requests/s achieved        {run.rps:10.0f}")
+    print(f"  spans exported / requests  {run.stats['spans_exported']:>10d} / {run.requests}")
+    run.print(args.burst_seconds)
+    record(burst_lost=lost, burst_requests=run.requests, burst_rps=run.rps,
+           burst_seconds=args.burst_seconds, burst_unexported=unexported)
+
+
+def proxy_part(root: Path, receiver_port: int, upstream: int, args: argparse.Namespace) -> None:
+    # Both roles at once: a second nginx proxies to the first; obi traces the proxy,
+    # whose every request is a server exchange and a client exchange upstream.
+    proxy_base_rps, proxied = side_by_side(root / "proxy", PROXY, "http", receiver_port, args,
+                                           upstream=upstream)
     print(f"proxy (nginx in front of nginx, obi tracing the proxy: server and client spans), "
           f"{args.seconds}s x {args.connections} connections:")
     print(f"  requests/s without obi     {proxy_base_rps:10.0f}")
@@ -357,6 +456,7 @@ def main() -> int:
     print(f"  spans built / requests     {proxied.stats['spans']:>10d} / {proxied.requests}"
           "  (2 per request: server, client)")
     proxied.print(args.seconds)
+    with_headers = headers_run(root / "headers", receiver_port, args, upstream)
     print(f"proxy with traceparent headers (ebpf.context_propagation=headers, a new proxy), "
           f"{args.seconds}s x {args.connections} connections:")
     print(f"  requests/s with obi        {with_headers.rps:10.0f}")
@@ -365,6 +465,12 @@ def main() -> int:
     added = with_headers.stats["traceparent_added"]
     print(f"  headers added / requests   {added:>10d} / {with_headers.requests}")
     with_headers.print(args.seconds)
+
+
+def tls_part(root: Path, receiver_port: int, args: argparse.Namespace) -> None:
+    cert, key = make_certificate(root)
+    tls_base_rps, tls_run = side_by_side(root / "tls", TLS_SITE, "https", receiver_port, args,
+                                         cert=cert, key=key)
     print(f"https (nginx with ssl, keep-alive; spans from OpenSSL's plaintext through uprobes), "
           f"{args.seconds}s x {args.connections} connections:")
     print(f"  requests/s without obi     {tls_base_rps:10.0f}")
@@ -372,6 +478,10 @@ def main() -> int:
     print(f"  ratio with/without         {tls_run.rps / tls_base_rps:10.3f}")
     print(f"  spans built / requests     {tls_run.stats['spans']:>10d} / {tls_run.requests}")
     tls_run.print(args.seconds)
+
+
+def redis_part(root: Path, receiver_port: int, args: argparse.Namespace) -> None:
+    redis_base, redis_traced = redis_run(root, receiver_port, args)
     print(f"redis (redis-benchmark SET and GET, {args.redis_requests} each, pipelining 16, "
           f"{args.connections} clients; obi tracing redis-server: a server span per command):")
     print(f"  commands/s without obi     {redis_base:10.0f}")
@@ -380,6 +490,10 @@ def main() -> int:
     print(f"  spans built / commands     {redis_traced.stats['spans']:>10d} / {redis_traced.requests}")
     print(f"  events dropped (obi queue) {redis_traced.stats.get('events_dropped', 0):10d}")
     redis_traced.print(max(1, round(redis_traced.requests / redis_traced.rps)))
+
+
+def grpc_part(receiver_port: int, args: argparse.Namespace) -> None:
+    grpc_base, grpc_traced = grpc_run(receiver_port, args)
     print(f"grpc (a grpcio server, a Python client making {args.grpc_calls} unary calls on one channel; "
           "obi tracing the server: a span per call from its HTTP/2 frames):")
     print(f"  calls/s without obi        {grpc_base:10.0f}")
@@ -387,7 +501,6 @@ def main() -> int:
     print(f"  ratio with/without         {grpc_traced.rps / grpc_base:10.3f}")
     print(f"  spans built / calls        {grpc_traced.stats['spans']:>10d} / {grpc_traced.requests}")
     grpc_traced.print(max(1, round(grpc_traced.requests / grpc_traced.rps)))
-    return 0
 
 
 if __name__ == "__main__":

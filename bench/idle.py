@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.http_bench import cpu_seconds, peak_rss_mib  # noqa: E402
+from bench.targets import record  # noqa: E402
 from tests.e2e.agent import AgentProcess  # noqa: E402
 from tests.otlp_receiver import OtlpReceiver  # noqa: E402
 from tests.support import free_port, start_process, stop_process  # noqa: E402
@@ -130,6 +131,7 @@ def main() -> int:
           f"({args.processes:,} more processes on the host, {int(line[1]):,} idle keep-alive connections "
           f"on the instrumented server; target 0.2%); peak RSS {rss:.0f} MiB; {spans:,} spans "
           f"(one per connection)")
+    record(idle_pct=100 * used / elapsed)
     hz = os.sysconf("SC_CLK_TCK")
     print("  by thread: " + ", ".join(f"{name} {100 * n / hz / elapsed:.3f}%"
                                       for name, n in sorted(by_thread.items(), key=lambda kv: -kv[1]) if n))

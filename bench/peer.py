@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.http_bench import Load, parse_wrk  # noqa: E402
+from bench.targets import record  # noqa: E402
 from tests.e2e.agent import AgentProcess  # noqa: E402
 from tests.support import free_port, start_process, stop_process, wait_for_port  # noqa: E402
 
@@ -53,29 +55,15 @@ def peer_venv() -> Path:
     return bin_dir
 
 
+def wrk(url: str, seconds: int, connections: int) -> Load:
+    return parse_wrk(subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}",
+                                     f"-d{seconds}s", "--latency", url], check=True, capture_output=True,
+                                    text=True, timeout=seconds + 60).stdout)
+
+
 @dataclass
-class Result:
-    requests: int
-    rps: float
-    p50_ms: float
-    p99_ms: float
+class Result(Load):
     spans: int | None = None
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-
-def wrk(url: str, seconds: int, connections: int) -> Result:
-    out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-                          "--latency", url], check=True, capture_output=True, text=True,
-                         timeout=seconds + 60).stdout
-    completed = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    return Result(completed, rps, p50, p99)
 
 
 def children(pid: int) -> list[int]:
@@ -110,7 +98,7 @@ def run(bin_dir: Path, app_dir: Path, mode: str, args: argparse.Namespace) -> Re
             for pid in [app.pid, *children(app.pid)]:
                 agent.wait_instrumented(pid, timeout=30)
         subprocess.run(["curl", "-sf", url], check=True, capture_output=True, timeout=10)  # warm
-        result = wrk(url, args.seconds, args.connections)
+        load = wrk(url, args.seconds, args.connections)
         time.sleep(1)
     finally:
         if agent is not None:
@@ -119,8 +107,8 @@ def run(bin_dir: Path, app_dir: Path, mode: str, args: argparse.Namespace) -> Re
     stop_process(sink)
     assert sink.stdout is not None
     counted = re.search(r"spans received: (\d+)", sink.stdout.read())
-    result.spans = int(counted.group(1)) if counted else None
-    return result
+    return Result(load.requests, load.rps, load.p50_ms, load.p99_ms,
+                  int(counted.group(1)) if counted else None)
 
 
 def main() -> int:
@@ -144,6 +132,7 @@ def main() -> int:
               f"p99 {r.p99_ms:.2f} ms{spans}")
     print(f"  {'bare (last run)':<20} {after.rps:8.0f} req/s  ratio {after.rps / bare_rps:.2f}  "
           f"p50 {after.p50_ms:.2f} ms  p99 {after.p99_ms:.2f} ms")
+    record(peer_obi_ratio=results["obi"].rps / bare_rps, peer_sdk_ratio=results["sdk"].rps / bare_rps)
     return 0
 
 
