@@ -9,7 +9,10 @@ APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config m
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
 	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind
 INSTALLED := $(VENV)/.installed
-SOURCES := pyproject.toml setup.py $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
+# the modules setup.py compiles with mypyc are sources of the build too
+COMPILED := src/obi/traces/records.py src/obi/traces/model.py src/obi/protocols/base.py \
+	src/obi/protocols/http.py src/obi/export/fanout.py src/obi/export/metrics.py src/obi/export/encode.py
+SOURCES := pyproject.toml setup.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 
 .PHONY: run test bench setup deps lint unit vmlinux clean
 
@@ -50,7 +53,7 @@ deps:
 $(INSTALLED): $(SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "obi needs Python >= 3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.17"
+	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.17" "mypy>=1.11"
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
@@ -59,3 +62,4 @@ vmlinux:
 
 clean:
 	rm -rf build src/obi/bpf src/obi/ebpf/*.bpf.o src/obi/ebpf/_libbpf_cffi*.so src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f src/*__mypyc*.so src/obi/_compiled_sources.json $(patsubst %.py,%.cpython-*.so,$(COMPILED))

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from obi.compiled import MODULES as COMPILED_MODULES
+from obi.compiled import compiled_modules
 from obi.preflight import (
     CGROUP_SKB_PROGRAM,
     KPROBE_PROGRAM,
@@ -110,6 +112,7 @@ def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> in
         ("unprivileged_bpf_disabled", _setting(host.unprivileged_bpf_disabled)),
         ("capabilities", ", ".join(sorted(host.capabilities)) or "none"),
         ("missing capabilities", ", ".join(missing) or "none"),
+        ("compiled modules", f"{len(compiled_modules())} of {len(COMPILED_MODULES)} (mypyc, per-event path)"),
     ]
     width = max(len(k) for k, _ in facts)
     for key, value in facts:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from obi.compiled import compiled_modules
 from obi.config import Config
 from obi.discovery.criteria import Selection
 from obi.discovery.registry import ProcessRegistry
@@ -245,7 +246,8 @@ class Agent:
                                  "discovery.instrument")
             self.log.info("agent_started", hooks=self.capture.hooks, trace_printer=self.printer.mode.value,
                           traces=str(_trace_target(self.config) or "off"),
-                          metrics=str(_metrics_target(self.config) or "off"))
+                          metrics=str(_metrics_target(self.config) or "off"),
+                          compiled_modules=len(compiled_modules()))
             stop_wait = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stop_wait, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
