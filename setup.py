@@ -35,10 +35,11 @@ COMPILED = (
 )
 
 
-def compiled_extensions() -> list[object]:
+def compiled_extensions(package_dir: Path) -> list[object]:
     """mypyc's extensions for COMPILED (none with OBI_PURE_PYTHON=1), and the digest of each
-    source they come from, written to obi/_compiled_sources.json beside them."""
-    digests = ROOT / "src" / "obi" / "_compiled_sources.json"
+    source they come from, written to _compiled_sources.json in package_dir (obi/ where the
+    extensions go)."""
+    digests = package_dir / "_compiled_sources.json"
     if os.environ.get("OBI_PURE_PYTHON") == "1":
         digests.unlink(missing_ok=True)
         # extensions an earlier build left in place would run instead of the sources
@@ -50,11 +51,15 @@ def compiled_extensions() -> list[object]:
         return []
     from mypyc.build import mypycify  # build requirement (pyproject.toml)
 
-    digests.write_text(json.dumps({
-        path.removesuffix(".py").replace("/", "."): hashlib.sha256((ROOT / "src" / path).read_bytes()).hexdigest()
-        for path in COMPILED
-    }, indent=1, sort_keys=True) + "\n")
-    return list(mypycify([f"src/{path}" for path in COMPILED], opt_level="3"))
+    package_dir.mkdir(parents=True, exist_ok=True)
+    sources = {path.removesuffix(".py").replace("/", "."): (ROOT / "src" / path).read_bytes() for path in COMPILED}
+    digests.write_text(json.dumps({name: hashlib.sha256(text).hexdigest() for name, text in sources.items()},
+                                  indent=1, sort_keys=True) + "\n")
+    # Without the project's mypy configuration (strict, for `make lint`): the build may run
+    # before obi's dependencies are installed (a fresh .venv, pip's isolated build), and what
+    # mypyc needs to know comes from obi's own annotations.
+    flags = ["--config-file=", "--ignore-missing-imports", "--python-version=3.11"]
+    return list(mypycify([*flags, *(f"src/{path}" for path in COMPILED)], opt_level="3"))
 
 
 def compile_bpf_objects(out_dir: Path) -> None:
@@ -87,17 +92,15 @@ class BuildExtWithBpf(build_ext):
     """build_ext that also compiles the BPF objects next to the package."""
 
     def run(self) -> None:
+        package = ROOT / "src" / "obi" if self.inplace else Path(self.build_lib) / "obi"
+        # Added here, not to setup(): pip asks for the metadata first, and that needs no C.
+        self.extensions.extend(compiled_extensions(package))  # type: ignore[arg-type]
         super().run()
         # Next to the loader, as package data of obi.ebpf.
-        if self.inplace:
-            out = ROOT / "src" / "obi" / "ebpf"
-        else:
-            out = Path(self.build_lib) / "obi" / "ebpf"
-        compile_bpf_objects(out)
+        compile_bpf_objects(package / "ebpf")
 
 
 setup(
     cffi_modules=["src/_cffi_src/build_libbpf.py:ffibuilder"],
-    ext_modules=compiled_extensions(),
     cmdclass={"build_ext": BuildExtWithBpf},
 )
