@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -35,13 +35,13 @@ COMPILED = (
 )
 
 
-def compiled_extensions(package_dir: Path) -> list[object]:
-    """mypyc's extensions for COMPILED (none with OBI_PURE_PYTHON=1), and the digest of each
-    source they come from, written to _compiled_sources.json in package_dir (obi/ where the
-    extensions go)."""
-    digests = package_dir / "_compiled_sources.json"
-    if os.environ.get("OBI_PURE_PYTHON") == "1":
-        digests.unlink(missing_ok=True)
+def pure_python() -> bool:
+    return os.environ.get("OBI_PURE_PYTHON") == "1"
+
+
+def compiled_extensions() -> list[Extension]:
+    """mypyc's extensions for COMPILED (none with OBI_PURE_PYTHON=1)."""
+    if pure_python():
         # extensions an earlier build left in place would run instead of the sources
         for path in COMPILED:
             for built in (ROOT / "src" / path).parent.glob(Path(path).stem + ".cpython-*.so"):
@@ -51,15 +51,25 @@ def compiled_extensions(package_dir: Path) -> list[object]:
         return []
     from mypyc.build import mypycify  # build requirement (pyproject.toml)
 
-    package_dir.mkdir(parents=True, exist_ok=True)
-    sources = {path.removesuffix(".py").replace("/", "."): (ROOT / "src" / path).read_bytes() for path in COMPILED}
-    digests.write_text(json.dumps({name: hashlib.sha256(text).hexdigest() for name, text in sources.items()},
-                                  indent=1, sort_keys=True) + "\n")
     # Without the project's mypy configuration (strict, for `make lint`): the build may run
     # before obi's dependencies are installed (a fresh .venv, pip's isolated build), and what
     # mypyc needs to know comes from obi's own annotations.
     flags = ["--config-file=", "--ignore-missing-imports", "--python-version=3.11"]
     return list(mypycify([*flags, *(f"src/{path}" for path in COMPILED)], opt_level="3"))
+
+
+def write_digests(package_dir: Path) -> None:
+    """The digest of each compiled source, in _compiled_sources.json beside the extensions
+    (obi/compiled.py checks them at import)."""
+    digests = package_dir / "_compiled_sources.json"
+    if pure_python():
+        digests.unlink(missing_ok=True)
+        return
+    sources = {path.removesuffix(".py").replace("/", "."): (ROOT / "src" / path).read_bytes()
+               for path in COMPILED}
+    package_dir.mkdir(parents=True, exist_ok=True)
+    digests.write_text(json.dumps({name: hashlib.sha256(text).hexdigest() for name, text in sources.items()},
+                                  indent=1, sort_keys=True) + "\n")
 
 
 def compile_bpf_objects(out_dir: Path) -> None:
@@ -91,10 +101,16 @@ def compile_bpf_objects(out_dir: Path) -> None:
 class BuildExtWithBpf(build_ext):
     """build_ext that also compiles the BPF objects next to the package."""
 
+    def finalize_options(self) -> None:
+        # Added here, not to setup(): pip asks for the metadata first, and that needs no C.
+        if self.distribution.ext_modules is None:
+            self.distribution.ext_modules = []
+        self.distribution.ext_modules += compiled_extensions()
+        super().finalize_options()
+
     def run(self) -> None:
         package = ROOT / "src" / "obi" if self.inplace else Path(self.build_lib) / "obi"
-        # Added here, not to setup(): pip asks for the metadata first, and that needs no C.
-        self.extensions.extend(compiled_extensions(package))  # type: ignore[arg-type]
+        write_digests(package)
         super().run()
         # Next to the loader, as package data of obi.ebpf.
         compile_bpf_objects(package / "ebpf")
