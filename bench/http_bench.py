@@ -73,6 +73,18 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def bpf_map_rss_mib(pid: int) -> float:
+    """What of the process's RSS is BPF maps it mapped: the ring buffer's data pages are mapped
+    twice in a row (so a record that wraps reads in one piece) and count twice in RSS."""
+    rss, in_map = 0, False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's first line
+            in_map = line.endswith("anon_inode:bpf-map")
+        elif in_map and line.startswith("Rss:"):
+            rss += int(line.split()[1])
+    return rss / 1024
+
+
 @contextlib.contextmanager
 def bpf_stats() -> Any:
     """kernel.bpf_stats_enabled on for the duration (restored after)."""
@@ -217,6 +229,7 @@ class Run:
     load: Load
     cpu: float  # obi's CPU seconds
     rss: float  # obi's peak RSS, MiB
+    map_rss: float  # of it, BPF maps (the ring buffer's double mapping)
     bpf: dict[str, int]  # BPF run time per program, ns
     stats: dict[str, Any]  # agent_stopped
 
@@ -243,7 +256,8 @@ class Run:
               f"  ({100 * self.cpu / seconds:.0f}% of one core)")
         print(f"  spans exported             {stats['spans_exported']:10d}"
               f"  (dropped at export queue: {stats['spans_export_dropped']})")
-        print(f"  obi peak RSS               {self.rss:10.1f} MiB")
+        print(f"  obi peak RSS               {self.rss:10.1f} MiB  ({self.map_rss:.1f} MiB of it BPF maps: "
+              "the ring buffer, mapped twice)")
         print_bpf(self.bpf, self.requests)
         ring_bytes = stats.get("ring_bytes", 0) / max(stats.get("ring_records", 0), 1)
         print(f"  bytes per ring record      {ring_bytes:10.0f}")
@@ -267,9 +281,9 @@ def traced_load(receiver_port: int, pid: int, load: Callable[[], Load],
         bpf = bpf_delta(bpf0, bpf_run_time(agent.agent_pid()))
         time.sleep(2)  # let the agent finish the tail of the run
         cpu = cpu_seconds(agent.proc.pid) - cpu0
-    rss = peak_rss_mib(agent.proc.pid)
+    rss, map_rss = peak_rss_mib(agent.proc.pid), bpf_map_rss_mib(agent.proc.pid)
     agent.stop()
-    return Run(done, cpu, rss, bpf, stopped_stats(agent))
+    return Run(done, cpu, rss, map_rss, bpf, stopped_stats(agent))
 
 
 def side_by_side(root: Path, site: str, scheme: str, receiver_port: int, args: argparse.Namespace,
@@ -425,6 +439,7 @@ def paced_part(root: Path, url: str, receiver_port: int, worker: int, args: argp
     print(f"  spans built / requests     {run.stats['spans']:>10d} / {run.requests}")
     run.print(args.rate_seconds)
     record(cpu_paced_us=run.cpu_us(), bpf_paced_ns=run.bpf_app_ns(), rss_paced_mib=run.rss,
+           rss_paced_maps_mib=run.map_rss,
            p99_bare_ms=bare.p99_ms or 0.0, p99_obi_ms=run.load.p99_ms or 0.0)
 
 
