@@ -178,16 +178,17 @@ class Load:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
 
 def parse_wrk(out: str) -> Load:
     """wrk --latency's report."""
     completed = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # the distribution's own lines: "+/- Stdev" columns end in % too (a "96.50%" once read as p50)
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)\s*$", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)\s*$", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     return Load(completed, rps, p50, p99)
 
 
@@ -207,8 +208,12 @@ def pace(root: Path, name: str, rate: int, connections: int) -> Path:
     return script
 
 
+# --agent-env KEY=VALUE: settings for every traced run (a ring buffer size, say)
+EXTRA_AGENT_ENV: dict[str, str] = {}
+
+
 def agent_env(receiver_port: int, worker: int) -> dict[str, str]:
-    return {
+    return EXTRA_AGENT_ENV | {
         "OTEL_EBPF_TARGET_PID": str(worker),
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver_port}",
         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
@@ -376,7 +381,14 @@ def main() -> int:
     parser.add_argument("--grpc-calls", type=int, default=20_000, help="gRPC: unary calls of the client")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated runs to make, of {', '.join(PARTS)} (default: all)")
+    parser.add_argument("--agent-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for obi in every traced run (repeatable)")
     args = parser.parse_args()
+    for setting in args.agent_env:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            parser.error(f"--agent-env wants KEY=VALUE, not {setting!r}")
+        EXTRA_AGENT_ENV[key] = value
     parts = set(args.parts.split(","))
     if parts - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(parts - set(PARTS)))}")
