@@ -18,6 +18,7 @@ from obi.config import (
     ports_contain,
 )
 from obi.config.values import expand_env, parse_duration, parse_key_values, parse_port_ranges
+from obi.ebpf.capture import DEFAULT_RING_BUFFER_SIZE
 from obi.export.endpoints import OtlpSignal, resolve_otlp_target
 
 GUIDE_YAML = """\
@@ -171,7 +172,7 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.routes.unmatched == "heuristic"
     assert config.ebpf.syscall_hooks == "auto"
     assert config.ebpf.context_propagation == "disabled"  # OBI's default
-    assert config.ebpf.ring_buffer_size == 16 * 1024 * 1024
+    assert config.ebpf.ring_buffer_size == DEFAULT_RING_BUFFER_SIZE == 8 << 20
     assert config.ebpf.request_capture_bytes == 4096
     assert config.ebpf.response_capture_bytes == 512
     assert config.ebpf.http_request_timeout == 0.0  # OBI's default: never

@@ -236,7 +236,7 @@ class EbpfConfig:
     context_propagation: ContextPropagation = "disabled"
     # obi-only keys below.
     syscall_hooks: SyscallHooks = "auto"
-    ring_buffer_size: int = 16 * 1024 * 1024
+    ring_buffer_size: int = 8 << 20  # obi.ebpf.capture.DEFAULT_RING_BUFFER_SIZE
     request_capture_bytes: int = 4096
     response_capture_bytes: int = 512
     pid_filter_max: int = 4096

@@ -44,6 +44,11 @@ UPROBE_PROGRAMS = frozenset({"tls_read_enter", "tls_read_ex_enter", "tls_write_e
 PROPAGATION_PREFIX = "propagation_"
 PROPAGATION_PROGRAMS = frozenset({"propagation_sockops", "propagation_msg"})
 INIT_PID_NS_INO = 0xEFFFFFFC  # the initial pid namespace's inode (PROC_PID_INIT_INO)
+# The kernel ring's bytes (ebpf.ring_buffer_size). Its data pages are mapped twice into obi
+# (a record that wraps reads in one piece), so they count twice in obi's RSS: 8 MiB is 16 MiB
+# of RSS. At 34k requests/s for 30 s here nothing was lost with 4 MiB (bench/http_bench.py
+# --agent-env); 8 MiB keeps room for larger records and longer stalls of the reader.
+DEFAULT_RING_BUFFER_SIZE = 8 << 20
 # Events per wakeup when ebpf.wakeup_len is unset; the drain timer takes the rest.
 DEFAULT_WAKEUP_LEN = 64
 # A typical record's size, to turn OBI's wakeup_len (in events) into the bytes the kernel counts.
@@ -56,7 +61,7 @@ class CaptureSettings:
     request_capture_bytes: int = 4096
     response_capture_bytes: int = 512
     wakeup_len: int = 0
-    ring_buffer_size: int = 1 << 24
+    ring_buffer_size: int = DEFAULT_RING_BUFFER_SIZE
     max_processes: int = 4096  # pid filter entries
     max_connections: int = 65536  # tracked connections (and syscalls in flight)
     max_exchanges: int = 2048  # exchanges in flight, each with its capture buffer
