@@ -9,10 +9,10 @@ APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config m
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
 	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind
 INSTALLED := $(VENV)/.installed
-# the modules setup.py compiles with mypyc are sources of the build too
+# the modules setup.py compiles with mypyc (MODULES in src/obi/compiled.py) are sources of the build too
 COMPILED := src/obi/traces/records.py src/obi/traces/model.py src/obi/protocols/base.py \
 	src/obi/protocols/http.py src/obi/export/fanout.py src/obi/export/metrics.py src/obi/export/encode.py
-SOURCES := pyproject.toml setup.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
+SOURCES := pyproject.toml setup.py src/obi/compiled.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 
 .PHONY: run test bench setup deps lint unit vmlinux clean
 

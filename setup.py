@@ -2,12 +2,14 @@
 modules compiled to C extensions with mypyc.
 
 clang is needed here only; at run time obi loads the prebuilt objects. The modules every
-exchange goes through (COMPILED) are compiled by mypyc, unchanged: 1.3-1.4x less CPU per span
-on the replay benchmark (BENCHMARKS.md). OBI_PURE_PYTHON=1 builds without them.
+exchange goes through (MODULES in src/obi/compiled.py) are compiled by mypyc, unchanged:
+1.3-1.4x less CPU per span on the replay benchmark (BENCHMARKS.md). OBI_PURE_PYTHON=1 builds
+without them.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -21,18 +23,20 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 BPF_ARCH = {"x86_64": "x86", "aarch64": "arm64"}
-# The per-event path: record walk, HTTP/1, span model, RED metrics, fan-out, OTLP encoding.
-# obi/compiled.py lists the same modules and checks, at start, that each runs compiled from
-# its current source.
-COMPILED = (
-    "obi/traces/records.py",
-    "obi/traces/model.py",
-    "obi/protocols/base.py",
-    "obi/protocols/http.py",
-    "obi/export/fanout.py",
-    "obi/export/metrics.py",
-    "obi/export/encode.py",
-)
+
+
+def compiled_sources() -> tuple[str, ...]:
+    """The per-event path's modules (MODULES in src/obi/compiled.py, which also checks at
+    start that each runs compiled from its current source), as paths under src/; read, not
+    imported: obi's dependencies may not be installed yet."""
+    tree = ast.parse((ROOT / "src" / "obi" / "compiled.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "MODULES" for t in node.targets):
+            return tuple(name.replace(".", "/") + ".py" for name in ast.literal_eval(node.value))
+    raise SystemExit("obi build: src/obi/compiled.py has no MODULES")
+
+
+COMPILED = compiled_sources()
 
 
 def pure_python() -> bool:

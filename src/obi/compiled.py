@@ -1,4 +1,4 @@
-"""The modules of the per-event path that the build compiles with mypyc (setup.py COMPILED),
+"""The modules of the per-event path that the build compiles with mypyc (setup.py reads MODULES),
 and the check that each one runs compiled from its current source.
 
 A compiled module is a C extension beside its .py, and Python imports the extension first: a
