@@ -107,7 +107,9 @@ def test_nginx_proxying_many_requests_at_once_links_each_call_to_its_request(ups
         server = by_id[client.parent_span_id]
         assert attributes(server)["url.path"] == "/api" + upstream_path
         assert client.trace_id == server.trace_id
-        assert server.start_time_unix_nano <= client.start_time_unix_nano <= server.end_time_unix_nano
+        assert server.start_time_unix_nano <= client.start_time_unix_nano <= server.end_time_unix_nano, (
+            upstream_path, client.start_time_unix_nano - server.start_time_unix_nano,
+            server.end_time_unix_nano - client.start_time_unix_nano)
 
 
 FLASK_APP = """

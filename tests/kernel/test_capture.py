@@ -564,6 +564,7 @@ def test_untraced_processes_that_listen_are_noticed_and_traced_ones_are_not(mode
         import socket, sys
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
+        print("started", flush=True)
         sys.stdin.readline()
         s.listen()
         print("listening", flush=True)
@@ -575,6 +576,10 @@ def test_untraced_processes_that_listen_are_noticed_and_traced_ones_are_not(mode
         untraced, traced = (subprocess.Popen([sys.executable, "-c", listener], text=True,
                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2))
         try:
+            # Popen returns once exec has closed the child's fds, which can be before the kernel's
+            # exec event: traced from then on, that exec would be reported as the traced pid's own
+            for proc in (untraced, traced):
+                assert proc.stdout is not None and proc.stdout.readline() == "started\n"
             capture.add_pid(traced.pid)
             for proc in (untraced, traced):
                 assert proc.stdin is not None and proc.stdout is not None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +30,7 @@ from obi.protocols.base import Connection, Exchange
 from obi.protocols.errors import ParseError
 from obi.protocols.gohttp import GO_HTTP_SIZE, GoHttpSpans
 from obi.protocols.http2 import Http2Records
+from obi.traces.clock import EpochClock
 from obi.traces.model import ServiceIdentity, Span
 
 _AF_INET = 2
@@ -93,7 +93,7 @@ class RecordProcessor:
     def __init__(self, protocols: ProtocolRegistry, identity_for: Callable[[int], ServiceIdentity | None],
                  on_process: OnProcessEvent, go_http: GoHttpSpans | None = None,
                  go_http_pids: set[int] | frozenset[int] = frozenset(),
-                 http2: Http2Records | None = None) -> None:
+                 http2: Http2Records | None = None, clock: EpochClock | None = None) -> None:
         """`go_http_pids`: processes whose HTTP the Go uprobes report (a live set): the HTTP/1
         exchanges (and HTTP/2 frames) the syscall or TLS capture also sees for them are left out.
         `http2`: the spans of connections the kernel follows as HTTP/2."""
@@ -103,6 +103,7 @@ class RecordProcessor:
         self._go_http_pids = go_http_pids
         self._identity_for = identity_for
         self._on_process = on_process
+        self.clock = clock or EpochClock()
         # printable addresses by their 16 raw bytes, one table per family
         self._addresses: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
         self.stats = RecordStats()
@@ -126,7 +127,7 @@ class RecordProcessor:
         address = self._address
         by_family = self._addresses
         stats = self.stats
-        epoch_offset = time.time_ns() - time.monotonic_ns()
+        epoch_offset = self.clock.offset()
         spans: list[Span] = []
         off, end = 0, len(batch)
         last_pid: int | None = None
