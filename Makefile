@@ -62,4 +62,4 @@ vmlinux:
 
 clean:
 	rm -rf build src/obi/bpf src/obi/ebpf/*.bpf.o src/obi/ebpf/_libbpf_cffi*.so src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f src/*__mypyc*.so src/obi/_compiled_sources.json $(patsubst %.py,%.cpython-*.so,$(COMPILED))
+	rm -f src/*__mypyc*.so src/obi/_compiled_sources.json $(patsubst %.py,%.cpython-*.so,$(COMPILED)) src/obi/_http1*.so

@@ -62,6 +62,11 @@ def compiled_extensions() -> list[Extension]:
     return list(mypycify([*flags, *(f"src/{path}" for path in COMPILED)], opt_level="3"))
 
 
+def native_extensions() -> list[Extension]:
+    """The per-event parsing written in C (csrc/), with or without mypyc."""
+    return [Extension("obi._http1", ["csrc/http1.c"], extra_compile_args=["-O2", "-Wall", "-Werror"])]
+
+
 def write_digests(package_dir: Path) -> None:
     """The digest of each compiled source, in _compiled_sources.json beside the extensions
     (obi/compiled.py checks them at import)."""
@@ -109,7 +114,7 @@ class BuildExtWithBpf(build_ext):
         # Added here, not to setup(): pip asks for the metadata first, and that needs no C.
         if self.distribution.ext_modules is None:
             self.distribution.ext_modules = []
-        self.distribution.ext_modules += compiled_extensions()
+        self.distribution.ext_modules += [*compiled_extensions(), *native_extensions()]
         super().finalize_options()
 
     def run(self) -> None:

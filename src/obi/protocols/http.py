@@ -9,7 +9,7 @@ per observed request; every malformed input raises ``ParseError`` and nothing el
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -217,11 +217,11 @@ def parse_request(data: bytes, total_len: int, lines: RequestLines | None = None
                 lines.clear()
             lines[line] = known
         method, target, path, version = known
-        return _request_headers(data, line_end, total_len, method, target, path, version)
+        return _request_headers(data, line_end, total_len, method, target, path, version, HttpRequestFacts)
     method, target, path, version = _request_line(data if line_end < 0 else data[:line_end], line_end)
     if line_end < 0:
         return _new_tuple(HttpRequestFacts, (method, target, path, version, None, None, 0, None, -1, -1))
-    return _request_headers(data, line_end, total_len, method, target, path, version)
+    return _request_headers(data, line_end, total_len, method, target, path, version, HttpRequestFacts)
 
 
 def _request_line(line: bytes, line_end: int) -> tuple[str, str, str, str]:
@@ -254,11 +254,13 @@ def _request_line(line: bytes, line_end: int) -> tuple[str, str, str, str]:
     return method, target, path, version
 
 
-def _request_headers(data: bytes, line_end: int, total_len: int, method: str, target: str, path: str,
-                     version: str) -> HttpRequestFacts:
+def _request_headers_py(data: bytes, line_end: int, total_len: int, method: str, target: str, path: str,
+                        version: str, facts: type[HttpRequestFacts]) -> HttpRequestFacts:
     """The request's facts once its line is known: what its header block says.
 
-    (Once per request: the header block helpers are inlined here.)
+    The definition of what obi._http1.request_headers does in C (the tests hold the two to each
+    other), and what runs where that extension was not built. (Once per request: the header
+    block helpers are inlined here.)
     """
     headers_end = data.find(_HEADERS_END, line_end)
     if headers_end >= 0:
@@ -293,9 +295,17 @@ def _request_headers(data: bytes, line_end: int, total_len: int, method: str, ta
     else:
         body_size = 0  # a request without Content-Length or transfer coding has no body
         end = header_len
-    return _new_tuple(HttpRequestFacts, (
+    return _new_tuple(facts, (
         method, target, path, version, host, content_length, body_size, traceparent, header_len, end,
     ))  # fmt: skip
+
+
+RequestHeaders = Callable[[bytes, int, int, str, str, str, str, type[HttpRequestFacts]], HttpRequestFacts]
+_request_headers: RequestHeaders
+try:
+    from obi._http1 import request_headers as _request_headers
+except ImportError:  # a source tree without its C extensions: the same, in Python
+    _request_headers = _request_headers_py
 
 
 def parse_response(data: bytes, total_len: int) -> HttpResponseFacts:
