@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Hashable, Iterable, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -21,13 +21,13 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from obi.traces.model import AttributeValue, ServiceIdentity, Span, SpanShape
 
-SCOPE_NAME = "go.opentelemetry.io/obi"
+SCOPE_NAME: Final = "go.opentelemetry.io/obi"
 
 # W3C trace flags live in the low byte of Span.flags; bits 8-9 say whether the
 # parent is known to be remote (Span.SpanFlags in trace.proto).
-TRACE_FLAG_SAMPLED = 0x01
-SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE = 0x100
-SPAN_FLAGS_CONTEXT_IS_REMOTE = 0x200
+TRACE_FLAG_SAMPLED: Final = 0x01
+SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE: Final = 0x100
+SPAN_FLAGS_CONTEXT_IS_REMOTE: Final = 0x200
 
 # Bounds of the encoder's caches; a full cache is cleared and refills from live traffic.
 SPAN_SHAPE_CACHE_LIMIT = 4096
@@ -35,27 +35,27 @@ VALUE_CACHE_LIMIT = 4096  # per attribute key
 _RESOURCE_CACHE_LIMIT = 1024
 
 # Wire-format tags (field number << 3 | wire type) of the fields written by hand.
-_TAG_TRACE_ID = b"\x0a"  # Span.trace_id = 1
-_TAG_SPAN_ID = b"\x12"  # Span.span_id = 2
-_TAG_PARENT_SPAN_ID = b"\x22"  # Span.parent_span_id = 4
-_TAG_NAME = b"\x2a"  # Span.name = 5
-_TAG_KIND = b"\x30"  # Span.kind = 6, varint
-_TAG_START = b"\x39"  # Span.start_time_unix_nano = 7, fixed64
-_TAG_END = b"\x41"  # Span.end_time_unix_nano = 8, fixed64
-_TAG_ATTRIBUTE = b"\x4a"  # Span.attributes = 9
-_STATUS_ERROR = b"\x7a\x02\x18\x02"  # Span.status = 15 {code = 3: STATUS_CODE_ERROR}
-_TAG_FLAGS = b"\x85\x01"  # Span.flags = 16, fixed32
-_TAG_SPANS = b"\x12"  # ScopeSpans.spans = 2 / ResourceSpans.scope_spans = 2
-_TAG_FIRST = b"\x0a"  # field 1, length-delimited (resource, scope, key, string_value, ...)
-_TAG_KV_VALUE = b"\x12"  # KeyValue.value = 2
-_TAG_INT_VALUE = b"\x18"  # AnyValue.int_value = 3
-_FIXED64 = struct.Struct("<Q").pack
-_FIXED32 = struct.Struct("<I").pack
-_TIMES = struct.Struct("<BQBQ").pack  # start and end tags, each followed by its fixed64
-_TRACE_ID_16 = b"\x0a\x10"  # trace_id tag and length of a 16-byte id
-_SPAN_ID_8 = b"\x12\x08"  # span_id tag and length of an 8-byte id
-_PARENT_SPAN_ID_8 = b"\x22\x08"  # parent_span_id tag and length of an 8-byte id
-_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
+_TAG_TRACE_ID: Final = b"\x0a"  # Span.trace_id = 1
+_TAG_SPAN_ID: Final = b"\x12"  # Span.span_id = 2
+_TAG_PARENT_SPAN_ID: Final = b"\x22"  # Span.parent_span_id = 4
+_TAG_NAME: Final = b"\x2a"  # Span.name = 5
+_TAG_KIND: Final = b"\x30"  # Span.kind = 6, varint
+_TAG_START: Final = b"\x39"  # Span.start_time_unix_nano = 7, fixed64
+_TAG_END: Final = b"\x41"  # Span.end_time_unix_nano = 8, fixed64
+_TAG_ATTRIBUTE: Final = b"\x4a"  # Span.attributes = 9
+_STATUS_ERROR: Final = b"\x7a\x02\x18\x02"  # Span.status = 15 {code = 3: STATUS_CODE_ERROR}
+_TAG_FLAGS: Final = b"\x85\x01"  # Span.flags = 16, fixed32
+_TAG_SPANS: Final = b"\x12"  # ScopeSpans.spans = 2 / ResourceSpans.scope_spans = 2
+_TAG_FIRST: Final = b"\x0a"  # field 1, length-delimited (resource, scope, key, string_value, ...)
+_TAG_KV_VALUE: Final = b"\x12"  # KeyValue.value = 2
+_TAG_INT_VALUE: Final = b"\x18"  # AnyValue.int_value = 3
+_FIXED64: Final = struct.Struct("<Q").pack
+_FIXED32: Final = struct.Struct("<I").pack
+_TIMES: Final = struct.Struct("<BQBQ").pack  # start and end tags, each followed by its fixed64
+_TRACE_ID_16: Final = b"\x0a\x10"  # trace_id tag and length of a 16-byte id
+_SPAN_ID_8: Final = b"\x12\x08"  # span_id tag and length of an 8-byte id
+_PARENT_SPAN_ID_8: Final = b"\x22\x08"  # parent_span_id tag and length of an 8-byte id
+_SMALL_VARINTS: Final = tuple(bytes((i,)) for i in range(128))
 
 
 def varint(value: int) -> bytes:
@@ -157,7 +157,7 @@ def span_flags(span: Span) -> int:
 
 
 # The flags field for [has parent * 2 + sampled], as span_flags computes it.
-_FLAGS_FIELDS = tuple(
+_FLAGS_FIELDS: Final = tuple(
     _TAG_FLAGS + _FIXED32(SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE | remote | sampled)
     for remote in (0, SPAN_FLAGS_CONTEXT_IS_REMOTE)
     for sampled in (0, TRACE_FLAG_SAMPLED)

@@ -15,6 +15,7 @@ import itertools
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
@@ -43,19 +44,19 @@ from obi.traces.model import (
 )
 
 # OBI's defaults (OTel semantic-convention buckets for durations), from the configuration model.
-DEFAULT_DURATION_BUCKETS: tuple[float, ...] = HistogramBuckets().duration_histogram
-DEFAULT_SIZE_BUCKETS: tuple[float, ...] = HistogramBuckets().request_size_histogram
+DEFAULT_DURATION_BUCKETS: Final[tuple[float, ...]] = HistogramBuckets().duration_histogram
+DEFAULT_SIZE_BUCKETS: Final[tuple[float, ...]] = HistogramBuckets().request_size_histogram
 
-HTTP_SERVER_REQUEST_DURATION = "http.server.request.duration"
-HTTP_SERVER_REQUEST_BODY_SIZE = "http.server.request.body.size"
-HTTP_SERVER_RESPONSE_BODY_SIZE = "http.server.response.body.size"
-HTTP_CLIENT_REQUEST_DURATION = "http.client.request.duration"
-HTTP_CLIENT_REQUEST_BODY_SIZE = "http.client.request.body.size"
-HTTP_CLIENT_RESPONSE_BODY_SIZE = "http.client.response.body.size"
-DB_CLIENT_OPERATION_DURATION = "db.client.operation.duration"
-DB_SERVER_OPERATION_DURATION = "db.server.operation.duration"
-RPC_SERVER_CALL_DURATION = "rpc.server.call.duration"
-RPC_CLIENT_CALL_DURATION = "rpc.client.call.duration"
+HTTP_SERVER_REQUEST_DURATION: Final = "http.server.request.duration"
+HTTP_SERVER_REQUEST_BODY_SIZE: Final = "http.server.request.body.size"
+HTTP_SERVER_RESPONSE_BODY_SIZE: Final = "http.server.response.body.size"
+HTTP_CLIENT_REQUEST_DURATION: Final = "http.client.request.duration"
+HTTP_CLIENT_REQUEST_BODY_SIZE: Final = "http.client.request.body.size"
+HTTP_CLIENT_RESPONSE_BODY_SIZE: Final = "http.client.response.body.size"
+DB_CLIENT_OPERATION_DURATION: Final = "db.client.operation.duration"
+DB_SERVER_OPERATION_DURATION: Final = "db.server.operation.duration"
+RPC_SERVER_CALL_DURATION: Final = "rpc.server.call.duration"
+RPC_CLIENT_CALL_DURATION: Final = "rpc.client.call.duration"
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -72,14 +73,14 @@ class MetricFamily:
 
 # OBI's default attributes: method, status code, route (when set), server address and
 # port; obi's server series also carry url.scheme.
-HTTP_SERVER = MetricFamily(
+HTTP_SERVER: Final = MetricFamily(
     (HTTP_SERVER_REQUEST_DURATION, "Duration of HTTP service calls from the server side"),
     (HTTP_SERVER_REQUEST_BODY_SIZE, "Size of the HTTP request body as received at the server side"),
     (HTTP_SERVER_RESPONSE_BODY_SIZE, "Size of the HTTP response body as sent by the server side"),
     ("http.request.method", "http.response.status_code", "http.route", "url.scheme", "server.address",
      "server.port"),
 )
-HTTP_CLIENT = MetricFamily(
+HTTP_CLIENT: Final = MetricFamily(
     (HTTP_CLIENT_REQUEST_DURATION, "Duration of HTTP service calls from the client side"),
     (HTTP_CLIENT_REQUEST_BODY_SIZE, "Size of the HTTP request body as sent from the client side"),
     (HTTP_CLIENT_RESPONSE_BODY_SIZE, "Size of the HTTP response body as received at the client side"),
@@ -87,21 +88,21 @@ HTTP_CLIENT = MetricFamily(
 )
 
 # OBI's default attributes of database operations.
-DB_CLIENT = MetricFamily(
+DB_CLIENT: Final = MetricFamily(
     (DB_CLIENT_OPERATION_DURATION, "Duration of database client operations"), None, None,
     ("db.system.name", "db.operation.name", "server.address", "error.type"),
 )
-DB_SERVER = MetricFamily(
+DB_SERVER: Final = MetricFamily(
     (DB_SERVER_OPERATION_DURATION, "Duration of database operations from the server side"), None, None,
     ("db.system.name", "db.operation.name", "server.address", "error.type"),
 )
 
 # OBI's default attributes of gRPC calls (a client's also name the server).
-RPC_SERVER = MetricFamily(
+RPC_SERVER: Final = MetricFamily(
     (RPC_SERVER_CALL_DURATION, "Duration of RPC service calls from the server side"), None, None,
     ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type"),
 )
-RPC_CLIENT = MetricFamily(
+RPC_CLIENT: Final = MetricFamily(
     (RPC_CLIENT_CALL_DURATION, "Duration of RPC service calls from the client side"), None, None,
     ("rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type", "server.address"),
 )
@@ -130,7 +131,7 @@ def series_of(span: Span) -> tuple[MetricFamily, SeriesKey, int, int] | None:
 
 
 # A series stops being reported when it saw no request for this long (OBI's ttl).
-DEFAULT_SERIES_TTL_S = 300.0
+DEFAULT_SERIES_TTL_S: Final = 300.0
 
 
 class HistogramState:
@@ -175,9 +176,9 @@ class ServiceSeries:
 
 
 # The key of a family's overflow series: the attribute sets past the cardinality limit.
-OVERFLOW: SeriesKey = ("\0overflow",)
-OVERFLOW_ATTRIBUTE = "otel.metric.overflow"
-DEFAULT_CARDINALITY_LIMIT = 2000
+OVERFLOW: Final[SeriesKey] = ("\0overflow",)
+OVERFLOW_ATTRIBUTE: Final = "otel.metric.overflow"
+DEFAULT_CARDINALITY_LIMIT: Final = 2000
 
 
 class RedMetrics:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, Final, Generic, NamedTuple, Protocol, TypeVar
 
 from obi.ebpf._libbpf import lib
 from obi.protocols.errors import ParseError
@@ -47,10 +47,10 @@ __all__ = [
     "span_ids",
 ]
 
-ROLE_SERVER: int = lib.OBI_ROLE_SERVER
-ROLE_CLIENT: int = lib.OBI_ROLE_CLIENT
+ROLE_SERVER: Final[int] = lib.OBI_ROLE_SERVER
+ROLE_CLIENT: Final[int] = lib.OBI_ROLE_CLIENT
 # error.type of a request that got no response, by why the kernel ended the exchange.
-NO_RESPONSE_ERRORS: dict[int, str] = {
+NO_RESPONSE_ERRORS: Final[dict[int, str]] = {
     lib.OBI_END_EXIT: "process_exited",
     lib.OBI_END_CLOSE: "connection_closed",
     lib.OBI_END_TIMEOUT: "timeout",
@@ -101,7 +101,7 @@ class SpanStats:
     connections_forgotten: int = 0  # protocol state of a connection dropped (ConnectionStates full)
 
 
-_GOLDEN = 0x9E3779B97F4A7C15  # odd: i -> span + i * _GOLDEN never repeats within 2**64 requests
+_GOLDEN: Final = 0x9E3779B97F4A7C15  # odd: i -> span + i * _GOLDEN never repeats within 2**64 requests
 
 
 def nth_span_id(span_id: bytes, index: int) -> bytes:

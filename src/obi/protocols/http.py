@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from obi.ebpf._libbpf import lib
 from obi.protocols.base import NO_RESPONSE_ERRORS, ROLE_SERVER, Connection, Exchange, IdGenerator, SpanStats
@@ -32,7 +32,7 @@ __all__ = [
     "parse_traceparent",
 ]
 
-METHODS: tuple[str, ...] = (
+METHODS: Final[tuple[str, ...]] = (
     "GET",
     "POST",
     "PUT",
@@ -43,43 +43,43 @@ METHODS: tuple[str, ...] = (
     "CONNECT",
     "TRACE",
 )
-_METHOD_BY_TOKEN: dict[bytes, str] = {m.encode("ascii"): m for m in METHODS}
-_VERSION_BY_TOKEN: dict[bytes, str] = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
+_METHOD_BY_TOKEN: Final[dict[bytes, str]] = {m.encode("ascii"): m for m in METHODS}
+_VERSION_BY_TOKEN: Final[dict[bytes, str]] = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # Version assumed when the capture ends before the request line's version.
-_TRUNCATED_VERSION = "1.1"
-STATUS_CAPTURE: int = lib.OBI_STATUS_CAPTURE  # bytes of a status-only response capture
+_TRUNCATED_VERSION: Final = "1.1"
+STATUS_CAPTURE: Final[int] = lib.OBI_STATUS_CAPTURE  # bytes of a status-only response capture
 
-_CRLF = b"\r\n"
-_HEADERS_END = b"\r\n\r\n"
+_CRLF: Final = b"\r\n"
+_HEADERS_END: Final = b"\r\n\r\n"
 # Header names as searched in the lower-cased header block, which starts with CRLF.
-_HOST = b"\r\nhost:"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
-_TRACEPARENT = b"\r\ntraceparent:"
-_HOST_LEN = len(_HOST)
-_TRACEPARENT_HEADER_LEN = len(_TRACEPARENT)
-_OWS = b" \t"
-_CONTENT_LENGTH_LEN = len(_CONTENT_LENGTH)
+_HOST: Final = b"\r\nhost:"
+_CONTENT_LENGTH: Final = b"\r\ncontent-length:"
+_TRANSFER_ENCODING: Final = b"\r\ntransfer-encoding:"
+_TRACEPARENT: Final = b"\r\ntraceparent:"
+_HOST_LEN: Final = len(_HOST)
+_TRACEPARENT_HEADER_LEN: Final = len(_TRACEPARENT)
+_OWS: Final = b" \t"
+_CONTENT_LENGTH_LEN: Final = len(_CONTENT_LENGTH)
 # Status-code tokens of 100..599 (codes outside take the slow path, which names the error).
-_STATUS_BY_TOKEN: dict[bytes, int] = {b"%d" % code: code for code in range(100, 600)}
+_STATUS_BY_TOKEN: Final[dict[bytes, int]] = {b"%d" % code: code for code in range(100, 600)}
 # "HTTP/1.x NNN" -> (version, status): a whole status line's start in one lookup.
-_STATUS_LINE: dict[bytes, tuple[str, int]] = {
+_STATUS_LINE: Final[dict[bytes, tuple[str, int]]] = {
     token + b" " + code_token: (version, code)
     for token, version in _VERSION_BY_TOKEN.items()
     for code_token, code in _STATUS_BY_TOKEN.items()
 }
-_AFTER_STATUS = (b"", b" ", b"\r")
+_AFTER_STATUS: Final = (b"", b" ", b"\r")
 # tuple.__new__ builds a NamedTuple without its Python-level __new__ (a third of the cost).
-_new_tuple = tuple.__new__
+_new_tuple: Final = tuple.__new__
 # Longest Content-Length accepted: fits in an int64 and stays clear of int() limits.
-_MAX_LENGTH_DIGITS = 18
+_MAX_LENGTH_DIGITS: Final = 18
 # Statuses that never carry a body (RFC 9110 section 6.4.1).
-_BODYLESS_STATUS = frozenset({204, 304})
+_BODYLESS_STATUS: Final = frozenset({204, 304})
 
-_LOWER_HEX = "0123456789abcdef"
-_TRACEPARENT_LEN = 55
-_ZERO_TRACE_ID = "0" * 32
-_ZERO_SPAN_ID = "0" * 16
+_LOWER_HEX: Final = "0123456789abcdef"
+_TRACEPARENT_LEN: Final = 55
+_ZERO_TRACE_ID: Final = "0" * 32
+_ZERO_SPAN_ID: Final = "0" * 16
 
 
 class HttpRequestFacts(NamedTuple):
@@ -381,10 +381,10 @@ def parse_traceparent(value: str) -> TraceParent | None:
 
 # ---- exchanges and spans -----------------------------------------------------
 
-_MAX_PIPELINED = 64
+_MAX_PIPELINED: Final = 64
 # Bodyless statuses end at their header block; 101 switches protocols.
-_INTERIM_MAX = 199
-_SWITCHING_PROTOCOLS = 101
+_INTERIM_MAX: Final = 199
+_SWITCHING_PROTOCOLS: Final = 101
 HOST_CACHE_LIMIT = 4096
 
 
@@ -506,10 +506,10 @@ def looks_like_request(data: bytes) -> bool:
     return space > 0 and data[:space] in _METHOD_BY_TOKEN
 
 
-_END_TIMEOUT: int = lib.OBI_END_TIMEOUT
-_TIMEOUT_STATUS = 408  # OBI reports a request unanswered past ebpf.http_request_timeout with it
+_END_TIMEOUT: Final[int] = lib.OBI_END_TIMEOUT
+_TIMEOUT_STATUS: Final = 408  # OBI reports a request unanswered past ebpf.http_request_timeout with it
 IgnoreMode = str  # "all", "traces", "metrics" (routes.ignore_mode)
-_EXCLUDE_BY_MODE = {"all": EXCLUDE_TRACES | EXCLUDE_METRICS, "traces": EXCLUDE_TRACES,
+_EXCLUDE_BY_MODE: Final = {"all": EXCLUDE_TRACES | EXCLUDE_METRICS, "traces": EXCLUDE_TRACES,
                     "metrics": EXCLUDE_METRICS}
 
 

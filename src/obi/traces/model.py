@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 AttributeValue = str | int
 
@@ -62,12 +62,12 @@ class ServiceIdentity:
 
 
 # opentelemetry.proto.trace.v1.Span.SpanKind
-SPAN_KIND_SERVER = 2
-SPAN_KIND_CLIENT = 3
+SPAN_KIND_SERVER: Final = 2
+SPAN_KIND_CLIENT: Final = 3
 
 # Span.exclude bits: where a span must not go (routes.ignored_patterns with ignore_mode).
-EXCLUDE_TRACES = 1
-EXCLUDE_METRICS = 2
+EXCLUDE_TRACES: Final = 1
+EXCLUDE_METRICS: Final = 2
 
 
 class SpanShape(NamedTuple):
@@ -143,8 +143,8 @@ class Span:
         return attrs
 
 
-_SERVER_VARYING = ("url.path", "http.request.body.size", "http.response.body.size")
-_CLIENT_VARYING = ("url.full", "http.request.body.size", "http.response.body.size")
+_SERVER_VARYING: Final = ("url.path", "http.request.body.size", "http.response.body.size")
+_CLIENT_VARYING: Final = ("url.full", "http.request.body.size", "http.response.body.size")
 
 # (kind, method, status_code, route, scheme, server_address, server_port,
 #  client_address, protocol_version, error_type): everything an HTTP span's name,
@@ -251,11 +251,11 @@ def _append_ends(attrs: list[tuple[str, AttributeValue]], kind: int, error: str,
 #  status_code, error_type, has_query_text): everything a database span's name, status and
 # repeated attributes depend on.
 DbShapeKey = tuple[int, str, str, str, str, str, int, str, str, str, bool]
-_DB_VARYING_TEXT = ("db.query.text",)
+_DB_VARYING_TEXT: Final = ("db.query.text",)
 # OBI's span name when the operation is not known, by db.system.name.
-_DB_UNNAMED = {"redis": "REDIS", "memcached": "MEMCACHED"}
+_DB_UNNAMED: Final = {"redis": "REDIS", "memcached": "MEMCACHED"}
 # OBI's printer type names, by db.system.name and kind.
-_DB_TYPE_NAMES = {"redis": ("RedisServer", "RedisClient"),
+_DB_TYPE_NAMES: Final = {"redis": ("RedisServer", "RedisClient"),
                   "memcached": ("MemcachedServer", "MemcachedClient")}
 
 
@@ -340,8 +340,8 @@ class DbSpan(Span):
 RpcShapeKey = tuple[int, str, str, str, int, str, str]
 # gRPC statuses that are a server's error (OBI, after the OTel gRPC conventions); for a client
 # every status but OK is.
-GRPC_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
-                                "DATA_LOSS"})
+GRPC_SERVER_ERRORS: Final = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL",
+                                       "UNAVAILABLE", "DATA_LOSS"})
 
 
 @dataclass(slots=True, init=False)

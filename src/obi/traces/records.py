@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from obi.ebpf._libbpf import ffi, lib
 from obi.ebpf.records import (
@@ -33,29 +34,29 @@ from obi.protocols.http2 import Http2Records
 from obi.traces.clock import EpochClock
 from obi.traces.model import ServiceIdentity, Span
 
-_AF_INET = 2
-_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+_AF_INET: Final = 2
+_V4_MAPPED: Final = b"\x00" * 10 + b"\xff\xff"
 ADDRESS_CACHE_LIMIT = 4096
 UNKNOWN_PROTOCOL_PIDS_LIMIT = 4096
-_RECORD_LENGTH = struct.Struct("=I").unpack_from
-_FLAG_HTTP: int = lib.OBI_FLAG_HTTP
-_FLAG_LENGTH_KNOWN: int = lib.OBI_FLAG_LENGTH_KNOWN
-_FLAG_STATUS_ONLY: int = lib.OBI_FLAG_STATUS_ONLY
-_FLAG_TLS: int = lib.OBI_FLAG_TLS
-_FLAG_IDS: int = lib.OBI_FLAG_IDS
-_FLAG_ROLE_GUESSED: int = lib.OBI_FLAG_ROLE_GUESSED
-_IDS_SIZE: int = ffi.sizeof("struct obi_ids")
-_new_tuple = tuple.__new__
-RECORD_GO_HTTP: int = lib.OBI_RECORD_GO_HTTP
-RECORD_H2: int = lib.OBI_RECORD_H2
-_H2_PID_OFFSET: int = ffi.offsetof("struct obi_h2", "pid")
-_PID = struct.Struct("=I").unpack_from
-_GO_PID_OFFSET: int = ffi.offsetof("struct obi_go_http", "pid")
+_RECORD_LENGTH: Final = struct.Struct("=I").unpack_from
+_FLAG_HTTP: Final[int] = lib.OBI_FLAG_HTTP
+_FLAG_LENGTH_KNOWN: Final[int] = lib.OBI_FLAG_LENGTH_KNOWN
+_FLAG_STATUS_ONLY: Final[int] = lib.OBI_FLAG_STATUS_ONLY
+_FLAG_TLS: Final[int] = lib.OBI_FLAG_TLS
+_FLAG_IDS: Final[int] = lib.OBI_FLAG_IDS
+_FLAG_ROLE_GUESSED: Final[int] = lib.OBI_FLAG_ROLE_GUESSED
+_IDS_SIZE: Final[int] = ffi.sizeof("struct obi_ids")
+_new_tuple: Final = tuple.__new__
+RECORD_GO_HTTP: Final[int] = lib.OBI_RECORD_GO_HTTP
+RECORD_H2: Final[int] = lib.OBI_RECORD_H2
+_H2_PID_OFFSET: Final[int] = ffi.offsetof("struct obi_h2", "pid")
+_PID: Final = struct.Struct("=I").unpack_from
+_GO_PID_OFFSET: Final[int] = ffi.offsetof("struct obi_go_http", "pid")
 # What the span path reads of an exchange header; the other fields are skipped unread.
 _HEADER, _FIELDS = struct_layout("struct obi_exchange", frozenset(
     {"kind", "tid", "fd", "pad", "pad1", "pad2", "resp_start_ns"}))
 # An exchange record's length (obi_shim.h) and header in one unpack.
-_LENGTH_AND_HEADER = struct.Struct("=I" + _HEADER.format.removeprefix("="))
+_LENGTH_AND_HEADER: Final = struct.Struct("=I" + _HEADER.format.removeprefix("="))
 
 
 def format_address(family: int, raw: bytes) -> str:
@@ -127,6 +128,9 @@ class RecordProcessor:
         address = self._address
         by_family = self._addresses
         stats = self.stats
+        # module globals imported from Python modules are dict lookups in compiled code: locals here
+        record_exchange, exchange_size, exchange_type, connection_type = (
+            RECORD_EXCHANGE, EXCHANGE_SIZE, Exchange, Connection)
         epoch_offset = self.clock.offset()
         spans: list[Span] = []
         off, end = 0, len(batch)
@@ -139,7 +143,7 @@ class RecordProcessor:
             while off < end:
                 base = off + 4
                 kind = batch[base]
-                if kind == RECORD_EXCHANGE:
+                if kind == record_exchange:
                     exchanges += 1
                     (size, role, end_reason, flags, pid, family, local_port, peer_port, req_captured,
                      resp_captured, start_ns, end_ns, req_len, resp_len, content_length, header_len,
@@ -162,7 +166,7 @@ class RecordProcessor:
                 if kind == RECORD_H2:
                     spans += self._h2_record(batch, base, epoch_offset)
                     continue
-                if kind != RECORD_EXCHANGE:
+                if kind != record_exchange:
                     continue
                 if pid != last_pid:
                     last_pid, identity = pid, identity_for(pid)
@@ -173,10 +177,10 @@ class RecordProcessor:
                 if go_pid and flags & _FLAG_HTTP:
                     stats.go_duplicates += 1
                     continue
-                req_start = base + EXCHANGE_SIZE
+                req_start = base + exchange_size
                 resp_start = req_start + req_captured
                 ids_start = resp_start + resp_captured
-                exchange = _new_tuple(Exchange, (
+                exchange = _new_tuple(exchange_type, (
                     role,
                     batch[req_start:resp_start],
                     batch[resp_start: resp_start + resp_captured],
@@ -203,7 +207,7 @@ class RecordProcessor:
                 table = by_family.get(family)
                 local = (table and table.get(local_raw)) or address(family, local_raw)
                 peer = (table and table.get(peer_raw)) or address(family, peer_raw)
-                connection = _new_tuple(Connection, (
+                connection = _new_tuple(connection_type, (
                     identity, start_ns + epoch_offset, end_ns + epoch_offset,
                     local, local_port, peer, peer_port,
                 ))  # fmt: skip
