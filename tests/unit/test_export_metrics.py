@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality, Metric
 
 from obi.export.encode import SCOPE_NAME
 from obi.export.metrics import (
     DEFAULT_DURATION_BUCKETS,
     DEFAULT_SIZE_BUCKETS,
+    HistogramState,
     RedMetrics,
 )
 from tests.unit.test_export_encode import attrs, make_service, make_span
@@ -257,3 +261,16 @@ def test_a_metric_past_its_cardinality_limit_folds_into_one_overflow_series() ->
     assert [attrs(p.attributes)["server.address"][1] for p in later] == ["late"]
     with pytest.raises(ValueError):
         RedMetrics(cardinality_limit=1)
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=0, max_size=20, unique=True),
+       st.one_of(st.floats(allow_nan=True), st.integers(-10**7, 10**7)))
+def test_an_observation_lands_in_the_bucket_bisect_says(bounds: list[float], value: float) -> None:
+    ordered = tuple(sorted(bounds))
+    state = HistogramState(len(ordered) + 1)
+    for each in (value, *ordered):  # the bounds themselves belong to the bucket they close
+        state.observe(ordered, each)
+    expected = [0] * (len(ordered) + 1)
+    for each in (value, *ordered):
+        expected[bisect_left(ordered, each)] += 1
+    assert state.bucket_counts == expected

@@ -12,7 +12,6 @@ records every span before sampling, so sampling never changes these numbers.
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -146,9 +145,17 @@ class HistogramState:
         self.min = float("inf")
         self.max = float("-inf")
 
-    def observe(self, bounds: Sequence[float], value: float) -> None:
-        # Bucket i holds (bounds[i-1], bounds[i]]: bisect_left finds it.
-        self.bucket_counts[bisect_left(bounds, value)] += 1
+    def observe(self, bounds: tuple[float, ...], value: float) -> None:
+        # Bucket i holds (bounds[i-1], bounds[i]]: bisect_left's, searched in native floats here
+        # (bisect's generic comparisons were 1,300 instructions an observation when compiled).
+        low, high = 0, len(bounds)
+        while low < high:
+            middle = (low + high) >> 1
+            if bounds[middle] < value:
+                low = middle + 1
+            else:
+                high = middle
+        self.bucket_counts[low] += 1
         self.count += 1
         self.sum += value
         if value < self.min:
