@@ -139,6 +139,25 @@ class RecordProcessor:
         go_http_pids = self._go_http_pids
         go_pid = False  # last_pid's HTTP comes from the Go uprobes
         exchanges = unknown_process = parse_errors = 0
+        # the unpacked header's types: compiled, the arithmetic and flag tests on them are native
+        size: int
+        role: int
+        end_reason: int
+        flags: int
+        pid: int
+        family: int
+        local_port: int
+        peer_port: int
+        req_captured: int
+        resp_captured: int
+        start_ns: int
+        end_ns: int
+        req_len: int
+        resp_len: int
+        content_length: int
+        header_len: int
+        local_raw: bytes
+        peer_raw: bytes
         try:
             while off < end:
                 base = off + 4
