@@ -1,10 +1,10 @@
-"""Build: the CFFI module over libbpf, the CO-RE BPF objects (clang), and the per-event
-modules compiled to C extensions with mypyc.
+"""Build: the CFFI module over libbpf, the CO-RE BPF objects (clang), the per-event
+modules compiled to C extensions with mypyc, and the C parsing in csrc/ (obi._http1).
 
 clang is needed here only; at run time obi loads the prebuilt objects. The modules every
-exchange goes through (MODULES in src/obi/compiled.py) are compiled by mypyc, unchanged:
-1.3-1.4x less CPU per span on the replay benchmark (BENCHMARKS.md). OBI_PURE_PYTHON=1 builds
-without them.
+exchange goes through (MODULES in src/obi/compiled.py) are compiled by mypyc, unchanged;
+with the C header parser, about 2x less CPU per span than as Python on the replay benchmark
+(BENCHMARKS.md). OBI_PURE_PYTHON=1 builds without mypyc.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def compiled_extensions() -> list[Extension]:
 
 def native_extensions() -> list[Extension]:
     """The per-event parsing written in C (csrc/), with or without mypyc."""
-    return [Extension("obi._http1", ["csrc/http1.c"], extra_compile_args=["-O2", "-Wall", "-Werror"])]
+    return [Extension("obi._http1", ["csrc/http1.c"], extra_compile_args=["-O2", "-Wall"])]
 
 
 def write_digests(package_dir: Path) -> None:
