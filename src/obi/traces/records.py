@@ -94,7 +94,7 @@ class RecordProcessor:
     def __init__(self, protocols: ProtocolRegistry, identity_for: Callable[[int], ServiceIdentity | None],
                  on_process: OnProcessEvent, go_http: GoHttpSpans | None = None,
                  go_http_pids: set[int] | frozenset[int] = frozenset(),
-                 http2: Http2Records | None = None, clock: EpochClock | None = None) -> None:
+                 http2: Http2Records | None = None) -> None:
         """`go_http_pids`: processes whose HTTP the Go uprobes report (a live set): the HTTP/1
         exchanges (and HTTP/2 frames) the syscall or TLS capture also sees for them are left out.
         `http2`: the spans of connections the kernel follows as HTTP/2."""
@@ -104,7 +104,7 @@ class RecordProcessor:
         self._go_http_pids = go_http_pids
         self._identity_for = identity_for
         self._on_process = on_process
-        self.clock = clock or EpochClock()
+        self._clock = EpochClock()
         # printable addresses by their 16 raw bytes, one table per family
         self._addresses: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
         self.stats = RecordStats()
@@ -131,7 +131,7 @@ class RecordProcessor:
         # module globals imported from Python modules are dict lookups in compiled code: locals here
         record_exchange, exchange_size, exchange_type, connection_type = (
             RECORD_EXCHANGE, EXCHANGE_SIZE, Exchange, Connection)
-        epoch_offset = self.clock.offset()
+        epoch_offset = self._clock.offset()
         spans: list[Span] = []
         off, end = 0, len(batch)
         last_pid: int | None = None
