@@ -32,6 +32,9 @@ _SECRET_KEY = re.compile(
 )
 # Credentials written inside free text, e.g. an error message quoting a header.
 _SECRET_IN_TEXT = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# Libraries whose debug records dump the wire (hpack: every header name and value, the OTLP
+# headers' tokens with them; h2: every frame). They never log below INFO, whatever obi's level.
+WIRE_LOGGERS = ("hpack", "h2")
 
 
 def _redact(value: object, depth: int = 0) -> object:
@@ -116,3 +119,5 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(threshold)
+    for name in WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(max(threshold, logging.INFO))

@@ -247,3 +247,12 @@ async def test_queue_overflow_is_logged_once_with_the_knob() -> None:
         ("span_queue_full", QUEUE_SIZE_KNOB, 2)
     ]
     await exporter.shutdown(0.5)
+
+
+def test_grpc_target_host_and_port() -> None:
+    from obi.export.otlp_grpc import split_target
+
+    assert split_target("collector:4317", False) == ("collector", 4317)
+    assert split_target("[::1]:4317", True) == ("::1", 4317)
+    assert split_target("collector", True) == ("collector", 443)
+    assert split_target("collector", False) == ("collector", 80)

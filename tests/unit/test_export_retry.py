@@ -57,11 +57,22 @@ def test_classification() -> None:
         assert classify_http(status, None).outcome is Outcome.RETRYABLE
     for status in (400, 401, 403, 404, 413, 500):
         assert classify_http(status, None).outcome is Outcome.PERMANENT
-    assert classify_grpc(grpc.StatusCode.UNAVAILABLE, None, "").outcome is Outcome.RETRYABLE
-    assert classify_grpc(grpc.StatusCode.DEADLINE_EXCEEDED, None, "").outcome is Outcome.RETRYABLE
-    assert classify_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, None, "").outcome is Outcome.PERMANENT
-    assert classify_grpc(grpc.StatusCode.RESOURCE_EXHAUSTED, 1.0, "").outcome is Outcome.RETRYABLE
-    assert classify_grpc(grpc.StatusCode.INVALID_ARGUMENT, None, "").outcome is Outcome.PERMANENT
+
+
+def test_grpc_classification_by_the_codes_on_the_wire() -> None:
+    # grpcio's enum (a test dependency) holds obi's numbers to the gRPC specification's.
+    retryable = {"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"}
+    for status in grpc.StatusCode:
+        code, name = status.value[0], status.name
+        result = classify_grpc(code, None, name)
+        if name == "OK":
+            assert result == SUCCESS
+        elif name in retryable:
+            assert result == AttemptResult(Outcome.RETRYABLE, name), name
+        else:
+            assert result == AttemptResult(Outcome.PERMANENT, name), name
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert classify_grpc(exhausted, 1.0, "") == AttemptResult(Outcome.RETRYABLE, "", 1.0)
 
 
 def test_parse_retry_after() -> None:

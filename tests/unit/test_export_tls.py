@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog.testing
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
@@ -65,40 +64,61 @@ async def test_insecure_skip_verify_exports_to_it_over_tls(receiver: OtlpReceive
     assert receiver.trace_requests[0].headers["x-tenant"] == "a"
 
 
-async def test_grpc_cannot_skip_verification_and_says_so_at_start(receiver: OtlpReceiver) -> None:
+async def test_grpc_refuses_a_self_signed_certificate_by_default(receiver: OtlpReceiver) -> None:
     target = resolve_otlp_target(receiver.grpc_endpoint, "", "grpc", "traces")
     assert target is not None and target.tls
-    with structlog.testing.capture_logs() as logs:
-        transport = GrpcTransport(target.endpoint, "traces", {}, target.tls, insecure_skip_verify=True)
-    [warning] = logs
-    assert warning["event"] == "insecure_skip_verify_not_supported" and warning["log_level"] == "warning"
-    assert warning["protocol"] == "grpc" and warning["endpoint"] == target.endpoint
-    assert "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH" in warning["hint"] and "http/protobuf" in warning["hint"]
-    # The certificate is still verified: a self-signed one is refused.
-    result = await export_once(transport)
-    assert result.outcome is Outcome.RETRYABLE and result.reason == "grpc status UNAVAILABLE"
+    result = await export_once(GrpcTransport(target.endpoint, "traces", {}, target.tls))
+    assert result == AttemptResult(Outcome.RETRYABLE, "grpc connection error: certificate not trusted")
     assert received_names(receiver) == []
-    # Without TLS there is nothing to verify, so nothing to warn about.
-    with structlog.testing.capture_logs() as logs:
-        await GrpcTransport(target.endpoint, "traces", {}, False, insecure_skip_verify=True).close()
-    assert logs == []
 
 
-def test_the_grpc_hint_works_trusting_the_collector_certificate(
-        receiver: OtlpReceiver, certificate: tuple[Path, Path]) -> None:
-    # In a process of its own: gRPC reads its default roots once per process.
+async def test_grpc_insecure_skip_verify_exports_to_it_over_tls(receiver: OtlpReceiver) -> None:
+    target = resolve_otlp_target(receiver.grpc_endpoint, "", "grpc", "traces")
+    assert target is not None and target.tls
+    transport = GrpcTransport(target.endpoint, "traces", {"x-tenant": "a"}, target.tls,
+                              insecure_skip_verify=True)
+    assert await export_once(transport) == SUCCESS
+    assert received_names(receiver) == ["GET /tls"]
+    assert receiver.trace_requests[0].headers["x-tenant"] == "a"
+
+
+@pytest.mark.parametrize(("protocol", "variable"), [("grpc", "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"),
+                                                    ("grpc", "SSL_CERT_FILE"), ("http", "SSL_CERT_FILE")])
+def test_the_collector_certificate_named_by_the_environment_is_trusted(
+        receiver: OtlpReceiver, certificate: tuple[Path, Path], protocol: str, variable: str) -> None:
+    # In a process of its own, as obi reads its environment at start.
     script = (
         "import asyncio, sys\n"
         "from obi.export.otlp_grpc import GrpcTransport\n"
+        "from obi.export.otlp_http import HttpTransport\n"
         "from tests.unit.test_export_tls import BODY\n"
         "async def main():\n"
-        "    transport = GrpcTransport(sys.argv[1], 'traces', {}, True)\n"
-        "    print((await transport.attempt(BODY, 5.0)).outcome.value)\n"
+        "    if sys.argv[1] == 'grpc':\n"
+        "        transport = GrpcTransport(sys.argv[2], 'traces', {}, True)\n"
+        "    else:\n"
+        "        transport = HttpTransport(sys.argv[2], {})\n"
+        "    result = await transport.attempt(BODY, 5.0)\n"
+        "    print(result.reason, file=sys.stderr)\n"
+        "    print(result.outcome.value)\n"
         "    await transport.close()\n"
         "asyncio.run(main())\n"
     )
-    env = {**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(certificate[0])}
-    done = subprocess.run([sys.executable, "-c", script, f"127.0.0.1:{receiver.grpc_port}"], env=env,
+    grpc_target, http_target = f"127.0.0.1:{receiver.grpc_port}", f"{receiver.http_endpoint}/v1/traces"
+    target = grpc_target if protocol == "grpc" else http_target
+    env = {**os.environ, variable: str(certificate[0])}
+    done = subprocess.run([sys.executable, "-c", script, protocol, target], env=env,
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
     assert done.stdout == "success\n", done.stderr
     assert received_names(receiver) == ["GET /tls"]
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_grpc_roots_file_that_cannot_be_used_is_a_clear_error_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: str | None) -> None:
+    roots = tmp_path / "roots.pem"
+    if content is not None:
+        roots.write_text(content)
+    monkeypatch.setenv("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", str(roots))
+    with pytest.raises(OSError, match=f"^GRPC_DEFAULT_SSL_ROOTS_FILE_PATH={roots}: cannot read trusted"):
+        GrpcTransport("collector:4317", "traces", {}, True)
+    GrpcTransport("collector:4317", "traces", {}, False)  # without TLS the file is not read

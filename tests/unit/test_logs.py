@@ -116,3 +116,14 @@ def test_bad_level_or_format() -> None:
         configure_logging("LOUD", "text")
     with pytest.raises(ValueError, match="log format"):
         configure_logging("INFO", "xml")
+
+
+def test_wire_dumps_of_protocol_libraries_stay_out_even_at_debug() -> None:
+    # hpack logs every header it encodes at DEBUG: the OTLP headers' tokens would follow.
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream=stream)
+    logging.getLogger("hpack.hpack").debug("Encoding (b'x-api-key', b'k3y-4b3c2a1')")
+    logging.getLogger("h2.connection").debug("frame")
+    logging.getLogger("grpclib.client").debug("kept")
+    logging.getLogger("h2.connection").warning("kept too")
+    assert [line["event"] for line in json_lines(stream)] == ["kept", "kept too"]

@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-import grpc
-
 from obi.backoff import Backoff
 
 
@@ -41,17 +39,12 @@ SUCCESS = AttemptResult(Outcome.SUCCESS)
 RetryPolicy = Backoff
 
 
-# OTLP/gRPC: retryable codes (RESOURCE_EXHAUSTED only with RetryInfo).
-RETRYABLE_GRPC_CODES = frozenset(
-    {
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
+# gRPC status codes (the numbers of the gRPC specification, as on the wire).
+GRPC_OK = 0
+GRPC_RESOURCE_EXHAUSTED = 8
+# OTLP/gRPC: retryable codes (RESOURCE_EXHAUSTED only with RetryInfo): CANCELLED,
+# DEADLINE_EXCEEDED, ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS.
+RETRYABLE_GRPC_CODES = frozenset({1, 4, 10, 11, 14, 15})
 # OTLP/HTTP: retryable statuses.
 RETRYABLE_HTTP_STATUSES = frozenset({429, 502, 503, 504})
 
@@ -59,12 +52,10 @@ GRPC_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 RETRY_INFO_TYPE_URL = "type.googleapis.com/google.rpc.RetryInfo"
 
 
-def classify_grpc(code: grpc.StatusCode, retry_after_s: float | None, reason: str) -> AttemptResult:
-    if code == grpc.StatusCode.OK:
+def classify_grpc(code: int, retry_after_s: float | None, reason: str) -> AttemptResult:
+    if code == GRPC_OK:
         return SUCCESS
-    if code in RETRYABLE_GRPC_CODES or (
-        code == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_after_s is not None
-    ):
+    if code in RETRYABLE_GRPC_CODES or (code == GRPC_RESOURCE_EXHAUSTED and retry_after_s is not None):
         return AttemptResult(Outcome.RETRYABLE, reason, retry_after_s)
     return AttemptResult(Outcome.PERMANENT, reason)
 
