@@ -40,7 +40,6 @@ from obi.ebpf.uprobes import detach
 from obi.export.batch import (
     BatchingExporter,
     OtlpSender,
-    OtlpTraceSender,
     OtlpTransport,
     PeriodicMetricsExporter,
     make_transport,
@@ -390,8 +389,8 @@ def build_span_stage(config: Config, identity_for: Callable[[int], ServiceIdenti
         transport = trace_transport or make_transport(target, dict(traces.headers),
                                                       traces.insecure_skip_verify)
         trace_exporter = BatchingExporter(
-            OtlpTraceSender(OtlpSender(transport, signal="traces")), max_queue_size=traces.max_queue_size,
-            max_export_batch_size=traces.max_export_batch_size,
+            OtlpSender(transport, signal="traces"), max_queue_size=traces.max_queue_size,
+            max_queue_bytes=traces.max_queue_bytes, max_export_batch_size=traces.max_export_batch_size,
             batch_timeout_s=traces.batch_timeout, export_timeout_s=traces.timeout)
     metrics: RedMetrics | None = None
     if _metrics_target(config) is not None:
@@ -437,7 +436,8 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
     ebpf = config.ebpf
     request_timeout_ns = int(ebpf.http_request_timeout * 1e9)
     drain = CaptureDrain(capture, DrainSettings(idle_ns=int(ebpf.response_idle_timeout * 1e9),
-                                                request_timeout_ns=request_timeout_ns))
+                                                request_timeout_ns=request_timeout_ns,
+                                                queue_bytes=ebpf.record_queue_bytes))
     decorator: KubeDecorator | None = None
     if kube is not None:
         from obi.kube.decorator import KubeDecorator

@@ -165,6 +165,8 @@ def test_defaults_without_file_or_environment() -> None:
     assert config.shutdown_timeout == 10.0
     assert config.otel_traces_export.sampler.name == "parentbased_always_on"
     assert config.otel_traces_export.max_queue_size == 4096
+    assert config.otel_traces_export.max_queue_bytes == 16 << 20
+    assert config.ebpf.record_queue_bytes == 64 << 20
     assert config.otel_traces_export.batch_timeout == 15.0
     assert config.otel_metrics_export.interval == 60.0
     assert config.otel_metrics_export.buckets.duration_histogram[:3] == (0, 0.005, 0.01)
@@ -228,6 +230,9 @@ def test_environment_overrides_yaml_field_by_field(tmp_path: Path) -> None:
     assert traces.signal_endpoint == "http://b:4317/custom"
     assert traces.protocol == "http/protobuf"
     assert traces.max_queue_size == 10
+    assert traces.max_queue_bytes == 16 << 20
+    assert load_config(None, {"OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_BYTES": "1048576"}
+                       ).otel_traces_export.max_queue_bytes == 1 << 20
     assert target(config, "traces") == ("http/protobuf", "http://b:4317/custom")
 
 
@@ -393,6 +398,7 @@ ebpf:
   http_request_timeout: 30s
   syscall_hooks: raw_tracepoint
   ring_buffer_size: 1048576
+  record_queue_bytes: 2097152
   request_capture_bytes: 1024
   response_capture_bytes: 128
   pid_filter_max: 100
@@ -421,6 +427,7 @@ attributes:
         128,
     )
     assert (ebpf.response_idle_timeout, ebpf.max_connections, ebpf.max_inflight_requests) == (0.25, 1000, 64)
+    assert ebpf.record_queue_bytes == 2097152
     kube = config.attributes.kubernetes
     assert (kube.enable, kube.kubeconfig_path, kube.cluster_name) == ("true", "/k", "c1")
     assert kube.informers_sync_timeout == 60.0 and kube.meta_restrict_local_node
@@ -633,6 +640,9 @@ def test_bad_values(tmp_path: Path) -> None:
     assert "protocol" in env_error(OTEL_EXPORTER_OTLP_PROTOCOL="http")
     assert "enforce_sys_caps: bad boolean" in yaml_error(tmp_path, "enforce_sys_caps: maybe\n")
     assert "not a power of two" in env_error(OTEL_EBPF_BPF_RING_BUFFER_SIZE="100000")
+    assert "below the minimum 65536" in env_error(OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_BYTES="1000")
+    assert "below the minimum 65536" in env_error(OTEL_EBPF_BPF_RECORD_QUEUE_BYTES="1")
+    assert "max_queue_bytes" in yaml_error(tmp_path, "otel_traces_export:\n  max_queue_bytes: lots\n")
     assert "above the maximum 4096" in yaml_error(tmp_path, "ebpf:\n  request_capture_bytes: 8192\n")
     assert "above the maximum 1024" in env_error(OTEL_EBPF_BPF_RESPONSE_CAPTURE_BYTES="2048")
     assert "below the minimum 16" in env_error(OTEL_EBPF_BPF_MAX_INFLIGHT_REQUESTS="4")

@@ -1,14 +1,19 @@
-"""BatchingExporter: size and time triggers, drop-oldest, shutdown flush and deadline."""
+"""BatchingExporter: size and time triggers, drop-oldest by count and by bytes, shutdown flush
+and deadline. The sender decodes what it is given, as a collector would."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import pytest
+import structlog.testing
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as OtlpSpan
 
 from obi.export.batch import BatchingExporter
-from obi.traces.model import HttpSpan, Span
+from obi.export.encode import TraceEncoder
+from obi.traces.model import Span
+from tests.otlp_receiver import attributes_dict
 from tests.unit.test_export_encode import make_service, make_span
 
 
@@ -16,16 +21,18 @@ class RecordingSender:
     """Accepts (or refuses) batches and remembers them."""
 
     def __init__(self, accept: bool = True, delay_s: float = 0.0) -> None:
-        self.batches: list[list[Span]] = []
+        self.batches: list[list[OtlpSpan]] = []
         self.accept = accept
         self.delay_s = delay_s
         self.closed = False
         self.got_batch = asyncio.Event()
 
-    async def send(self, spans: Sequence[Span], timeout_s: float, interrupt: asyncio.Event) -> bool:
+    async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        self.batches.append(list(spans))
+        request = ExportTraceServiceRequest.FromString(body)
+        self.batches.append([span for rs in request.resource_spans for ss in rs.scope_spans
+                             for span in ss.spans])
         self.got_batch.set()
         return self.accept
 
@@ -33,13 +40,15 @@ class RecordingSender:
         self.closed = True
 
 
+SERVICE = make_service()
+
+
 def spans(count: int, first: int = 0) -> list[Span]:
-    service = make_service()
-    return [make_span(service, response_body_size=first + i) for i in range(count)]
+    return [make_span(SERVICE, response_body_size=first + i) for i in range(count)]
 
 
-def ids(batch: list[Span]) -> list[int]:
-    return [s.response_body_size for s in batch if isinstance(s, HttpSpan)]
+def ids(batch: list[OtlpSpan]) -> list[int]:
+    return [int(str(attributes_dict(s.attributes)["http.response.body.size"])) for s in batch]
 
 
 @pytest.mark.asyncio
@@ -58,11 +67,13 @@ async def test_the_first_spans_go_out_at_once_and_later_ones_wait_for_a_full_bat
     exporter.offer(spans(6, first=3))
     await asyncio.wait_for(sender.got_batch.wait(), 1)
     await asyncio.sleep(0.05)
-    assert [ids(b) for b in sender.batches] == [[100], [0, 1, 2, 3], [4, 5, 6, 7]]
-    assert exporter.pending == 1
+    # Spans offered together are encoded together (in pieces of at most a batch), and a batch
+    # takes whole pieces: [0, 1, 2] waited, [3..6] and [7, 8] came.
+    assert [ids(b) for b in sender.batches] == [[100], [0, 1, 2], [3, 4, 5, 6]]
+    assert exporter.pending == 2
     await exporter.shutdown(1.0)
     await task
-    assert [ids(b) for b in sender.batches][-1] == [8]
+    assert [ids(b) for b in sender.batches][-1] == [7, 8]
     assert (exporter.sent, exporter.failed, exporter.dropped) == (10, 0, 0)
     assert sender.closed
 
@@ -139,3 +150,32 @@ async def test_shutdown_gives_up_at_its_deadline() -> None:
     assert exporter.sent == 0
     assert exporter.failed + exporter.dropped == 6
     assert sender.closed
+
+
+@pytest.mark.asyncio
+async def test_the_bytes_bound_drops_the_oldest_whole_pieces_and_counts() -> None:
+    one = len(TraceEncoder().encode_spans(spans(1), 1)[0].data)  # all the test's spans are this size
+    sender = RecordingSender()
+    exporter = BatchingExporter(sender, max_queue_size=1000, max_export_batch_size=4, batch_timeout_s=60,
+                                max_queue_bytes=10 * one)
+    exporter.offer(spans(4))
+    exporter.offer(spans(4, first=4))
+    assert (exporter.pending, exporter.pending_bytes, exporter.dropped) == (8, 8 * one, 0)
+    exporter.offer(spans(3, first=8))  # 11 spans' bytes: the oldest piece goes
+    assert (exporter.pending, exporter.pending_bytes, exporter.dropped) == (7, 7 * one, 4)
+    await exporter.shutdown(1.0)
+    assert [ids(b) for b in sender.batches] == [[4, 5, 6, 7], [8, 9, 10]]
+    assert (exporter.sent, exporter.dropped) == (7, 4)
+
+
+@pytest.mark.asyncio
+async def test_queue_full_by_bytes_is_logged_once_with_its_knob() -> None:
+    one = len(TraceEncoder().encode_spans(spans(1), 1)[0].data)
+    exporter = BatchingExporter(RecordingSender(), max_queue_bytes=2 * one, max_export_batch_size=2)
+    with structlog.testing.capture_logs() as logs:
+        exporter.offer(spans(2))
+        exporter.offer(spans(2))
+    [full] = [e for e in logs if e["event"] == "span_queue_full"]
+    assert full["knob"].startswith("otel_traces_export.max_queue_bytes")
+    assert full["max_queue_bytes"] == 2 * one
+    assert exporter.dropped == 2 and exporter.pending == 2

@@ -14,7 +14,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from obi import __version__
 from obi.export import encode
-from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, key_value, span_flags
+from obi.export.encode import SCOPE_NAME, TraceEncoder, attribute_field, key_value, skip_spans, span_flags
 from obi.traces.model import SPAN_KIND_CLIENT, SPAN_KIND_SERVER, DbSpan, HttpSpan, RpcSpan, ServiceIdentity
 
 TRACE_ID = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
@@ -357,3 +357,27 @@ def test_full_caches_are_cleared_and_output_stays_identical(monkeypatch: pytest.
     sizes = [*(len(shapes) for shapes in encoder._shapes.values()),
              *(len(cache) for cache in encoder._values.values())]
     assert len(sizes) == 4 and all(1 <= size <= 3 for size in sizes)
+
+
+def test_spans_encoded_in_pieces_assemble_into_the_same_request() -> None:
+    first, second = make_service("a", 1), make_service("b", 2)
+    batch = [make_span(first if i % 3 else second, response_body_size=i) for i in range(10)]
+    encoder = TraceEncoder()
+    pieces = encoder.encode_spans(batch, 3)
+    assert [(p.service.service_name, p.span_count) for p in pieces] == [("b", 3), ("b", 1), ("a", 3),
+                                                                        ("a", 3)]
+    # Assembled in any split, the pieces make one ResourceSpans per service, spans in order.
+    whole = encoder.encode_bytes(batch)
+    assert encoder.assemble(pieces) == encoder.assemble(encoder.encode_spans(batch, 10))
+    assert ExportTraceServiceRequest.FromString(encoder.assemble(pieces)) == \
+        ExportTraceServiceRequest.FromString(whole)
+
+
+def test_skip_spans_finds_the_boundaries() -> None:
+
+    service = make_service()
+    batch = [make_span(service, path="/" + "x" * size) for size in (1, 200, 20000)]  # 1-3 byte lengths
+    [piece] = TraceEncoder().encode_spans(batch, 3)
+    singles = [TraceEncoder().encode_spans([span], 1)[0].data for span in batch]
+    ends = [0, len(singles[0]), len(singles[0]) + len(singles[1]), len(piece.data)]
+    assert [skip_spans(piece.data, k) for k in range(4)] == ends

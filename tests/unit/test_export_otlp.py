@@ -14,10 +14,10 @@ from obi.export.batch import (
     QUEUE_SIZE_KNOB,
     BatchingExporter,
     OtlpSender,
-    OtlpTraceSender,
     PeriodicMetricsExporter,
     make_transport,
 )
+from obi.export.encode import TraceEncoder
 from obi.export.endpoints import OtlpSignal, resolve_otlp_target
 from obi.export.metrics import RedMetrics
 from obi.export.retry import RetryPolicy
@@ -26,6 +26,7 @@ from tests.unit.test_export_encode import PARENT_ID, TRACE_ID, make_service, mak
 
 FAST_RETRY = RetryPolicy(initial_s=0.02, max_s=0.1)
 TOKEN = "Bearer s3cr3t-Token"
+ONE_SPAN = TraceEncoder().encode_bytes([make_span()])
 
 
 @pytest.fixture
@@ -48,9 +49,7 @@ def sender_for(
 async def test_spans_arrive_exactly_with_authorization(receiver: OtlpReceiver, protocol: str) -> None:
     service = make_service("checkout", 77)
     spans = [make_span(service, path=f"/items/{i}", span_id=bytes([0] * 7 + [i + 1])) for i in range(3)]
-    exporter = BatchingExporter(
-        OtlpTraceSender(sender_for(receiver, protocol)), max_export_batch_size=10, batch_timeout_s=60
-    )
+    exporter = BatchingExporter(sender_for(receiver, protocol), max_export_batch_size=10, batch_timeout_s=60)
     task = asyncio.create_task(exporter.run())
     exporter.offer(spans)
     await exporter.shutdown(5.0)
@@ -76,8 +75,8 @@ async def test_spans_arrive_exactly_with_authorization(receiver: OtlpReceiver, p
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 async def test_retry_until_the_receiver_recovers(receiver: OtlpReceiver, protocol: str) -> None:
     receiver.fail_next(2)  # 503 / UNAVAILABLE
-    sender = OtlpTraceSender(sender_for(receiver, protocol))
-    ok = await sender.send([make_span()], 5.0, asyncio.Event())
+    sender = sender_for(receiver, protocol)
+    ok = await sender.send_bytes(ONE_SPAN, 5.0, asyncio.Event())
     await sender.close()
     assert ok
     assert receiver.failed_count == 2
@@ -100,8 +99,8 @@ async def test_permanent_errors_are_not_retried(
     receiver: OtlpReceiver, protocol: str, failure: dict[str, object]
 ) -> None:
     receiver.fail_next(3, **failure)  # type: ignore[arg-type]
-    sender = OtlpTraceSender(sender_for(receiver, protocol))
-    ok = await sender.send([make_span()], 5.0, asyncio.Event())
+    sender = sender_for(receiver, protocol)
+    ok = await sender.send_bytes(ONE_SPAN, 5.0, asyncio.Event())
     await sender.close()
     assert not ok
     assert receiver.failed_count == 1
@@ -120,9 +119,9 @@ async def test_server_retry_hint_is_honoured(
 ) -> None:
     # The backoff alone would retry after ~20 ms; the hint says 1 s.
     receiver.fail_next(1, retry_after_s=1.0, **failure)  # type: ignore[arg-type]
-    sender = OtlpTraceSender(sender_for(receiver, protocol))
+    sender = sender_for(receiver, protocol)
     started = time.monotonic()
-    ok = await sender.send([make_span()], 5.0, asyncio.Event())
+    ok = await sender.send_bytes(ONE_SPAN, 5.0, asyncio.Event())
     elapsed = time.monotonic() - started
     await sender.close()
     assert ok
@@ -133,9 +132,9 @@ async def test_server_retry_hint_is_honoured(
 @pytest.mark.asyncio
 async def test_hint_beyond_the_deadline_gives_up_at_once(receiver: OtlpReceiver) -> None:
     receiver.fail_next(1, http_status=503, retry_after_s=30)
-    sender = OtlpTraceSender(sender_for(receiver, "http/protobuf"))
+    sender = sender_for(receiver, "http/protobuf")
     started = time.monotonic()
-    ok = await sender.send([make_span()], 1.0, asyncio.Event())
+    ok = await sender.send_bytes(ONE_SPAN, 1.0, asyncio.Event())
     await sender.close()
     assert not ok
     assert time.monotonic() - started < 0.5
@@ -144,9 +143,9 @@ async def test_hint_beyond_the_deadline_gives_up_at_once(receiver: OtlpReceiver)
 @pytest.mark.asyncio
 async def test_export_deadline_bounds_retries_and_slow_receivers(receiver: OtlpReceiver) -> None:
     receiver.set_delay(2.0)
-    sender = OtlpTraceSender(sender_for(receiver, "grpc"))
+    sender = sender_for(receiver, "grpc")
     started = time.monotonic()
-    ok = await sender.send([make_span()], 0.3, asyncio.Event())
+    ok = await sender.send_bytes(ONE_SPAN, 0.3, asyncio.Event())
     await sender.close()
     assert not ok
     assert time.monotonic() - started < 1.0
@@ -177,7 +176,7 @@ async def test_shutdown_interrupts_backoff(receiver: OtlpReceiver) -> None:
     receiver.fail_next(100)
     slow_retry = RetryPolicy(initial_s=10.0, max_s=10.0, jitter=0.0)
     exporter = BatchingExporter(
-        OtlpTraceSender(sender_for(receiver, "http/protobuf", policy=slow_retry)),
+        sender_for(receiver, "http/protobuf", policy=slow_retry),
         max_export_batch_size=1,
         batch_timeout_s=60,
         export_timeout_s=30,
@@ -220,9 +219,9 @@ async def test_periodic_metrics_export(receiver: OtlpReceiver, protocol: str) ->
 @pytest.mark.asyncio
 async def test_failures_are_logged_without_header_values(receiver: OtlpReceiver) -> None:
     receiver.fail_next(1, http_status=400)
-    sender = OtlpTraceSender(sender_for(receiver, "http/protobuf"))
+    sender = sender_for(receiver, "http/protobuf")
     with structlog.testing.capture_logs() as logs:
-        assert not await sender.send([make_span()], 2.0, asyncio.Event())
+        assert not await sender.send_bytes(ONE_SPAN, 2.0, asyncio.Event())
     await sender.close()
     assert [entry["event"] for entry in logs] == ["otlp_export_failed"]
     assert logs[0]["reason"] == "http status 400" and logs[0]["permanent"] is True
@@ -232,7 +231,7 @@ async def test_failures_are_logged_without_header_values(receiver: OtlpReceiver)
 @pytest.mark.asyncio
 async def test_queue_overflow_is_logged_once_with_the_knob() -> None:
     class Refuse:
-        async def send(self, spans: object, timeout_s: float, interrupt: asyncio.Event) -> bool:
+        async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool:
             return False
 
         async def close(self) -> None:

@@ -71,6 +71,7 @@ RESPONSE_CAPTURE_RANGE = (16, lib.OBI_RESP_CAPTURE_MAX)
 CONNECTIONS_RANGE = (64, 1 << 22)
 INFLIGHT_RANGE = (16, 1 << 16)
 RING_BUFFER_RANGE = (4096, 1 << 30)
+QUEUE_BYTES_RANGE = (1 << 16, 1 << 34)  # the bytes bound of a queue: 64 KiB to 16 GiB
 PID_FILTER_RANGE = (1, 1 << 20)
 
 _GLOB_FIELDS = (
@@ -568,6 +569,11 @@ def _traces(node: _Node, env: _Environment) -> TracesExportConfig:
             node.integer("max_export_batch_size", 1),
             default=defaults.max_export_batch_size,
         ),
+        max_queue_bytes=_pick(
+            env.parse("OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_BYTES", _queue_bytes),
+            node.integer("max_queue_bytes", *QUEUE_BYTES_RANGE),
+            default=defaults.max_queue_bytes,
+        ),
         batch_timeout=_pick(
             env.parse("OTEL_EBPF_OTLP_TRACES_BATCH_TIMEOUT", values.parse_duration),
             node.duration("batch_timeout"),
@@ -688,6 +694,10 @@ def _power_of_two(value: int) -> int:
     return value
 
 
+def _queue_bytes(text: str) -> int:
+    return values.parse_int(text, *QUEUE_BYTES_RANGE)
+
+
 def _ring_size(text: str) -> int:
     return _power_of_two(values.parse_int(text, *RING_BUFFER_RANGE))
 
@@ -725,6 +735,11 @@ def _ebpf(node: _Node, env: _Environment) -> EbpfConfig:
             env.parse("OTEL_EBPF_BPF_RING_BUFFER_SIZE", _ring_size),
             node.parse("ring_buffer_size", _ring_size),
             default=defaults.ring_buffer_size,
+        ),
+        record_queue_bytes=_pick(
+            env.parse("OTEL_EBPF_BPF_RECORD_QUEUE_BYTES", _queue_bytes),
+            node.integer("record_queue_bytes", *QUEUE_BYTES_RANGE),
+            default=defaults.record_queue_bytes,
         ),
         request_capture_bytes=_pick(
             env.parse(

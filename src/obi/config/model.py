@@ -156,6 +156,7 @@ class TracesExportConfig:
     sampler: SamplerConfig = SamplerConfig()
     max_queue_size: int = 4096
     max_export_batch_size: int = 512  # obi-only
+    max_queue_bytes: int = 16 << 20  # obi-only: the queue's encoded spans, whatever their count
     batch_timeout: float = 15.0
 
     @property
@@ -237,6 +238,7 @@ class EbpfConfig:
     # obi-only keys below.
     syscall_hooks: SyscallHooks = "auto"
     ring_buffer_size: int = 8 << 20  # obi.ebpf.capture.DEFAULT_RING_BUFFER_SIZE
+    record_queue_bytes: int = 64 << 20  # drained records waiting for the span stage
     request_capture_bytes: int = 4096
     response_capture_bytes: int = 512
     pid_filter_max: int = 4096

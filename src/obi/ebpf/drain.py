@@ -110,6 +110,8 @@ class CaptureDrain:
             if not self.queue.put(batch, records) and not self._queue_full_logged:
                 self._queue_full_logged = True
                 self._log.warning("batch_queue_full", dropped_records=self.queue.dropped_records,
+                                  max_bytes=self.queue.max_bytes,
+                                  knob="ebpf.record_queue_bytes (OTEL_EBPF_BPF_RECORD_QUEUE_BYTES)",
                                   hint="the span stage is behind; records are dropped and counted")
 
     def sweep(self, flush: bool = False) -> None:

@@ -1,8 +1,11 @@
 """Asynchronous exporters: a bounded span batcher and a periodic metrics pusher.
 
-``BatchingExporter.offer`` is called from the pipeline and never blocks: the
-queue is bounded and drops the oldest spans when full (counted, logged once
-with the knob to raise). ``run`` sends a batch when it is full or when the
+``BatchingExporter.offer`` is called from the pipeline and never blocks. It
+encodes the spans at once (OTLP wire format, a few hundred bytes a span, where
+the span objects took three times that and kept the garbage collector busy),
+and queues the bytes, bounded both in spans (OBI's max_queue_size) and in bytes;
+past either bound the oldest spans are dropped (counted, logged once with the
+knob to raise). ``run`` sends a batch when it is full or when the
 batch timeout elapses, and the first spans at once (whoever starts obi sees
 it work within a second or two, not after the 15 s batch timeout);
 ``shutdown`` flushes what is pending within a deadline and interrupts any
@@ -21,7 +24,7 @@ from typing import Protocol
 import structlog
 
 from obi.config.model import TracesExportConfig
-from obi.export.encode import TraceEncoder
+from obi.export.encode import EncodedSpans, TraceEncoder, skip_spans
 from obi.export.endpoints import OtlpTarget
 from obi.export.internal import MetricsSource
 from obi.export.retry import AttemptResult, Outcome, RetryPolicy, send_with_retry
@@ -33,7 +36,9 @@ DEFAULT_MAX_QUEUE_SIZE = _TRACES.max_queue_size
 DEFAULT_MAX_EXPORT_BATCH_SIZE = _TRACES.max_export_batch_size
 DEFAULT_BATCH_TIMEOUT_S = _TRACES.batch_timeout
 DEFAULT_EXPORT_TIMEOUT_S = _TRACES.timeout
+DEFAULT_MAX_QUEUE_BYTES = _TRACES.max_queue_bytes
 QUEUE_SIZE_KNOB = "otel_traces_export.max_queue_size (OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_SIZE)"
+QUEUE_BYTES_KNOB = "otel_traces_export.max_queue_bytes (OTEL_EBPF_OTLP_TRACES_MAX_QUEUE_BYTES)"
 
 
 class OtlpTransport(Protocol):
@@ -47,10 +52,10 @@ class OtlpTransport(Protocol):
     async def close(self) -> None: ...
 
 
-class SpanBatchSender(Protocol):
-    """Delivers one batch of spans; True when the destination accepted it."""
+class BodySender(Protocol):
+    """Delivers one serialized Export request; True when the destination accepted it."""
 
-    async def send(self, spans: Sequence[Span], timeout_s: float, interrupt: asyncio.Event) -> bool: ...
+    async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -107,40 +112,31 @@ class OtlpSender:
         await self._transport.close()
 
 
-class OtlpTraceSender:
-    """SpanBatchSender that encodes spans to OTLP and sends them with retries."""
-
-    def __init__(self, sender: OtlpSender, encoder: TraceEncoder | None = None) -> None:
-        self._sender = sender
-        self._encoder = encoder or TraceEncoder()
-
-    async def send(self, spans: Sequence[Span], timeout_s: float, interrupt: asyncio.Event) -> bool:
-        return await self._sender.send_bytes(self._encoder.encode_bytes(spans), timeout_s, interrupt)
-
-    async def close(self) -> None:
-        await self._sender.close()
-
-
 class BatchingExporter:
-    """Bounded queue of spans drained in batches to a SpanBatchSender."""
+    """Bounded queue of encoded spans drained in batches to a BodySender."""
 
     def __init__(
         self,
-        sender: SpanBatchSender,
+        sender: BodySender,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         max_export_batch_size: int = DEFAULT_MAX_EXPORT_BATCH_SIZE,
         batch_timeout_s: float = DEFAULT_BATCH_TIMEOUT_S,
         export_timeout_s: float = DEFAULT_EXPORT_TIMEOUT_S,
-        queue_size_knob: str = QUEUE_SIZE_KNOB,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        encoder: TraceEncoder | None = None,
     ) -> None:
-        if max_queue_size < 1 or max_export_batch_size < 1:
-            raise ValueError("max_queue_size and max_export_batch_size must be positive")
+        if max_queue_size < 1 or max_export_batch_size < 1 or max_queue_bytes < 1:
+            raise ValueError("max_queue_size, max_queue_bytes and max_export_batch_size must be positive")
         self._sender = sender
-        self._queue: deque[Span] = deque(maxlen=max_queue_size)
+        self._encoder = encoder or TraceEncoder()
+        self._queue: deque[EncodedSpans] = deque()
+        self._spans = 0  # in the queue
+        self._bytes = 0  # of encoded spans in the queue
+        self.max_queue_size = max_queue_size
+        self.max_queue_bytes = max_queue_bytes
         self._batch_size = min(max_export_batch_size, max_queue_size)
         self._batch_timeout_s = batch_timeout_s
         self._export_timeout_s = export_timeout_s
-        self._knob = queue_size_knob
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._finished = asyncio.Event()
@@ -156,29 +152,56 @@ class BatchingExporter:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Spans waiting in the queue."""
+        return self._spans
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
 
     def offer(self, spans: Sequence[Span]) -> None:
-        """Queue spans without blocking; the oldest are dropped when the queue is full."""
+        """Encode and queue spans without blocking; past a bound the oldest are dropped."""
         if self._stopping.is_set():
             self.dropped += len(spans)
             return
         queue = self._queue
-        before = len(queue)
-        queue.extend(spans)
-        lost = before + len(spans) - len(queue)
-        if lost:
-            self.dropped += lost
-            if not self._drop_logged:
-                self._drop_logged = True
-                self._log.warning(
-                    "span_queue_full",
-                    max_queue_size=queue.maxlen,
-                    knob=self._knob,
-                    hint="spans are dropped oldest first; raise the knob or lower the load",
-                )
-        if len(queue) >= self._batch_size or not self._first_sent:
+        for piece in self._encoder.encode_spans(spans, self._batch_size):
+            queue.append(piece)
+            self._spans += piece.span_count
+            self._bytes += len(piece.data)
+        if self._spans > self.max_queue_size or self._bytes > self.max_queue_bytes:
+            self._drop_oldest()
+        if self._spans >= self._batch_size or not self._first_sent:
             self._wakeup.set()
+
+    def _drop_oldest(self) -> None:
+        """Drops the oldest spans until the queue is within both bounds (whole pieces for the
+        bytes, the exact excess for the count), and says so once."""
+        queue, before = self._queue, self.dropped
+        bytes_full = self._bytes > self.max_queue_bytes
+        while queue and (self._bytes > self.max_queue_bytes or self._spans > self.max_queue_size):
+            oldest = queue[0]
+            excess = self._spans - self.max_queue_size
+            if self._bytes <= self.max_queue_bytes and 0 < excess < oldest.span_count:
+                cut = skip_spans(oldest.data, excess)
+                queue[0] = EncodedSpans(oldest.service, oldest.data[cut:], oldest.span_count - excess)
+                self._bytes -= cut
+                self._spans -= excess
+                self.dropped += excess
+                break
+            queue.popleft()
+            self._bytes -= len(oldest.data)
+            self._spans -= oldest.span_count
+            self.dropped += oldest.span_count
+        if self.dropped > before and not self._drop_logged:
+            self._drop_logged = True
+            self._log.warning(
+                "span_queue_full",
+                max_queue_size=self.max_queue_size,
+                max_queue_bytes=self.max_queue_bytes,
+                knob=QUEUE_BYTES_KNOB if bytes_full else QUEUE_SIZE_KNOB,
+                hint="spans are dropped oldest first; raise the knob or lower the load",
+            )
 
     async def run(self) -> None:
         """Send batches until shutdown, then flush what is left."""
@@ -192,12 +215,12 @@ class BatchingExporter:
             while not self._stopping.is_set():
                 now = loop.time()
                 first = not self._first_sent and bool(self._queue)
-                if len(self._queue) < self._batch_size and now < next_timer and not first:
+                if self._spans < self._batch_size and now < next_timer and not first:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), next_timer - now)
                     continue
-                if len(self._queue) < self._batch_size:
+                if self._spans < self._batch_size:
                     next_timer = loop.time() + self._batch_timeout_s
                 if self._queue:
                     await self._export_one()
@@ -216,7 +239,7 @@ class BatchingExporter:
                 try:
                     await asyncio.wait_for(asyncio.shield(self._finished.wait()), deadline_s)
                 except TimeoutError:
-                    self._log.warning("span_flush_timeout", left=len(self._queue))
+                    self._log.warning("span_flush_timeout", left=self._spans)
                     await self._cancel_run()
             else:
                 try:
@@ -224,8 +247,9 @@ class BatchingExporter:
                 except TimeoutError:
                     self._log.warning("span_flush_timeout", left=len(self._queue))
         finally:
-            self.dropped += len(self._queue)
+            self.dropped += self._spans
             self._queue.clear()
+            self._spans = self._bytes = 0
             await self._sender.close()
 
     async def _cancel_run(self) -> None:
@@ -244,14 +268,21 @@ class BatchingExporter:
 
     async def _export_one(self) -> None:
         queue = self._queue
-        count = min(len(queue), self._batch_size)
-        batch = [queue.popleft() for _ in range(count)]
+        batch = [queue.popleft()]
+        count = batch[0].span_count
+        while queue and count + queue[0].span_count <= self._batch_size:
+            piece = queue.popleft()
+            batch.append(piece)
+            count += piece.span_count
+        self._spans -= count
+        self._bytes -= sum(len(piece.data) for piece in batch)
         timeout = self._export_timeout_s
         if self._deadline is not None:
             timeout = min(timeout, self._deadline - asyncio.get_running_loop().time())
         # Once stopping, a failed attempt is not retried after a backoff wait.
         try:
-            ok = timeout > 0 and await self._sender.send(batch, timeout, self._stopping)
+            ok = timeout > 0 and await self._sender.send_bytes(self._encoder.assemble(batch), timeout,
+                                                                self._stopping)
         except asyncio.CancelledError:
             self.failed += count
             raise
@@ -262,10 +293,7 @@ class BatchingExporter:
             self.failed += count
 
 
-class MetricsSender(Protocol):
-    async def send_bytes(self, body: bytes, timeout_s: float, interrupt: asyncio.Event) -> bool: ...
-
-    async def close(self) -> None: ...
+MetricsSender = BodySender
 
 
 class PeriodicMetricsExporter:

@@ -7,6 +7,10 @@ bytes that repeat across a service's requests (name, status, most attributes)
 cached per distinct set of values, which is many times cheaper in Python than
 building one message object per span and per attribute. Tests compare the
 result byte for byte with the official classes' serialization.
+
+Encoding is in two steps: ``encode_spans`` when spans are queued for export
+(EncodedSpans: a service's spans in wire format, the queue's unit and its bytes
+bound), ``assemble`` when a batch goes out (the resource and scope around them).
 """
 
 from __future__ import annotations
@@ -186,6 +190,31 @@ def encode_shape(shape: SpanShape, value_caches: dict[str, dict[AttributeValue, 
     )
 
 
+class EncodedSpans(NamedTuple):
+    """Spans of one service in wire format: the ``spans`` entries of a ScopeSpans."""
+
+    service: ServiceIdentity
+    data: bytes
+    span_count: int
+
+
+def skip_spans(data: bytes, count: int) -> int:
+    """The offset in EncodedSpans.data past its first ``count`` spans."""
+    pos = 0
+    for _ in range(count):
+        pos += 1  # the tag
+        size = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                break
+            shift += 7
+        pos += size
+    return pos
+
+
 class TraceEncoder:
     """Reusable encoder: keeps Resource, span-shape and attribute caches between batches.
 
@@ -206,9 +235,32 @@ class TraceEncoder:
 
     def encode_bytes(self, spans: Sequence[Span]) -> bytes:
         """The serialized ExportTraceServiceRequest, ready to send."""
-        parts: list[bytes] = []
+        return self.assemble(self.encode_spans(spans, max(len(spans), 1)))
+
+    def encode_spans(self, spans: Sequence[Span], max_spans: int) -> list[EncodedSpans]:
+        """The spans in wire format, by service, in pieces of at most ``max_spans``."""
+        out: list[EncodedSpans] = []
         for service, group in group_by_service(spans):
-            scope_spans = self._scope_field + self._span_fields(group)
+            if len(group) <= max_spans:
+                out.append(EncodedSpans(service, self._span_fields(group), len(group)))
+                continue
+            for start in range(0, len(group), max_spans):
+                part = group[start:start + max_spans]
+                out.append(EncodedSpans(service, self._span_fields(part), len(part)))
+        return out
+
+    def assemble(self, pieces: Iterable[EncodedSpans]) -> bytes:
+        """One ExportTraceServiceRequest of encoded spans: a ResourceSpans per service (its
+        resource as it is now: metadata may have come since the spans were encoded)."""
+        groups: dict[int, tuple[ServiceIdentity, list[bytes]]] = {}
+        for piece in pieces:
+            group = groups.get(id(piece.service))
+            if group is None:
+                group = groups[id(piece.service)] = (piece.service, [])
+            group[1].append(piece.data)
+        parts: list[bytes] = []
+        for service, datas in groups.values():
+            scope_spans = self._scope_field + b"".join(datas)
             resource_spans = _delimited(_TAG_FIRST, self._resources.encoded(service)) + _delimited(
                 _TAG_SPANS, scope_spans
             )
