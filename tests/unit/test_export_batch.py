@@ -179,3 +179,16 @@ async def test_queue_full_by_bytes_is_logged_once_with_its_knob() -> None:
     assert full["knob"].startswith("otel_traces_export.max_queue_bytes")
     assert full["max_queue_bytes"] == 2 * one
     assert exporter.dropped == 2 and exporter.pending == 2
+
+
+@pytest.mark.asyncio
+async def test_a_piece_over_the_bytes_bound_is_kept_whole_the_older_ones_go() -> None:
+    one = len(TraceEncoder().encode_spans(spans(1), 1)[0].data)
+    sender = RecordingSender()
+    exporter = BatchingExporter(sender, max_queue_size=1000, max_export_batch_size=8, batch_timeout_s=60,
+                                max_queue_bytes=3 * one)
+    exporter.offer(spans(2))
+    exporter.offer(spans(5, first=2))  # a batch's piece bigger than the bound: it stays
+    assert (exporter.pending, exporter.dropped) == (5, 2)
+    await exporter.shutdown(1.0)
+    assert [ids(b) for b in sender.batches] == [[2, 3, 4, 5, 6]]

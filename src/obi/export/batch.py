@@ -176,13 +176,15 @@ class BatchingExporter:
 
     def _drop_oldest(self) -> None:
         """Drops the oldest spans until the queue is within both bounds (whole pieces for the
-        bytes, the exact excess for the count), and says so once."""
+        bytes, though the newest piece, at most a batch, always stays; the exact excess for the
+        count), and says so once."""
         queue, before = self._queue, self.dropped
         bytes_full = self._bytes > self.max_queue_bytes
-        while queue and (self._bytes > self.max_queue_bytes or self._spans > self.max_queue_size):
+        while queue and ((self._bytes > self.max_queue_bytes and len(queue) > 1)
+                         or self._spans > self.max_queue_size):
             oldest = queue[0]
             excess = self._spans - self.max_queue_size
-            if self._bytes <= self.max_queue_bytes and 0 < excess < oldest.span_count:
+            if (self._bytes <= self.max_queue_bytes or len(queue) == 1) and 0 < excess < oldest.span_count:
                 cut = skip_spans(oldest.data, excess)
                 queue[0] = EncodedSpans(oldest.service, oldest.data[cut:], oldest.span_count - excess)
                 self._bytes -= cut
@@ -245,7 +247,7 @@ class BatchingExporter:
                 try:
                     await asyncio.wait_for(self._flush(), deadline_s)
                 except TimeoutError:
-                    self._log.warning("span_flush_timeout", left=len(self._queue))
+                    self._log.warning("span_flush_timeout", left=self._spans)
         finally:
             self.dropped += self._spans
             self._queue.clear()
