@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients.
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make gcc \
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
-	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind
+	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind prometheus
 INSTALLED := $(VENV)/.installed
 # the modules setup.py compiles with mypyc (MODULES in src/obi/compiled.py) are sources of the build too
 COMPILED := src/obi/traces/records.py src/obi/traces/model.py src/obi/protocols/base.py \
@@ -37,6 +37,8 @@ bench: setup
 	$(PY) bench/first_span.py
 	@echo "the peer line: Flask under gunicorn bare, with the OpenTelemetry SDK, with obi (bench/peer.py):"
 	$(PY) bench/peer.py
+	@echo "a Prometheus scrape of obi's endpoint (bench/scrape.py):"
+	$(PY) bench/scrape.py
 	$(PY) bench/targets.py
 
 setup: deps $(INSTALLED)

@@ -49,6 +49,9 @@ from obi.export.fanout import SpanFanout
 from obi.export.internal import CombinedMetrics, InternalMetrics, MetricsSource
 from obi.export.metrics import RedMetrics
 from obi.export.printer import TracePrinter
+from obi.export.prometheus import ExpositionOptions
+from obi.export.prometheus import render as render_exposition
+from obi.export.scrape import ScrapeServer
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
 from obi.protocols.gohttp import GoHttpSpans
@@ -132,6 +135,12 @@ def inactive_settings(config: Config, kube_enabled: bool) -> list[str]:
     extra_features = [f for f in config.otel_metrics_export.features if f != "application"]
     if extra_features:
         ignored.append(f"otel_metrics_export.features {','.join(extra_features)}: only application metrics")
+    prometheus = config.prometheus_export
+    extra_features = [f for f in prometheus.features if f != "application"]
+    if prometheus.enabled and extra_features:
+        ignored.append(f"prometheus_export.features {','.join(extra_features)}: only application metrics")
+    if prometheus.enabled and set(prometheus.instrumentations) - {"*"}:
+        ignored.append("prometheus_export.instrumentations: every protocol obi understands is measured")
     return ignored
 
 
@@ -154,6 +163,8 @@ class Agent:
     log: structlog.typing.FilteringBoundLogger
     uprobes: UprobeFiles | None = None
     metrics: RedMetrics | None = None
+    scraped: RedMetrics | None = None
+    scrape: ScrapeServer | None = None  # the Prometheus endpoint
 
     def internal_counters(self) -> dict[str, int | dict[int, int]]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
@@ -185,7 +196,8 @@ class Agent:
             "obi.ebpf.h2.lost": kernel.get("h2_lost", 0),
             "obi.spans.h2.header_blocks_missed": h2_stats.header_blocks_missed if h2_stats else 0,
             "obi.spans.h2.streams_partly_known": h2_stats.streams_partly_known if h2_stats else 0,
-            "obi.metrics.cardinality.overflow": self.metrics.overflowed if self.metrics else 0,
+            "obi.metrics.cardinality.overflow": sum(m.overflowed for m in (self.metrics, self.scraped)
+                                                    if m is not None),
             "obi.printer.lines.dropped": self.printer.dropped_lines,
             "obi.spans.exported": exporter.sent if exporter else 0,
             "obi.spans.export.dropped": exporter.dropped if exporter else 0,
@@ -227,6 +239,8 @@ class Agent:
         tasks: dict[str, asyncio.Task[None]] = {}
         self.drain.attach(loop)
         try:
+            if self.scrape is not None:
+                await self.scrape.start()
             if self.kube is not None:
                 tasks["kubernetes"] = asyncio.create_task(self.kube.run())
             tasks["discovery"] = asyncio.create_task(self._discover())
@@ -246,6 +260,8 @@ class Agent:
             self.log.info("agent_started", hooks=self.capture.hooks, trace_printer=self.printer.mode.value,
                           traces=str(_trace_target(self.config) or "off"),
                           metrics=str(_metrics_target(self.config) or "off"),
+                          prometheus=f":{self.scrape.port}{self.config.prometheus_export.path}"
+                          if self.scrape is not None else "off",
                           compiled_modules=len(compiled_modules()))
             stop_wait = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stop_wait, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -322,6 +338,8 @@ class Agent:
             left = max(0.1, deadline - time.monotonic())
             await self._flush_stage("metrics", self.metrics_exporter.shutdown(left), left)
             phase("metrics")
+        if self.scrape is not None:
+            await self.scrape.close()
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
@@ -356,6 +374,7 @@ class SpanStage:
     printer: TracePrinter
     trace_exporter: BatchingExporter | None
     metrics: RedMetrics | None
+    scraped: RedMetrics | None = None  # what the Prometheus endpoint shows
 
 
 def build_span_stage(config: Config, identity_for: Callable[[int], ServiceIdentity | None],
@@ -397,8 +416,15 @@ def build_span_stage(config: Config, identity_for: Callable[[int], ServiceIdenti
         b = config.otel_metrics_export.buckets
         metrics = RedMetrics(b.duration_histogram, b.request_size_histogram, b.response_size_histogram,
                              cardinality_limit=config.otel_metrics_export.cardinality_limit)
-    return SpanStage(records, span_stats, SpanFanout(sampler, metrics, printer, trace_exporter), printer,
-                     trace_exporter, metrics)
+    scraped: RedMetrics | None = None
+    prometheus = config.prometheus_export
+    if prometheus.enabled:
+        b = prometheus.buckets
+        scraped = RedMetrics(b.duration_histogram, b.request_size_histogram, b.response_size_histogram,
+                             series_ttl_s=prometheus.ttl,
+                             cardinality_limit=config.otel_metrics_export.cardinality_limit)
+    fanout = SpanFanout(sampler, metrics, printer, trace_exporter, scraped)
+    return SpanStage(records, span_stats, fanout, printer, trace_exporter, metrics, scraped)
 
 
 def build_agent(config: Config) -> Agent:
@@ -471,10 +497,16 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         msender = OtlpSender(mtransport, signal="metrics")
         metrics_exporter = PeriodicMetricsExporter(source, msender, metrics_cfg.interval,
                                                    export_timeout_s=metrics_cfg.timeout)
+    scrape: ScrapeServer | None = None
+    if stage.scraped is not None:
+        scraped, prometheus = stage.scraped, config.prometheus_export
+        options = ExpositionOptions(build_info=not prometheus.disable_build_info)
+        scrape = ScrapeServer(prometheus.port,
+                              {prometheus.path: lambda: render_exposition(scraped, time.time_ns(), options)})
     agent = Agent(config=config, capture=capture, drain=drain, watcher=watcher, registry=registry,
                   records=stage.records, span_stats=stage.span_stats, fanout=stage.fanout,
                   printer=stage.printer, trace_exporter=stage.trace_exporter,
                   metrics_exporter=metrics_exporter, kube=kube, log=log,
-                  uprobes=uprobes, metrics=stage.metrics)
+                  uprobes=uprobes, metrics=stage.metrics, scraped=stage.scraped, scrape=scrape)
     agent_ref.append(agent)
     return agent

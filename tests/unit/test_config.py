@@ -17,6 +17,7 @@ from obi.config import (
     load_config,
     ports_contain,
 )
+from obi.config.model import HistogramBuckets
 from obi.config.values import expand_env, parse_duration, parse_key_values, parse_port_ranges
 from obi.ebpf.capture import DEFAULT_RING_BUFFER_SIZE
 from obi.export.endpoints import OtlpSignal, resolve_otlp_target
@@ -449,12 +450,40 @@ def test_an_unknown_context_propagation_says_what_is_accepted(tmp_path: Path) ->
         load_yaml(tmp_path, "ebpf:\n  context_propagation: sometimes\n")
 
 
-def test_prometheus_exporter_is_refused_not_ignored(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"prometheus_export\.port: the Prometheus exporter is not"):
-        load_yaml(tmp_path, "prometheus_export:\n  port: 9400\n")
-    with pytest.raises(ConfigError, match="environment variable OTEL_EBPF_PROMETHEUS_PORT: the Prometheus"):
-        load_config(None, {"OTEL_EBPF_PROMETHEUS_PORT": "9400"})
+def test_prometheus_export_takes_obis_keys_and_variables(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+prometheus_export:
+  port: 9400
+  path: /m
+  ttl: 30s
+  buckets:
+    duration_histogram: [0.1, 1]
+  extra_resource_attributes: [host_name, deployment.environment]
+  disable_build_info: true
+  features: [application]
+  instrumentations: ["*"]
+  allow_service_graph_self_references: false
+  service_cache_size: 100
+""")
+    prometheus = config.prometheus_export
+    assert prometheus.enabled and (prometheus.port, prometheus.path, prometheus.ttl) == (9400, "/m", 30.0)
+    assert prometheus.buckets.duration_histogram == (0.1, 1.0)
+    assert prometheus.extra_resource_attributes == ("host_name", "deployment.environment")
+    assert prometheus.disable_build_info and prometheus.features == ("application",)
+    assert prometheus.buckets.request_size_histogram == HistogramBuckets().request_size_histogram
+    env = load_config(None, {"OTEL_EBPF_PROMETHEUS_PORT": "9401", "OTEL_EBPF_PROMETHEUS_PATH": "/x",
+                             "OTEL_EBPF_PROMETHEUS_TTL": "2m",
+                             "OTEL_EBPF_PROMETHEUS_DISABLE_BUILD_INFO": "true",
+                             "OTEL_EBPF_PROMETHEUS_EXTRA_RESOURCE_ATTRIBUTES": "a, b"}).prometheus_export
+    assert (env.port, env.path, env.ttl, env.disable_build_info) == (9401, "/x", 120.0, True)
+    assert env.extra_resource_attributes == ("a", "b")
+    defaults = load_config(None, {"OTEL_EBPF_PROMETHEUS_PORT": "9402"}).prometheus_export
+    assert (defaults.path, defaults.ttl, defaults.disable_build_info) == ("/metrics", 300.0, False)
     assert not load_yaml(tmp_path, "prometheus_export:\n  path: /m\n").prometheus_export.enabled
+    assert "must start with /" in yaml_error(tmp_path, "prometheus_export:\n  port: 1\n  path: m\n")
+    assert "ttl: must be positive" in yaml_error(tmp_path, "prometheus_export:\n  port: 1\n  ttl: 0s\n")
+    assert "above the maximum 65535" in env_error(OTEL_EBPF_PROMETHEUS_PORT="70000")
+    assert "unknown key" in yaml_error(tmp_path, "prometheus_export:\n  port: 1\n  colour: red\n")
 
 
 def test_explicit_empty_unmatched_means_wildcard(tmp_path: Path) -> None:

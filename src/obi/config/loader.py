@@ -609,20 +609,22 @@ def _features(text: str) -> tuple[MetricsFeature, ...]:
     )
 
 
+def _feature_list(node: _Node, key: str) -> tuple[MetricsFeature, ...] | None:
+    """Metric features as a YAML list or a comma-separated string."""
+    if not node.has(key):
+        return None
+    if isinstance(node.raw(key), list):
+        try:
+            return _features(",".join(node.strings(key) or ()))
+        except ValueError as err:
+            raise node.error(key, str(err)) from None
+    return node.parse(key, _features)
+
+
 def _metrics(node: _Node, env: _Environment) -> MetricsExportConfig:
     defaults = MetricsExportConfig()
     common = _otlp_common(node, env, "metrics")
-    yaml_features: tuple[MetricsFeature, ...] | None = None
-    if node.has("features"):
-        raw = node.raw("features")
-        if isinstance(raw, list):
-            listed = node.strings("features") or ()
-            try:
-                yaml_features = _features(",".join(listed))
-            except ValueError as err:
-                raise node.error("features", str(err)) from None
-        else:
-            yaml_features = node.parse("features", _features)
+    yaml_features = _feature_list(node, "features")
     return MetricsExportConfig(
         **common,  # type: ignore[arg-type]
         # OBI: OTEL_EBPF_METRICS_INTERVAL and YAML interval win over OTEL_METRIC_EXPORT_INTERVAL.
@@ -651,22 +653,46 @@ def _prometheus(node: _Node, env: _Environment) -> PrometheusExportConfig:
     path = _pick(env.get("OTEL_EBPF_PROMETHEUS_PATH"), node.string("path"), default=defaults.path)
     if not path.startswith("/"):
         raise node.error("path", f"{quote(path)} must start with /")
-    config = PrometheusExportConfig(
+    ttl = _pick(env.parse("OTEL_EBPF_PROMETHEUS_TTL", values.parse_duration), node.duration("ttl"),
+                default=defaults.ttl)
+    if ttl <= 0:
+        raise node.error("ttl", "must be positive")
+    yaml_features = _feature_list(node, "features")
+    # OBI's, for span and service-graph metrics obi does not make: accepted, without effect
+    for key in ("allow_service_graph_self_references", "extra_span_resource_attributes",
+                "service_cache_size"):
+        node.raw(key)
+    return PrometheusExportConfig(
         port=_pick(
             env.parse("OTEL_EBPF_PROMETHEUS_PORT", lambda t: values.parse_int(t, 0, 65535)),
             node.integer("port", 0, 65535),
             default=defaults.port,
         ),
         path=path,
+        ttl=ttl,
+        buckets=_buckets(node.child("buckets")),
+        extra_resource_attributes=_pick(
+            env.parse("OTEL_EBPF_PROMETHEUS_EXTRA_RESOURCE_ATTRIBUTES", _names),
+            node.strings("extra_resource_attributes"),
+            default=defaults.extra_resource_attributes,
+        ),
+        disable_build_info=_pick(
+            env.parse("OTEL_EBPF_PROMETHEUS_DISABLE_BUILD_INFO", values.parse_bool),
+            node.boolean("disable_build_info"),
+            default=defaults.disable_build_info,
+        ),
+        features=_pick(env.parse("OTEL_EBPF_PROMETHEUS_FEATURES", _features), yaml_features,
+                       default=defaults.features),
+        instrumentations=_pick(
+            env.parse("OTEL_EBPF_PROMETHEUS_INSTRUMENTATIONS", _names),
+            node.strings("instrumentations"),
+            default=defaults.instrumentations,
+        ),
     )
-    if config.enabled:
-        # Refused rather than ignored: a user relying on it would lose metrics silently.
-        where = "OTEL_EBPF_PROMETHEUS_PORT" if env.get("OTEL_EBPF_PROMETHEUS_PORT") else None
-        message = "the Prometheus exporter is not supported by obi yet (use otel_metrics_export)"
-        if where:
-            raise ConfigError(f"environment variable {where}: {message}")
-        raise node.error("port", message)
-    return config
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def _internal_metrics(node: _Node, env: _Environment) -> InternalMetricsConfig:

@@ -219,6 +219,13 @@ class PrometheusExportConfig:
 
     port: int = 0
     path: str = "/metrics"
+    ttl: float = 300.0  # a series not updated this long leaves the exposition
+    buckets: HistogramBuckets = HistogramBuckets()
+    extra_resource_attributes: tuple[str, ...] = ()  # more resource attributes on target_info
+    disable_build_info: bool = False
+    # OBI's, for metric groups and protocols obi has no other choice of yet (warned about)
+    features: tuple[MetricsFeature, ...] = ()
+    instrumentations: tuple[str, ...] = ("*",)
 
     @property
     def enabled(self) -> bool:

@@ -15,9 +15,12 @@ class SpanFanout:
     """Metrics first (before sampling, so sampling never changes them), then the sampled spans."""
 
     def __init__(self, sampler: Sampler, metrics: RedMetrics | None, printer: TracePrinter,
-                 exporter: BatchingExporter | None) -> None:
+                 exporter: BatchingExporter | None, scraped: RedMetrics | None = None) -> None:
+        """`metrics` feeds the OTLP metrics export, `scraped` the Prometheus endpoint (each with
+        its own buckets and ttl)."""
         self._sampler = sampler
         self._metrics = metrics
+        self._scraped = scraped
         self._printer = printer
         self._exporter = exporter
 
@@ -26,6 +29,8 @@ class SpanFanout:
             return
         if self._metrics is not None:
             self._metrics.record(spans)
+        if self._scraped is not None:
+            self._scraped.record(spans)
         sampler = self._sampler
         sampled = []
         for span in spans:

@@ -217,6 +217,17 @@ class RedMetrics:
     def series_count(self) -> int:
         return sum(len(s.series) for s in self._services.values())
 
+    @property
+    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+        """The bucket bounds of the duration, request size and response size histograms."""
+        return self._duration_bounds, self._request_bounds, self._response_bounds
+
+    def live_series(self, now_ns: int) -> list[tuple[ServiceIdentity, dict[tuple[MetricFamily, SeriesKey],
+                                                                           SeriesState]]]:
+        """Every service's live series (expired ones are dropped first), for an exposition."""
+        self._expire(now_ns)
+        return [(s.service, s.series) for s in self._services.values() if s.series]
+
     def record(self, spans: Iterable[Span]) -> None:
         """Count every span (call before sampling)."""
         services = self._services

@@ -1,0 +1,192 @@
+"""The RED metrics in Prometheus's text exposition format (version 0.0.4), under OBI's names.
+
+An OTel metric name becomes a Prometheus one with its dots as underscores and its
+unit as a suffix (http.server.request.duration, s -> http_server_request_duration_seconds;
+a body size, By -> ..._bytes); attribute names become label names the same way.
+As in OBI, each series carries its service's identity (``service_name``,
+``service_namespace``, ``job`` = [namespace/]name, ``instance``) and Kubernetes
+labels (``k8s_*``); the rest of the resource (SDK, host, process) is in
+``target_info``, one per service, joined on ``job`` and ``instance`` (the whole
+resource is there, so OBI's ``extra_resource_attributes`` ask for nothing more).
+``obi_build_info`` has a series per SDK language of the services seen
+(``target_lang``). Every series of one metric is written together,
+whatever its service, as the format requires. A series not updated for the ttl
+is gone from the next scrape, and ``target_info`` with its service's last one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from obi import __version__
+from obi.export.metrics import (
+    OVERFLOW,
+    OVERFLOW_ATTRIBUTE,
+    HistogramState,
+    MetricFamily,
+    RedMetrics,
+    SeriesState,
+)
+from obi.traces.model import ServiceIdentity
+
+BUILD_INFO = "obi_build_info"
+_INVALID_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def label_name(attribute: str) -> str:
+    """An attribute name as a Prometheus label name (dots and anything else invalid as _)."""
+    name = _INVALID_NAME.sub("_", attribute)
+    return f"_{name}" if name[:1].isdigit() else name
+
+
+def label_value(value: object) -> str:
+    """A label value, escaped as the text format wants: backslash, double quote, newline."""
+    text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if "\\" in text or '"' in text or "\n" in text:
+        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text
+
+
+def labels(pairs: Iterable[tuple[str, object]]) -> str:
+    """``name="value",...`` (no braces)."""
+    return ",".join(f'{label_name(k)}="{label_value(v)}"' for k, v in pairs)
+
+
+def number(value: float) -> str:
+    """A sample value or bucket bound as Go's clients write it (10, 0.005, 1e-05, +Inf)."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def job_and_instance(service: ServiceIdentity) -> tuple[str, str]:
+    """OpenTelemetry's Prometheus mapping: job is [namespace/]name, instance the instance id."""
+    job = f"{service.service_namespace}/{service.service_name}" if service.service_namespace \
+        else service.service_name
+    return job, service.instance_id
+
+
+@dataclass(frozen=True)
+class ExpositionOptions:
+    build_info: bool = True
+
+
+_IDENTITY = ("service.name", "service.namespace", "service.instance.id")
+
+
+def _service_labels(service: ServiceIdentity) -> list[tuple[str, object]]:
+    job, instance = job_and_instance(service)
+    pairs: list[tuple[str, object]] = [("service.name", service.service_name)]
+    if service.service_namespace:
+        pairs.append(("service.namespace", service.service_namespace))
+    pairs += [("instance", instance), ("job", job)]
+    pairs.extend((k, v) for k, v in service.attributes.items() if k.startswith("k8s."))
+    return pairs
+
+
+def _target_info_labels(service: ServiceIdentity) -> list[tuple[str, object]]:
+    """Identity, the whole resource (so OBI's extra_resource_attributes are there already),
+    OBI's source and os_type: each label once (the first of the names that map to it)."""
+    resource = service.resource_attributes()
+    pairs = _service_labels(service)
+    pairs += [(k, v) for k, v in resource.items() if k not in _IDENTITY and not k.startswith("k8s.")]
+    pairs += [("source", "obi"), ("os.type", "linux")]
+    once: dict[str, tuple[str, object]] = {}
+    for key, value in pairs:
+        once.setdefault(label_name(key), (key, value))
+    return list(once.values())
+
+
+def _histogram_lines(out: list[str], name: str, label_text: str, state: HistogramState,
+                     les: Sequence[str]) -> None:
+    prefix = f"{name}_bucket{{{label_text}," if label_text else f"{name}_bucket{{"
+    total = 0
+    for le, count in zip(les, state.bucket_counts, strict=True):
+        total += count
+        out.append(f'{prefix}le="{le}"}} {total}')
+    braces = f"{{{label_text}}}" if label_text else ""
+    out.append(f"{name}_sum{braces} {number(state.sum)}")
+    out.append(f"{name}_count{braces} {state.count}")
+
+
+def render(metrics: RedMetrics, now_ns: int, options: ExpositionOptions = ExpositionOptions()) -> bytes:
+    """The exposition of every live series (expired ones are dropped first), target_info and
+    obi_build_info."""
+    live = metrics.live_series(now_ns)
+    duration_bounds, request_bounds, response_bounds = metrics.bounds
+    les = {
+        "duration": [number(b) for b in duration_bounds] + ["+Inf"],
+        "request": [number(b) for b in request_bounds] + ["+Inf"],
+        "response": [number(b) for b in response_bounds] + ["+Inf"],
+    }
+    # metric name -> (help, lines); families are written in first-seen order
+    by_metric: dict[str, tuple[str, list[str]]] = {}
+    for service, series in live:
+        service_pairs = _service_labels(service)
+        for (family, key), state in series.items():
+            label_text = labels([*service_pairs, *_attributes(family, key)])
+            for which, (otel_name, help_text), suffix, histogram in _histograms(family, state):
+                name = otel_name.replace(".", "_") + suffix
+                entry = by_metric.get(name)
+                if entry is None:
+                    entry = by_metric[name] = (help_text, [])
+                _histogram_lines(entry[1], name, label_text, histogram, les[which])
+    out: list[str] = []
+    for name, (help_text, lines) in by_metric.items():
+        out.append(f"# HELP {name} {_help(help_text)}")
+        out.append(f"# TYPE {name} histogram")
+        out.extend(lines)
+    if live:
+        out.append("# HELP target_info Target metadata")
+        out.append("# TYPE target_info gauge")
+        for service, _ in live:
+            out.append(f"target_info{{{labels(_target_info_labels(service))}}} 1")
+    if options.build_info:
+        languages = sorted({service.sdk_language for service, _ in live})
+        out.append(f"# HELP {BUILD_INFO} A metric with a constant '1' value labeled by version, revision, "
+                   "and the runtime obi was built with and runs on, per language of the services it saw")
+        out.append(f"# TYPE {BUILD_INFO} gauge")
+        for language in languages:
+            out.append(f'{BUILD_INFO}{{{labels([*_BUILD_LABELS, ("target_lang", language)])}}} 1')
+    out.append("")
+    return "\n".join(out).encode()
+
+
+def _attributes(family: MetricFamily, key: tuple[str | int | None, ...]) -> list[tuple[str, object]]:
+    if key == OVERFLOW:  # equal, not the same object: a compiled module's Final tuple is boxed anew
+        return [(OVERFLOW_ATTRIBUTE, "true")]
+    names = family.attribute_names
+    return [(name, value) for name, value in zip(names, key, strict=True) if value is not None]
+
+
+def _histograms(family: MetricFamily,
+                state: SeriesState) -> list[tuple[str, tuple[str, str], str, HistogramState]]:
+    found = [("duration", family.duration, "_seconds", state.duration)]
+    if family.request_size is not None:
+        found.append(("request", family.request_size, "_bytes", state.request_size))
+    if family.response_size is not None:
+        found.append(("response", family.response_size, "_bytes", state.response_size))
+    return found
+
+
+def _help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _build_labels() -> list[tuple[str, object]]:
+    import platform
+    import sys
+
+    machine = platform.machine().lower()
+    goarch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    runtime = "python" + ".".join(str(part) for part in sys.version_info[:3])
+    return [("goarch", goarch), ("goos", sys.platform), ("goversion", runtime),
+            ("version", __version__), ("revision", "unset")]
+
+
+_BUILD_LABELS = _build_labels()

@@ -1,0 +1,104 @@
+"""A real Prometheus (Debian's) scrapes obi while an instrumented server takes traffic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.e2e.agent import AgentProcess
+from tests.e2e.reliability import get_all, python_app
+from tests.e2e.test_cli import obi
+from tests.support import free_port, start_process, stop_process
+from tests.unit.test_prometheus import promtool_check
+
+
+@contextmanager
+def prometheus_server(root: Path, target_port: int, path: str = "/metrics") -> Iterator[str]:
+    """Prometheus on loopback scraping 127.0.0.1:target_port every second; yields its API URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is missing: `make deps` installs Debian's package"
+    config = root / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: obi\n    honor_labels: true\n"
+        f"    metrics_path: {path}\n    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n")
+    port = free_port()
+    proc = start_process([binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+                          f"--web.listen-address=127.0.0.1:{port}"], port=port, timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+
+
+def query(api: str, promql: str) -> list[dict[str, object]]:
+    url = f"{api}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
+
+
+def wait_for_value(api: str, promql: str, wanted: float, timeout: float = 30.0) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    result: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        result = query(api, promql)
+        if result and float(result[0]["value"][1]) == wanted:  # type: ignore[index]
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{promql} never reached {wanted}: last {result}")
+
+
+def test_prometheus_scrapes_obi_and_counts_every_request(tmp_path: Path) -> None:
+    with python_app("shop-api") as (app, port):
+        metrics_port = free_port()
+        env = {"OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EBPF_PROMETHEUS_PORT": str(metrics_port),
+               "OTEL_EBPF_TRACE_PRINTER": "disabled"}
+        with AgentProcess(env) as agent, prometheus_server(tmp_path, metrics_port) as api:
+            started = agent.wait_log(lambda e: e.get("event") == "agent_started", 10)
+            assert started["prometheus"] == f":{metrics_port}/metrics"
+            agent.wait_instrumented(app.pid)
+            paths = [f"/factorial/{i}" for i in range(25)] + ["/status/503"] * 5
+            assert sorted(get_all(port, paths)) == [200] * 25 + [503] * 5
+            count = 'http_server_request_duration_seconds_count{service_name="shop-api"'
+            wait_for_value(api, f'sum({count},http_response_status_code="200"}})', 25)
+            assert wait_for_value(api, f'sum({count},http_response_status_code="503"}})', 5)
+            [series] = query(api, f'{count},http_response_status_code="200"}}')
+            labels = series["metric"]
+            assert isinstance(labels, dict)
+            assert labels == {
+                "__name__": "http_server_request_duration_seconds_count", "service_name": "shop-api",
+                "job": "shop-api", "instance": labels["instance"], "http_request_method": "GET",
+                "http_response_status_code": "200", "http_route": "/factorial/*", "url_scheme": "http",
+                "server_address": "127.0.0.1", "server_port": str(port)}
+            assert labels["instance"].endswith(f":{app.pid}")  # obi's service.instance.id: host:pid
+            # The scrape went well (up is the scrape job's own series), and target_info joins on
+            # job and instance.
+            [up] = query(api, 'up{job="obi"}')
+            assert float(up["value"][1]) == 1.0  # type: ignore[index]
+            [target] = query(api, 'target_info{service_name="shop-api"}')
+            target_labels = target["metric"]
+            assert isinstance(target_labels, dict)
+            assert target_labels["telemetry_sdk_language"] == "python"
+            assert (target_labels["job"], target_labels["instance"]) == (labels["job"], labels["instance"])
+            # obi's output as it is: promtool finds nothing to say.
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+                assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+                assert promtool_check(response.read()) == ""
+            assert agent.stop() == 0
+
+
+def test_a_port_already_taken_is_a_clear_error_at_start() -> None:
+    with python_app("port-clash") as (_, port):
+        done = obi(env={"OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EBPF_PROMETHEUS_PORT": str(port)})
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == 1 and last.startswith(f"obi: [Errno 98] cannot listen on port {port} for "
+                                                    "Prometheus scrapes"), done.stderr
+    assert "Address already in use" in last
