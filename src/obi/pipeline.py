@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import structlog
@@ -49,7 +49,7 @@ from obi.export.fanout import SpanFanout
 from obi.export.internal import CombinedMetrics, InternalMetrics, MetricsSource
 from obi.export.metrics import RedMetrics
 from obi.export.printer import TracePrinter
-from obi.export.prometheus import ExpositionOptions
+from obi.export.prometheus import ExpositionOptions, InternalState, internal_families, render_families
 from obi.export.prometheus import render as render_exposition
 from obi.export.scrape import ScrapeServer
 from obi.protocols import ProtocolRegistry
@@ -164,7 +164,24 @@ class Agent:
     uprobes: UprobeFiles | None = None
     metrics: RedMetrics | None = None
     scraped: RedMetrics | None = None
-    scrape: ScrapeServer | None = None  # the Prometheus endpoint
+    scrapes: list[ScrapeServer] = field(default_factory=list)  # the Prometheus endpoints
+
+    def internal_state(self) -> InternalState:
+        """What the internal Prometheus endpoint shows (obi.export.prometheus)."""
+        traces = self.trace_exporter.sender if self.trace_exporter is not None else None
+        metrics = self.metrics_exporter.sender if self.metrics_exporter is not None else None
+        counted: dict[tuple[int, str], int] = {}
+        for server in self.scrapes:
+            for (path, _), n in server.stats.requests.items():
+                if path in server.paths:  # unknown paths are a client's choice: not a label
+                    counted[(server.port, path)] = counted.get((server.port, path), 0) + n
+        return InternalState(
+            counters=self.internal_counters(), instrumented=self.registry.instrumented_by_name(),
+            trace_exports=traces.exports if isinstance(traces, OtlpSender) else None,
+            trace_export_errors=dict(traces.failures) if isinstance(traces, OtlpSender) else {},
+            metric_exports=metrics.exports if isinstance(metrics, OtlpSender) else None,
+            metric_export_errors=dict(metrics.failures) if isinstance(metrics, OtlpSender) else {},
+            scrapes=counted)
 
     def internal_counters(self) -> dict[str, int | dict[int, int]]:
         """Every counter of the pipeline, by internal metric name (obi.export.internal)."""
@@ -239,8 +256,8 @@ class Agent:
         tasks: dict[str, asyncio.Task[None]] = {}
         self.drain.attach(loop)
         try:
-            if self.scrape is not None:
-                await self.scrape.start()
+            for server in self.scrapes:
+                await server.start()
             if self.kube is not None:
                 tasks["kubernetes"] = asyncio.create_task(self.kube.run())
             tasks["discovery"] = asyncio.create_task(self._discover())
@@ -260,8 +277,8 @@ class Agent:
             self.log.info("agent_started", hooks=self.capture.hooks, trace_printer=self.printer.mode.value,
                           traces=str(_trace_target(self.config) or "off"),
                           metrics=str(_metrics_target(self.config) or "off"),
-                          prometheus=f":{self.scrape.port}{self.config.prometheus_export.path}"
-                          if self.scrape is not None else "off",
+                          prometheus=" ".join(f":{s.port}{path}" for s in self.scrapes for path in s.paths)
+                          or "off",
                           compiled_modules=len(compiled_modules()))
             stop_wait = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stop_wait, *tasks.values()], return_when=asyncio.FIRST_COMPLETED)
@@ -338,8 +355,8 @@ class Agent:
             left = max(0.1, deadline - time.monotonic())
             await self._flush_stage("metrics", self.metrics_exporter.shutdown(left), left)
             phase("metrics")
-        if self.scrape is not None:
-            await self.scrape.close()
+        for server in self.scrapes:
+            await server.close()
         for task in tasks.values():
             task.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
@@ -427,6 +444,13 @@ def build_span_stage(config: Config, identity_for: Callable[[int], ServiceIdenti
     return SpanStage(records, span_stats, fanout, printer, trace_exporter, metrics, scraped)
 
 
+def _joined(renders: list[Callable[[], bytes]]) -> Callable[[], bytes]:
+    """One path served from several expositions (OBI: one registry per port and path)."""
+    if len(renders) == 1:
+        return renders[0]
+    return lambda: b"".join(render() for render in renders)
+
+
 def build_agent(config: Config) -> Agent:
     """Every stage of the agent, constructed (and the kernel side attached) but not started."""
     log = structlog.get_logger().bind(component="agent")
@@ -497,16 +521,24 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         msender = OtlpSender(mtransport, signal="metrics")
         metrics_exporter = PeriodicMetricsExporter(source, msender, metrics_cfg.interval,
                                                    export_timeout_s=metrics_cfg.timeout)
-    scrape: ScrapeServer | None = None
+    # The Prometheus endpoints: path -> what renders it, by port (both may share one port, or a path).
+    endpoints: dict[int, dict[str, list[Callable[[], bytes]]]] = {}
     if stage.scraped is not None:
         scraped, prometheus = stage.scraped, config.prometheus_export
         options = ExpositionOptions(build_info=not prometheus.disable_build_info)
-        scrape = ScrapeServer(prometheus.port,
-                              {prometheus.path: lambda: render_exposition(scraped, time.time_ns(), options)})
+        endpoints.setdefault(prometheus.port, {}).setdefault(prometheus.path, []).append(
+            lambda: render_exposition(scraped, time.time_ns(), options))
+    if config.internal_metrics.exporter == "prometheus":
+        internal_cfg = config.internal_metrics
+        on_port = endpoints.setdefault(internal_cfg.prometheus_port, {})
+        on_port.setdefault(internal_cfg.prometheus_path, []).append(
+            lambda: render_families(internal_families(agent_ref[0].internal_state())))
+    scrapes = [ScrapeServer(port, {path: _joined(renders) for path, renders in paths.items()})
+               for port, paths in endpoints.items()]
     agent = Agent(config=config, capture=capture, drain=drain, watcher=watcher, registry=registry,
                   records=stage.records, span_stats=stage.span_stats, fanout=stage.fanout,
                   printer=stage.printer, trace_exporter=stage.trace_exporter,
                   metrics_exporter=metrics_exporter, kube=kube, log=log,
-                  uprobes=uprobes, metrics=stage.metrics, scraped=stage.scraped, scrape=scrape)
+                  uprobes=uprobes, metrics=stage.metrics, scraped=stage.scraped, scrapes=scrapes)
     agent_ref.append(agent)
     return agent

@@ -110,10 +110,10 @@ def manifest_config(name: str, tmp_path: Path) -> tuple[Config, dict[str, str]]:
 # --- every document is valid Kubernetes
 
 
-def test_one_file_per_mode_of_the_guide() -> None:
+def test_one_file_per_mode_of_the_guide_and_the_prometheus_example() -> None:
     assert sorted(p.name for p in MANIFESTS.glob("*.yaml")) == [
-        "configmap-daemonset.yaml", "daemonset-unprivileged.yaml", "daemonset.yaml", "rbac.yaml",
-        "secret.yaml", "sidecar.yaml",
+        "configmap-daemonset.yaml", "daemonset-prometheus.yaml", "daemonset-unprivileged.yaml",
+        "daemonset.yaml", "rbac.yaml", "secret.yaml", "sidecar.yaml",
     ]
 
 
@@ -168,8 +168,16 @@ def _lands(var: str, value: str, config: Config) -> bool:
         "OTEL_EBPF_CONFIG_PATH": lambda: config.config_path == value,
         "OTEL_EXPORTER_OTLP_HEADERS": lambda: config.otel_traces_export.headers
         == tuple(tuple(kv.split("=", 1)) for kv in value.split(",")),
+        "OTEL_EBPF_PROMETHEUS_PORT": lambda: config.prometheus_export.port == int(value),
+        "OTEL_EBPF_INTERNAL_METRICS_EXPORTER": lambda: config.internal_metrics.exporter == value,
+        "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT": lambda: config.internal_metrics.prometheus_port
+        == int(value),
     }
     return checks[var]()
+
+
+# What a variable needs beside it to be valid alone.
+COMPANIONS = {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": {"OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT": "9400"}}
 
 
 # Read by the agent itself (not the configuration model): the downward API values.
@@ -187,12 +195,13 @@ def test_every_environment_variable_of_the_manifests_is_one_obi_reads(tmp_path: 
                 assert f'"{var}"' in obi_sources, f"{name}: obi does not read {var}"
                 continue
             # Alone, each variable must be accepted and change the model as intended.
-            alone = {var: value}
+            alone = {var: value, **COMPANIONS.get(var, {})}
             assert _lands(var, value, load_config(None, alone)), f"{name}: {var}={value!r}"
     assert seen == {
         "OTEL_EBPF_OPEN_PORT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EBPF_KUBE_METADATA_ENABLE",
         "OTEL_EBPF_AUTO_TARGET_EXE", "OTEL_EBPF_TRACE_PRINTER", "OTEL_EBPF_CONFIG_PATH",
-        "OTEL_EXPORTER_OTLP_HEADERS", "NODE_NAME", "KUBE_NAMESPACE",
+        "OTEL_EXPORTER_OTLP_HEADERS", "NODE_NAME", "KUBE_NAMESPACE", "OTEL_EBPF_PROMETHEUS_PORT",
+        "OTEL_EBPF_INTERNAL_METRICS_EXPORTER", "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT",
     }
 
 
@@ -230,6 +239,20 @@ def test_daemonset(tmp_path: Path) -> None:
     assert env["NODE_NAME"] == DOWNWARD_API["spec.nodeName"]
     assert config.auto_target_exe is not None and config.auto_target_exe.matches("/goblog")
     assert not config.open_port
+
+
+def test_prometheus_daemonset(tmp_path: Path) -> None:
+    daemonset = find(documents("daemonset-prometheus.yaml"), "DaemonSet", "obi")
+    annotations = daemonset["spec"]["template"]["metadata"]["annotations"]
+    [port] = obi_container(daemonset)["ports"]
+    config, _ = manifest_config("daemonset-prometheus.yaml", tmp_path)
+    prometheus, internal = config.prometheus_export, config.internal_metrics
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(prometheus.port),
+                           "prometheus.io/path": prometheus.path}
+    assert port == {"name": "metrics", "containerPort": prometheus.port}
+    assert prometheus.enabled and not config.otel_metrics_export.enabled
+    assert (internal.exporter, internal.prometheus_port) == ("prometheus", prometheus.port)
+    assert pod_spec(daemonset)["hostPID"] is True
 
 
 def test_unprivileged_daemonset(tmp_path: Path) -> None:

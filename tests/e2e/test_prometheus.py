@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import urllib.parse
@@ -10,6 +11,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.agent import AgentProcess
 from tests.e2e.reliability import get_all, python_app
@@ -102,3 +105,47 @@ def test_a_port_already_taken_is_a_clear_error_at_start() -> None:
     assert done.returncode == 1 and last.startswith(f"obi: [Errno 98] cannot listen on port {port} for "
                                                     "Prometheus scrapes"), done.stderr
     assert "Address already in use" in last
+
+
+def fetch(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        assert response.status == 200
+        return bytes(response.read())
+
+
+@pytest.mark.parametrize("layout", ["one port", "two ports", "one path"])
+def test_obis_own_metrics_beside_the_applications(layout: str) -> None:
+    with python_app("own-metrics") as (app, port):
+        app_port = free_port()
+        internal_port = app_port if layout != "two ports" else free_port()
+        internal_path = "/metrics" if layout == "one path" else "/internal/metrics"
+        env = {"OTEL_EBPF_OPEN_PORT": str(port), "OTEL_EBPF_PROMETHEUS_PORT": str(app_port),
+               "OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "prometheus",
+               "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT": str(internal_port),
+               "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PATH": internal_path,
+               "OTEL_EBPF_TRACE_PRINTER": "disabled"}
+        with AgentProcess(env) as agent:
+            agent.wait_instrumented(app.pid)
+            assert sorted(get_all(port, ["/hello"] * 3)) == [200] * 3
+            deadline = time.monotonic() + 10
+            while b'http_server_request_duration_seconds_count{service_name="own-metrics"' not in (
+                    application := fetch(app_port, "/metrics")):
+                assert time.monotonic() < deadline, application.decode()[-2000:]
+                time.sleep(0.2)
+            internal = fetch(internal_port, internal_path)
+            for text in (application, internal):
+                assert promtool_check(text) == ""
+            lines = internal.decode().splitlines()
+            exe = Path(os.readlink(f"/proc/{app.pid}/exe")).name
+            assert f'obi_instrumented_processes{{process_name="{exe}"}} 1' in lines
+            requests = [line for line in lines if line.startswith("obi_prometheus_http_requests_total{")]
+            assert f'obi_prometheus_http_requests_total{{port="{app_port}",path="/metrics"}}' in \
+                " ".join(requests)
+            assert any(line.startswith("obi_spans_built_total ") and int(line.split()[1]) >= 3
+                       for line in lines)
+            if layout == "one path":  # one exposition with both: each family once
+                assert application.count(b"# TYPE obi_ebpf_events_total counter") == 1
+                assert b"# TYPE http_server_request_duration_seconds histogram" in internal
+            else:
+                assert b"obi_ebpf_events_total" not in application
+            assert agent.stop() == 0

@@ -795,8 +795,19 @@ def test_internal_metrics_exporter(tmp_path: Path) -> None:
     assert load_config(None, env).internal_metrics.exporter == "otel"
     with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: otel needs an OTLP metrics endpoint"):
         load_config(None, {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "otel"})
-    with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: the Prometheus exporter is not"):
-        load_yaml(tmp_path, "internal_metrics:\n  exporter: prometheus\n  prometheus:\n    port: 6060\n")
+    yaml_text = "internal_metrics:\n  exporter: prometheus\n  prometheus:\n    port: 6060\n"
+    internal = load_yaml(tmp_path, yaml_text).internal_metrics
+    assert (internal.exporter, internal.prometheus_port, internal.prometheus_path) == (
+        "prometheus", 6060, "/internal/metrics")
+    internal = load_config(None, {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "prometheus",
+                                  "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT": "6061",
+                                  "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PATH": "/obi"}).internal_metrics
+    assert (internal.prometheus_port, internal.prometheus_path) == (6061, "/obi")
+    with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: prometheus needs internal_metrics"):
+        load_yaml(tmp_path, "internal_metrics:\n  exporter: prometheus\n")
+    with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: otel cannot be combined"):
+        load_yaml(tmp_path, "internal_metrics:\n  exporter: otel\n  prometheus:\n    port: 6060\n"
+                            "otel_metrics_export:\n  endpoint: http://c:4318\n")
     with pytest.raises(ConfigError, match="OTEL_EBPF_INTERNAL_METRICS_EXPORTER: unknown exporter"):
         load_config(None, {"OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "statsd"})
 

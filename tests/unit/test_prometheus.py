@@ -137,3 +137,30 @@ def test_the_overflow_series_is_labelled() -> None:
     metrics.record([make_span(service, route=f"/r/{i}") for i in range(3)])
     counts = lines_of(render(metrics, START), "http_server_request_duration_seconds_count")
     assert len(counts) == 2 and 'otel_metric_overflow="true"' in counts[1]
+
+
+def test_obis_own_metrics_under_obis_internal_names() -> None:
+    from obi.export.prometheus import InternalState, internal_families, render_families
+
+    state = InternalState(
+        counters={"obi.ebpf.events": 120, "obi.spans.unknown_protocol": {4242: 3, 17: 1}},
+        instrumented={"nginx": 2, "python3": 1}, trace_exports=7,
+        trace_export_errors={"grpc status UNAVAILABLE": 2}, metric_exports=None, metric_export_errors={},
+        scrapes={(9400, "/metrics"): 5, (9400, "/internal/metrics"): 1})
+    text = render_families(internal_families(state))
+    assert lines_of(text, "obi_instrumented_processes{") == [
+        'obi_instrumented_processes{process_name="nginx"} 2',
+        'obi_instrumented_processes{process_name="python3"} 1']
+    assert lines_of(text, "obi_otel_trace_exports_total ") == ["obi_otel_trace_exports_total 7"]
+    assert lines_of(text, "obi_otel_trace_export_errors_total{") == [
+        'obi_otel_trace_export_errors_total{error="grpc status UNAVAILABLE"} 2']
+    assert lines_of(text, "obi_otel_metric") == []  # no OTLP metrics export: no series for it
+    assert lines_of(text, "obi_prometheus_http_requests_total{") == [
+        'obi_prometheus_http_requests_total{port="9400",path="/internal/metrics"} 1',
+        'obi_prometheus_http_requests_total{port="9400",path="/metrics"} 5']
+    assert lines_of(text, "obi_ebpf_events_total ") == ["obi_ebpf_events_total 120"]
+    assert lines_of(text, "obi_spans_unknown_protocol_total{") == [
+        'obi_spans_unknown_protocol_total{process_pid="17"} 1',
+        'obi_spans_unknown_protocol_total{process_pid="4242"} 3']
+    assert lines_of(text, "obi_spans_exported_total ") == ["obi_spans_exported_total 0"]
+    assert promtool_check(text) == ""

@@ -696,22 +696,35 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _internal_metrics(node: _Node, env: _Environment) -> InternalMetricsConfig:
-    """OBI's internal_metrics: `otel` rides on otel_metrics_export; Prometheus is refused."""
+    """OBI's internal_metrics: `otel` rides on otel_metrics_export, `prometheus` has its endpoint."""
 
     def exporter(text: str) -> str:
         value = text.strip().lower()
-        if value == "prometheus":
-            raise ValueError("the Prometheus exporter is not supported by obi yet (use otel)")
-        if value not in ("disabled", "otel"):
-            raise ValueError(f"unknown exporter {quote(text)} (accepted: disabled, otel)")
+        if value not in ("disabled", "otel", "prometheus"):
+            raise ValueError(f"unknown exporter {quote(text)} (accepted: disabled, otel, prometheus)")
         return value
 
+    defaults = InternalMetricsConfig()
     prometheus = node.child("prometheus")
-    prometheus.raw("port")
-    prometheus.raw("path")
     chosen = _pick(env.parse("OTEL_EBPF_INTERNAL_METRICS_EXPORTER", exporter),
                    node.parse("exporter", exporter), default="disabled")
-    return InternalMetricsConfig(exporter=cast(InternalMetricsExporter, chosen))
+    port = _pick(env.parse("OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT", _port),
+                 prometheus.integer("port", 0, 65535), default=defaults.prometheus_port)
+    path = _pick(env.get("OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PATH"), prometheus.string("path"),
+                 default=defaults.prometheus_path)
+    if not path.startswith("/"):
+        raise prometheus.error("path", f"{quote(path)} must start with /")
+    if chosen == "prometheus" and port == 0:
+        raise node.error("exporter", "prometheus needs internal_metrics.prometheus.port "
+                         "(OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT)")
+    if chosen == "otel" and port != 0:  # as OBI: one or the other
+        raise node.error("exporter", "otel cannot be combined with internal_metrics.prometheus.port")
+    return InternalMetricsConfig(exporter=cast(InternalMetricsExporter, chosen), prometheus_port=port,
+                                 prometheus_path=path)
+
+
+def _port(text: str) -> int:
+    return values.parse_int(text, 0, 65535)
 
 
 def _power_of_two(value: int) -> int:

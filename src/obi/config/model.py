@@ -200,17 +200,21 @@ class MetricsExportConfig:
         return bool(self.endpoint or self.signal_endpoint)
 
 
-InternalMetricsExporter = Literal["disabled", "otel"]
+InternalMetricsExporter = Literal["disabled", "otel", "prometheus"]
 
 
 @dataclass(frozen=True, slots=True)
 class InternalMetricsConfig:
     """YAML ``internal_metrics``: obi's own counters (events lost, spans dropped, ...).
 
-    ``otel`` sends them with the application metrics through otel_metrics_export.
+    ``otel`` sends them with the application metrics through otel_metrics_export;
+    ``prometheus`` serves them on ``prometheus.port`` and ``prometheus.path`` (the port may be
+    the application endpoint's).
     """
 
     exporter: InternalMetricsExporter = "disabled"
+    prometheus_port: int = 0
+    prometheus_path: str = "/internal/metrics"
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,15 @@ class ProcessRegistry:
     def instrumented(self) -> int:
         return len(self._identities) - len(self._exited)
 
+    def instrumented_by_name(self) -> dict[str, int]:
+        """Processes instrumented now, by executable name (obi_instrumented_processes)."""
+        counts: dict[str, int] = {}
+        for pid, identity in self._identities.items():
+            if pid not in self._exited:
+                name = identity.exe_path.rsplit("/", 1)[-1]
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
     # ---- from the /proc watcher ---------------------------------------------
 
     def on_watcher_change(self, added: list[ServiceIdentity], removed: list[int]) -> None:

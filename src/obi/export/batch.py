@@ -84,6 +84,8 @@ class OtlpSender:
     ) -> None:
         self._transport = transport
         self._policy = policy or RetryPolicy()
+        self.exports = 0  # requests the destination accepted
+        self.failures: dict[str, int] = {}  # requests that failed after retries, by reason
         self._log = structlog.get_logger().bind(
             component="export.otlp", signal=signal, destination=transport.description
         )
@@ -100,7 +102,9 @@ class OtlpSender:
             # The type only: a message could quote a URL or a header.
             result = AttemptResult(Outcome.PERMANENT, f"unexpected error: {type(err).__name__}")
         if result.outcome is Outcome.SUCCESS:
+            self.exports += 1
             return True
+        self.failures[result.reason] = self.failures.get(result.reason, 0) + 1
         self._log.warning(
             "otlp_export_failed",
             reason=result.reason,
@@ -149,6 +153,10 @@ class BatchingExporter:
         self.sent = 0
         self.failed = 0
         self._log = structlog.get_logger().bind(component="export.batch")
+
+    @property
+    def sender(self) -> BodySender:
+        return self._sender
 
     @property
     def pending(self) -> int:
@@ -317,6 +325,10 @@ class PeriodicMetricsExporter:
         self._running = False
         self.sent = 0
         self.failed = 0
+
+    @property
+    def sender(self) -> MetricsSender:
+        return self._sender
 
     async def run(self) -> None:
         self._running = True

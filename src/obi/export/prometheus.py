@@ -17,10 +17,11 @@ is gone from the next scrape, and ``target_info`` with its service's last one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from obi import __version__
+from obi.export.internal import INTERNAL_COUNTERS
 from obi.export.metrics import (
     OVERFLOW,
     OVERFLOW_ATTRIBUTE,
@@ -190,3 +191,79 @@ def _build_labels() -> list[tuple[str, object]]:
 
 
 _BUILD_LABELS = _build_labels()
+
+
+# ---- obi's own metrics (internal_metrics.exporter: prometheus) ----------------------------------
+
+Sample = tuple[Sequence[tuple[str, object]], float]  # labels, value
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    kind: str  # counter or gauge
+    help: str
+    samples: Sequence[Sample]
+
+
+@dataclass(frozen=True)
+class InternalState:
+    """What the internal endpoint shows, read at each scrape."""
+
+    counters: Mapping[str, int | Mapping[int, int]]  # obi.export.internal.INTERNAL_COUNTERS's names
+    instrumented: Mapping[str, int]  # processes instrumented now, by executable name
+    trace_exports: int | None  # None: no OTLP trace export
+    trace_export_errors: Mapping[str, int]
+    metric_exports: int | None
+    metric_export_errors: Mapping[str, int]
+    scrapes: Mapping[tuple[int, str], int]  # (port, path) -> requests
+
+
+def internal_families(state: InternalState) -> list[Family]:
+    """OBI's internal metric names where OBI has one, obi's own counters (as *_total) beside."""
+    instrumented: list[Sample] = [([("process_name", name)], count)
+                                  for name, count in sorted(state.instrumented.items())]
+    families = [Family("obi_instrumented_processes", "gauge", "Instrumented processes, by executable name",
+                       instrumented)]
+    if state.trace_exports is not None:
+        families += [
+            Family("obi_otel_trace_exports_total", "counter", "OTLP trace export requests accepted",
+                   [([], state.trace_exports)]),
+            Family("obi_otel_trace_export_errors_total", "counter",
+                   "OTLP trace export requests that failed after retries, by error",
+                   [([("error", e)], n) for e, n in sorted(state.trace_export_errors.items())]),
+        ]
+    if state.metric_exports is not None:
+        families += [
+            Family("obi_otel_metric_exports_total", "counter", "OTLP metric export requests accepted",
+                   [([], state.metric_exports)]),
+            Family("obi_otel_metric_export_errors_total", "counter",
+                   "OTLP metric export requests that failed after retries, by error",
+                   [([("error", e)], n) for e, n in sorted(state.metric_export_errors.items())]),
+        ]
+    families.append(Family("obi_prometheus_http_requests_total", "counter",
+                           "Requests to obi's Prometheus endpoints, by port and path",
+                           [([("port", port), ("path", path)], n)
+                            for (port, path), n in sorted(state.scrapes.items())]))
+    families.append(Family("obi_internal_build_info", "gauge", "obi's version and the runtime it runs on",
+                           [(_BUILD_LABELS, 1)]))
+    for otel_name, (_, description) in INTERNAL_COUNTERS.items():
+        value = state.counters.get(otel_name, 0)
+        if isinstance(value, Mapping):
+            samples: list[Sample] = [([("process.pid", pid)], n) for pid, n in sorted(value.items())]
+        else:
+            samples = [([], value)]
+        families.append(Family(otel_name.replace(".", "_") + "_total", "counter", description, samples))
+    return families
+
+
+def render_families(families: Iterable[Family]) -> bytes:
+    out: list[str] = []
+    for family in families:
+        out.append(f"# HELP {family.name} {_help(family.help)}")
+        out.append(f"# TYPE {family.name} {family.kind}")
+        for pairs, value in family.samples:
+            out.append(f"{family.name}{{{labels(pairs)}}} {number(value)}" if pairs
+                       else f"{family.name} {number(value)}")
+    out.append("")
+    return "\n".join(out).encode()

@@ -71,6 +71,10 @@ class ScrapeServer:
             self.port = self._server.sockets[0].getsockname()[1]
         self._log.info("prometheus_endpoint_listening", port=self.port, paths=sorted(self._routes))
 
+    @property
+    def paths(self) -> list[str]:
+        return sorted(self._routes)
+
     def open_transports(self) -> list[asyncio.WriteTransport]:
         return [writer.transport for writer in self._writers]
 
