@@ -225,21 +225,16 @@ def internal_families(state: InternalState) -> list[Family]:
                                   for name, count in sorted(state.instrumented.items())]
     families = [Family("obi_instrumented_processes", "gauge", "Instrumented processes, by executable name",
                        instrumented)]
-    if state.trace_exports is not None:
+    for signal, exports, errors in (("trace", state.trace_exports, state.trace_export_errors),
+                                    ("metric", state.metric_exports, state.metric_export_errors)):
+        if exports is None:
+            continue  # no OTLP export of that signal
         families += [
-            Family("obi_otel_trace_exports_total", "counter", "OTLP trace export requests accepted",
-                   [([], state.trace_exports)]),
-            Family("obi_otel_trace_export_errors_total", "counter",
-                   "OTLP trace export requests that failed after retries, by error",
-                   [([("error", e)], n) for e, n in sorted(state.trace_export_errors.items())]),
-        ]
-    if state.metric_exports is not None:
-        families += [
-            Family("obi_otel_metric_exports_total", "counter", "OTLP metric export requests accepted",
-                   [([], state.metric_exports)]),
-            Family("obi_otel_metric_export_errors_total", "counter",
-                   "OTLP metric export requests that failed after retries, by error",
-                   [([("error", e)], n) for e, n in sorted(state.metric_export_errors.items())]),
+            Family(f"obi_otel_{signal}_exports_total", "counter", f"OTLP {signal} export requests accepted",
+                   [([], exports)]),
+            Family(f"obi_otel_{signal}_export_errors_total", "counter",
+                   f"OTLP {signal} export requests that failed after retries, by error",
+                   [([("error", e)], n) for e, n in sorted(errors.items())]),
         ]
     families.append(Family("obi_prometheus_http_requests_total", "counter",
                            "Requests to obi's Prometheus endpoints, by port and path",
