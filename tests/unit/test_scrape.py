@@ -117,3 +117,11 @@ async def test_a_slow_reader_holds_a_piece_of_a_large_body_not_a_copy() -> None:
         writer.close()
     finally:
         await s.close()
+
+
+@pytest.mark.asyncio
+async def test_unknown_paths_are_counted_together(server: ScrapeServer) -> None:
+    for i in range(5):
+        answer = await exchange(server.port, b"GET /x%d HTTP/1.1\r\n\r\n" % i)
+        assert split(answer)[0] == "HTTP/1.1 404 Not Found"
+    assert server.stats.requests == {("(other)", 404): 5}

@@ -30,6 +30,7 @@ PIECE_BYTES = 64 << 10
 SHARED_RENDER_S = 0.5
 
 Render = Callable[[], bytes]
+OTHER_PATHS = "(other)"  # the requests for paths obi does not serve, counted together
 
 
 @dataclass
@@ -125,7 +126,7 @@ class ScrapeServer:
         path = target.split("?", 1)[0]
         render = self._routes.get(path)
         if render is None:
-            self.stats.count(path if len(path) <= 64 else path[:64], 404)
+            self.stats.count(OTHER_PATHS, 404)  # one key: a client's paths must not grow the table
             await self._send(writer, 404, b"not found\n")
             return
         if method not in (b"GET", b"HEAD"):
