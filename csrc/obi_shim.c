@@ -241,3 +241,47 @@ int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t o
 	close((int)pfd); /* the link holds the event */
 	return fd < 0 ? -err : (int)fd;
 }
+
+int obi_map_info(int map_fd, uint32_t *id, uint32_t *type, uint32_t *key_size, uint32_t *max_entries)
+{
+	struct bpf_map_info info;
+	uint32_t len = sizeof(info);
+
+	memset(&info, 0, sizeof(info));
+	if (bpf_obj_get_info_by_fd(map_fd, &info, &len))
+		return -errno;
+	*id = info.id;
+	*type = info.type;
+	*key_size = info.key_size;
+	*max_entries = info.max_entries;
+	return 0;
+}
+
+long obi_count_keys(int map_fd, uint32_t key_size, uint32_t max)
+{
+	unsigned char *keys;
+	unsigned char *prev, *next, *swap;
+	long count = 0;
+	int err = 0;
+
+	if (!key_size)
+		return -EINVAL;
+	keys = calloc(2, key_size);
+	if (!keys)
+		return -ENOMEM;
+	prev = NULL;
+	next = keys;
+	while ((uint32_t)count < max) {
+		if (bpf_map_get_next_key(map_fd, prev, next)) {
+			if (errno != ENOENT)
+				err = -errno;
+			break;
+		}
+		count++;
+		swap = prev ? prev : keys + key_size;
+		prev = next;
+		next = swap;
+	}
+	free(keys);
+	return err ? err : count;
+}

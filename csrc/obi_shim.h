@@ -52,3 +52,11 @@ int obi_uprobe_multi(int prog_fd, const char *path, const uint64_t *offsets, con
  * link fd (which holds the perf event) or -errno. */
 int obi_uprobe_perf(int prog_fd, uint32_t pmu_type, const char *path, uint64_t offset, int retprobe_bit,
 		    uint64_t cookie);
+
+/* The kernel's id, type, key size and max_entries of a map (bpf_obj_get_info_by_fd); 0 or
+ * -errno. */
+int obi_map_info(int map_fd, uint32_t *id, uint32_t *type, uint32_t *key_size, uint32_t *max_entries);
+
+/* Counts a map's keys by walking them (a hash map's entries), stopping after max; -errno on
+ * error. Entries added or deleted meanwhile may or may not be counted. */
+long obi_count_keys(int map_fd, uint32_t key_size, uint32_t max);

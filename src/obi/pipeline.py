@@ -35,6 +35,7 @@ from obi.ebpf.drain import CaptureDrain, DrainSettings
 from obi.ebpf.goprobes import GoHttp, GoOffsetSlots, GoTls
 from obi.ebpf.libraries import Instrumenter, UprobeFiles
 from obi.ebpf.nginx import Nginx
+from obi.ebpf.objects import MapStats
 from obi.ebpf.tls import OpenSsl
 from obi.ebpf.uprobes import detach
 from obi.export.batch import (
@@ -165,6 +166,17 @@ class Agent:
     metrics: RedMetrics | None = None
     scraped: RedMetrics | None = None
     scrapes: list[ScrapeServer] = field(default_factory=list)  # the Prometheus endpoints
+    bpf_maps: list[MapStats] = field(default_factory=list)  # counted for the internal endpoint
+
+    async def _count_maps(self, interval_s: float) -> None:
+        """The BPF maps' entries, counted in a thread every interval (OBI's
+        bpf_metric_scrape_interval): a walk of a full connection table takes tens of ms."""
+        while True:
+            try:
+                self.bpf_maps = await asyncio.to_thread(self.capture.map_stats)
+            except OSError as err:  # counted next time; never the agent's end
+                self.log.warning("bpf_map_count_failed", error=str(err))
+            await asyncio.sleep(interval_s)
 
     def internal_state(self) -> InternalState:
         """What the internal Prometheus endpoint shows (obi.export.prometheus)."""
@@ -177,6 +189,7 @@ class Agent:
                     counted[(server.port, path)] = counted.get((server.port, path), 0) + n
         return InternalState(
             counters=self.internal_counters(), instrumented=self.registry.instrumented_by_name(),
+            bpf_maps=self.bpf_maps,
             trace_exports=traces.exports if isinstance(traces, OtlpSender) else None,
             trace_export_errors=dict(traces.failures) if isinstance(traces, OtlpSender) else {},
             metric_exports=metrics.exports if isinstance(metrics, OtlpSender) else None,
@@ -258,6 +271,9 @@ class Agent:
         try:
             for server in self.scrapes:
                 await server.start()
+            if self.config.internal_metrics.exporter == "prometheus":
+                interval = self.config.internal_metrics.bpf_metric_scrape_interval
+                tasks["bpf_maps"] = asyncio.create_task(self._count_maps(interval))
             if self.kube is not None:
                 tasks["kubernetes"] = asyncio.create_task(self.kube.run())
             tasks["discovery"] = asyncio.create_task(self._discover())

@@ -113,6 +113,12 @@ def fetch(port: int, path: str) -> bytes:
         return bytes(response.read())
 
 
+def sample(exposition: bytes, prefix: str, having: str = "") -> int:
+    """The value of the one sample line starting with `prefix` (and holding `having`)."""
+    [line] = [line for line in exposition.decode().splitlines() if line.startswith(prefix) and having in line]
+    return int(line.rsplit(" ", 1)[1])
+
+
 @pytest.mark.parametrize("layout", ["one port", "two ports", "one path"])
 def test_obis_own_metrics_beside_the_applications(layout: str) -> None:
     with python_app("own-metrics") as (app, port):
@@ -123,7 +129,7 @@ def test_obis_own_metrics_beside_the_applications(layout: str) -> None:
                "OTEL_EBPF_INTERNAL_METRICS_EXPORTER": "prometheus",
                "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT": str(internal_port),
                "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PATH": internal_path,
-               "OTEL_EBPF_TRACE_PRINTER": "disabled"}
+               "OTEL_EBPF_TRACE_PRINTER": "disabled", "OTEL_EBPF_BPF_METRIC_SCRAPE_INTERVAL": "1s"}
         with AgentProcess(env) as agent:
             agent.wait_instrumented(app.pid)
             assert sorted(get_all(port, ["/hello"] * 3)) == [200] * 3
@@ -141,8 +147,17 @@ def test_obis_own_metrics_beside_the_applications(layout: str) -> None:
             requests = [line for line in lines if line.startswith("obi_prometheus_http_requests_total{")]
             assert f'obi_prometheus_http_requests_total{{port="{app_port}",path="/metrics"}}' in \
                 " ".join(requests)
-            assert any(line.startswith("obi_spans_built_total ") and int(line.split()[1]) >= 3
-                       for line in lines)
+            # The spans' counter, and the maps, counted every second here: the traced app comes
+            # into the pid filter.
+            deadline = time.monotonic() + 10
+            while True:
+                built = sample(internal, "obi_spans_built_total ")
+                in_filter = sample(internal, "obi_bpf_map_entries_total{", 'map_name="pid_filter"')
+                if built >= 3 and in_filter >= 1:
+                    break
+                assert time.monotonic() < deadline, f"spans built {built}, pid_filter entries {in_filter}"
+                time.sleep(0.3)
+                internal = fetch(internal_port, internal_path)
             if layout == "one path":  # one exposition with both: each family once
                 assert application.count(b"# TYPE obi_ebpf_events_total counter") == 1
                 assert b"# TYPE http_server_request_duration_seconds histogram" in internal

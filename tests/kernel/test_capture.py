@@ -753,3 +753,23 @@ def test_go_http2_request_through_either_way_of_attaching_uprobes(mode: str, tmp
     assert (ev["role"], ev["status"], ev["proto_major"]) == (lib.OBI_ROLE_SERVER, 404, 2)
     assert ev["path"][:ev["path_len"]] == b"/missing" and ev["local_port"] == port
     assert ev["flags"] & lib.OBI_GO_FLAG_TLS and ev["flags"] & lib.OBI_GO_FLAG_ADDR
+
+
+def test_map_stats_count_what_the_maps_hold(capture: Capture) -> None:
+    def by_name() -> dict[str, tuple[str, int, int]]:
+        return {m.name: (m.type, m.entries, m.max_entries) for m in capture.map_stats()}
+
+    before = by_name()
+    kind, entries, max_entries = before["pid_filter"]
+    assert kind == "Hash" and max_entries == capture.settings.max_processes
+    pids = [os.getpid(), os.getppid()]
+    for pid in pids:
+        capture.add_pid(pid)
+    assert by_name()["pid_filter"][1] == entries + len(pids)
+    # Arrays are full by definition; the ring buffer has no entries to count and is left out.
+    counters = by_name()["counters"]
+    assert counters[0] == "PerCPUArray" and counters[1] == counters[2]
+    assert "events" not in before
+    assert len({m.map_id for m in capture.map_stats()}) == len(before)  # the kernel's ids, one each
+    capture.close()
+    assert capture.map_stats() == []  # after close, nothing to walk (and no walk of freed maps)

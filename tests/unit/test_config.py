@@ -803,6 +803,9 @@ def test_internal_metrics_exporter(tmp_path: Path) -> None:
                                   "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT": "6061",
                                   "OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PATH": "/obi"}).internal_metrics
     assert (internal.prometheus_port, internal.prometheus_path) == (6061, "/obi")
+    assert internal.bpf_metric_scrape_interval == 15.0
+    assert load_config(None, {"OTEL_EBPF_BPF_METRIC_SCRAPE_INTERVAL": "30s"}
+                       ).internal_metrics.bpf_metric_scrape_interval == 30.0
     with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: prometheus needs internal_metrics"):
         load_yaml(tmp_path, "internal_metrics:\n  exporter: prometheus\n")
     with pytest.raises(ConfigError, match=r"internal_metrics\.exporter: otel cannot be combined"):

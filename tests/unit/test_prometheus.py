@@ -140,13 +140,15 @@ def test_the_overflow_series_is_labelled() -> None:
 
 
 def test_obis_own_metrics_under_obis_internal_names() -> None:
+    from obi.ebpf.objects import MapStats
     from obi.export.prometheus import InternalState, internal_families, render_families
 
     state = InternalState(
         counters={"obi.ebpf.events": 120, "obi.spans.unknown_protocol": {4242: 3, 17: 1}},
         instrumented={"nginx": 2, "python3": 1}, trace_exports=7,
         trace_export_errors={"grpc status UNAVAILABLE": 2}, metric_exports=None, metric_export_errors={},
-        scrapes={(9400, "/metrics"): 5, (9400, "/internal/metrics"): 1})
+        scrapes={(9400, "/metrics"): 5, (9400, "/internal/metrics"): 1},
+        bpf_maps=[MapStats(12, "pid_filter", "Hash", 4096, 3)])
     text = render_families(internal_families(state))
     assert lines_of(text, "obi_instrumented_processes{") == [
         'obi_instrumented_processes{process_name="nginx"} 2',
@@ -163,4 +165,7 @@ def test_obis_own_metrics_under_obis_internal_names() -> None:
         'obi_spans_unknown_protocol_total{process_pid="17"} 1',
         'obi_spans_unknown_protocol_total{process_pid="4242"} 3']
     assert lines_of(text, "obi_spans_exported_total ") == ["obi_spans_exported_total 0"]
-    assert promtool_check(text) == ""
+    labels = 'map_id="12",map_name="pid_filter",map_type="Hash"'
+    assert lines_of(text, "obi_bpf_map_") == [f"obi_bpf_map_entries_total{{{labels}}} 3",
+                                               f"obi_bpf_map_max_entries_total{{{labels}}} 4096"]
+    assert promtool_check(text) == ""  # OBI's *_total names for gauges: typed untyped, so clean

@@ -719,8 +719,12 @@ def _internal_metrics(node: _Node, env: _Environment) -> InternalMetricsConfig:
                          "(OTEL_EBPF_INTERNAL_METRICS_PROMETHEUS_PORT)")
     if chosen == "otel" and port != 0:  # as OBI: one or the other
         raise node.error("exporter", "otel cannot be combined with internal_metrics.prometheus.port")
+    interval = _pick(env.parse("OTEL_EBPF_BPF_METRIC_SCRAPE_INTERVAL", values.parse_duration),
+                     node.duration("bpf_metric_scrape_interval"), default=defaults.bpf_metric_scrape_interval)
+    if interval <= 0:
+        raise node.error("bpf_metric_scrape_interval", "must be positive")
     return InternalMetricsConfig(exporter=cast(InternalMetricsExporter, chosen), prometheus_port=port,
-                                 prometheus_path=path)
+                                 prometheus_path=path, bpf_metric_scrape_interval=interval)
 
 
 def _port(text: str) -> int:

@@ -215,6 +215,7 @@ class InternalMetricsConfig:
     exporter: InternalMetricsExporter = "disabled"
     prometheus_port: int = 0
     prometheus_path: str = "/internal/metrics"
+    bpf_metric_scrape_interval: float = 15.0  # how often the BPF maps' entries are counted
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from obi.capabilities import effective_capabilities
 from obi.ebpf._libbpf import BpfError, NotSupportedError, check, ffi, lib
 from obi.ebpf.goprobes import GO_PROGRAMS
 from obi.ebpf.nginx import NGINX_PROGRAMS
-from obi.ebpf.objects import BpfCollection, BpfObjectSpec, object_path, u32, u64
+from obi.ebpf.objects import BpfCollection, BpfObjectSpec, MapStats, object_path, u32, u64
 from obi.ebpf.records import EXCHANGE_SIZE
 from obi.ebpf.ring import RingReader
 from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
@@ -267,6 +267,8 @@ class Capture:
     def __init__(self, settings: CaptureSettings) -> None:
         self._log = structlog.get_logger().bind(component="ebpf")
         self.settings = settings
+        self._maps_lock = threading.Lock()  # a map walk (map_stats, from a thread) against close()
+        self._closed = False
         self._tracefs: TracefsMount | None = None
         hooks: HookSet
         if settings.syscall_hooks == "raw_tracepoint":
@@ -408,6 +410,12 @@ class Capture:
         check(lib.bpf_map_update_elem(self._sweep_ctl_fd, self._zero, ctl, 0), "set the sweep")
         check(lib.obi_run_program(self._sweep_fd), "run the sweep")
 
+    def map_stats(self) -> list[MapStats]:
+        """The capture's maps and their entries now (walks hash maps: call from a thread;
+        close() waits for a walk under way, and after it there is nothing to walk)."""
+        with self._maps_lock:
+            return [] if self._closed else self.collection.map_stats()
+
     def counters(self) -> dict[str, int]:
         out = ffi.new("uint64_t[]", lib.OBI_COUNTER_MAX)
         check(lib.obi_read_percpu_counters(self._counters_fd, out, lib.OBI_COUNTER_MAX), "read counters")
@@ -423,6 +431,8 @@ class Capture:
 
     def close(self) -> None:
         """Detaches and releases everything (idempotent)."""
+        with self._maps_lock:
+            self._closed = True
         if hasattr(self, "ring"):
             self.ring.close()
         if hasattr(self, "programs"):

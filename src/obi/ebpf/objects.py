@@ -42,6 +42,23 @@ def u64(value: int) -> bytes:
 
 
 @dataclass(frozen=True)
+class MapStats:
+    """A map as obi_bpf_map_entries_total and obi_bpf_map_max_entries_total show it."""
+
+    map_id: int
+    name: str
+    type: str
+    max_entries: int
+    entries: int
+
+
+# The map types obi's objects use that have entries to count (ring buffers and queues have none).
+MAP_TYPES = {1: "Hash", 2: "Array", 5: "PerCPUHash", 6: "PerCPUArray", 9: "LRUHash", 10: "LRUCPUHash",
+             15: "SockMap", 18: "SockHash"}
+ARRAY_MAP_TYPES = frozenset({2, 6, 15})
+
+
+@dataclass(frozen=True)
 class BpfObjectSpec:
     """What to load: the object file, `const volatile` values, map sizes, programs."""
 
@@ -114,6 +131,27 @@ class BpfCollection:
         while prog != ffi.NULL:
             yield ffi.string(lib.bpf_program__name(prog)).decode(), prog
             prog = lib.bpf_object__next_program(self._obj, prog)
+
+    def map_stats(self) -> list[MapStats]:
+        """Every map of the object with its entries now: hash maps walked key by key (call it
+        from a thread: a map of 65,536 entries takes tens of milliseconds), arrays full."""
+        stats: list[MapStats] = []
+        info = ffi.new("uint32_t[4]")
+        bpf_map = lib.bpf_object__next_map(self._obj, ffi.NULL)
+        while bpf_map != ffi.NULL:
+            fd = lib.bpf_map__fd(bpf_map)
+            if fd >= 0 and lib.obi_map_info(fd, info, info + 1, info + 2, info + 3) == 0:
+                map_id, map_type, key_size, max_entries = info[0], info[1], info[2], info[3]
+                type_name = MAP_TYPES.get(map_type)
+                if type_name is not None:
+                    if map_type in ARRAY_MAP_TYPES:
+                        entries = max_entries
+                    else:
+                        entries = max(lib.obi_count_keys(fd, key_size, max_entries + 1024), 0)
+                    name = ffi.string(lib.bpf_map__name(bpf_map)).decode()
+                    stats.append(MapStats(map_id, name, type_name, max_entries, entries))
+            bpf_map = lib.bpf_object__next_map(self._obj, bpf_map)
+        return stats
 
     def _map(self, name: str) -> Any:
         return check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()), f"find map {name}")

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from obi import __version__
+from obi.ebpf.objects import MapStats
 from obi.export.internal import INTERNAL_COUNTERS
 from obi.export.metrics import (
     OVERFLOW,
@@ -217,6 +218,7 @@ class InternalState:
     metric_exports: int | None
     metric_export_errors: Mapping[str, int]
     scrapes: Mapping[tuple[int, str], int]  # (port, path) -> requests
+    bpf_maps: Sequence[MapStats] = ()  # counted every internal_metrics.bpf_metric_scrape_interval
 
 
 def internal_families(state: InternalState) -> list[Family]:
@@ -240,6 +242,11 @@ def internal_families(state: InternalState) -> list[Family]:
                            "Requests to obi's Prometheus endpoints, by port and path",
                            [([("port", port), ("path", path)], n)
                             for (port, path), n in sorted(state.scrapes.items())]))
+    # OBI's names; untyped, not gauges: a gauge named *_total is what promtool warns about
+    families.append(Family("obi_bpf_map_entries_total", "untyped", "Entries of obi's BPF maps",
+                           [(_map_labels(m), m.entries) for m in state.bpf_maps]))
+    families.append(Family("obi_bpf_map_max_entries_total", "untyped", "Capacity of obi's BPF maps",
+                           [(_map_labels(m), m.max_entries) for m in state.bpf_maps]))
     families.append(Family("obi_internal_build_info", "gauge", "obi's version and the runtime it runs on",
                            [(_BUILD_LABELS, 1)]))
     for otel_name, (_, description) in INTERNAL_COUNTERS.items():
@@ -250,6 +257,10 @@ def internal_families(state: InternalState) -> list[Family]:
             samples = [([], value)]
         families.append(Family(otel_name.replace(".", "_") + "_total", "counter", description, samples))
     return families
+
+
+def _map_labels(stats: MapStats) -> list[tuple[str, object]]:
+    return [("map_id", stats.map_id), ("map_name", stats.name), ("map_type", stats.type)]
 
 
 def render_families(families: Iterable[Family]) -> bytes:
