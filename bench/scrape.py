@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from tests.unit.test_export_encode import make_service, make_span  # noqa: E402
 
 from obi.export.metrics import RedMetrics  # noqa: E402
-from obi.export.prometheus import render  # noqa: E402
+from obi.export.prometheus import render, render_async  # noqa: E402
 from obi.export.scrape import ScrapeServer  # noqa: E402
 
 SERIES_PER_SET = 44  # HTTP server, default buckets: (16 + 2) + 2 * (11 + 2)
@@ -55,7 +55,7 @@ async def scrape_once(port: int) -> tuple[float, int]:
 
 async def main_async(series: int, scrapes: int) -> None:
     metrics = metrics_with(series)
-    server = ScrapeServer(0, {"/metrics": lambda: render(metrics, time.time_ns())}, host="127.0.0.1")
+    server = ScrapeServer(0, {"/metrics": lambda: render_async(metrics, time.time_ns())}, host="127.0.0.1")
     await server.start()
     try:
         walls, cpus, size = [], [], 0

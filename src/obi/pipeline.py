@@ -18,7 +18,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -51,7 +51,7 @@ from obi.export.internal import CombinedMetrics, InternalMetrics, MetricsSource
 from obi.export.metrics import RedMetrics
 from obi.export.printer import TracePrinter
 from obi.export.prometheus import ExpositionOptions, InternalState, internal_families, render_families
-from obi.export.prometheus import render as render_exposition
+from obi.export.prometheus import render_async as render_exposition
 from obi.export.scrape import ScrapeServer
 from obi.protocols import ProtocolRegistry
 from obi.protocols.base import IdGenerator, SpanStats
@@ -460,11 +460,15 @@ def build_span_stage(config: Config, identity_for: Callable[[int], ServiceIdenti
     return SpanStage(records, span_stats, fanout, printer, trace_exporter, metrics, scraped)
 
 
-def _joined(renders: list[Callable[[], bytes]]) -> Callable[[], bytes]:
+def _joined(renders: list[Callable[[], Awaitable[bytes]]]) -> Callable[[], Awaitable[bytes]]:
     """One path served from several expositions (OBI: one registry per port and path)."""
     if len(renders) == 1:
         return renders[0]
-    return lambda: b"".join(render() for render in renders)
+
+    async def joined() -> bytes:
+        return b"".join([await render() for render in renders])
+
+    return joined
 
 
 def build_agent(config: Config) -> Agent:
@@ -538,17 +542,20 @@ def _build_stages(config: Config, capture: Capture, kube: KubeMetadataSource | N
         metrics_exporter = PeriodicMetricsExporter(source, msender, metrics_cfg.interval,
                                                    export_timeout_s=metrics_cfg.timeout)
     # The Prometheus endpoints: path -> what renders it, by port (both may share one port, or a path).
-    endpoints: dict[int, dict[str, list[Callable[[], bytes]]]] = {}
+    endpoints: dict[int, dict[str, list[Callable[[], Awaitable[bytes]]]]] = {}
     if stage.scraped is not None:
         scraped, prometheus = stage.scraped, config.prometheus_export
         options = ExpositionOptions(build_info=not prometheus.disable_build_info)
         endpoints.setdefault(prometheus.port, {}).setdefault(prometheus.path, []).append(
             lambda: render_exposition(scraped, time.time_ns(), options))
+
+    async def internal_exposition() -> bytes:
+        return render_families(internal_families(agent_ref[0].internal_state()))
+
     if config.internal_metrics.exporter == "prometheus":
         internal_cfg = config.internal_metrics
         on_port = endpoints.setdefault(internal_cfg.prometheus_port, {})
-        on_port.setdefault(internal_cfg.prometheus_path, []).append(
-            lambda: render_families(internal_families(agent_ref[0].internal_state())))
+        on_port.setdefault(internal_cfg.prometheus_path, []).append(internal_exposition)
     scrapes = [ScrapeServer(port, {path: _joined(renders) for path, renders in paths.items()})
                for port, paths in endpoints.items()]
     agent = Agent(config=config, capture=capture, drain=drain, watcher=watcher, registry=registry,

@@ -169,3 +169,29 @@ def test_obis_own_metrics_under_obis_internal_names() -> None:
     assert lines_of(text, "obi_bpf_map_") == [f"obi_bpf_map_entries_total{{{labels}}} 3",
                                                f"obi_bpf_map_max_entries_total{{{labels}}} 4096"]
     assert promtool_check(text) == ""  # OBI's *_total names for gauges: typed untyped, so clean
+
+
+
+async def test_the_rendering_gives_the_event_loop_turns_and_writes_what_render_writes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import obi.export.prometheus as prometheus
+
+    monkeypatch.setattr(prometheus, "SERIES_PER_TURN", 10)
+    metrics = RedMetrics(series_ttl_s=None)
+    service = make_service()
+    metrics.record([make_span(service, route=f"/r/{i}") for i in range(45)])
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    text = await prometheus.render_async(metrics, START)
+    counter.cancel()
+    assert turns >= 3  # 45 series, a turn every 10 (the first starts the counter)
+    assert text == render(metrics, START)

@@ -17,8 +17,9 @@ BODY = b"# TYPE up gauge\nup 1\n"
 async def server() -> AsyncIterator[ScrapeServer]:
     rendered = []
 
-    def render() -> bytes:
+    async def render() -> bytes:
         rendered.append(1)
+        await asyncio.sleep(0.05)  # scrapes that come meanwhile wait for this rendering
         return BODY + b"# renders %d\n" % len(rendered)
 
     s = ScrapeServer(0, {"/metrics": render}, host="127.0.0.1", max_connections=4)
@@ -101,7 +102,11 @@ async def test_connections_past_the_limit_are_closed_at_once(server: ScrapeServe
 @pytest.mark.asyncio
 async def test_a_slow_reader_holds_a_piece_of_a_large_body_not_a_copy() -> None:
     big = b"x" * (8 << 20)
-    s = ScrapeServer(0, {"/metrics": lambda: big}, host="127.0.0.1")
+
+    async def render() -> bytes:
+        return big
+
+    s = ScrapeServer(0, {"/metrics": render}, host="127.0.0.1")
     await s.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", s.port, limit=1 << 16)

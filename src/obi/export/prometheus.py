@@ -16,9 +16,11 @@ is gone from the next scrape, and ``target_info`` with its service's last one.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from obi import __version__
 from obi.ebpf.objects import MapStats
@@ -104,7 +106,38 @@ def _target_info_labels(service: ServiceIdentity) -> list[tuple[str, object]]:
     return list(once.values())
 
 
-def _histogram_lines(out: list[str], name: str, label_text: str, state: HistogramState,
+class _Histogram(NamedTuple):
+    """A histogram's numbers copied at the snapshot: its buckets, sum and count agree."""
+
+    bucket_counts: list[int]
+    sum: float
+    total: int  # the count (a NamedTuple's field cannot be named count)
+
+
+# A service and its series at the snapshot: (family, key, [(which, name, help, histogram)]).
+_Snapshot = list[tuple[ServiceIdentity, list[tuple[MetricFamily, tuple[str | int | None, ...],
+                                                   list[tuple[str, str, str, _Histogram]]]]]]
+
+# Series rendered between two yields to the event loop (render_async).
+SERIES_PER_TURN = 500
+
+
+def _snapshot(metrics: RedMetrics, now_ns: int) -> _Snapshot:
+    """The live series (expired ones dropped first) with their numbers copied, so that the
+    rendering may give the event loop turns while spans keep updating the originals."""
+    out: _Snapshot = []
+    for service, series in metrics.live_series(now_ns):
+        rows = []
+        for (family, key), state in series.items():
+            rows.append((family, key, [
+                (which, otel_name.replace(".", "_") + suffix, help_text,
+                 _Histogram(list(h.bucket_counts), h.sum, h.count))
+                for which, (otel_name, help_text), suffix, h in _histograms(family, state)]))
+        out.append((service, rows))
+    return out
+
+
+def _histogram_lines(out: list[str], name: str, label_text: str, state: _Histogram,
                      les: Sequence[str]) -> None:
     prefix = f"{name}_bucket{{{label_text}," if label_text else f"{name}_bucket{{"
     total = 0
@@ -113,43 +146,41 @@ def _histogram_lines(out: list[str], name: str, label_text: str, state: Histogra
         out.append(f'{prefix}le="{le}"}} {total}')
     braces = f"{{{label_text}}}" if label_text else ""
     out.append(f"{name}_sum{braces} {number(state.sum)}")
-    out.append(f"{name}_count{braces} {state.count}")
+    out.append(f"{name}_count{braces} {state.total}")
 
 
-def render(metrics: RedMetrics, now_ns: int, options: ExpositionOptions = ExpositionOptions()) -> bytes:
-    """The exposition of every live series (expired ones are dropped first), target_info and
-    obi_build_info."""
-    live = metrics.live_series(now_ns)
-    duration_bounds, request_bounds, response_bounds = metrics.bounds
-    les = {
-        "duration": [number(b) for b in duration_bounds] + ["+Inf"],
-        "request": [number(b) for b in request_bounds] + ["+Inf"],
-        "response": [number(b) for b in response_bounds] + ["+Inf"],
-    }
+def _exposition(snapshot: _Snapshot, bounds: tuple[tuple[float, ...], ...],
+                options: ExpositionOptions) -> Generator[None, None, bytes]:
+    """Writes the exposition, yielding every SERIES_PER_TURN series; returns it."""
+    les = {which: [number(b) for b in found] + ["+Inf"]
+           for which, found in zip(("duration", "request", "response"), bounds, strict=True)}
     # metric name -> (help, lines); families are written in first-seen order
     by_metric: dict[str, tuple[str, list[str]]] = {}
-    for service, series in live:
+    done = 0
+    for service, rows in snapshot:
         service_pairs = _service_labels(service)
-        for (family, key), state in series.items():
+        for family, key, histograms in rows:
             label_text = labels([*service_pairs, *_attributes(family, key)])
-            for which, (otel_name, help_text), suffix, histogram in _histograms(family, state):
-                name = otel_name.replace(".", "_") + suffix
+            for which, name, help_text, histogram in histograms:
                 entry = by_metric.get(name)
                 if entry is None:
                     entry = by_metric[name] = (help_text, [])
                 _histogram_lines(entry[1], name, label_text, histogram, les[which])
+            done += 1
+            if done % SERIES_PER_TURN == 0:
+                yield
     out: list[str] = []
     for name, (help_text, lines) in by_metric.items():
         out.append(f"# HELP {name} {_help(help_text)}")
         out.append(f"# TYPE {name} histogram")
         out.extend(lines)
-    if live:
+    if snapshot:
         out.append("# HELP target_info Target metadata")
         out.append("# TYPE target_info gauge")
-        for service, _ in live:
+        for service, _ in snapshot:
             out.append(f"target_info{{{labels(_target_info_labels(service))}}} 1")
     if options.build_info:
-        languages = sorted({service.sdk_language for service, _ in live})
+        languages = sorted({service.sdk_language for service, _ in snapshot})
         out.append(f"# HELP {BUILD_INFO} A metric with a constant '1' value labeled by version, revision, "
                    "and the runtime obi was built with and runs on, per language of the services it saw")
         out.append(f"# TYPE {BUILD_INFO} gauge")
@@ -157,6 +188,29 @@ def render(metrics: RedMetrics, now_ns: int, options: ExpositionOptions = Exposi
             out.append(f'{BUILD_INFO}{{{labels([*_BUILD_LABELS, ("target_lang", language)])}}} 1')
     out.append("")
     return "\n".join(out).encode()
+
+
+def render(metrics: RedMetrics, now_ns: int, options: ExpositionOptions = ExpositionOptions()) -> bytes:
+    """The exposition of every live series (expired ones are dropped first), target_info and
+    obi_build_info, at once."""
+    writer = _exposition(_snapshot(metrics, now_ns), metrics.bounds, options)
+    while True:
+        try:
+            next(writer)
+        except StopIteration as finished:
+            return bytes(finished.value)
+
+
+async def render_async(metrics: RedMetrics, now_ns: int,
+                       options: ExpositionOptions = ExpositionOptions()) -> bytes:
+    """The same, giving the event loop (the per-event path) a turn every SERIES_PER_TURN series."""
+    writer = _exposition(_snapshot(metrics, now_ns), metrics.bounds, options)
+    while True:
+        try:
+            next(writer)
+        except StopIteration as finished:
+            return bytes(finished.value)
+        await asyncio.sleep(0)
 
 
 def _attributes(family: MetricFamily, key: tuple[str | int | None, ...]) -> list[tuple[str, object]]:

@@ -6,7 +6,8 @@ its answer. What a scraper can make obi hold is bounded: a request head of at
 most 8 KiB read within a few seconds, a bounded number of connections at once
 (past it a connection is closed at once), and a body written in pieces, each
 sent before the next, so a slow scraper holds one piece, not a copy of the
-body. Scrapes that come together share one rendering of the metrics.
+body. Scrapes that come together share one rendering of the metrics, which gives
+the event loop turns as it goes (obi.export.prometheus.render_async).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -29,7 +30,7 @@ PIECE_BYTES = 64 << 10
 # Scrapes within this long of a rendering get the same body (concurrent scrapers render once).
 SHARED_RENDER_S = 0.5
 
-Render = Callable[[], bytes]
+Render = Callable[[], Awaitable[bytes]]
 OTHER_PATHS = "(other)"  # the requests for paths obi does not serve, counted together
 
 
@@ -57,6 +58,7 @@ class ScrapeServer:
         self._writers: set[asyncio.StreamWriter] = set()  # the connections open now
         self._server: asyncio.Server | None = None
         self._rendered: dict[str, tuple[float, bytes]] = {}
+        self._rendering: dict[str, asyncio.Task[bytes]] = {}  # under way: later scrapes wait for it
         self.stats = ScrapeStats()
         self._log = structlog.get_logger().bind(component="export.prometheus")
 
@@ -133,17 +135,20 @@ class ScrapeServer:
             self.stats.count(path, 405)
             await self._send(writer, 405, b"method not allowed\n", allow=True)
             return
-        body = self._body(path, render)
+        body = await self._body(path, render)
         self.stats.count(path, 200)
         await self._send(writer, 200, body, content_type=CONTENT_TYPE, head_only=method == b"HEAD")
 
-    def _body(self, path: str, render: Render) -> bytes:
-        now = time.monotonic()
+    async def _body(self, path: str, render: Render) -> bytes:
         cached = self._rendered.get(path)
-        if cached is not None and now - cached[0] < SHARED_RENDER_S:
+        if cached is not None and time.monotonic() - cached[0] < SHARED_RENDER_S:
             return cached[1]
-        body = render()
-        self._rendered[path] = (now, body)
+        task = self._rendering.get(path)
+        if task is None:
+            task = self._rendering[path] = asyncio.ensure_future(render())
+            task.add_done_callback(lambda _: self._rendering.pop(path, None))
+        body = await asyncio.shield(task)  # a scraper that goes does not cancel the others' rendering
+        self._rendered[path] = (time.monotonic(), body)
         return body
 
     async def _send(self, writer: asyncio.StreamWriter, status: int, body: bytes,
