@@ -130,3 +130,24 @@ async def test_unknown_paths_are_counted_together(server: ScrapeServer) -> None:
         answer = await exchange(server.port, b"GET /x%d HTTP/1.1\r\n\r\n" % i)
         assert split(answer)[0] == "HTTP/1.1 404 Not Found"
     assert server.stats.requests == {("(other)", 404): 5}
+
+
+@pytest.mark.asyncio
+async def test_a_rendering_that_fails_is_a_500_and_the_server_goes_on() -> None:
+    calls = []
+
+    async def render() -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return BODY
+
+    s = ScrapeServer(0, {"/metrics": render}, host="127.0.0.1")
+    await s.start()
+    try:
+        assert split(await exchange(s.port, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == \
+            "HTTP/1.1 500 Internal Server Error"
+        assert split(await exchange(s.port, b"GET /metrics HTTP/1.1\r\n\r\n"))[2] == BODY
+        assert s.stats.requests == {("/metrics", 500): 1, ("/metrics", 200): 1}
+    finally:
+        await s.close()

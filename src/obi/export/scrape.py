@@ -135,7 +135,13 @@ class ScrapeServer:
             self.stats.count(path, 405)
             await self._send(writer, 405, b"method not allowed\n", allow=True)
             return
-        body = await self._body(path, render)
+        try:
+            body = await self._body(path, render)
+        except Exception as err:  # a rendering bug costs this scrape, never the agent
+            self.stats.count(path, 500)
+            self._log.error("prometheus_render_failed", path=path, error=repr(err))
+            await self._send(writer, 500, b"internal error\n")
+            return
         self.stats.count(path, 200)
         await self._send(writer, 200, body, content_type=CONTENT_TYPE, head_only=method == b"HEAD")
 
@@ -170,4 +176,4 @@ class ScrapeServer:
 
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-            431: b"Request Header Fields Too Large"}
+            431: b"Request Header Fields Too Large", 500: b"Internal Server Error"}
