@@ -303,16 +303,13 @@ class BatchingExporter:
             self.failed += count
 
 
-MetricsSender = BodySender
-
-
 class PeriodicMetricsExporter:
     """Collects the RED aggregator every interval and sends it; once more at shutdown."""
 
     def __init__(
         self,
         aggregator: MetricsSource,
-        sender: MetricsSender,
+        sender: BodySender,
         interval_s: float,
         export_timeout_s: float = DEFAULT_EXPORT_TIMEOUT_S,
     ) -> None:
@@ -327,7 +324,7 @@ class PeriodicMetricsExporter:
         self.failed = 0
 
     @property
-    def sender(self) -> MetricsSender:
+    def sender(self) -> BodySender:
         return self._sender
 
     async def run(self) -> None:

@@ -190,27 +190,31 @@ def _exposition(snapshot: _Snapshot, bounds: tuple[tuple[float, ...], ...],
     return "\n".join(out).encode()
 
 
+def _step(writer: Generator[None, None, bytes]) -> bytes | None:
+    """Runs the writer to its next turn; the exposition once it is written."""
+    try:
+        next(writer)
+    except StopIteration as finished:
+        return bytes(finished.value)
+    return None
+
+
 def render(metrics: RedMetrics, now_ns: int, options: ExpositionOptions = ExpositionOptions()) -> bytes:
     """The exposition of every live series (expired ones are dropped first), target_info and
     obi_build_info, at once."""
     writer = _exposition(_snapshot(metrics, now_ns), metrics.bounds, options)
-    while True:
-        try:
-            next(writer)
-        except StopIteration as finished:
-            return bytes(finished.value)
+    while (body := _step(writer)) is None:
+        pass
+    return body
 
 
 async def render_async(metrics: RedMetrics, now_ns: int,
                        options: ExpositionOptions = ExpositionOptions()) -> bytes:
     """The same, giving the event loop (the per-event path) a turn every SERIES_PER_TURN series."""
     writer = _exposition(_snapshot(metrics, now_ns), metrics.bounds, options)
-    while True:
-        try:
-            next(writer)
-        except StopIteration as finished:
-            return bytes(finished.value)
+    while (body := _step(writer)) is None:
         await asyncio.sleep(0)
+    return body
 
 
 def _attributes(family: MetricFamily, key: tuple[str | int | None, ...]) -> list[tuple[str, object]]:
