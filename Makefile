@@ -7,14 +7,15 @@ PY := $(VENV)/bin/python
 # Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients.
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make gcc \
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
-	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind prometheus
+	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind prometheus \
+	podman runc debootstrap
 INSTALLED := $(VENV)/.installed
 # the modules setup.py compiles with mypyc (MODULES in src/obi/compiled.py) are sources of the build too
 COMPILED := src/obi/traces/records.py src/obi/traces/model.py src/obi/protocols/base.py \
 	src/obi/protocols/http.py src/obi/export/fanout.py src/obi/export/metrics.py src/obi/export/encode.py
 SOURCES := pyproject.toml setup.py src/obi/compiled.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 
-.PHONY: run test bench setup deps lint unit vmlinux clean
+.PHONY: run test bench setup deps lint unit vmlinux clean image
 
 run: setup
 	@echo "obi: instrumenting every process with a listening TCP port (override with OTEL_EBPF_OPEN_PORT=...)"
@@ -58,6 +59,10 @@ $(INSTALLED): $(SOURCES)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.17" "mypy>=1.11"
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
+
+# The container image (podman, on a debootstrapped Debian 12 base: no registry needed)
+image: deps
+	$(PYTHON) tools/image/build.py $(IMAGE_ARGS)
 
 vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/vmlinux.h
