@@ -59,8 +59,14 @@ def podman_run_args(name: str, *options: str, network: str = "host") -> list[str
 
 
 def remove_containers(*names: str) -> None:
-    """Removes the containers (running or not) at once; missing ones are fine."""
-    subprocess.run(["podman", "rm", "-f", "-t", "0", "--ignore", *names], capture_output=True, timeout=120)
+    """Removes the containers (running or not), each in turn; missing ones are fine."""
+    failed = []
+    for name in names:
+        done = subprocess.run(["podman", "rm", "--force", "--time=0", "--ignore", name], capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            failed.append(f"{name}: {done.stderr.strip()}")
+    assert not failed, f"containers left behind: {failed}"
 
 
 class ContainerAgent(AgentProcess):

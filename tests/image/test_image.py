@@ -225,9 +225,11 @@ def test_sidecar_shares_the_app_containers_pid_namespace(obi_image: str) -> None
     app, obi = f"obi-test-app-{os.getpid()}", f"obi-test-sidecar-{os.getpid()}"
     try:
         # The application container: tests/servers/app.py under the image's Debian python3, pid 1.
-        subprocess.run([*podman_run_args(app, "--detach", f"--volume={SERVERS}:/srv:ro", "--read-only",
-                                         "--entrypoint=python3", "--env=OTEL_SERVICE_NAME=image-sidecar-app"),
-                        obi_image, "/srv/app.py", str(port)], check=True, capture_output=True, timeout=120)
+        app_run = podman_run_args(app, "--detach", f"--volume={SERVERS}:/srv:ro", "--read-only",
+                                  "--entrypoint=python3", "--env=OTEL_SERVICE_NAME=image-sidecar-app")
+        started = subprocess.run([*app_run, obi_image, "/srv/app.py", str(port)], capture_output=True,
+                                 text=True, timeout=120)
+        assert started.returncode == 0, started.stderr
         wait_for_port(port, timeout=30)
         with OtlpReceiver() as receiver:
             env = {**manifest_env({}, container), **HARNESS_ENV, "OTEL_EBPF_OPEN_PORT": str(port),
