@@ -4,24 +4,25 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients.
+# Build: clang, libbpf headers, bpftool. Tests and benchmarks: servers and clients. The kernel
+# matrix (tests/matrix): QEMU, and busybox and kmod for virtme-ng's initramfs and modules.
 APT_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool pkg-config make gcc \
 	nginx-light wrk curl iproute2 libcap2-bin golang-go redis-server memcached postgresql \
 	mariadb-server mariadb-client nghttp2-client python3-grpcio valgrind prometheus \
-	podman runc debootstrap
+	podman runc debootstrap qemu-system-x86 busybox-static kmod
 INSTALLED := $(VENV)/.installed
 # the modules setup.py compiles with mypyc (MODULES in src/obi/compiled.py) are sources of the build too
 COMPILED := src/obi/traces/records.py src/obi/traces/model.py src/obi/protocols/base.py \
 	src/obi/protocols/http.py src/obi/export/fanout.py src/obi/export/metrics.py src/obi/export/encode.py
 SOURCES := pyproject.toml setup.py src/obi/compiled.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 
-.PHONY: run test bench setup deps lint unit vmlinux clean image
+.PHONY: run test bench setup deps kernels lint unit vmlinux clean image
 
 run: setup
 	@echo "obi: instrumenting every process with a listening TCP port (override with OTEL_EBPF_OPEN_PORT=...)"
 	OTEL_EBPF_OPEN_PORT="$${OTEL_EBPF_OPEN_PORT:-1-65535}" $(VENV)/bin/obi $(ARGS)
 
-test: setup
+test: setup kernels
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
@@ -63,6 +64,10 @@ $(INSTALLED): $(SOURCES)
 # The container image (podman, on a debootstrapped Debian 12 base: no registry needed)
 image: deps
 	$(PYTHON) tools/image/build.py $(IMAGE_ARGS)
+
+# the Debian kernels tests/matrix boots (build/kernels/, fetched once)
+kernels: deps
+	tools/kernels
 
 vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/vmlinux.h
