@@ -140,8 +140,16 @@ def sources_deb822(archive: str, security: str) -> str:
 
 
 def slim(rootfs: Path, archive: str, security: str) -> None:
-    """What debian:bookworm-slim does to its root, and its apt sources."""
-    for pattern in ("usr/share/doc/*", "usr/share/man/*", "usr/share/info/*", "usr/share/locale/*",
+    """What debian:bookworm-slim does to its root, and its apt sources. Each package's
+    copyright file stays."""
+    for path in rootfs.glob("usr/share/doc/*/*"):
+        if path.name == "copyright":
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    for pattern in ("usr/share/man/*", "usr/share/info/*", "usr/share/locale/*",
                     "var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*",
                     "var/log/*", "var/cache/debconf/*-old", "var/lib/dpkg/*-old"):
         for path in rootfs.glob(pattern):
