@@ -21,10 +21,12 @@
  * request after ebpf.http_request_timeout: the sweep program, which user
  * space runs every tick with one read(), walks the slots in the kernel.
  *
- * Two sets of syscall entry points share the logic: classic syscall
- * tracepoints (tp_*, need tracefs) and raw_tracepoint sys_enter/sys_exit
- * (raw_*, need nothing). Process and socket events (common_*) always use raw
- * tracepoints. User space autoloads one syscall set.
+ * Four sets of syscall entry points share the logic: fentry/fexit on the
+ * syscall functions (fx_*, BPF trampolines), kprobes on them (kp_*), classic
+ * syscall tracepoints (tp_*, need tracefs) and raw_tracepoint sys_enter/sys_exit
+ * (raw_*, need nothing, but run for every syscall). Process and socket events
+ * (common_*) always use raw tracepoints. User space autoloads one syscall set:
+ * the cheapest this kernel lets it attach.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -806,21 +808,21 @@ __noinline int frame_http_response(__u32 idx, __u64 src, __u64 room, __u64 n)
 	struct slot *s = bpf_map_lookup_elem(&slots, &idx);
 	__u8 *buf;
 	struct http1_scan scan = {};
-	__u8 head[16] = {};
 	__u32 status, base = 0;
 	__u64 len = n < room ? n : room;
 
+	/* The status line is read into the scan's per-CPU buffer, not onto the stack (which the
+	 * scan's callbacks below need: 512 bytes for the whole chain on kernels before private
+	 * stacks); the scan copies the same bytes there again from offset 0. */
+	buf = http1_scratch();
 	/* a status line cut short (a server writing "HTTP/1.1 " first) is not framed */
-	if (!s || !src || len < 13 || bpf_probe_read_user(head, sizeof(head), (void *)src))
+	if (!s || !src || !buf || len < 13 || bpf_probe_read_user(buf, 16, (void *)src))
 		return 0;
-	status = http1_status(head);
+	status = http1_status(buf);
 	if (!status)
 		return 0; /* not a status line: framing stays unknown */
 	s->st.framing = FRAMING_HEADERS;
 	if (!use_bpf_loop)
-		return 0;
-	buf = http1_scratch();
-	if (!buf)
 		return 0;
 	scan.src = src;
 	scan.len = len < HTTP1_SCAN_MAX ? len : HTTP1_SCAN_MAX;
@@ -834,8 +836,8 @@ __noinline int frame_http_response(__u32 idx, __u64 src, __u64 room, __u64 n)
 			return 0;
 		}
 		base = scan.header_end;
-		bpf_probe_read_kernel(head, sizeof(head), buf + (base & (HTTP1_SCAN_MAX - 1)));
-		status = http1_status(head);
+		/* within the buffer: it has room past HTTP1_SCAN_MAX */
+		status = http1_status(buf + (base & (HTTP1_SCAN_MAX - 1)));
 		if (!status || status < 200) {
 			s->st.interim = 1;
 			return 0;
@@ -2080,22 +2082,28 @@ static __always_inline void on_bytes(__u32 pid, __u32 gen, struct pending_call *
 		end_exchange(c, OBI_END_FRAMED);
 }
 
-static __always_inline void on_accept_done(__u32 pid, __u32 gen, __s64 ret)
+/* accept() and connect() that returned: a connection to track. Global functions (verified
+ * once, each with its own frame): tracking a connection takes stack that the exits' frames
+ * would otherwise carry on their way to handle_bytes, and kernels before private BPF stacks
+ * allow 512 bytes for a whole chain of calls. */
+__noinline int on_accept_done(__u32 pid, __u32 gen, __s64 ret)
 {
 	struct obi_conn_key key = {.pid = pid, .fd = (__u32)ret};
 	__u64 sk;
 
 	if (ret >= 0)
 		track(&key, gen, OBI_ROLE_SERVER, &sk);
+	return 0;
 }
 
-static __always_inline void on_connect_done(__u32 pid, __u32 gen, __u32 fd, __s64 ret)
+__noinline int on_connect_done(__u32 pid, __u32 gen, __u32 fd, __s64 ret)
 {
 	struct obi_conn_key key = {.pid = pid, .fd = fd};
 	__u64 sk;
 
 	if (ret == 0 || ret == -EINPROGRESS)
 		track(&key, gen, OBI_ROLE_CLIENT, &sk);
+	return 0;
 }
 
 /* A server about to read again: a response it finished writing is over. */
@@ -2411,6 +2419,145 @@ int raw_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 	if (!hooked(nr) || nr == OBI_NR_close || nr == OBI_NR_close_range || nr == OBI_NR_shutdown)
 		return nr == OBI_NR_listen ? notice_listen((__s64)ctx->args[1]) : 0;
 	return exit_call((__s64)ctx->args[1]);
+}
+
+/* ---- fentry/fexit and kprobes on the syscall functions ------------------- */
+
+/* The syscall functions behind the wrappers every kernel obi supports has: their only
+ * argument is the user's registers, read as the syscall ABI has them. */
+#if defined(__TARGET_ARCH_x86)
+#define SYS_FUNC(name) "__x64_sys_" #name
+#elif defined(__TARGET_ARCH_arm64)
+#define SYS_FUNC(name) "__arm64_sys_" #name
+#endif
+#define SYS_ARG1(regs) PT_REGS_PARM1_CORE_SYSCALL(regs)
+#define SYS_ARG2(regs) PT_REGS_PARM2_CORE_SYSCALL(regs)
+#define SYS_ARG3(regs) PT_REGS_PARM3_CORE_SYSCALL(regs)
+#define SYS_ARG4(regs) PT_REGS_PARM4_CORE_SYSCALL(regs)
+
+/* A call with nothing to do before it (writes, accept): everything at its exit, with the
+ * arguments still at hand, so no pending entry is stored, looked up and deleted. */
+static __always_inline int exit_only_call(__u32 kind, __u64 fd, __u64 ptr, __u64 count_arg, __s64 ret)
+{
+	__u32 pid;
+	struct obi_pid_info *info = traced(&pid);
+
+	if (!info)
+		return 0;
+	if (kind == CALL_ACCEPT)
+		on_accept_done(pid, info->gen, ret);
+	else
+		handle_bytes((__u64)pid << 32 | info->gen, (__u64)kind << 32 | (__u32)fd, ptr, count_arg, ret);
+	return 0;
+}
+
+/* fentry/fexit (fx_*): BPF trampolines on the syscall functions; only the hooked calls pay.
+ * Reads and connect keep an enter (a read ends the exchange before it; connect marks the
+ * socket before its handshake); writes and accept need only the exit. */
+#define FX_ENTER(name, kind, ptr_arg, count_arg)                                   \
+	SEC("fentry/" SYS_FUNC(name))                                              \
+	int BPF_PROG(fx_enter_##name, struct pt_regs *regs)                        \
+	{                                                                          \
+		return enter_call(kind, SYS_ARG1(regs), ptr_arg, count_arg);       \
+	}                                                                          \
+	SEC("fexit/" SYS_FUNC(name))                                               \
+	int BPF_PROG(fx_exit_##name, struct pt_regs *regs, long ret)               \
+	{                                                                          \
+		return exit_call(ret);                                             \
+	}
+#define FX_EXIT_ONLY(name, kind, ptr_arg, count_arg)                               \
+	SEC("fexit/" SYS_FUNC(name))                                               \
+	int BPF_PROG(fx_exit_##name, struct pt_regs *regs, long ret)               \
+	{                                                                          \
+		return exit_only_call(kind, SYS_ARG1(regs), ptr_arg, count_arg, ret); \
+	}
+
+FX_ENTER(read, CALL_READ, SYS_ARG2(regs), 0)
+FX_ENTER(recvfrom, SYS_ARG4(regs) & MSG_PEEK ? CALL_PEEK : CALL_READ, SYS_ARG2(regs), 0)
+FX_ENTER(readv, CALL_READV, SYS_ARG2(regs), SYS_ARG3(regs))
+FX_ENTER(recvmsg, SYS_ARG3(regs) & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, SYS_ARG2(regs), 0)
+FX_ENTER(connect, CALL_CONNECT, 0, 0)
+FX_EXIT_ONLY(write, CALL_WRITE, SYS_ARG2(regs), 0)
+FX_EXIT_ONLY(sendto, CALL_WRITE, SYS_ARG2(regs), 0)
+FX_EXIT_ONLY(writev, CALL_WRITEV, SYS_ARG2(regs), SYS_ARG3(regs))
+FX_EXIT_ONLY(sendmsg, CALL_SENDMSG, SYS_ARG2(regs), 0)
+FX_EXIT_ONLY(sendfile64, CALL_SENDFILE, 0, 0)
+FX_EXIT_ONLY(accept, CALL_ACCEPT, 0, 0)
+FX_EXIT_ONLY(accept4, CALL_ACCEPT, 0, 0)
+
+SEC("fexit/" SYS_FUNC(listen))
+int BPF_PROG(fx_exit_listen, struct pt_regs *regs, long ret)
+{
+	return notice_listen(ret);
+}
+
+SEC("fentry/" SYS_FUNC(close))
+int BPF_PROG(fx_enter_close, struct pt_regs *regs)
+{
+	return enter_close(SYS_ARG1(regs));
+}
+
+SEC("fentry/" SYS_FUNC(shutdown))
+int BPF_PROG(fx_enter_shutdown, struct pt_regs *regs)
+{
+	return enter_shutdown(SYS_ARG1(regs));
+}
+
+SEC("fentry/" SYS_FUNC(close_range))
+int BPF_PROG(fx_enter_close_range, struct pt_regs *regs)
+{
+	return enter_close_range();
+}
+
+/* kprobes (kp_*): a kprobe at the syscall function's entry, a kretprobe at its return (which
+ * has no arguments left: every call is stashed at the enter, as with tracepoints). */
+#define KP_CALL(name, kind, ptr_arg, count_arg)                                    \
+	SEC("kprobe/" SYS_FUNC(name))                                              \
+	int BPF_KPROBE(kp_enter_##name, struct pt_regs *regs)                      \
+	{                                                                          \
+		return enter_call(kind, SYS_ARG1(regs), ptr_arg, count_arg);       \
+	}                                                                          \
+	SEC("kretprobe/" SYS_FUNC(name))                                           \
+	int BPF_KRETPROBE(kp_exit_##name, long ret)                                \
+	{                                                                          \
+		return exit_call(ret);                                             \
+	}
+
+KP_CALL(read, CALL_READ, SYS_ARG2(regs), 0)
+KP_CALL(recvfrom, SYS_ARG4(regs) & MSG_PEEK ? CALL_PEEK : CALL_READ, SYS_ARG2(regs), 0)
+KP_CALL(readv, CALL_READV, SYS_ARG2(regs), SYS_ARG3(regs))
+KP_CALL(recvmsg, SYS_ARG3(regs) & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, SYS_ARG2(regs), 0)
+KP_CALL(connect, CALL_CONNECT, 0, 0)
+KP_CALL(write, CALL_WRITE, SYS_ARG2(regs), 0)
+KP_CALL(sendto, CALL_WRITE, SYS_ARG2(regs), 0)
+KP_CALL(writev, CALL_WRITEV, SYS_ARG2(regs), SYS_ARG3(regs))
+KP_CALL(sendmsg, CALL_SENDMSG, SYS_ARG2(regs), 0)
+KP_CALL(sendfile64, CALL_SENDFILE, 0, 0)
+KP_CALL(accept, CALL_ACCEPT, 0, 0)
+KP_CALL(accept4, CALL_ACCEPT, 0, 0)
+
+SEC("kretprobe/" SYS_FUNC(listen))
+int BPF_KRETPROBE(kp_exit_listen, long ret)
+{
+	return notice_listen(ret);
+}
+
+SEC("kprobe/" SYS_FUNC(close))
+int BPF_KPROBE(kp_enter_close, struct pt_regs *regs)
+{
+	return enter_close(SYS_ARG1(regs));
+}
+
+SEC("kprobe/" SYS_FUNC(shutdown))
+int BPF_KPROBE(kp_enter_shutdown, struct pt_regs *regs)
+{
+	return enter_shutdown(SYS_ARG1(regs));
+}
+
+SEC("kprobe/" SYS_FUNC(close_range))
+int BPF_KPROBE(kp_enter_close_range, struct pt_regs *regs)
+{
+	return enter_close_range();
 }
 
 /* ---- processes and sockets (raw tracepoints in both modes) -------------- */

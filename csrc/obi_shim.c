@@ -285,3 +285,54 @@ long obi_count_keys(int map_fd, uint32_t key_size, uint32_t max)
 	free(keys);
 	return err ? err : count;
 }
+
+/* An fentry program that does nothing, loaded for func and attached, then released. */
+int obi_probe_fentry(const char *func)
+{
+	struct bpf_insn insns[2] = {
+		{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0},
+		{.code = BPF_JMP | BPF_EXIT},
+	};
+	LIBBPF_OPTS(bpf_prog_load_opts, opts, .expected_attach_type = BPF_TRACE_FENTRY);
+	struct btf *vmlinux = btf__load_vmlinux_btf();
+	int id, prog, link;
+
+	if (!vmlinux)
+		return -errno;
+	id = btf__find_by_name_kind(vmlinux, func, BTF_KIND_FUNC);
+	btf__free(vmlinux);
+	if (id < 0)
+		return id;
+	opts.attach_btf_id = id;
+	prog = bpf_prog_load(BPF_PROG_TYPE_TRACING, "obi_probe", "GPL", insns, 2, &opts);
+	if (prog < 0)
+		return prog;
+	link = bpf_raw_tracepoint_open(NULL, prog);
+	close(prog);
+	if (link < 0)
+		return link;
+	close(link);
+	return 0;
+}
+
+/* Whether the verifier takes the atomic operations beyond add (or, and, cmpxchg: Linux
+ * 5.12+), which the capture's slot bitmap and slot ownership use: 0 or -errno. */
+int obi_probe_atomics(void)
+{
+	struct bpf_insn insns[] = {
+		{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_1, .imm = 0},
+		{.code = BPF_STX | BPF_MEM | BPF_DW, .dst_reg = BPF_REG_10, .src_reg = BPF_REG_1, .off = -8},
+		{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_2, .imm = 1},
+		{.code = BPF_STX | BPF_ATOMIC | BPF_DW, .dst_reg = BPF_REG_10, .src_reg = BPF_REG_2, .off = -8,
+		 .imm = BPF_OR},
+		{.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = BPF_REG_0, .imm = 0},
+		{.code = BPF_JMP | BPF_EXIT},
+	};
+	int prog = bpf_prog_load(BPF_PROG_TYPE_SOCKET_FILTER, "obi_atomics", "GPL", insns,
+				 sizeof(insns) / sizeof(insns[0]), NULL);
+
+	if (prog < 0)
+		return prog;
+	close(prog);
+	return 0;
+}

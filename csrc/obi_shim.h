@@ -60,3 +60,10 @@ int obi_map_info(int map_fd, uint32_t *id, uint32_t *type, uint32_t *key_size, u
 /* Counts a map's keys by walking them (a hash map's entries), stopping after max; -errno on
  * error. Entries added or deleted meanwhile may or may not be counted. */
 long obi_count_keys(int map_fd, uint32_t key_size, uint32_t max);
+
+/* Whether an fentry program loads and attaches on the kernel function func here (the
+ * kernel's BPF trampolines and this process's privileges): 0 or -errno. */
+int obi_probe_fentry(const char *func);
+
+/* Whether the verifier takes BPF atomic or/and/cmpxchg (Linux 5.12+): 0 or -errno. */
+int obi_probe_atomics(void);

@@ -130,3 +130,13 @@ def self_signed_certificate(cert: Path, key: Path) -> tuple[Path, Path]:
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=30)
     return cert, key
+
+
+def kernel_hook_sets() -> list[str]:
+    """The syscall hook sets this kernel and this process allow, in the order "auto" tries
+    them: tracepoints and raw tracepoints everywhere here, fentry/fexit and kprobes where the
+    kernel has them (the 6.1 guest of tests/matrix). Kernel tests run once per set."""
+    from obi.ebpf.capture import AUTO_HOOKS, fentry_blocker, kprobe_blocker
+
+    blocked = {"fentry": fentry_blocker() is not None, "kprobe": kprobe_blocker() is not None}
+    return [hooks for hooks in AUTO_HOOKS if not blocked.get(hooks, False)]

@@ -68,11 +68,16 @@ def _probe_prog_types() -> list[Check]:
     return checks
 
 
+# The syscall hook sets (obi.ebpf.capture.AUTO_HOOKS) by the name doctor shows.
+HOOK_LABELS = {"fentry": "fentry/fexit", "kprobe": "kprobes", "tracepoint": "tracepoints",
+               "raw_tracepoint": "raw_tracepoints"}
+
+
 def _probe_attach(hooks: str) -> Check:
     """Loads and attaches the TCP capture with the given hooks, then detaches."""
     from obi.ebpf.capture import Capture, CaptureSettings
 
-    what = f"attach the TCP capture on {hooks}s"
+    what = f"attach the TCP capture on {HOOK_LABELS[hooks]}"
     try:
         with Capture(CaptureSettings(syscall_hooks=hooks, ring_buffer_size=1 << 16,  # type: ignore[arg-type]
                                      max_exchanges=64, max_connections=256)) as capture:
@@ -121,14 +126,16 @@ def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> in
     checks: list[Check] = [Check("BTF available", Path("/sys/kernel/btf/vmlinux").exists(),
                                  "needed for CO-RE", required=True)]
     checks += _probe_prog_types()
-    raw = probe("raw_tracepoint")
-    classic = probe("tracepoint")
-    checks += [raw, classic]
+    from obi.ebpf.capture import AUTO_HOOKS
+
+    attached = {hooks: probe(hooks) for hooks in AUTO_HOOKS}
+    checks += attached.values()
     out.write("\n")
     for check in checks:
         out.write(f"[{'ok' if check.ok else 'NO':>2}] {check.name}: {check.detail}\n")
-    can_run = all(c.ok for c in checks if c.required) and (raw.ok or classic.ok)
-    path = "syscall tracepoints" if classic.ok else "raw tracepoints" if raw.ok else "none"
-    out.write(f"\ncapture path the agent would use: {path}\n")
+    chosen = next((hooks for hooks, check in attached.items() if check.ok), None)
+    can_run = all(c.ok for c in checks if c.required) and chosen is not None
+    path = f"{chosen} ({HOOK_LABELS[chosen]})" if chosen else "none"
+    out.write(f"\nsyscall hooks the agent would use (ebpf.syscall_hooks: auto): {path}\n")
     out.write("obi can run here\n" if can_run else "obi cannot run here\n")
     return 0 if can_run else 1

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from obi import __version__
+from obi.ebpf.capture import AUTO_HOOKS
 from tests.e2e.agent import AgentProcess
 from tests.e2e.test_python_app import SERVERS, curl
-from tests.support import free_port, start_process, stop_process
+from tests.support import free_port, kernel_hook_sets, start_process, stop_process
 
 
 def obi(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,6 +38,12 @@ def test_doctor_reports_this_kernel_and_passes() -> None:
         assert line in out
     assert "[ok] attach the TCP capture on raw_tracepoints" in out
     assert "[ok] attach the TCP capture on tracepoints" in out
+    labels = {"fentry": "fentry/fexit", "kprobe": "kprobes"}
+    for hooks, label in labels.items():
+        ok = "ok" if hooks in kernel_hook_sets() else "NO"
+        assert f"[{ok}] attach the TCP capture on {label}" in out
+    chosen = kernel_hook_sets()[0]
+    assert f"syscall hooks the agent would use (ebpf.syscall_hooks: auto): {chosen} (" in out
     assert "[ok] BPF ring buffer" in out
     assert out.rstrip().endswith("obi can run here")
 
@@ -60,11 +67,26 @@ def test_bad_configuration_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 def test_tracefs_is_left_as_it_was_found() -> None:
     before = tracefs_mounted()
-    agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port())}).start()
+    agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port()),
+                          "OTEL_EBPF_BPF_SYSCALL_HOOKS": "tracepoint"}).start()
     started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 5)
     assert started["hooks"] == "tracepoint"
     assert agent.stop() == 0
     assert tracefs_mounted() == before
+
+
+def test_auto_takes_the_first_hook_set_this_kernel_allows_and_says_what_it_passed_over() -> None:
+    allowed = kernel_hook_sets()
+    agent = AgentProcess({"OTEL_EBPF_OPEN_PORT": str(free_port())}).start()
+    started = agent.wait_log(lambda e: e.get("event") == "capture_attached", 5)
+    assert agent.stop() == 0
+    assert started["hooks"] == allowed[0]
+    passed_over = started["passed_over"]
+    for hooks in AUTO_HOOKS[:AUTO_HOOKS.index(allowed[0])]:
+        assert f"{hooks} hooks: " in passed_over
+    if allowed[0] == "tracepoint":  # this machine: neither fentry nor kprobes
+        assert "fentry hooks: a trial fentry program on __x64_sys_read: " in passed_over
+        assert "kprobe hooks: no kprobe PMU" in passed_over
 
 
 def test_raw_tracepoints_when_asked() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.agent import AgentProcess
 from tests.otlp_receiver import OtlpReceiver
-from tests.support import free_port, stop_process
+from tests.support import free_port, kernel_hook_sets, stop_process
 
 # Binds, waits for a line on stdin, listens, serves HTTP.
 LATE_LISTENER = r"""
@@ -31,7 +31,7 @@ server.serve_forever()
 SEEN_BY_A_POLL_S = 6.0
 
 
-@pytest.mark.parametrize("hooks", ["tracepoint", "raw_tracepoint"])
+@pytest.mark.parametrize("hooks", kernel_hook_sets())
 def test_a_process_that_listens_after_obi_started_is_instrumented_at_once(hooks: str) -> None:
     port = free_port()
     with OtlpReceiver() as receiver:

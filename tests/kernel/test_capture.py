@@ -27,11 +27,18 @@ from obi.ebpf.tls import OpenSsl
 from obi.protocols.gohttp import GO_HTTP_FIELDS, GO_HTTP_LAYOUT
 from tests.capture_records import decode, traced_pids
 from tests.golang import build_go
-from tests.support import bpf_link_ids, free_port, self_signed_certificate, start_process, stop_process
+from tests.support import (
+    bpf_link_ids,
+    free_port,
+    kernel_hook_sets,
+    self_signed_certificate,
+    start_process,
+    stop_process,
+)
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
 GOBLOG = Path(__file__).resolve().parents[1] / "apps" / "goblog" / "main.go"
-MODES = ["tracepoint", "raw_tracepoint"]
+MODES = kernel_hook_sets()
 SERVER, CLIENT = lib.OBI_ROLE_SERVER, lib.OBI_ROLE_CLIENT
 STATUS_CAPTURE: int = lib.OBI_STATUS_CAPTURE
 

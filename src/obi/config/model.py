@@ -27,7 +27,7 @@ LogFormat = Literal["text", "json"]
 # The protocol setting: "" when not set (obi.export.endpoints guesses it from the port).
 OtlpProtocolSetting = OtlpProtocol | Literal[""]
 RouteIgnoreMode = Literal["all", "traces", "metrics"]
-SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
+SyscallHooks = Literal["auto", "fentry", "kprobe", "tracepoint", "raw_tracepoint"]
 # OBI's ebpf.context_propagation; "ip" is its deprecated name of "tcp".
 ContextPropagation = Literal["disabled", "headers", "tcp", "all", "ip"]
 KubeEnable = Literal["true", "false", "autodetect"]

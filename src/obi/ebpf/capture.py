@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
+import platform
 import random
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -25,13 +27,20 @@ from obi.ebpf.tracefs import TracefsMount, ensure_tracefs
 from obi.ebpf.uprobes import UprobeAttacher, UprobeMode, choose_uprobe_mode
 from obi.preflight import BPF_TRACE_UPROBE_MULTI, cgroup2_root
 
-SyscallHooks = Literal["auto", "tracepoint", "raw_tracepoint"]
-HookSet = Literal["tracepoint", "raw_tracepoint"]
+SyscallHooks = Literal["auto", "fentry", "kprobe", "tracepoint", "raw_tracepoint"]
+HookSet = Literal["fentry", "kprobe", "tracepoint", "raw_tracepoint"]
 
 # The largest record: an exchange with both captures full (bpf/capture.bpf.c DATA_OFF_MAX).
 MAX_RECORD_SIZE: int = EXCHANGE_SIZE + lib.OBI_REQ_CAPTURE_MAX + lib.OBI_RESP_CAPTURE_MAX
-# Program name prefixes of the two sets of syscall entry points; the rest load with either.
-PROGRAM_PREFIXES = {"tracepoint": "tp_", "raw_tracepoint": "raw_"}
+# Program name prefixes of the four sets of syscall entry points; the rest load with any.
+PROGRAM_PREFIXES = {"fentry": "fx_", "kprobe": "kp_", "tracepoint": "tp_", "raw_tracepoint": "raw_"}
+# The order "auto" tries them in, cheapest first per request (BENCHMARKS.md, "Syscall hooks"):
+# each is tried only where its probe says the kernel has it, and a set that fails to load or
+# attach gives way to the next.
+AUTO_HOOKS: tuple[HookSet, ...] = ("fentry", "kprobe", "tracepoint", "raw_tracepoint")
+# The syscall functions' prefix per architecture (the syscall wrappers, Linux 4.17+).
+SYSCALL_FUNCTION_PREFIX = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}
+KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe/type")
 COMMON_PREFIXES = ("common_", "sweep")
 # Programs attached by hand (tp_exit, once per syscall) or run by user space (the sweep).
 MANUAL_PROGRAMS = frozenset({"tp_exit", "sweep"})
@@ -90,10 +99,38 @@ def _ring_buffers_supported() -> bool:
     return bool(lib.libbpf_probe_bpf_map_type(lib.BPF_MAP_TYPE_RINGBUF, ffi.NULL) == 1)
 
 
+def _atomics_supported() -> bool:
+    """False only when the verifier refuses atomic or/and/cmpxchg (before Linux 5.12); asked
+    only when privileged, as for ring buffers."""
+    if not effective_capabilities() & {"BPF", "SYS_ADMIN"}:
+        return True
+    return bool(lib.obi_probe_atomics() != -errno.EINVAL)
+
+
 def bpf_loop_supported() -> bool:
     """Whether raw tracepoint programs may call bpf_loop (Linux 5.17+): HTTP/1.x framing."""
     return bool(lib.libbpf_probe_bpf_helper(lib.BPF_PROG_TYPE_RAW_TRACEPOINT, lib.BPF_FUNC_loop,
                                             ffi.NULL) == 1)
+
+
+def fentry_blocker() -> BpfError | None:
+    """Why fentry/fexit cannot hook the syscall functions here (None: they can), found by
+    loading and attaching a program that does nothing on one of them."""
+    prefix = SYSCALL_FUNCTION_PREFIX.get(platform.machine())
+    if prefix is None:
+        return BpfError(errno.EOPNOTSUPP, f"fentry hooks: no syscall function names for {platform.machine()}")
+    ret = lib.obi_probe_fentry(f"{prefix}read".encode())
+    return None if ret == 0 else BpfError(-ret, f"fentry hooks: a trial fentry program on {prefix}read")
+
+
+def kprobe_blocker() -> BpfError | None:
+    """Why kprobes cannot hook the syscall functions here (None: they may; the load says)."""
+    if platform.machine() not in SYSCALL_FUNCTION_PREFIX:
+        return BpfError(errno.EOPNOTSUPP, f"kprobe hooks: no syscall function names for {platform.machine()}")
+    if not KPROBE_PMU.exists():
+        return BpfError(errno.ENOENT, f"kprobe hooks: no kprobe PMU, a kernel without CONFIG_KPROBES "
+                                      f"({KPROBE_PMU})")
+    return None
 
 
 def pid_namespace() -> tuple[int, int]:
@@ -264,31 +301,20 @@ COUNTER_NAMES: dict[str, int] = {
 class Capture:
     """The loaded and attached capture; owns its kernel objects."""
 
+    collection: BpfCollection
+    hooks: HookSet  # the syscall hook set attached
+    hooks_detail: str
+
     def __init__(self, settings: CaptureSettings) -> None:
         self._log = structlog.get_logger().bind(component="ebpf")
         self.settings = settings
         self._maps_lock = threading.Lock()  # a map walk (map_stats, from a thread) against close()
         self._closed = False
         self._tracefs: TracefsMount | None = None
-        hooks: HookSet
-        if settings.syscall_hooks == "raw_tracepoint":
-            hooks = "raw_tracepoint"
-            detail = "raw tracepoints requested (ebpf.syscall_hooks)"
-        else:
-            self._tracefs = ensure_tracefs()
-            detail = self._tracefs.detail
-            if self._tracefs.available:
-                hooks = "tracepoint"
-            elif settings.syscall_hooks == "tracepoint":
-                raise BpfError(self._tracefs.errno,
-                               "syscall tracepoints need tracefs, which is not mounted and could not be")
-            else:
-                hooks = "raw_tracepoint"
-        self.hooks: HookSet = hooks
-        self.hooks_detail = detail
         if not _ring_buffers_supported():
-            self._release_tracefs()
             raise NotSupportedError(errno.EOPNOTSUPP, "BPF ring buffers (Linux 5.8+)")
+        if not _atomics_supported():
+            raise NotSupportedError(errno.EOPNOTSUPP, "BPF atomic or, and and cmpxchg (Linux 5.12+)")
         self.http_framing = bpf_loop_supported()
         self.uprobe_mode = choose_uprobe_mode(settings.uprobe_mode) if settings.uprobes else UprobeMode(
             None, "uprobes off")
@@ -304,19 +330,12 @@ class Capture:
         if blocker:
             self.propagation = f"off: {blocker}"
         on = bool(wanted) and not blocker
-        first, uprobe_spec = split_uprobes(build_spec(settings, hooks, self.http_framing,
-                                                      self.uprobe_mode.kind, self.go,
-                                                      on and settings.propagate_headers,
-                                                      on and settings.propagate_tcp))
-        self.collection = BpfCollection(first)
+        self._headers = on and settings.propagate_headers
+        self._tcp = on and settings.propagate_tcp
+        # the hook sets passed over, and why ("fentry: ..."), for the log and obi doctor
+        self.hooks_skipped: list[str] = []
+        uprobe_spec = self._attach_first_hooks(settings)
         try:
-            filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), settings.max_exchanges),
-                           "fill the free exchange slots")
-            if filled != settings.max_exchanges:
-                raise BpfError(errno.ENOSPC, f"free exchange slots: {filled} of {settings.max_exchanges}")
-            self.collection.attach_all()
-            if hooks == "tracepoint":
-                self._attach_syscall_exits()
             if on:
                 self._attach_propagation()
             self._pid_filter_fd = self.collection.map_fd("pid_filter")
@@ -337,7 +356,9 @@ class Capture:
         self._zero = ffi.new("uint32_t *", 0)
         self._ctl = ffi.new("struct obi_sweep_ctl *")
         self._rand = random.Random()
-        self._log.info("capture_attached", hooks=hooks, detail=detail, programs=self.collection.link_count,
+        self._log.info("capture_attached", hooks=self.hooks, detail=self.hooks_detail,
+                       passed_over="; ".join(self.hooks_skipped) or "none",
+                       programs=self.collection.link_count,
                        http_framing="kernel" if self.http_framing else "off (no bpf_loop before Linux 5.17)",
                        uprobes=self.uprobe_mode.detail if self.uprobe_mode.kind
                        else f"off (no TLS plaintext, no Go): {self.uprobe_mode.detail}",
@@ -355,6 +376,80 @@ class Capture:
                                   "the application's memory",
                            effect="HTTP/2 and gRPC requests carry no traceparent from obi; one the "
                                   "application sends is continued")
+
+    def _hook_candidates(self, wanted: SyscallHooks) -> list[tuple[HookSet, str]]:
+        """The hook sets to try, in order, each with why it is tried; the ones "auto" passes
+        over go to hooks_skipped. A set asked for by name is the only candidate."""
+        order: tuple[HookSet, ...] = AUTO_HOOKS if wanted == "auto" else (wanted,)
+        candidates: list[tuple[HookSet, str]] = []
+        for hooks in order:
+            if hooks == "raw_tracepoint":
+                candidates.append((hooks, "raw tracepoints requested (ebpf.syscall_hooks)"
+                                   if wanted == hooks else "raw tracepoints (need nothing)"))
+                continue
+            if hooks == "tracepoint":
+                # mounted only when it is tried: tracefs is needed by this set alone
+                candidates.append((hooks, "tracefs"))
+                continue
+            blocker = fentry_blocker() if hooks == "fentry" else kprobe_blocker()
+            if blocker is None:
+                candidates.append((hooks, f"{hooks} on the syscall functions"))
+            elif wanted == hooks:
+                raise blocker
+            else:
+                self.hooks_skipped.append(str(blocker))
+        return candidates
+
+    def _attach_first_hooks(self, settings: CaptureSettings) -> BpfObjectSpec | None:
+        """Loads and attaches the first hook set of _hook_candidates that this kernel takes;
+        returns the uprobe programs' spec (loaded later)."""
+        candidates = self._hook_candidates(settings.syscall_hooks)
+        for index, (hooks, detail) in enumerate(candidates):
+            last = index == len(candidates) - 1
+            if hooks == "tracepoint":
+                self._tracefs = ensure_tracefs()
+                detail = self._tracefs.detail
+                if not self._tracefs.available:
+                    self._release_tracefs()
+                    if settings.syscall_hooks == "tracepoint":
+                        raise BpfError(self._tracefs.errno, "syscall tracepoints need tracefs, "
+                                                            "which is not mounted and could not be")
+                    self.hooks_skipped.append(f"tracepoint hooks: {detail}")
+                    continue
+            first, uprobe_spec = split_uprobes(build_spec(settings, hooks, self.http_framing,
+                                                          self.uprobe_mode.kind, self.go,
+                                                          self._headers, self._tcp))
+            try:
+                self._load_and_attach(first, hooks)
+            except BpfError as err:
+                self._release_tracefs()
+                if last or settings.syscall_hooks != "auto":
+                    raise
+                self._log.warning("syscall_hooks_fallback", hooks=hooks, error=str(err),
+                                  next=candidates[index + 1][0])
+                self.hooks_skipped.append(f"{hooks} hooks: {err}")
+                continue
+            self.hooks = hooks
+            self.hooks_detail = detail
+            return uprobe_spec
+        raise AssertionError("raw tracepoints are always a candidate of auto")
+
+    def _load_and_attach(self, spec: BpfObjectSpec, hooks: HookSet) -> None:
+        """Loads spec as self.collection, fills its free slots and attaches its programs;
+        on failure nothing of it is left."""
+        self.collection = BpfCollection(spec)
+        try:
+            max_exchanges = self.settings.max_exchanges
+            filled = check(lib.obi_fill_queue(self.collection.map_fd("free_slots"), max_exchanges),
+                           "fill the free exchange slots")
+            if filled != max_exchanges:
+                raise BpfError(errno.ENOSPC, f"free exchange slots: {filled} of {max_exchanges}")
+            self.collection.attach_all()
+            if hooks == "tracepoint":
+                self._attach_syscall_exits()
+        except BaseException:
+            self.collection.close()
+            raise
 
     def _attach_propagation(self) -> None:
         """The sock_ops program on the cgroup v2 root (a link: gone with obi, even killed), and the
