@@ -46,20 +46,26 @@ KEEP_RUNS = 30  # run directories kept in build/vm/ (the oldest go first)
 
 @dataclass(frozen=True)
 class DebianKernel:
-    """A kernel of the matrix: the newest `linux-image-amd64` of a Debian release."""
+    """The newest `linux-image-amd64` of a Debian release."""
 
     name: str
     suite: str
+    security: bool = True  # the release has a -security suite
 
     def sources(self) -> str:
-        return (f"deb [signed-by={KEYRING}] {MIRROR}/debian {self.suite} main\n"
-                f"deb [signed-by={KEYRING}] {MIRROR}/debian-security {self.suite}-security main\n")
+        lines = [f"deb [signed-by={KEYRING}] {MIRROR}/debian {self.suite} main"]
+        if self.security:
+            lines.append(f"deb [signed-by={KEYRING}] {MIRROR}/debian-security {self.suite}-security main")
+        return "\n".join(lines) + "\n"
 
 
-MATRIX: dict[str, DebianKernel] = {
-    "6.1": DebianKernel("6.1", "bookworm"),   # Debian 12
+KERNELS_KNOWN: dict[str, DebianKernel] = {
+    "6.1": DebianKernel("6.1", "bookworm"),  # Debian 12
     "5.10": DebianKernel("5.10", "bullseye"),  # Debian 11
+    # Debian unstable's, whatever version it is today: for measuring by hand, not in the matrix
+    "sid": DebianKernel("sid", "sid", security=False),
 }
+MATRIX = ("6.1", "5.10")  # what tests/matrix runs on
 
 
 class VmError(Exception):
@@ -76,7 +82,10 @@ class FetchedKernel:
 
     @property
     def image(self) -> Path:
-        return self.directory / "boot" / f"vmlinuz-{self.release}"
+        """boot/vmlinuz-RELEASE, or in Debian 14 on usr/lib/modules/RELEASE/vmlinuz."""
+        candidates = [self.directory / "boot" / f"vmlinuz-{self.release}",
+                      self.directory / "usr" / "lib" / "modules" / self.release / "vmlinuz"]
+        return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def _check(argv: Sequence[str], cwd: Path | None = None) -> str:
@@ -97,11 +106,11 @@ def fetched(name: str) -> FetchedKernel | None:
 
 
 def fetch(name: str, refresh: bool = False) -> FetchedKernel:
-    """The kernel `name` of MATRIX, downloaded with apt (its own lists, the host's apt state
+    """The kernel `name` (KERNELS_KNOWN), downloaded with apt (its own lists, the host's apt state
     untouched) and unpacked with dpkg -x into build/kernels/NAME/ unless already there;
     `refresh` fetches the newest package again."""
-    if name not in MATRIX:
-        raise VmError(f"unknown kernel {name!r} (the matrix has {', '.join(MATRIX)})")
+    if name not in KERNELS_KNOWN:
+        raise VmError(f"unknown kernel {name!r} (known: {', '.join(KERNELS_KNOWN)})")
     if not refresh and (kernel := fetched(name)) is not None:
         return kernel
     KERNELS.mkdir(parents=True, exist_ok=True)
@@ -116,7 +125,7 @@ def _download(name: str) -> FetchedKernel:
     for tool in ("apt-get", "apt-cache", "dpkg", "depmod"):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:
             raise VmError(f"fetching kernel {name} needs {tool} (Debian packages apt, dpkg, kmod)")
-    spec = MATRIX[name]
+    spec = KERNELS_KNOWN[name]
     apt_dir = KERNELS / ".apt" / spec.suite
     for sub in ("lists/partial", "cache/archives/partial", "debs"):
         (apt_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -132,17 +141,22 @@ def _download(name: str) -> FetchedKernel:
     package, release = found.group(1), found.group(2)
     version = _check(["apt-cache", *options, "show", "--no-all-versions", package])
     version = re.search(r"^Version: (\S+)", version, re.M).group(1)  # type: ignore[union-attr]
+    # Debian 14 on splits the image package: the kernel and its modules are dependencies of it
+    parts = re.findall(rf"Depends: (linux-(?:binary|modules)-{re.escape(release)})\s", depends
+                       + _check(["apt-cache", *options, "depends", package]))
     debs = apt_dir / "debs"
     for old in debs.glob("*.deb"):
         old.unlink()
-    _check(["apt-get", *options, "download", package], cwd=debs)
-    deb = next(debs.glob(f"{package}_*.deb"))
+    _check(["apt-get", *options, "download", package, *sorted(set(parts))], cwd=debs)
     unpacked = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=KERNELS))
     try:
-        _check(["dpkg", "-x", str(deb), str(unpacked)])
+        for deb in debs.glob("*.deb"):
+            _check(["dpkg", "-x", str(deb), str(unpacked)])
         # the package's modules.dep comes from its postinst; virtme-ng needs it to find modules
         depmod = shutil.which("depmod", path="/usr/sbin:/sbin:/usr/bin:/bin") or "depmod"
-        _check([depmod, "-a", "-b", str(unpacked), release])
+        # merged /usr (Debian 13 on) keeps modules in usr/lib/modules
+        base = unpacked / "usr" if (unpacked / "usr" / "lib" / "modules").is_dir() else unpacked
+        _check([depmod, "-a", "-b", str(base), release])
         meta = {"package": package, "version": version, "release": release, "suite": spec.suite}
         (unpacked / "kernel.json").write_text(json.dumps(meta, indent=1) + "\n")
         target = KERNELS / name
@@ -152,10 +166,11 @@ def _download(name: str) -> FetchedKernel:
     finally:
         if unpacked.exists():
             shutil.rmtree(unpacked)
-        deb.unlink()
+        for deb in debs.glob("*.deb"):
+            deb.unlink()
     kernel = fetched(name)
     if kernel is None:
-        raise VmError(f"{package} unpacked into {KERNELS / name} but has no boot/vmlinuz-{release}")
+        raise VmError(f"{package} unpacked into {KERNELS / name} but has no vmlinuz for {release}")
     return kernel
 
 
@@ -181,6 +196,17 @@ if [ ! -d /sys/fs/cgroup/unified ]; then
     mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
     mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
     mounted+=(cgroup-hybrid)
+fi
+# Python and this repository from a second export of / with the guest's page cache on
+# (cache=loose; virtme-ng's root is uncached 9p): imports take half the time
+root=%(root)s python_home=%(python_home)s
+mkdir -p /run/obi/cached /run/obi/upper /run/obi/work /run/obi/build
+if mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose,msize=512000,ro obiroot /run/obi/cached; then
+    { [ -z "$python_home" ] || mount --bind "/run/obi/cached$python_home" "$python_home"; } &&
+    mount --bind "$root/build" /run/obi/build &&
+    mount -t overlay -o "lowerdir=/run/obi/cached$root,upperdir=/run/obi/upper,workdir=/run/obi/work" \
+        obi-repo "$root" &&
+    mount --move /run/obi/build "$root/build" && cd "$root" && mounted+=(cached-9p)
 fi
 ip link set lo up 2>/dev/null
 export OBI_VM_KERNEL=%(name)s HOME=/tmp/obi-vm-home
@@ -215,6 +241,16 @@ def _missing_tools() -> list[str]:
     return [f"{tool}: {why}" for tool, why in needs.items() if shutil.which(tool, path=path) is None]
 
 
+def _python_home() -> str:
+    """The installation the .venv's Python comes from, when outside /usr (pyenv's), else ''."""
+    cfg = ROOT / ".venv" / "pyvenv.cfg"
+    found = re.search(r"^home\s*=\s*(\S+)", cfg.read_text(), re.M) if cfg.is_file() else None
+    if found is None:
+        return ""
+    home = Path(found.group(1)).resolve().parent
+    return "" if home == Path("/") or Path("/usr") in (home, *home.parents) else str(home)
+
+
 def boot(kernel: FetchedKernel, command: str, *, cpus: int = 2, memory: str = "3G", timeout: float = 1800,
          env: dict[str, str] | None = None, echo: TextIO | None = None, kernel_log: bool = False) -> GuestRun:
     """Boots `kernel` with the host's root file system shared (read-only; /etc, /tmp, /var ... and
@@ -230,6 +266,7 @@ def boot(kernel: FetchedKernel, command: str, *, cpus: int = 2, memory: str = "3
     run_dir = Path(tempfile.mkdtemp(prefix=f"{kernel.name}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=RUNS))
     exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items())
     script = GUEST_SCRIPT % {"name": shlex.quote(kernel.name), "run": shlex.quote(str(run_dir)),
+                             "python_home": shlex.quote(_python_home()),
                              "root": shlex.quote(str(ROOT)), "venv_bin": shlex.quote(str(VENV_BIN)),
                              "env": exports, "up": GUEST_UP, "command": shlex.quote(command)}
     (run_dir / "guest.sh").write_text(script)
@@ -237,6 +274,9 @@ def boot(kernel: FetchedKernel, command: str, *, cpus: int = 2, memory: str = "3
             # 9p: Debian 12's virtiofsd is QEMU's C one, which virtme-ng tries and fails with, 6 s
             "--verbose", "--force-9p", "--cwd", str(ROOT), "--overlay-rwdir", str(ROOT),
             "--rwdir", str(ROOT / "build"), "--append", "loglevel=4",
+            # / again, for the guest to mount with its page cache on (GUEST_SCRIPT)
+            "--qemu-opts=-virtfs local,path=/,mount_tag=obiroot,security_model=none,readonly=on,"
+            "multidevs=remap",
             "--exec", f"bash {shlex.quote(str(run_dir / 'guest.sh'))}"]
     host_env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}:/usr/sbin:/sbin"}
     start = time.monotonic()
@@ -290,11 +330,11 @@ def _deadline(proc: subprocess.Popen[str], timeout: float) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tests.matrix.vm", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
-    f = sub.add_parser("fetch", help="fetch the kernels (all of the matrix by default) into build/kernels/")
-    f.add_argument("kernels", nargs="*", help=f"names: {', '.join(MATRIX)}")
+    f = sub.add_parser("fetch", help="fetch the kernels (those of the matrix by default) into build/kernels/")
+    f.add_argument("kernels", nargs="*", help=f"names: {', '.join(KERNELS_KNOWN)}")
     f.add_argument("--refresh", action="store_true", help="fetch the newest package even if one is there")
     r = sub.add_parser("run", help="boot KERNEL and run COMMAND (bash, root, in this repository)")
-    r.add_argument("kernel", help=f"one of {', '.join(MATRIX)}")
+    r.add_argument("kernel", help=f"one of {', '.join(KERNELS_KNOWN)}")
     r.add_argument("--cpus", type=int, default=2)
     r.add_argument("--memory", default="3G")
     r.add_argument("--timeout", type=float, default=3600, help="seconds before the guest is killed")
