@@ -8,7 +8,7 @@ Printed per set, all measured in this one run:
 - what an untraced process pays per write() (ratio to nothing attached): raw tracepoints run
   for every syscall of every process; fentry, kprobes and classic tracepoints only for theirs.
 
-The order "auto" tries them in (obi.ebpf.capture.AUTO_HOOKS) is the order of these figures.
+The order "auto" tries them in (obi.ebpf.capture.AUTO_HOOKS) comes from these figures.
 Run as root; `--requests` and `--writes` bound the work. Under software emulation (the 6.1 guest
 of tests/matrix) the absolute times mean nothing: compare the sets with each other.
 """
@@ -32,6 +32,7 @@ from tests.support import free_port, kernel_hook_sets, start_process, stop_proce
 
 from obi.ebpf.capture import Capture, CaptureSettings
 
+START_S = 120.0  # a Python server starting under software emulation
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "servers" / "behaviour_server.py"
 WRITER = """
 import os, sys, time
@@ -77,7 +78,8 @@ def main() -> None:
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     port = free_port()
-    server = start_process([sys.executable, str(SERVER), str(port)], ready="ready")
+    server = start_process([sys.executable, str(SERVER), str(port)], ready="ready",
+                           timeout=START_S)
     try:
         requests(port, 200)  # warm
         bare_request = requests(port, args.requests)

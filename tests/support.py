@@ -133,10 +133,10 @@ def self_signed_certificate(cert: Path, key: Path) -> tuple[Path, Path]:
 
 
 def kernel_hook_sets() -> list[str]:
-    """The syscall hook sets this kernel and this process allow, in the order "auto" tries
-    them: tracepoints and raw tracepoints everywhere here, fentry/fexit and kprobes where the
+    """The syscall hook sets this kernel and this process allow (in ALL_HOOKS's order):
+    tracepoints and raw tracepoints everywhere here, fentry/fexit and kprobes where the
     kernel has them (the 6.1 guest of tests/matrix). Kernel tests run once per set."""
-    from obi.ebpf.capture import AUTO_HOOKS, fentry_blocker, kprobe_blocker
+    from obi.ebpf.capture import ALL_HOOKS, fentry_blocker, kprobe_blocker
 
     blocked = {"fentry": fentry_blocker() is not None, "kprobe": kprobe_blocker() is not None}
-    return [hooks for hooks in AUTO_HOOKS if not blocked.get(hooks, False)]
+    return [hooks for hooks in ALL_HOOKS if not blocked.get(hooks, False)]

@@ -68,7 +68,7 @@ def _probe_prog_types() -> list[Check]:
     return checks
 
 
-# The syscall hook sets (obi.ebpf.capture.AUTO_HOOKS) by the name doctor shows.
+# The syscall hook sets (obi.ebpf.capture.ALL_HOOKS) by the name doctor shows.
 HOOK_LABELS = {"fentry": "fentry/fexit", "kprobe": "kprobes", "tracepoint": "tracepoints",
                "raw_tracepoint": "raw_tracepoints"}
 
@@ -126,14 +126,14 @@ def run_doctor(out: TextIO, probe: Callable[[str], Check] = _probe_attach) -> in
     checks: list[Check] = [Check("BTF available", Path("/sys/kernel/btf/vmlinux").exists(),
                                  "needed for CO-RE", required=True)]
     checks += _probe_prog_types()
-    from obi.ebpf.capture import AUTO_HOOKS
+    from obi.ebpf.capture import ALL_HOOKS, AUTO_HOOKS
 
-    attached = {hooks: probe(hooks) for hooks in AUTO_HOOKS}
+    attached = {hooks: probe(hooks) for hooks in ALL_HOOKS}
     checks += attached.values()
     out.write("\n")
     for check in checks:
         out.write(f"[{'ok' if check.ok else 'NO':>2}] {check.name}: {check.detail}\n")
-    chosen = next((hooks for hooks, check in attached.items() if check.ok), None)
+    chosen = next((hooks for hooks in AUTO_HOOKS if attached[hooks].ok), None)
     can_run = all(c.ok for c in checks if c.required) and chosen is not None
     path = f"{chosen} ({HOOK_LABELS[chosen]})" if chosen else "none"
     out.write(f"\nsyscall hooks the agent would use (ebpf.syscall_hooks: auto): {path}\n")

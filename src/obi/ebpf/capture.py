@@ -34,10 +34,14 @@ HookSet = Literal["fentry", "kprobe", "tracepoint", "raw_tracepoint"]
 MAX_RECORD_SIZE: int = EXCHANGE_SIZE + lib.OBI_REQ_CAPTURE_MAX + lib.OBI_RESP_CAPTURE_MAX
 # Program name prefixes of the four sets of syscall entry points; the rest load with any.
 PROGRAM_PREFIXES = {"fentry": "fx_", "kprobe": "kp_", "tracepoint": "tp_", "raw_tracepoint": "raw_"}
-# The order "auto" tries them in, cheapest first per request (BENCHMARKS.md, "Syscall hooks"):
-# each is tried only where its probe says the kernel has it, and a set that fails to load or
-# attach gives way to the next.
-AUTO_HOOKS: tuple[HookSet, ...] = ("fentry", "kprobe", "tracepoint", "raw_tracepoint")
+# Every hook set, and the order "auto" tries them in, cheapest first per request (bench/hooks.py
+# in Debian's 6.1, BPF time per request against raw tracepoints: fentry 0.33, classic tracepoints
+# 1.1, kprobes 1.2; here, classic tracepoints 0.9: the two tracepoint sets are within noise of
+# each other; README, "Kernels"). Each is tried only where its probe says the kernel has it, and
+# a set that fails to load or attach gives way to the next. Kprobes (a kretprobe per call) cost
+# more than the tracepoints every kernel has: only when asked.
+ALL_HOOKS: tuple[HookSet, ...] = ("fentry", "kprobe", "tracepoint", "raw_tracepoint")
+AUTO_HOOKS: tuple[HookSet, ...] = ("fentry", "tracepoint", "raw_tracepoint")
 # The syscall functions' prefix per architecture (the syscall wrappers, Linux 4.17+).
 SYSCALL_FUNCTION_PREFIX = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}
 KPROBE_PMU = Path("/sys/bus/event_source/devices/kprobe/type")
