@@ -304,10 +304,12 @@ def boot(kernel: FetchedKernel, command: str, *, cpus: int = 2, memory: str = "3
     wall = time.monotonic() - start
     status_file = run_dir / "status"
     if not status_file.is_file():
-        tail = "".join((run_dir / "console.log").read_text().splitlines(keepends=True)[-60:])
+        # the command's output so far if it had started, else the console (boot messages)
+        shown = run_dir / "output" if (run_dir / "output").is_file() else run_dir / "console.log"
+        tail = "".join(shown.read_text(errors="replace").splitlines(keepends=True)[-80:])
         reason = f"timed out after {timeout:.0f} s" if wall >= timeout else f"vng exited {proc.returncode}"
         raise VmError(f"kernel {kernel.release}: the guest gave no exit status ({reason}); "
-                      f"console in {run_dir / 'console.log'}, its end:\n{tail}")
+                      f"console in {run_dir / 'console.log'}; the end of {shown.name}:\n{tail}")
     return GuestRun(kernel, int(status_file.read_text()), (run_dir / "uname").read_text().strip(),
                     (run_dir / "output").read_text(errors="replace"), boot_seconds, wall, run_dir)
 
