@@ -41,6 +41,8 @@ bench: setup
 	$(PY) bench/peer.py
 	@echo "a Prometheus scrape of obi's endpoint (bench/scrape.py):"
 	$(PY) bench/scrape.py
+	@echo "the syscall hook sets this kernel allows, against each other (bench/hooks.py):"
+	$(PY) bench/hooks.py
 	$(PY) bench/targets.py
 
 setup: deps $(INSTALLED)
