@@ -3014,15 +3014,19 @@ static __always_inline __u32 go_string(__u64 addr, char *buf, __u32 size)
 		__u64 ptr;
 		__s64 len;
 	} str = {};
-	__u32 n;
+	__u64 n;
 
 	if (!addr || bpf_probe_read_user(&str, sizeof(str), (void *)addr) || str.len <= 0 || !str.ptr)
 		return 0;
-	n = str.len < size ? (__u32)str.len : size;
-	clamp_umax(n, size);
-	if (!n || bpf_probe_read_user(buf, n, (void *)str.ptr))
+	n = str.len < size ? (__u64)str.len : size;
+	if (!n)
 		return 0;
-	return n;
+	/* the bound last, in 64 bits, right before the read: Debian 6.1's verifier dropped it
+	 * when a 32-bit test of n came after it (size=255 into a 192-byte field) */
+	clamp_umax(n, size);
+	if (bpf_probe_read_user(buf, n, (void *)str.ptr))
+		return 0;
+	return (__u32)n;
 }
 
 static __always_inline void go_emit(struct obi_go_http *ev)

@@ -45,7 +45,8 @@ mount --bind "$OBI_TEST_RUN_DIR" /run/obi
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
 awk '{print $5, $6}' /proc/self/mountinfo | sort -u | while read -r mnt opts; do
-    case "$mnt" in /proc|/proc/*|/run/obi) continue ;; esac
+    # mounts under /run (say /run/netns, left by ip netns or podman) are hidden by the tmpfs
+    case "$mnt" in /proc|/proc/*|/run/*) continue ;; esac
     case "$opts" in rw*) mount -o remount,bind,ro "$mnt" ;; esac
 done
 for dir in / /tmp /var/tmp /root /run /etc /sys/fs/cgroup "$OBI_TEST_VENV"; do
