@@ -2472,43 +2472,6 @@ static __always_inline int exit_only_call(__u32 kind, __u64 fd, __u64 ptr, __u64
 		return exit_only_call(kind, SYS_ARG1(regs), ptr_arg, count_arg, ret); \
 	}
 
-FX_ENTER(read, CALL_READ, SYS_ARG2(regs), 0)
-FX_ENTER(recvfrom, SYS_ARG4(regs) & MSG_PEEK ? CALL_PEEK : CALL_READ, SYS_ARG2(regs), 0)
-FX_ENTER(readv, CALL_READV, SYS_ARG2(regs), SYS_ARG3(regs))
-FX_ENTER(recvmsg, SYS_ARG3(regs) & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, SYS_ARG2(regs), 0)
-FX_ENTER(connect, CALL_CONNECT, 0, 0)
-FX_EXIT_ONLY(write, CALL_WRITE, SYS_ARG2(regs), 0)
-FX_EXIT_ONLY(sendto, CALL_WRITE, SYS_ARG2(regs), 0)
-FX_EXIT_ONLY(writev, CALL_WRITEV, SYS_ARG2(regs), SYS_ARG3(regs))
-FX_EXIT_ONLY(sendmsg, CALL_SENDMSG, SYS_ARG2(regs), 0)
-FX_EXIT_ONLY(sendfile64, CALL_SENDFILE, 0, 0)
-FX_EXIT_ONLY(accept, CALL_ACCEPT, 0, 0)
-FX_EXIT_ONLY(accept4, CALL_ACCEPT, 0, 0)
-
-SEC("fexit/" SYS_FUNC(listen))
-int BPF_PROG(fx_exit_listen, struct pt_regs *regs, long ret)
-{
-	return notice_listen(ret);
-}
-
-SEC("fentry/" SYS_FUNC(close))
-int BPF_PROG(fx_enter_close, struct pt_regs *regs)
-{
-	return enter_close(SYS_ARG1(regs));
-}
-
-SEC("fentry/" SYS_FUNC(shutdown))
-int BPF_PROG(fx_enter_shutdown, struct pt_regs *regs)
-{
-	return enter_shutdown(SYS_ARG1(regs));
-}
-
-SEC("fentry/" SYS_FUNC(close_range))
-int BPF_PROG(fx_enter_close_range, struct pt_regs *regs)
-{
-	return enter_close_range();
-}
-
 /* kprobes (kp_*): a kprobe at the syscall function's entry, a kretprobe at its return (which
  * has no arguments left: every call is stashed at the enter, as with tracepoints). */
 #define KP_CALL(name, kind, ptr_arg, count_arg)                                    \
@@ -2523,41 +2486,51 @@ int BPF_PROG(fx_enter_close_range, struct pt_regs *regs)
 		return exit_call(ret);                                             \
 	}
 
-KP_CALL(read, CALL_READ, SYS_ARG2(regs), 0)
-KP_CALL(recvfrom, SYS_ARG4(regs) & MSG_PEEK ? CALL_PEEK : CALL_READ, SYS_ARG2(regs), 0)
-KP_CALL(readv, CALL_READV, SYS_ARG2(regs), SYS_ARG3(regs))
-KP_CALL(recvmsg, SYS_ARG3(regs) & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, SYS_ARG2(regs), 0)
-KP_CALL(connect, CALL_CONNECT, 0, 0)
-KP_CALL(write, CALL_WRITE, SYS_ARG2(regs), 0)
-KP_CALL(sendto, CALL_WRITE, SYS_ARG2(regs), 0)
-KP_CALL(writev, CALL_WRITEV, SYS_ARG2(regs), SYS_ARG3(regs))
-KP_CALL(sendmsg, CALL_SENDMSG, SYS_ARG2(regs), 0)
-KP_CALL(sendfile64, CALL_SENDFILE, 0, 0)
-KP_CALL(accept, CALL_ACCEPT, 0, 0)
-KP_CALL(accept4, CALL_ACCEPT, 0, 0)
+/* Each hooked call in both sets: reads and connect with an enter, the rest exit-only under
+ * fentry; kprobes always both. */
+#define HOOK_CALL(name, kind, ptr_arg, count_arg)                                  \
+	FX_ENTER(name, kind, ptr_arg, count_arg) KP_CALL(name, kind, ptr_arg, count_arg)
+#define HOOK_CALL_AT_EXIT(name, kind, ptr_arg, count_arg)                          \
+	FX_EXIT_ONLY(name, kind, ptr_arg, count_arg) KP_CALL(name, kind, ptr_arg, count_arg)
+/* A call with nothing to do at its exit (close, shutdown, close_range), in both sets. */
+#define HOOK_ENTER(name, call)                                                     \
+	SEC("fentry/" SYS_FUNC(name))                                              \
+	int BPF_PROG(fx_enter_##name, struct pt_regs *regs)                        \
+	{                                                                          \
+		return call;                                                       \
+	}                                                                          \
+	SEC("kprobe/" SYS_FUNC(name))                                              \
+	int BPF_KPROBE(kp_enter_##name, struct pt_regs *regs)                      \
+	{                                                                          \
+		return call;                                                       \
+	}
+
+HOOK_CALL(read, CALL_READ, SYS_ARG2(regs), 0)
+HOOK_CALL(recvfrom, SYS_ARG4(regs) & MSG_PEEK ? CALL_PEEK : CALL_READ, SYS_ARG2(regs), 0)
+HOOK_CALL(readv, CALL_READV, SYS_ARG2(regs), SYS_ARG3(regs))
+HOOK_CALL(recvmsg, SYS_ARG3(regs) & MSG_PEEK ? CALL_PEEK : CALL_RECVMSG, SYS_ARG2(regs), 0)
+HOOK_CALL(connect, CALL_CONNECT, 0, 0)
+HOOK_CALL_AT_EXIT(write, CALL_WRITE, SYS_ARG2(regs), 0)
+HOOK_CALL_AT_EXIT(sendto, CALL_WRITE, SYS_ARG2(regs), 0)
+HOOK_CALL_AT_EXIT(writev, CALL_WRITEV, SYS_ARG2(regs), SYS_ARG3(regs))
+HOOK_CALL_AT_EXIT(sendmsg, CALL_SENDMSG, SYS_ARG2(regs), 0)
+HOOK_CALL_AT_EXIT(sendfile64, CALL_SENDFILE, 0, 0)
+HOOK_CALL_AT_EXIT(accept, CALL_ACCEPT, 0, 0)
+HOOK_CALL_AT_EXIT(accept4, CALL_ACCEPT, 0, 0)
+HOOK_ENTER(close, enter_close(SYS_ARG1(regs)))
+HOOK_ENTER(shutdown, enter_shutdown(SYS_ARG1(regs)))
+HOOK_ENTER(close_range, enter_close_range())
+
+SEC("fexit/" SYS_FUNC(listen))
+int BPF_PROG(fx_exit_listen, struct pt_regs *regs, long ret)
+{
+	return notice_listen(ret);
+}
 
 SEC("kretprobe/" SYS_FUNC(listen))
 int BPF_KRETPROBE(kp_exit_listen, long ret)
 {
 	return notice_listen(ret);
-}
-
-SEC("kprobe/" SYS_FUNC(close))
-int BPF_KPROBE(kp_enter_close, struct pt_regs *regs)
-{
-	return enter_close(SYS_ARG1(regs));
-}
-
-SEC("kprobe/" SYS_FUNC(shutdown))
-int BPF_KPROBE(kp_enter_shutdown, struct pt_regs *regs)
-{
-	return enter_shutdown(SYS_ARG1(regs));
-}
-
-SEC("kprobe/" SYS_FUNC(close_range))
-int BPF_KPROBE(kp_enter_close_range, struct pt_regs *regs)
-{
-	return enter_close_range();
 }
 
 /* ---- processes and sockets (raw tracepoints in both modes) -------------- */
