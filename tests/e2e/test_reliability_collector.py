@@ -27,6 +27,9 @@ from tests.servers.nginx import nginx_worker, start_nginx
 from tests.support import free_port, stop_process
 
 PROTOCOLS = {"grpc": "grpc", "http": "http/protobuf"}
+# The reasons of a failed export one of whose attempts may have reached the collector unanswered.
+UNANSWERED = re.compile(r"deadline.exceeded|timed out|connection error|UNAVAILABLE|CANCELLED",
+                        re.IGNORECASE)
 
 
 def export_env(protocol: str, port: int, metrics: bool = True, **extra: str) -> dict[str, str]:
@@ -132,8 +135,16 @@ def test_collector_down_at_start_down_mid_run_and_back(protocol: str) -> None:
     received = received_paths(first, second)
     assert len(received) == len(set(received)), "a span was delivered twice"
     assert stats["spans"] == 170 + n + 1 and stats["events_lost"] == 0 and stats["events_dropped"] == 0
-    assert stats["spans_exported"] == len(received)
-    assert stats["spans"] == len(received) + stats["spans_export_dropped"] + stats["spans_export_failed"]
+    assert stats["spans"] == (stats["spans_exported"] + stats["spans_export_dropped"]
+                              + stats["spans_export_failed"])
+    # An export whose answer never came (its deadline passed, or the collector went away
+    # mid-request) has an unknown outcome: the collector may have taken it. obi counts it as
+    # failed; the receiver may hold it. Only such a failure may leave more received than exported.
+    unanswered = [e for e in agent.logs if e.get("event") == "otlp_export_failed"
+                  and UNANSWERED.search(e.get("reason", ""))]
+    extra = len(received) - stats["spans_exported"]
+    assert 0 <= extra <= stats["spans_export_failed"], (extra, stats)
+    assert extra <= 20 * len(unanswered), (extra, unanswered)  # a batch holds at most 20
     assert stats["spans_export_dropped"] >= 30  # 100 at once into a queue of 40
     # The same books in obi's own metrics, as the collector saw them at shutdown.
     counters = {name: last_counter(first.metric_points(name) + second.metric_points(name)) for name in (
