@@ -32,6 +32,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from obi.export.retry import GRPC_STATUS_DETAILS_KEY
 from tests.rpc_status import encode_retry_info_status
+from tests.support import TIME_SCALE
 
 Transport = Literal["grpc", "http"]
 Signal = Literal["traces", "metrics"]
@@ -243,7 +244,7 @@ class OtlpReceiver:
         return out
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         with self._lock:
             while not predicate():
                 remaining = deadline - time.monotonic()

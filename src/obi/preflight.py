@@ -252,7 +252,8 @@ def _tracefs(facts: HostFacts) -> Feature:
     if "SYS_ADMIN" in facts.capabilities:
         return Feature(TRACEFS_MOUNT, True, "tracefs not mounted; obi mounts it (CAP_SYS_ADMIN)")
     return Feature(TRACEFS_MOUNT, False,
-                   "tracefs not mounted and mounting needs CAP_SYS_ADMIN: raw tracepoints are used",
+                   "tracefs not mounted and mounting needs CAP_SYS_ADMIN: no classic tracepoints "
+                   "(fentry or raw tracepoints instead)",
                    cap_name("SYS_ADMIN"))
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tests.support import bpf_link_ids
+from tests.support import TIME_SCALE, bpf_link_ids
 
 
 class AgentProcess:
@@ -58,7 +58,7 @@ class AgentProcess:
                 self._cond.notify_all()
 
     def wait_log(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         with self._cond:
             while True:
                 for entry in self.logs:
@@ -116,7 +116,7 @@ class AgentProcess:
             assert held, "the running agent holds no BPF link"
             os.kill(agent, sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(timeout * TIME_SCALE)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

@@ -85,7 +85,7 @@ def test_unprivileged_list_before_uprobe_multi_turns_off_tracefs_mount_and_uprob
                                                         PROBE_UPROBE_MULTI: errno.EOPNOTSUPP})
     rows = table(host)
     assert not rows[TRACEFS_MOUNT].available
-    assert "raw tracepoints are used" in rows[TRACEFS_MOUNT].detail
+    assert "no classic tracepoints (fentry or raw tracepoints instead)" in rows[TRACEFS_MOUNT].detail
     assert rows[TRACEFS_MOUNT].enabled_by == "CAP_SYS_ADMIN"
     assert not rows[UPROBES].available and rows[UPROBES].enabled_by == "CAP_SYS_ADMIN"
     assert "Permission denied: perf_uprobe_event_init checks capable(CAP_SYS_ADMIN)" in rows[UPROBES].detail
