@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -369,3 +370,31 @@ def test_descendants() -> None:
     facts = {p.pid: p for p in (fact(1, 0), fact(10, 1), fact(11, 10), fact(12, 11), fact(20, 1))}
     assert descendants(10, facts) == {10, 11, 12}
     assert descendants(99, facts) == {99}
+
+
+def test_a_process_selected_at_exec_during_a_full_scan_is_not_taken_for_gone(spawn: Spawn) -> None:
+    """The kernel's exec event selects a process (evaluate, on the event loop) while a full scan
+    runs in its thread, after the scan listed the processes: the scan must not call it gone. Once in
+    CI a short-lived redis-cli was untraced so, a few milliseconds after its exec."""
+    child = spawn(delay=30)
+    exe = os.path.realpath(sys.executable)
+    watcher = ProcessWatcher(Selection(include=(Selector(exe_path=f"*/{os.path.basename(exe)}"),)),
+                             hostname="test-host", skip_agent_descendants=False)
+    listing = watcher._scanner.scan
+
+    def scan_then_exec(pids: object = None) -> Any:
+        facts = listing() if pids is None else listing(pids)  # type: ignore[arg-type]
+        facts.pop(child.pid, None)  # listed before the child was there
+        assert watcher.evaluate(child.pid) is not None  # its exec event, meanwhile
+        return facts
+
+    watcher._scanner.scan = scan_then_exec  # type: ignore[method-assign]
+    _, removed = watcher._full_scan()
+    assert child.pid not in removed
+    watcher._scanner.scan = listing  # type: ignore[method-assign]
+    added, removed = watcher._full_scan()  # the next scan sees it, alive and selected already
+    assert child.pid not in removed and child.pid not in {i.pid for i in added}
+    os.kill(child.pid, 9)
+    child.process.wait(timeout=WAIT_S)
+    _, removed = watcher._full_scan()  # and gone once it is
+    assert removed == [child.pid]

@@ -249,6 +249,12 @@ class ProcessWatcher:
 
     def _full_scan(self) -> tuple[list[ServiceIdentity], list[int]]:
         self.full_scans += 1
+        # Only what was selected before the scan looked is judged by it: a process selected at
+        # its exec while the scan ran (evaluate, from the kernel's event) may be missing from
+        # the scan's listing, and is not gone for that (once in CI a short-lived redis-cli
+        # was untraced a few milliseconds after its exec, and its spans were lost).
+        with self._lock:
+            before = dict(self._selected)
         self._known = self._scanner.pids()
         facts = self._scanner.scan()
         with self._lock:
@@ -256,7 +262,7 @@ class ProcessWatcher:
                 if pid in facts:
                     self._selected[pid] = (facts[pid].start_time, facts[pid].exe_path, self._cmdline(pid))
             self._adopted.clear()
-            selected = dict(self._selected)
+            selected = {pid: entry for pid, entry in self._selected.items() if before.get(pid) == entry}
         removed = [
             pid
             for pid, (start_time, exe_path, cmdline) in selected.items()
@@ -266,7 +272,8 @@ class ProcessWatcher:
         ]
         with self._lock:
             for pid in removed:
-                self._selected.pop(pid, None)
+                if self._selected.get(pid) == selected[pid]:  # not selected again meanwhile
+                    del self._selected[pid]
         if self._skip_agent_descendants:
             self._family = descendants(self._agent_pid, facts)
         self._young = {pid: seen for pid, seen in self._young.items() if pid in facts}
