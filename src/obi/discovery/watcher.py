@@ -263,17 +263,19 @@ class ProcessWatcher:
                     self._selected[pid] = (facts[pid].start_time, facts[pid].exe_path, self._cmdline(pid))
             self._adopted.clear()
             selected = {pid: entry for pid, entry in self._selected.items() if before.get(pid) == entry}
-        removed = [
+        stale = [
             pid
             for pid, (start_time, exe_path, cmdline) in selected.items()
             if pid not in facts or facts[pid].start_time != start_time
             or (facts[pid].exe_path and facts[pid].exe_path != exe_path)
             or self._cmdline(pid) != cmdline
         ]
+        removed = []
         with self._lock:
-            for pid in removed:
+            for pid in stale:
                 if self._selected.get(pid) == selected[pid]:  # not selected again meanwhile
                     del self._selected[pid]
+                    removed.append(pid)
         if self._skip_agent_descendants:
             self._family = descendants(self._agent_pid, facts)
         self._young = {pid: seen for pid, seen in self._young.items() if pid in facts}
