@@ -1430,6 +1430,23 @@ static __always_inline void client_ids(struct slot *s, __u64 sk, __u64 n, bool t
 	leave_for_server(&key, &s->st.ids);
 }
 
+/* A pipelining client (Redis, Memcached, PostgreSQL's pipeline mode) may write its
+ * requests one by one before it reads: the server may read them apart, and answer each
+ * read as an exchange of its own. Each write after the first leaves the call's ids under
+ * its own first byte too; user space numbers the requests of the server's exchanges that
+ * share that parent (protocols.base.Caller). Not over TLS (no sequence number to tell the
+ * writes apart), nor for HTTP (a request's body follows its head, read as one exchange). */
+static __always_inline void leave_next_write(struct slot *s, __u64 sk, __u64 n)
+{
+	struct peer_key key = {};
+
+	if (!(s->ev.flags & OBI_FLAG_IDS))
+		return;
+	set_peer_key(&key, s->ev.local_addr, s->ev.peer_addr, s->ev.local_port, s->ev.peer_port,
+		     tcp_seq(sk, true) - (__u32)n);
+	leave_for_server(&key, &s->st.ids);
+}
+
 /* The connection carries TLS: its ciphertext is not captured, the plaintext the TLS
  * uprobes see is. The first time a process does this, user space is told, to find
  * the TLS library it uses if the uprobes are not on it yet. */
@@ -1961,6 +1978,8 @@ static __always_inline void on_request_bytes(struct conn *c, struct obi_conn_key
 		}
 	} else {
 		capture_request(s, src, len);
+		if (c->role != OBI_ROLE_SERVER && !tls && !(s->ev.flags & OBI_FLAG_HTTP))
+			leave_next_write(s, sk, n);
 	}
 	s->ev.req_len += n;
 	s->st.last_ns = bpf_ktime_get_ns();

@@ -67,6 +67,25 @@ def test_server_spans_name_the_callers_span_for_each_command() -> None:
                                                                                         "10.0.0.1")
 
 
+def test_a_pipeline_the_server_read_apart_names_the_callers_span_for_each_command() -> None:
+    """A client wrote three commands one by one before reading (redis-py's handshake); the
+    server read the first alone, then the other two: each of its exchanges has the client's
+    first span as parent (left under each write), and the commands are numbered across them.
+    A later call (another parent) numbers from its first command again."""
+    redis = Redis(IdGenerator(1))
+    server = Connection(SERVICE, 1_000, 2_000, "10.0.0.2", 6379, "10.0.0.1", 40000)
+    parents = []
+    for request, response, span in ((command("CLIENT", "SETINFO", "LIB-NAME", "x"), b"+OK\r\n", b"\x44" * 8),
+                                    (command("CLIENT", "SETINFO", "LIB-VER", "1") + command("PING"),
+                                     b"+OK\r\n+PONG\r\n", b"\x55" * 8),
+                                    (command("GET", "a"), b"$-1\r\n", b"\x66" * 8)):
+        caller = SPAN if span != b"\x66" * 8 else PARENT
+        parents += [s.parent_span_id for s in spans_of(
+            redis, exchange(request, response, role=ROLE_SERVER, ids=TRACE + span + caller, end=lib.OBI_END_READ),
+            server)]
+    assert parents == [SPAN, nth_span_id(SPAN, 1), nth_span_id(SPAN, 2), PARENT]
+
+
 def test_without_kernel_ids_each_command_is_a_trace() -> None:
     spans = spans_of(Redis(IdGenerator(1)), exchange(command("GET", "a") + command("GET", "b"),
                                                      b"$-1\r\n$-1\r\n"))

@@ -35,6 +35,7 @@ __all__ = [
     "NO_RESPONSE_ERRORS",
     "ROLE_CLIENT",
     "ROLE_SERVER",
+    "Caller",
     "Connection",
     "ConnectionStates",
     "Exchange",
@@ -114,25 +115,50 @@ def nth_span_id(span_id: bytes, index: int) -> bytes:
 
 
 def span_ids(kernel_ids: bytes, index: int, server: bool,
-             getrandbits: Callable[[int], int]) -> tuple[bytes, bytes, bytes]:
+             getrandbits: Callable[[int], int], first_call: int = 0) -> tuple[bytes, bytes, bytes]:
     """(trace id, span id, parent span id) of the request at `index` of an exchange.
 
     With the kernel's ids, the first request takes them and those pipelined after it share
     their trace; their span ids follow from the first's (nth_span_id). A client's requests
     share their parent (the request its process was serving); a server's request at `index`
-    has the caller's span for that request as parent. Without the kernel's ids, each request
-    is a trace of its own."""
+    has the caller's span for that request as parent: the caller's request at
+    `first_call + index` (see Caller). Without the kernel's ids, each request is a trace of
+    its own."""
     if kernel_ids:
         trace, span, parent = kernel_ids[:16], kernel_ids[16:24], kernel_ids[24:32]
         if not any(parent):
             parent = b""
         if index:
             span = nth_span_id(span, index)
-            if server and parent:
-                parent = nth_span_id(parent, index)
+        if server and parent and (index or first_call):
+            parent = nth_span_id(parent, first_call + index)
         return trace, span, parent
     fresh = getrandbits(192).to_bytes(24, "big")
     return fresh[:16], fresh[16:], b""
+
+
+class Caller:
+    """A server connection's caller, for pipelined requests read apart.
+
+    A pipelining client may write its requests one by one before it reads, and the server
+    read them apart: each read is an exchange of its own, whose parent the kernel gives as
+    the caller's exchange's first span (it leaves the call's ids under every write's first
+    byte). The requests of the caller's exchange are numbered across the server's exchanges
+    that share that parent: `first` is the caller's request the next exchange begins with."""
+
+    __slots__ = ("answered", "span")
+
+    def __init__(self) -> None:
+        self.span = b""
+        self.answered = 0
+
+    def first(self, kernel_ids: bytes) -> int:
+        """The index, in the caller's exchange, of a server exchange's first request."""
+        parent = kernel_ids[24:32]
+        if parent != self.span:
+            self.span = parent
+            self.answered = 0
+        return self.answered
 
 
 def endpoints(role: int, connection: Connection) -> tuple[int, str, int, str, int]:

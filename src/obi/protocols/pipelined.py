@@ -17,6 +17,7 @@ from obi.ebpf._libbpf import lib
 from obi.protocols.base import (
     NO_RESPONSE_ERRORS,
     ROLE_SERVER,
+    Caller,
     Connection,
     ConnectionStates,
     Exchange,
@@ -55,10 +56,11 @@ class CommandConnection:
     """What a protocol remembers of a connection: replies owed to an earlier exchange's last
     commands (subclasses add their own, e.g. Redis's database)."""
 
-    __slots__ = ("owed",)
+    __slots__ = ("caller", "owed")
 
     def __init__(self) -> None:
         self.owed = 0
+        self.caller = Caller()
 
 
 S = TypeVar("S", bound="CommandConnection")
@@ -97,6 +99,7 @@ class PipelinedCommands(Generic[S]):
             stats.requests_truncated += 1
         server_role = role == ROLE_SERVER
         kind, server, server_port, client, client_port = endpoints(role, connection)
+        first = state.caller.first(kernel_ids) if server_role and kernel_ids else 0
         spans: list[DbSpan] = []
         answered = 0  # replies used
         for command in commands:
@@ -118,12 +121,14 @@ class PipelinedCommands(Generic[S]):
                     else:  # the exchange ended before the reply came: it opens the next one
                         state.owed += 1
             namespace = self.namespace(command, reply, state, midway)
-            trace_id, span_id, parent_id = span_ids(kernel_ids, len(spans), server_role, getrandbits)
+            trace_id, span_id, parent_id = span_ids(kernel_ids, len(spans), server_role, getrandbits, first)
             spans.append(DbSpan(
                 service, kind, start_ns, end_ns, trace_id, span_id, parent_id, True, 0,
                 system, command.name, "", namespace, server, server_port, client, client_port,
                 status, error, command.text if self.query_text else None,
             ))  # fmt: skip
+        if server_role and kernel_ids:
+            state.caller.answered = first + len(spans)
         if end_reason in CLOSED:
             self.connections.forget(connection)
         return spans

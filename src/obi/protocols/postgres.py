@@ -21,6 +21,7 @@ from typing import NamedTuple
 from obi.protocols.base import (
     NO_RESPONSE_ERRORS,
     ROLE_SERVER,
+    Caller,
     Connection,
     ConnectionStates,
     Exchange,
@@ -161,13 +162,14 @@ class PgConnection:
     """A connection's database, the statement texts it parsed and the portals it bound, and
     the cycles owed to an earlier exchange."""
 
-    __slots__ = ("database", "owed", "portals", "statements")
+    __slots__ = ("caller", "database", "owed", "portals", "statements")
 
     def __init__(self) -> None:
         self.database: str | None = None
         self.statements: dict[str, str] = {}
         self.portals: dict[str, str] = {}
         self.owed = 0
+        self.caller = Caller()
 
     def remember(self, table: dict[str, str], name: str, value: str) -> None:
         if len(table) >= STATEMENTS_PER_CONNECTION and name not in table:
@@ -280,6 +282,7 @@ class Postgres:
         kind, server, server_port, client, client_port = endpoints(role, connection)
         namespace = state.database if state.database is not None else ""
         response_whole = response_len <= len(response)
+        first = state.caller.first(kernel_ids) if server_role and kernel_ids else 0
         spans: list[DbSpan] = []
         for i, queries in enumerate(cycles):
             outcome = outcomes[i] if i < len(outcomes) else None
@@ -298,12 +301,15 @@ class Postgres:
                 if parse_only and not status:
                     continue
                 operation, table = sql_facts(text) if text else ("", "")
-                trace_id, span_id, parent_id = span_ids(kernel_ids, len(spans), server_role, getrandbits)
+                trace_id, span_id, parent_id = span_ids(kernel_ids, len(spans), server_role, getrandbits,
+                                                        first)
                 spans.append(DbSpan(
                     service, kind, start_ns, end_ns, trace_id, span_id, parent_id, True, 0,
                     "postgresql", operation, table, namespace, server, server_port, client, client_port,
                     status, status or unanswered, text if self.query_text else None,
                 ))  # fmt: skip
+        if server_role and kernel_ids:
+            state.caller.answered = first + len(spans)
         if end_reason in CLOSED:
             self.connections.forget(connection)
         return spans
