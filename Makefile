@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.installed
 # the modules setup.py compiles with mypyc (MODULES in src/obi/compiled.py) are sources of the build too
 COMPILED := src/obi/traces/records.py src/obi/traces/model.py src/obi/protocols/base.py \
 	src/obi/protocols/http.py src/obi/export/fanout.py src/obi/export/metrics.py src/obi/export/encode.py
-SOURCES := pyproject.toml setup.py src/obi/compiled.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
+SOURCES := pyproject.toml constraints.txt setup.py src/obi/compiled.py $(COMPILED) $(wildcard bpf/*.c bpf/*.h csrc/*.c csrc/*.h src/_cffi_src/*.py)
 
 .PHONY: run test bench setup deps kernels lint unit vmlinux clean image
 
@@ -59,8 +59,8 @@ deps:
 $(INSTALLED): $(SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "obi needs Python >= 3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel "cffi>=1.17" "mypy>=1.11"
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip setuptools wheel "cffi>=1.17" "mypy>=1.11"
+	$(PY) -m pip install -q -c constraints.txt --no-build-isolation -e '.[test]'
 	touch $@
 
 # The container image (podman, on a debootstrapped Debian 12 base: no registry needed)
