@@ -74,15 +74,14 @@ def test_a_pipeline_the_server_read_apart_names_the_callers_span_for_each_comman
     A later call (another parent) numbers from its first command again."""
     redis = Redis(IdGenerator(1))
     server = Connection(SERVICE, 1_000, 2_000, "10.0.0.2", 6379, "10.0.0.1", 40000)
+    reads = [(command("CLIENT", "SETINFO", "LIB-NAME", "x"), b"+OK\r\n", SPAN),
+             (command("CLIENT", "SETINFO", "LIB-VER", "1") + command("PING"), b"+OK\r\n+PONG\r\n", SPAN),
+             (command("GET", "a"), b"$-1\r\n", PARENT)]  # the next call's
     parents = []
-    for request, response, span in ((command("CLIENT", "SETINFO", "LIB-NAME", "x"), b"+OK\r\n", b"\x44" * 8),
-                                    (command("CLIENT", "SETINFO", "LIB-VER", "1") + command("PING"),
-                                     b"+OK\r\n+PONG\r\n", b"\x55" * 8),
-                                    (command("GET", "a"), b"$-1\r\n", b"\x66" * 8)):
-        caller = SPAN if span != b"\x66" * 8 else PARENT
-        parents += [s.parent_span_id for s in spans_of(
-            redis, exchange(request, response, role=ROLE_SERVER, ids=TRACE + span + caller, end=lib.OBI_END_READ),
-            server)]
+    for n, (request, response, caller) in enumerate(reads):
+        ids = TRACE + bytes([0x44 + n]) * 8 + caller
+        ex = exchange(request, response, role=ROLE_SERVER, ids=ids, end=lib.OBI_END_READ)
+        parents += [s.parent_span_id for s in spans_of(redis, ex, server)]
     assert parents == [SPAN, nth_span_id(SPAN, 1), nth_span_id(SPAN, 2), PARENT]
 
 

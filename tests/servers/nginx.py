@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
-from tests.support import free_port, start_process
+from tests.support import TIME_SCALE, free_port, start_process
 
 NGINX_CONF = """\
 daemon off;
@@ -58,8 +59,14 @@ def start_nginx(root: Path, http: str = STATIC_SITE, **values: object) -> tuple[
     return proc, port
 
 
-def nginx_worker(master: int) -> int:
-    """The pid of the single worker of an nginx master."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+def nginx_worker(master: int, timeout: float = 5.0) -> int:
+    """The pid of the single worker of an nginx master. The master listens before it forks
+    the worker: on a slow machine (an emulated kernel) the worker may not be there yet."""
+    deadline = time.monotonic() + timeout * TIME_SCALE
+    while True:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        if children or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert len(children) == 1, children
     return int(children[0])
