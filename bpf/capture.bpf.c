@@ -162,7 +162,7 @@ struct slot_state {
 	struct obi_ids ids; /* with OBI_FLAG_IDS: appended to the record */
 	__u64 thread;       /* host pid_tgid of the thread that began it (a server's: `serving`) */
 	__u32 peer_pending; /* a server's: its caller's ids (`peers`) not looked for yet */
-	__u32 pad;
+	__u32 next_writes;  /* a client's: writes after its first that left its ids (leave_next_write) */
 };
 
 /* An exchange in flight: private state, then exactly the record that is emitted. */
@@ -761,6 +761,7 @@ static __always_inline struct slot *start_exchange(struct conn *c, struct obi_co
 	s->st.tail = 0;
 	s->st.seq = 0;
 	s->st.peer_pending = 0;
+	s->st.next_writes = 0;
 	s->ev.kind = OBI_RECORD_EXCHANGE;
 	s->ev.role = c->role;
 	s->ev.end_reason = 0;
@@ -1435,13 +1436,18 @@ static __always_inline void client_ids(struct slot *s, __u64 sk, __u64 n, bool t
  * read as an exchange of its own. Each write after the first leaves the call's ids under
  * its own first byte too; user space numbers the requests of the server's exchanges that
  * share that parent (protocols.base.Caller). Not over TLS (no sequence number to tell the
- * writes apart), nor for HTTP (a request's body follows its head, read as one exchange). */
+ * writes apart), nor for HTTP (a request's body follows its head, read as one exchange), nor
+ * past NEXT_WRITES writes: a stream of writes (a COPY, a large value) would fill `peers` with
+ * entries no server looks for, pushing out those of other calls. */
+#define NEXT_WRITES 8
+
 static __always_inline void leave_next_write(struct slot *s, __u64 sk, __u64 n)
 {
 	struct peer_key key = {};
 
-	if (!(s->ev.flags & OBI_FLAG_IDS))
+	if (!(s->ev.flags & OBI_FLAG_IDS) || s->st.next_writes >= NEXT_WRITES)
 		return;
+	s->st.next_writes++;
 	set_peer_key(&key, s->ev.local_addr, s->ev.peer_addr, s->ev.local_port, s->ev.peer_port,
 		     tcp_seq(sk, true) - (__u32)n);
 	leave_for_server(&key, &s->st.ids);

@@ -84,20 +84,26 @@ def test_redis_py_client_and_server(redis_server: tuple[subprocess.Popen[str], i
 
 def test_commands_written_apart_before_a_read_are_each_linked_to_their_call(
         redis_server: tuple[subprocess.Popen[str], int]) -> None:
-    """A client writes SET, then GET, before it reads; the server reads and answers them
-    apart: the client's one exchange has two spans, the server's two exchanges one each, and
-    each server span is the child of the client's span for its command."""
+    """A client writes a SET, then nine GETs, before it reads; the server reads and answers
+    them apart: the client's one exchange has ten spans, the server's ten exchanges one each.
+    Each server span is the child of the client's span for its command, up to the kernel's
+    bound on the writes of one exchange that leave their ids (1 + 8): the tenth begins a trace."""
     server, port = redis_server
-    argv = [sys.executable, str(CLIENTS / "redis_apart_client.py"), str(port)]
-    with traced_client(argv, server.pid, port, lambda r: len(r.spans()) >= 4) as run:
-        assert run.lines == ["b'+OK\\r\\n$1\\r\\n1\\r\\n'"]
+    commands = 10
+    argv = [sys.executable, str(CLIENTS / "redis_apart_client.py"), str(port), str(commands)]
+    with traced_client(argv, server.pid, port, lambda r: len(r.spans()) >= 2 * commands) as run:
+        assert run.lines == [repr(b"+OK\r\n" + b"$1\r\n1\r\n" * (commands - 1))]
         clients = redis_spans(run.receiver, Span.SPAN_KIND_CLIENT)
         servers = redis_spans(run.receiver, Span.SPAN_KIND_SERVER)
         assert len({(s.start_time_unix_nano, s.end_time_unix_nano) for _, s in clients}) == 1  # one exchange
-        assert len({(s.start_time_unix_nano, s.end_time_unix_nano) for _, s in servers}) == 2  # two
+        assert len({(s.start_time_unix_nano, s.end_time_unix_nano) for _, s in servers}) == commands
+        linked = commands - 1
         expected = [{"db.system.name": "redis", "db.operation.name": op, "db.namespace": "0",
-                     "server.address": "127.0.0.1", "server.port": port} for op in ("SET", "GET")]
-        check_client_and_server(clients, servers, expected, run.client_pid, server.pid)
+                     "server.address": "127.0.0.1", "server.port": port}
+                    for op in ["SET"] + ["GET"] * (linked - 1)]
+        check_client_and_server(clients[:linked], servers[:linked], expected, run.client_pid, server.pid)
+        (_, last), (_, first) = servers[-1], clients[0]
+        assert last.name == "GET" and last.trace_id != first.trace_id and not last.parent_span_id
 
 
 def test_redis_cli_benchmark_pipelined(redis_server: tuple[subprocess.Popen[str], int]) -> None:
